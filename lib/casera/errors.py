@@ -2,17 +2,30 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 
 class CaseraError(Exception):
     """Base of every error the library raises on purpose."""
 
 
-class ParamsError(CaseraError):
-    """A params file or override is invalid. Raised before any remote call."""
+@dataclass(frozen=True)
+class ParamIssue:
+    key: str
+    problem: str
+    fix: str
 
-    def __init__(self, file: str, key: str, problem: str, fix: str) -> None:
-        self.file, self.key, self.problem, self.fix = file, key, problem, fix
-        super().__init__(f"{file}: {key}: {problem}. Fix: {fix}")
+
+class ParamsError(CaseraError):
+    """A params file or override is invalid. Raised before any remote call.
+
+    Carries every issue found, not just the first, so one edit can fix them all.
+    """
+
+    def __init__(self, file: str, issues: list[ParamIssue]) -> None:
+        self.file, self.issues = file, issues
+        lines = [f"{file}: {i.key}: {i.problem}. Fix: {i.fix}" for i in issues]
+        super().__init__("invalid params\n  " + "\n  ".join(lines))
 
 
 class SecretMissingError(CaseraError):

@@ -1,0 +1,53 @@
+# casera-runbooks. `make demo` and `make test` do all set-up on a fresh Debian 12 machine (root).
+SHELL := /bin/bash
+PYTHON ?= python3
+# Debian packages the runbooks, the local cloud and the tests use.
+DEBS := docker.io debootstrap postgresql-15 pgbouncer redis-server openssh-client \
+        openssh-server iptables iproute2 docker-registry openssl git ca-certificates
+
+.PHONY: install demo test test-quick nbval lint local-up local-down bench
+
+install: .make/debs .make/python
+
+.make/debs: Makefile
+	@mkdir -p .make
+	@missing=$$(for p in $(DEBS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages: $$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+	@touch $@
+
+.make/python: pyproject.toml
+	@mkdir -p .make
+	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+# The main job on the embedded default: the local cloud, then the bootstrap runbook on it.
+demo: install
+	casera local up
+	casera run preflight --env local
+	@casera runs --env local | tail -n 3
+
+# Everything CI runs: lint, library tests, local-cloud tests (they start what they need) and
+# nbval over every runbook.
+test: install
+	ruff check lib tests runbooks
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+	$(PYTHON) -m pytest -q -p no:cacheprovider --nbval-lax runbooks
+
+# The inner loop: no local cloud, no kernels.
+test-quick: install
+	$(PYTHON) -m pytest -q -m "not localcloud and not slow" tests
+
+nbval: install
+	$(PYTHON) -m pytest -q --nbval-lax runbooks
+
+lint: install
+	ruff check lib tests runbooks
+
+local-up: install
+	casera local up
+
+local-down:
+	casera local down

@@ -1,0 +1,394 @@
+"""Params: one YAML file per environment, validated before anything touches a remote system.
+
+``load_params(env)`` reads ``params/<env>.yaml``, applies ``-p key.path=value`` overrides,
+refuses anything that looks like a secret, validates against the schema below and returns a
+frozen :class:`Params`. Every problem is reported at once with the file, the key and the fix.
+
+Where the local cloud must differ from Hetzner because of this machine's kernel (no IPVS, no
+ESP), the difference is a params value (``swarm.overlay_encrypted``, ``swarm.endpoint_mode``,
+``swarm.publish_mode``), never a code path: the executed notebook shows which was used.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from casera.errors import ParamIssue, ParamsError
+from casera.paths import params_file
+from casera.secrets import SECRET_SPECS, SecretStore
+
+# The seed's replica ranges (casera-infrastructure-plan.txt, "Container Distribution").
+REPLICA_RANGES: dict[str, tuple[int, int]] = {
+    "api": (3, 6),
+    "worker": (2, 3),
+    "admin": (1, 1),
+    "redis": (1, 1),
+    "dozzle": (1, 1),
+}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class HetznerParams(_Strict):
+    api_endpoint: str = Field(description="Hetzner Cloud API base URL, ending in /v1")
+    location: str
+    server_type: str
+    image: str
+    server_count: int = Field(ge=1, le=9)
+    name_prefix: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    labels: dict[str, str]
+    ssh_key_name: str
+    ssh_public_key_file: str
+
+    @field_validator("api_endpoint")
+    @classmethod
+    def _ends_in_v1(cls, value: str) -> str:
+        # hcloud-python builds URLs as endpoint + path (notes/ops-facts.md).
+        if not re.match(r"^https?://[^/]+(/.*)?/v1$", value):
+            raise ValueError("must be an http(s) URL ending in /v1")
+        return value
+
+    @field_validator("server_count")
+    @classmethod
+    def _odd(cls, value: int) -> int:
+        # Every node is a manager; 4 managers tolerate no more failures than 3.
+        if value % 2 == 0:
+            raise ValueError(f"{value} managers tolerate no more failures than {value - 1}; "
+                             "keep the manager count odd")
+        return value
+
+
+class SSHParams(_Strict):
+    port: int = Field(ge=1, le=65535)
+    admin_user: str = Field(pattern=r"^[a-z_][a-z0-9_-]*$")
+    private_key_file: str
+    operator_cidrs: list[str] = Field(min_length=1)
+    connect_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("operator_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            ipaddress.ip_network(cidr, strict=False)
+        return value
+
+
+FirewallSource = Literal["anywhere", "operators", "cluster"]
+
+
+class FirewallRuleParams(_Strict):
+    description: str
+    protocol: Literal["tcp", "udp", "icmp", "esp", "gre"]
+    port: str | None = None
+    source: FirewallSource | list[str]
+
+    @model_validator(mode="after")
+    def _port_matches_protocol(self) -> FirewallRuleParams:
+        if self.protocol in ("tcp", "udp") and not self.port:
+            raise ValueError(f"a {self.protocol} rule needs a port (e.g. '443' or '7946-7950')")
+        if self.protocol not in ("tcp", "udp") and self.port:
+            raise ValueError(f"a {self.protocol} rule has no port; remove port")
+        if self.port and not re.fullmatch(r"\d{1,5}(-\d{1,5})?", self.port):
+            raise ValueError(f"port {self.port!r} is not a number or a range like '7946-7950'")
+        return self
+
+
+class FirewallParams(_Strict):
+    name: str
+    rules: list[FirewallRuleParams] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _esp_for_encrypted_overlay(self) -> FirewallParams:
+        # The seed's table forgot ESP; without it an encrypted overlay carries nothing.
+        if not any(r.protocol == "esp" and r.source == "cluster" for r in self.rules):
+            raise ValueError("no ESP rule from the cluster: the encrypted overlay needs IP "
+                             "protocol 50 between nodes; add {protocol: esp, source: cluster}")
+        return self
+
+
+class SwarmParams(_Strict):
+    overlay_network: str
+    overlay_encrypted: bool
+    endpoint_mode: Literal["vip", "dnsrr"]
+    publish_mode: Literal["ingress", "host"]
+    redis_node: int = Field(ge=1, description="index (1-based) of the server that holds Redis")
+    dozzle_on_managers: bool = True
+
+
+class ServiceParams(_Strict):
+    image: str
+    replicas: int
+
+
+class ServicesParams(_Strict):
+    api: ServiceParams
+    worker: ServiceParams
+    admin: ServiceParams
+    redis: ServiceParams
+    dozzle: ServiceParams
+
+    @field_validator("api", "worker", "admin", "redis", "dozzle")
+    @classmethod
+    def _replicas_in_seed_range(cls, value: ServiceParams, info: ValidationInfo) -> ServiceParams:
+        low, high = REPLICA_RANGES[str(info.field_name)]
+        if not low <= value.replicas <= high:
+            span = f"exactly {low}" if low == high else f"{low} to {high}"
+            raise ValueError(f"replicas is {value.replicas}, outside the plan's range ({span}). "
+                             f"Fix: set replicas to {span}")
+        return value
+
+
+class BucketParams(_Strict):
+    name: str = Field(pattern=r"^[a-zA-Z0-9-]{6,50}$")
+    type: Literal["allPrivate"] = "allPrivate"
+
+
+class B2KeyParams(_Strict):
+    name: str
+    bucket: Literal["uploads", "certs"]
+    capabilities: list[str] = Field(min_length=1)
+    for_services: list[Literal["api", "worker", "admin"]]
+
+
+class B2Params(_Strict):
+    realm: str = Field(description="'production' for Backblaze, or the emulator's base URL")
+    buckets: dict[Literal["uploads", "certs"], BucketParams]
+    keys: list[B2KeyParams]
+
+
+class NeonParams(_Strict):
+    api_endpoint: str
+    project_id: str
+    branch: str
+    database: str
+    role: str
+    pooler_host: str
+    pooler_port: int = 5432
+    direct_host: str
+    direct_port: int = 5432
+    hostaddr: str | None = Field(default=None, description="local cloud: address for the names")
+    sslmode: Literal["require", "verify-ca", "verify-full"]
+    sslrootcert: str | None = None
+    history_retention_days: int = Field(ge=1, le=30)
+
+    @field_validator("pooler_host")
+    @classmethod
+    def _pooler(cls, value: str) -> str:
+        if "-pooler" not in value.split(".")[0]:
+            raise ValueError("the app connects through Neon's PgBouncer: the host's first "
+                             "label ends in -pooler (ep-xxx-pooler.region.aws.neon.tech)")
+        return value
+
+
+class LoadBalancerServiceParams(_Strict):
+    listen_port: int
+    destination_port: int
+
+
+class LoadBalancerParams(_Strict):
+    enabled: bool
+    name: str
+    type: str = "lb11"
+    services: list[LoadBalancerServiceParams] = Field(default_factory=list)
+
+
+class CloudflareParams(_Strict):
+    api_base: str | None = Field(default=None, description="None: Cloudflare itself")
+    zone: str
+    record: str
+    proxied: bool = True
+
+
+class RunnerParams(_Strict):
+    cell_timeout_s: int = Field(default=1800, ge=10)
+    approval: Literal["auto", "required"]
+
+
+class Params(_Strict):
+    env: str
+    hetzner: HetznerParams
+    ssh: SSHParams
+    firewall: FirewallParams
+    swarm: SwarmParams
+    services: ServicesParams
+    b2: B2Params
+    neon: NeonParams
+    load_balancer: LoadBalancerParams
+    cloudflare: CloudflareParams
+    runner: RunnerParams
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Params:
+        if self.swarm.redis_node > self.hetzner.server_count:
+            raise ValueError(f"swarm.redis_node is {self.swarm.redis_node} but there are only "
+                             f"{self.hetzner.server_count} servers")
+        if self.env == "production" and self.runner.approval != "required":
+            raise ValueError("runner.approval must be 'required' in production")
+        return self
+
+    @property
+    def cluster_label(self) -> str:
+        """The label selector that finds this environment's servers."""
+        return ",".join(f"{k}={v}" for k, v in sorted(self.hetzner.labels.items()))
+
+    def server_names(self) -> list[str]:
+        return [f"{self.hetzner.name_prefix}-{i}" for i in range(1, self.hetzner.server_count + 1)]
+
+    def public_dict(self) -> dict[str, Any]:
+        """Everything here, for metadata and papermill: params hold no secrets by construction."""
+        return self.model_dump(mode="json")
+
+
+# Key names that would hold a secret value; ``*_file`` and ``*_name`` keys only point at one.
+_SECRET_KEY = re.compile(
+    r"(^|_)(password|passwd|token|secret|api_key|apikey|access_key|application_key|"
+    r"private_key|secret_key)$"
+)
+_SECRET_VALUE = (
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    re.compile(r"^[a-z][a-z0-9+.-]*://[^/:@\s]+:[^/@\s]+@"),  # URL with a password in it
+)
+
+
+def _walk(node: Any, path: str = "") -> list[tuple[str, Any]]:
+    if isinstance(node, dict):
+        out: list[tuple[str, Any]] = []
+        for key, value in node.items():
+            out += _walk(value, f"{path}.{key}" if path else str(key))
+        return out
+    if isinstance(node, list):
+        return [item for i, value in enumerate(node) for item in _walk(value, f"{path}[{i}]")]
+    return [(path, node)]
+
+
+def _secret_issues(raw: dict[str, Any], env: str, secrets: SecretStore | None) -> list[ParamIssue]:
+    known = set(secrets.values()) if secrets else set()
+    env_vars = ", ".join(spec.env_var for spec in SECRET_SPECS)
+    fix = (f"remove the value; secrets come from the environment or secrets/{env}.env "
+           f"({env_vars}) because papermill writes params in clear text into every output")
+    issues = []
+    for path, value in _walk(raw):
+        leaf = path.rsplit(".", 1)[-1]
+        text = value if isinstance(value, str) else None
+        if _SECRET_KEY.search(leaf) and value not in (None, ""):
+            issues.append(ParamIssue(path, "looks like a secret written into a params file", fix))
+        elif text and (text in known or any(p.search(text) for p in _SECRET_VALUE)):
+            issues.append(ParamIssue(path, "holds a secret value (not shown)", fix))
+    return issues
+
+
+def _issue_from_pydantic(error: dict[str, Any], allowed: dict[str, list[str]]) -> ParamIssue:
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        parent = ".".join(loc[:-1])
+        known = allowed.get(parent, [])
+        return ParamIssue(key, "unknown key",
+                          f"remove it or fix its spelling; keys allowed here: {', '.join(known)}")
+    if kind == "missing":
+        return ParamIssue(key, "required key is missing", "add it (see params/production.yaml)")
+    got = error.get("input")
+    shown = repr(got) if not isinstance(got, dict | list) else type(got).__name__
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        expected = _TYPE_WORDS.get(kind.split("_")[0], kind.split("_")[0])
+        return ParamIssue(key, f"expected {expected}, got {shown}",
+                          f"write {expected} (no quotes around numbers or booleans)")
+    if kind == "literal_error":
+        return ParamIssue(key, f"{shown} is not allowed; {error['msg'].lower()}",
+                          "use one of the allowed values")
+    message = error["msg"].removeprefix("Value error, ")
+    problem, _, fix = message.partition(". Fix: ")
+    if kind != "value_error":
+        problem = f"{problem} (got {shown})"
+    return ParamIssue(key, problem, fix or "change the value as described")
+
+
+_TYPE_WORDS = {"int": "an integer", "string": "a string", "bool": "true or false",
+               "float": "a number", "dict": "a mapping", "list": "a list",
+               "model": "a mapping"}
+
+
+def _allowed_keys(model: type[BaseModel], prefix: str = "") -> dict[str, list[str]]:
+    table = {prefix: list(model.model_fields)}
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            table |= _allowed_keys(annotation, f"{prefix}.{name}" if prefix else name)
+    return table
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``services.api.replicas=4`` -> ("services.api.replicas", 4); values parse as YAML."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise ParamsError("-p", [ParamIssue(text, "not KEY=VALUE", "write -p key.path=value")])
+    return key.strip(), yaml.safe_load(value) if value else ""
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
+    for dotted, value in overrides.items():
+        node = raw
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                raise ParamsError(f"override -p {dotted}", [ParamIssue(
+                    dotted, f"{part} is not a section of the params",
+                    "use a dotted path that exists in the params file, e.g. services.api.replicas",
+                )])
+            node = child
+        node[parts[-1]] = value
+
+
+def load_params(
+    env: str,
+    overrides: dict[str, Any] | None = None,
+    path: Path | None = None,
+    secrets: SecretStore | None = None,
+) -> Params:
+    """Read, check and validate ``params/<env>.yaml``. Raises :class:`ParamsError`."""
+    path = path or params_file(env)
+    shown = str(path)
+    if not path.exists():
+        raise ParamsError(shown, [ParamIssue("(file)", "does not exist",
+                                             "create it from params/production.yaml or pick "
+                                             "another --env")])
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "(file)"
+        raise ParamsError(shown, [ParamIssue(where, f"is not valid YAML ({exc.__class__.__name__})",
+                                             "fix the YAML syntax at that line")]) from None
+    if not isinstance(raw, dict):
+        raise ParamsError(shown, [ParamIssue("(top level)", "is not a mapping",
+                                             "the file must be a YAML mapping of sections")])
+    _apply_overrides(raw, dict(overrides or {}))
+    issues = _secret_issues(raw, env, secrets)
+    if raw.get("env") != env:
+        issues.append(ParamIssue("env", f"is {raw.get('env')!r} but the file is for {env!r}",
+                                 f"set env: {env}"))
+    if issues:
+        raise ParamsError(shown, issues)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        allowed = _allowed_keys(Params)
+        raise ParamsError(shown, [_issue_from_pydantic(e, allowed) for e in exc.errors()]) from None

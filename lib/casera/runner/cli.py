@@ -1,0 +1,81 @@
+"""``casera``: the command line. Validates and dispatches; the work is in the modules."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from casera.errors import CaseraError, SecretLeakError
+from casera.runner import audit, lock
+from casera.runner.run import EXIT_BAD_INPUT, EXIT_LEAK, RunRequest, run
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="casera", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_run = sub.add_parser("run", help="execute a runbook headlessly and keep the output")
+    p_run.add_argument("runbook", help="name of a notebook in runbooks/ (without .ipynb)")
+    p_run.add_argument("--env", required=True, help="params/<env>.yaml to use")
+    p_run.add_argument("-p", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                       help="a runbook parameter, or a params override such as "
+                            "services.api.replicas=4 (repeatable)")
+    p_run.add_argument("--dry-run", action="store_true", help="show every step's plan, change "
+                       "nothing")
+    p_run.add_argument("--approve", action="store_true",
+                       help="approve destructive steps of this headless run")
+    p_run.add_argument("--break-lock", action="store_true",
+                       help="break the env lock if its holder's process is gone")
+    p_run.add_argument("--cell-timeout", type=int, default=None, metavar="SECONDS",
+                       help="override params runner.cell_timeout_s")
+
+    p_runs = sub.add_parser("runs", help="list the audit trail")
+    p_runs.add_argument("--env", default=None)
+
+    p_show = sub.add_parser("show", help="render a run to HTML for reviewers")
+    p_show.add_argument("run", help="run id (or prefix) or path of an output notebook")
+
+    p_lock = sub.add_parser("lock", help="show who holds an environment's lock")
+    p_lock.add_argument("--env", required=True)
+
+    p_local = sub.add_parser("local", help="the local cloud: up | down | status | ...")
+    p_local.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            outcome = run(RunRequest(runbook=args.runbook, env=args.env, settings=args.settings,
+                                     dry_run=args.dry_run, approve=args.approve,
+                                     break_lock=args.break_lock,
+                                     cell_timeout_s=args.cell_timeout))
+            stream = sys.stdout if outcome.exit_code == 0 else sys.stderr
+            print(outcome.message, file=stream)
+            return outcome.exit_code
+        if args.command == "runs":
+            print(audit.format_table(audit.list_runs(args.env)))
+            return 0
+        if args.command == "show":
+            print(audit.render_html(audit.find_run(args.run)))
+            return 0
+        if args.command == "lock":
+            holder = lock.read_holder(args.env)
+            print(holder.describe() if holder else f"env {args.env} is not locked")
+            return 0
+        if args.command == "local":
+            from casera.localcloud.cli import main as local_main
+
+            return local_main(args.args)
+    except SecretLeakError as exc:
+        print(f"casera: SECRET LEAK: {exc}", file=sys.stderr)
+        return EXIT_LEAK
+    except CaseraError as exc:
+        print(f"casera: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

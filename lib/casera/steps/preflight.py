@@ -1,0 +1,149 @@
+"""Preflight: read-only checks before any runbook changes anything.
+
+Red checks are an answer, not an error: these steps never raise for a failed check (the
+bootstrap runbook calls ``raise_for_failed_checks`` on them when it needs them green).
+Every endpoint probe has a short timeout and reports the error it met, never a secret.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import platform
+import shutil
+import socket
+import subprocess
+from collections.abc import Callable
+
+from casera.context import RunContext
+from casera.paths import params_file
+from casera.providers import b2, cloudflare, hetzner, neon, postgres, ssh
+from casera.result import StepResult, timed
+from casera.secrets import SECRET_SPECS
+
+LIBRARIES = ("papermill", "nbval", "jupyterlab", "ipywidgets", "hcloud", "docker", "fabric",
+             "b2sdk", "psycopg", "redis", "cloudflare", "pydantic")
+TOOLS = (("ssh", ["ssh", "-V"]), ("docker", ["docker", "--version"]),
+         ("git", ["git", "--version"]))
+PROBE_TIMEOUT_S = 5.0
+
+
+def verify_params(ctx: RunContext) -> StepResult:
+    """Params were validated when the run started; say so and show what this run will use."""
+    with timed(StepResult("params", str(params_file(ctx.env)), dry_run=ctx.dry_run)) as result:
+        result.check("schema", True, f"{params_file(ctx.env).name} is valid")
+        for line in ctx.summary_lines()[2:]:
+            result.check("setting", True, line)
+    return result
+
+
+def verify_secrets_present(ctx: RunContext) -> StepResult:
+    """Each secret is present (its source named, its value never shown)."""
+    with timed(StepResult("secrets", f"env {ctx.env}", dry_run=ctx.dry_run)) as result:
+        for spec in SECRET_SPECS:
+            source = ctx.secrets.source(spec.name)
+            result.check(spec.name, source is not None,
+                         f"from {source}" if source else
+                         f"missing: set {spec.env_var} or add it to {ctx.secrets.file}")
+    return result
+
+
+def _tool_version(command: list[str]) -> str | None:
+    if not shutil.which(command[0]):
+        return None
+    done = subprocess.run(command, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    return (done.stdout or done.stderr).strip().splitlines()[0] if done.returncode == 0 else None
+
+
+def report_versions(ctx: RunContext) -> StepResult:
+    """Python, libraries and tools this run uses: the reviewer's "with which code"."""
+    with timed(StepResult("versions", platform.node(), dry_run=ctx.dry_run)) as result:
+        result.check("python", True, platform.python_version())
+        for name in LIBRARIES:
+            try:
+                result.check(name, True, importlib.metadata.version(name))
+            except importlib.metadata.PackageNotFoundError:
+                result.check(name, False, "not installed: pip install -e .")
+        for name, command in TOOLS:
+            version = _tool_version(command)
+            result.check(name, version is not None, version or f"{name} not found on PATH")
+    return result
+
+
+def _probe(result: StepResult, name: str, call: Callable[[], str]) -> None:
+    try:
+        result.check(name, True, call())
+    except Exception as exc:  # noqa: BLE001 - whatever failed is the finding
+        message = str(exc).splitlines()[0][:160] if str(exc) else ""
+        result.check(name, False, f"{type(exc).__name__}: {message}")
+
+
+def _tcp(host: str, port: int) -> str:
+    with socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S):
+        return f"{host}:{port} accepts connections"
+
+
+def verify_endpoints(ctx: RunContext) -> StepResult:
+    """Try every configured endpoint once, with a short timeout."""
+    p, s = ctx.params, ctx.secrets
+    with timed(StepResult("endpoints", f"env {ctx.env}", dry_run=ctx.dry_run)) as result:
+        servers: list[str] = []
+
+        def hetzner_api() -> str:
+            api = hetzner.client(p.hetzner.api_endpoint, s.get("hcloud_token"), PROBE_TIMEOUT_S)
+            found = api.servers.get_all(label_selector=ctx.params.cluster_label)
+            servers.extend(srv.public_net.ipv4.ip for srv in found if srv.public_net.ipv4)
+            return f"{p.hetzner.api_endpoint}: {len(found)} server(s) labelled {p.cluster_label}"
+
+        _probe(result, "hetzner api", hetzner_api)
+
+        def ssh_and_docker() -> str:
+            if not servers:
+                raise LookupError("no servers yet, so no SSH or Docker endpoint to try")
+            answers = []
+            for ip in servers:
+                with ssh.connect(ip, p.ssh.port, p.ssh.admin_user, p.ssh.private_key_file,
+                                 PROBE_TIMEOUT_S) as conn:
+                    version = ssh.run(conn, "docker version --format '{{.Server.Version}}'")
+                    answers.append(f"{ip} docker {version}")
+            return "; ".join(answers)
+
+        _probe(result, "ssh + docker", ssh_and_docker)
+        _probe(result, "b2", lambda: "authorized, account " + b2.authorize(
+            p.b2.realm, s.get("b2_key_id"), s.get("b2_application_key")
+        ).account_info.get_account_id()[:6] + "…")
+        _probe(result, "neon api", lambda: "project {name}, plan {plan}".format(**{
+            "name": (project := neon.NeonClient(p.neon.api_endpoint, s.get("neon_api_key"),
+                                                PROBE_TIMEOUT_S).get_project(p.neon.project_id))
+            .get("name", p.neon.project_id), "plan": project.get("plan", "?")}))
+
+        def postgres_pooler() -> str:
+            with postgres.connect(p.neon.pooler_host, p.neon.pooler_port, p.neon.database,
+                                  p.neon.role, s.get("db_password"), p.neon.sslmode,
+                                  p.neon.sslrootcert, p.neon.hostaddr,
+                                  int(PROBE_TIMEOUT_S)) as conn:
+                return (f"{p.neon.pooler_host} sslmode={p.neon.sslmode}: "
+                        f"{postgres.server_version(conn)[:40]}")
+
+        _probe(result, "postgres (pooler)", postgres_pooler)
+
+        def cloudflare_zone() -> str:
+            cf = cloudflare.client(s.get("cloudflare_api_token"), p.cloudflare.api_base,
+                                   PROBE_TIMEOUT_S)
+            zone_id = cloudflare.find_zone_id(cf, p.cloudflare.zone)
+            if not zone_id:
+                raise LookupError(f"zone {p.cloudflare.zone} not found for this token")
+            return f"zone {p.cloudflare.zone} found"
+
+        _probe(result, "cloudflare", cloudflare_zone)
+    return result
+
+
+def summarize(results: list[StepResult]) -> StepResult:
+    """All checks of the run in one green/red table."""
+    summary = StepResult("preflight", "summary")
+    for step in results:
+        for check in step.checks:
+            summary.check(f"{step.step}: {check.name}", check.ok, check.detail)
+    green = sum(c.ok for c in summary.checks)
+    summary.reason = f"{green} green, {len(summary.checks) - green} red"
+    return summary
