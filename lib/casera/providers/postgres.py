@@ -22,7 +22,9 @@ def connect(host: str, port: int, dbname: str, user: str, password: Secret, sslm
         kwargs["sslrootcert"] = os.path.expanduser(sslrootcert)
     if hostaddr:
         kwargs["hostaddr"] = hostaddr
-    return psycopg.connect(**kwargs)
+    # PgBouncer in transaction mode (Neon's pooler, the local cloud's 1.18) cannot keep
+    # server-side prepared statements across transactions.
+    return psycopg.connect(**kwargs, prepare_threshold=None)
 
 
 def server_version(conn: psycopg.Connection) -> str:
