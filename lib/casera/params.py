@@ -129,11 +129,23 @@ class SwarmParams(_Strict):
     publish_mode: Literal["ingress", "host"]
     redis_node: int = Field(ge=1, description="index (1-based) of the server that holds Redis")
     dozzle_on_managers: bool = True
+    api_published_port: int = Field(default=80, ge=1, le=65535)
+    probe_image: str = Field(description="an image with python3, for the overlay traffic probe")
 
 
 class ServiceParams(_Strict):
     image: str
     replicas: int
+    user: str = Field(description="uid[:gid] inside the image; never root")
+    healthcheck: list[str] = Field(min_length=2, description="compose healthcheck test")
+
+    @field_validator("user")
+    @classmethod
+    def _not_root(cls, value: str) -> str:
+        if value.split(":")[0] in ("", "0", "root"):
+            raise ValueError("every service runs as a non-root user. Fix: set a uid such as "
+                             "10001")
+        return value
 
 
 class ServicesParams(_Strict):

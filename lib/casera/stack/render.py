@@ -1,0 +1,216 @@
+"""Renders the Casera stack file (``docker stack deploy`` compose format) from settings.
+
+The template is plain YAML with ``string.Template`` placeholders, so no templating dependency
+is needed and the file reads as the stack it becomes. Every value is substituted JSON-encoded
+(JSON is valid YAML), so an image reference, a password-free DSN part or a list cannot break
+the YAML around it.
+
+Where this machine's kernel forces local values (no IPVS: ``dnsrr`` and host-mode ports; no
+ESP: no overlay encryption), the settings carry the choice explicitly and the rendered file
+states it in its header. :data:`SEED_NETWORK` holds the production values from the seed.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, TypedDict
+
+from casera.errors import CaseraError
+from casera.params import REPLICA_RANGES
+
+if TYPE_CHECKING:
+    from casera.params import Params
+
+TEMPLATE = Path(__file__).with_name("casera-stack.tmpl.yml")
+
+SERVICES = ("api", "worker", "admin", "redis", "dozzle")
+SECRETS = ("db_password", "secret_key", "b2_key_id", "b2_application_key", "apns_key")
+
+
+class DatabaseSettings(TypedDict):
+    host: str  # the pooler (Neon's -pooler host); the apps never use the direct endpoint
+    port: int
+    name: str
+    user: str
+    sslmode: str  # "require" at least; the password comes from the db_password secret
+
+
+class NetworkSettings(TypedDict):
+    overlay_encrypted: bool
+    endpoint_mode: Literal["vip", "dnsrr"]
+    api_publish_mode: Literal["ingress", "host"]
+    api_published_port: int
+
+
+class StackSettings(TypedDict):
+    env: str
+    images: dict[str, str]  # service -> image reference, for every name in SERVICES
+    replicas: dict[str, int]
+    users: dict[str, str]  # service -> "uid:gid" or a user name the image knows; never root
+    healthchecks: dict[str, list[str]]  # service -> healthcheck `test` (["CMD", ...])
+    secrets: dict[str, str]  # name in SECRETS -> versioned Docker secret, e.g. ..._v1
+    database: DatabaseSettings
+    network: NetworkSettings
+
+
+# The seed's production networking: encrypted overlay (IPsec; the firewall must pass ESP),
+# Swarm virtual IPs, and the api published through the routing mesh.
+SEED_NETWORK: NetworkSettings = {
+    "overlay_encrypted": True,
+    "endpoint_mode": "vip",
+    "api_publish_mode": "ingress",
+    "api_published_port": 8080,
+}
+
+# What this machine's kernel allows (notes/local-engine.md): no ESP, so an encrypted overlay
+# carries nothing; no IPVS, so neither virtual IPs nor the routing mesh answer.
+LOCAL_NETWORK: NetworkSettings = {
+    "overlay_encrypted": False,
+    "endpoint_mode": "dnsrr",
+    "api_publish_mode": "host",
+    "api_published_port": 8080,
+}
+
+# Healthchecks that work in the official redis image and in the local stand-in images.
+REDIS_HEALTHCHECK = ["CMD", "redis-cli", "ping"]
+
+
+class StackSettingsError(CaseraError):
+    """The settings cannot make a valid stack; the message names the key."""
+
+
+def _require_keys(what: str, given: dict[str, object], needed: tuple[str, ...]) -> None:
+    missing = [name for name in needed if name not in given]
+    unknown = [name for name in given if name not in needed]
+    if missing or unknown:
+        raise StackSettingsError(
+            f"{what}: missing {missing or 'nothing'}, unknown {unknown or 'nothing'}; "
+            f"expected exactly {list(needed)}"
+        )
+
+
+def validate(settings: StackSettings) -> None:
+    """Refuse settings that would deploy something the runbooks cannot stand behind."""
+    for key in ("images", "replicas", "users", "healthchecks"):
+        _require_keys(key, settings[key], SERVICES)  # type: ignore[literal-required]
+    _require_keys("secrets", settings["secrets"], SECRETS)
+    for service, count in settings["replicas"].items():
+        low, high = REPLICA_RANGES[service]
+        if not low <= count <= high:
+            raise StackSettingsError(
+                f"replicas.{service}: {count} is outside {low}-{high} (the seed's range)")
+    for service, user in settings["users"].items():
+        if user.split(":", 1)[0] in ("", "0", "root"):
+            raise StackSettingsError(f"users.{service}: {user!r} is root; every service runs "
+                                     "as a non-root user")
+    for service, test in settings["healthchecks"].items():
+        if not test or test[0] not in ("CMD", "CMD-SHELL"):
+            raise StackSettingsError(f"healthchecks.{service}: {test!r} must start with CMD "
+                                     "or CMD-SHELL")
+    network = settings["network"]
+    if network["endpoint_mode"] not in ("vip", "dnsrr"):
+        raise StackSettingsError(f"network.endpoint_mode: {network['endpoint_mode']!r}")
+    if network["api_publish_mode"] not in ("ingress", "host"):
+        raise StackSettingsError(f"network.api_publish_mode: {network['api_publish_mode']!r}")
+    if network["endpoint_mode"] == "dnsrr" and network["api_publish_mode"] == "ingress":
+        # Docker refuses this pair at deploy time; say so before anything is sent.
+        raise StackSettingsError("network: endpoint_mode dnsrr needs api_publish_mode host "
+                                 "(the routing mesh only works with virtual IPs)")
+    if settings["database"]["sslmode"] in ("disable", "allow", "prefer"):
+        raise StackSettingsError(f"database.sslmode: {settings['database']['sslmode']!r} "
+                                 "allows plain text; use require or verify-full")
+
+
+def _notes(network: NetworkSettings) -> dict[str, str]:
+    return {
+        "overlay_encryption_note": (
+            "on (IPsec; nodes must pass ESP, IP protocol 50)" if network["overlay_encrypted"]
+            else "OFF - traffic between nodes is not encrypted"),
+        "endpoint_mode_note": (
+            "vip (Swarm virtual IPs)" if network["endpoint_mode"] == "vip"
+            else "dnsrr (no virtual IPs: DNS returns task addresses)"),
+        "api_publish_mode_note": (
+            "ingress (routing mesh: every node answers)" if network["api_publish_mode"]
+            == "ingress" else "host (only nodes running an api task answer)"),
+    }
+
+
+def render_stack(settings: StackSettings) -> str:
+    """The stack file's YAML text for these settings (validated first)."""
+    validate(settings)
+    network = settings["network"]
+    db = settings["database"]
+    values: dict[str, str] = {
+        "env": settings["env"],
+        "env_json": json.dumps(settings["env"]),
+        "db_host": json.dumps(db["host"]),
+        "db_port": json.dumps(str(db["port"])),
+        "db_name": json.dumps(db["name"]),
+        "db_user": json.dumps(db["user"]),
+        "db_sslmode": json.dumps(db["sslmode"]),
+        "endpoint_mode": json.dumps(network["endpoint_mode"]),
+        "api_publish_mode": json.dumps(network["api_publish_mode"]),
+        "api_published_port": json.dumps(int(network["api_published_port"])),
+        # Docker's overlay driver encrypts when the option is present at all, whatever its
+        # value ("false" included), so "off" must leave the key out.
+        "overlay_driver_opts": '{encrypted: "true"}' if network["overlay_encrypted"] else "{}",
+        **_notes(network),
+    }
+    for service in SERVICES:
+        values[f"image_{service}"] = json.dumps(settings["images"][service])
+        values[f"replicas_{service}"] = json.dumps(int(settings["replicas"][service]))
+        values[f"user_{service}"] = json.dumps(settings["users"][service])
+        values[f"healthcheck_{service}"] = json.dumps(list(settings["healthchecks"][service]))
+    for name in SECRETS:
+        values[f"secret_{name}"] = json.dumps(settings["secrets"][name])
+    # substitute(), not safe_substitute(): a placeholder without a value is a bug to see now.
+    return string.Template(TEMPLATE.read_text()).substitute(values)
+
+
+def write_stack(settings: StackSettings, path: Path) -> Path:
+    path.write_text(render_stack(settings))
+    return path
+
+
+def settings_from_params(
+    params: Params,
+    *,
+    secrets: dict[str, str],
+    users: dict[str, str],
+    healthchecks: dict[str, list[str]],
+    images: dict[str, str] | None = None,
+    db_host: str | None = None,
+    db_sslmode: str | None = None,
+    api_published_port: int = 8080,
+) -> StackSettings:
+    """Stack settings from an environment's params plus what params do not hold: the
+    current secret versions (read from the Swarm), and the images' users and healthchecks.
+
+    ``images`` overrides the params' image references (the local cloud passes its content
+    tags). ``db_host``/``db_sslmode`` override the pooler endpoint as the containers see it;
+    a caller that lowers verify-full to require says so in its own output.
+    """
+    services = params.services
+    return {
+        "env": params.env,
+        "images": images or {name: getattr(services, name).image for name in SERVICES},
+        "replicas": {name: getattr(services, name).replicas for name in SERVICES},
+        "users": dict(users),
+        "healthchecks": {name: list(test) for name, test in healthchecks.items()},
+        "secrets": dict(secrets),
+        "database": {
+            "host": db_host or params.neon.pooler_host,
+            "port": params.neon.pooler_port,
+            "name": params.neon.database,
+            "user": params.neon.role,
+            "sslmode": db_sslmode or params.neon.sslmode,
+        },
+        "network": {
+            "overlay_encrypted": params.swarm.overlay_encrypted,
+            "endpoint_mode": params.swarm.endpoint_mode,
+            "api_publish_mode": params.swarm.publish_mode,
+            "api_published_port": api_published_port,
+        },
+    }

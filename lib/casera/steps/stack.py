@@ -1,0 +1,205 @@
+"""The Casera stack: render the stack file from params, ``docker stack deploy`` it on a
+manager, wait until every service runs its replicas, then verify what the seed promises.
+
+``docker stack deploy`` is a CLI feature (the Engine API has no stacks), so the file goes to a
+manager over SSH and the CLI runs there; everything read back goes through the Docker SDK.
+The rendered file is kept on the manager: an identical file on a converged stack is
+"0 changes".
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+from contextlib import ExitStack
+from typing import Any
+
+import docker
+
+from casera.context import RunContext
+from casera.params import Params
+from casera.progress import wait_for
+from casera.providers import docker_swarm, ssh
+from casera.result import StepResult, timed
+from casera.secrets import Secret
+from casera.stack import SECRETS, StackSettings, render_stack
+from casera.steps.access import node_addresses
+from casera.steps.docker_secrets import current_names
+from casera.steps.swarm import docker_clients, manager_name
+
+STACK = "casera"
+REMOTE_FILE = "casera-stack.yml"
+DOZZLE_PORT = 9999
+
+
+def stack_settings(params: Params, secret_names: dict[str, str],
+                   docker_socket_gid: int) -> StackSettings:
+    """Everything the stack file needs, from params; Dozzle's group is the Docker socket's
+    group on the nodes, so it reads the socket without being root."""
+    services = params.services
+    users = {name: getattr(services, name).user for name in ("api", "worker", "admin", "redis")}
+    users["dozzle"] = f"{services.dozzle.user.split(':')[0]}:{docker_socket_gid}"
+    neon = params.neon
+    return {
+        "env": params.env,
+        "images": {name: getattr(services, name).image for name in
+                   ("api", "worker", "admin", "redis", "dozzle")},
+        "replicas": {name: getattr(services, name).replicas for name in
+                     ("api", "worker", "admin", "redis", "dozzle")},
+        "users": users,
+        "healthchecks": {name: list(getattr(services, name).healthcheck) for name in
+                         ("api", "worker", "admin", "redis", "dozzle")},
+        "secrets": secret_names,
+        "database": {"host": neon.pooler_host, "port": neon.pooler_port, "name": neon.database,
+                     "user": neon.role, "sslmode": neon.sslmode},
+        "network": {"overlay_encrypted": params.swarm.overlay_encrypted,
+                    "endpoint_mode": params.swarm.endpoint_mode,
+                    "api_publish_mode": params.swarm.publish_mode,
+                    "api_published_port": params.swarm.api_published_port},
+    }
+
+
+def _stack_services(client: docker.DockerClient) -> dict[str, Any]:
+    return {s.name.removeprefix(f"{STACK}_"): s for s in client.services.list(
+        filters={"label": f"com.docker.stack.namespace={STACK}"})}
+
+
+def _converged(client: docker.DockerClient, params: Params) -> dict[str, int] | None:
+    """service -> running tasks, once every service runs exactly its replicas."""
+    services = _stack_services(client)
+    counts = {}
+    for name in ("api", "worker", "admin", "redis", "dozzle"):
+        service = services.get(name)
+        if service is None:
+            return None
+        running = [t for t in service.tasks(filters={"desired-state": "running"})
+                   if t["Status"]["State"] == "running"]
+        counts[name] = len(running)
+        if len(running) != getattr(params.services, name).replicas:
+            return None
+    return counts
+
+
+def ensure_stack(ctx: RunContext, timeout: float = 600) -> StepResult:
+    """The stack deployed from params, every service at its replica count."""
+    p = ctx.params
+    with timed(StepResult("stack", STACK, dry_run=ctx.dry_run)) as result, \
+            ExitStack() as stack:
+        nodes = node_addresses(ctx)
+        if ctx.dry_run and not nodes:
+            result.changed = 1
+            result.diff = [f"+ stack {STACK}: " + ", ".join(
+                f"{n} x{getattr(p.services, n).replicas}" for n in
+                ("api", "worker", "admin", "redis", "dozzle"))]
+            return result
+        clients = docker_clients(ctx, stack, nodes)
+        leader = manager_name(clients, {n: docker_swarm.swarm_state(c)
+                                        for n, c in clients.items()})
+        if leader is None:
+            result.changed, result.reason = 1, "no swarm yet"
+            return result
+        client = clients[leader]
+        conn = stack.enter_context(ssh.connect(nodes[leader], p.ssh.port, p.ssh.admin_user,
+                                               p.ssh.private_key_file, p.ssh.connect_timeout_s))
+        gid = int(ssh.run(conn, "stat -c %g /var/run/docker.sock"))
+        try:
+            names = current_names(client, list(SECRETS))
+        except LookupError as exc:
+            if not ctx.dry_run:
+                raise
+            names = {n: f"casera_{n}_v1" for n in SECRETS}
+            result.diff.append(f"  ({exc}; assuming v1)")
+        text = render_stack(stack_settings(p, names, gid))
+        deployed = ssh.run(conn, f"cat {REMOTE_FILE} 2>/dev/null || true")
+        converged = _converged(client, p)
+        if deployed.strip() == text.strip() and converged:
+            result.reason = "deployed file unchanged and every service at its replicas"
+        else:
+            result.changed = 1
+            result.diff.append(f"~ docker stack deploy {STACK}" if deployed else
+                               f"+ docker stack deploy {STACK}")
+            result.diff += _file_diff(deployed, text)
+            if ctx.dry_run:
+                return result
+            conn.put(io.StringIO(text), REMOTE_FILE)
+            ssh.run(conn, f"docker stack deploy --with-registry-auth -c {REMOTE_FILE} {STACK}",
+                    timeout=300)
+        if ctx.dry_run:
+            return result
+        counts = wait_for("every service at its replica count",
+                          lambda: _converged(client, p), timeout)
+        for name, count in counts.items():
+            result.check(f"{name} replicas", True, f"{count} running")
+    return result
+
+
+def _file_diff(old: str, new: str) -> list[str]:
+    import difflib
+
+    changed = [line for line in difflib.unified_diff(old.splitlines(), new.splitlines(),
+                                                     lineterm="", n=0)
+               if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    return [f"  {line}" for line in changed[:20]] + (
+        [f"  ... {len(changed) - 20} more changed lines"] if len(changed) > 20 else [])
+
+
+def verify_stack(ctx: RunContext, secret_values: dict[str, Secret]) -> StepResult:
+    """Placement, non-root users, no secret values in any service's environment, and Dozzle
+    unreachable from outside the cluster."""
+    p = ctx.params
+    with timed(StepResult("stack checks", STACK, dry_run=ctx.dry_run)) as result, \
+            ExitStack() as stack:
+        if ctx.dry_run:
+            result.reason = "nothing deployed in a dry run"
+            return result
+        nodes = node_addresses(ctx)
+        clients = docker_clients(ctx, stack, nodes)
+        leader = manager_name(clients, {n: docker_swarm.swarm_state(c)
+                                        for n, c in clients.items()})
+        client = clients[leader]
+        swarm_nodes = {e["id"]: e for e in docker_swarm.nodes(client)}
+        services = _stack_services(client)
+
+        def hosts_of(name: str) -> list[str]:
+            return sorted(swarm_nodes[t["NodeID"]]["hostname"] for t in services[name].tasks(
+                filters={"desired-state": "running"}) if t["Status"]["State"] == "running")
+
+        redis_host = p.server_names()[p.swarm.redis_node - 1]
+        result.check("redis on its labelled node", hosts_of("redis") == [redis_host],
+                     f"on {', '.join(hosts_of('redis'))}, label casera.redis on {redis_host}")
+        volumes = [v.name for v in clients[redis_host].volumes.list()]
+        result.check("redis volume on that node", "casera-redis-data" in volumes,
+                     "casera-redis-data" if "casera-redis-data" in volumes else "missing")
+        dozzle = hosts_of("dozzle")
+        managers = {e["hostname"] for e in swarm_nodes.values() if e["role"] == "manager"}
+        result.check("dozzle on a manager", bool(dozzle) and set(dozzle) <= managers,
+                     ", ".join(dozzle))
+        api_hosts = hosts_of("api")
+        spread = len(set(api_hosts)) == min(len(nodes), p.services.api.replicas)
+        result.check("api spread over the nodes", spread,
+                     f"{len(api_hosts)} tasks on {len(set(api_hosts))} nodes")
+        leaked = []
+        for name, service in services.items():
+            spec = service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]
+            env = " ".join(spec.get("Env") or [])
+            leaked += [f"{name}:{secret}" for secret, value in secret_values.items()
+                       if value.reveal() in env]
+            user = spec.get("User") or ""
+            result.check(f"{name} non-root", bool(user) and user.split(":")[0] not in
+                         ("0", "root"), f"user {user or '(image default)'}")
+        result.check("no secret values in service environments", not leaked,
+                     "checked every service's Env against every secret value"
+                     if not leaked else f"FOUND in {', '.join(leaked)} (values not shown)")
+        for name, ip in nodes.items():
+            reachable = _tcp_open(ip, DOZZLE_PORT)
+            result.check(f"dozzle :{DOZZLE_PORT} closed from outside on {name}", not reachable,
+                         "refused or dropped" if not reachable else "REACHABLE from outside")
+    return result
+
+
+def _tcp_open(ip: str, port: int, timeout: float = 3.0) -> bool:
+    try:
+        with socket.create_connection((ip, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
