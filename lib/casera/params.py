@@ -195,6 +195,8 @@ class NeonParams(_Strict):
     direct_host: str
     direct_port: int = 5432
     hostaddr: str | None = Field(default=None, description="local cloud: address for the names")
+    node_hostaddr: str | None = Field(default=None, description="local cloud: the same, as "
+                                      "the nodes reach it (extra_hosts in the stack)")
     sslmode: Literal["require", "verify-ca", "verify-full"]
     sslrootcert: str | None = None
     history_retention_days: int = Field(ge=1, le=30)

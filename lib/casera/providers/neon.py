@@ -34,3 +34,15 @@ class NeonClient:
 
     def get_project(self, project_id: str) -> dict[str, Any]:
         return self.request("GET", f"/projects/{project_id}")["project"]
+
+    def get_current_user(self) -> dict[str, Any]:
+        """The API key's user; its ``plan`` is the account's plan."""
+        return self.request("GET", "/users/me")
+
+    def update_project(self, project_id: str, changes: dict[str, Any]) -> dict[str, Any]:
+        """PATCH the project; the answer holds the project and the operations it started."""
+        return self.request("PATCH", f"/projects/{project_id}", json={"project": changes})
+
+    def get_operation(self, project_id: str, operation_id: str) -> dict[str, Any]:
+        return self.request("GET", f"/projects/{project_id}/operations/{operation_id}"
+                            )["operation"]

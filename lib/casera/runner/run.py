@@ -36,6 +36,7 @@ from casera.result import JOURNAL_ENV
 from casera.runner import lock
 from casera.runner.scrub import find_leaks, scrub
 from casera.secrets import SecretStore
+from casera.steps.storage import stored_secret_values
 
 # Exit codes, documented in the README.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_TIMED_OUT, EXIT_LEAK = 0, 1, 2, 3, 4, 5
@@ -240,6 +241,9 @@ def _execute(request: RunRequest, nb_path: Path, params: dict[str, Any],
         "steps": steps,
         "changes": sum(int(s.get("changed", 0)) for s in steps),
     }
+    # Secrets made during the run (B2 application keys) count too: read them now.
+    secret_values = secret_values + SecretStore(request.env).values() + \
+        stored_secret_values(request.env)
     text, masked = scrub(nbformat.writes(nb), secret_values)
     shutil.rmtree(scratch, ignore_errors=True)
     leaks = find_leaks(text, secret_values)

@@ -26,7 +26,10 @@ if TYPE_CHECKING:
 TEMPLATE = Path(__file__).with_name("casera-stack.tmpl.yml")
 
 SERVICES = ("api", "worker", "admin", "redis", "dozzle")
-SECRETS = ("db_password", "secret_key", "b2_key_id", "b2_application_key", "apns_key")
+# The B2 keys are the scoped application keys bootstrap makes (never the master key): the api
+# gets the uploads read/write key and the certs read-only key, the worker only the latter.
+SECRETS = ("db_password", "secret_key", "b2_uploads_key_id", "b2_uploads_key",
+           "b2_certs_key_id", "b2_certs_key", "apns_key")
 
 
 class DatabaseSettings(TypedDict):
@@ -35,9 +38,11 @@ class DatabaseSettings(TypedDict):
     name: str
     user: str
     sslmode: str  # "require" at least; the password comes from the db_password secret
+    hostaddr: str | None  # where the host name points from the nodes when DNS cannot say
 
 
 class NetworkSettings(TypedDict):
+    overlay_network: str  # made (and probed) by bootstrap before the stack: external here
     overlay_encrypted: bool
     endpoint_mode: Literal["vip", "dnsrr"]
     api_publish_mode: Literal["ingress", "host"]
@@ -58,6 +63,7 @@ class StackSettings(TypedDict):
 # The seed's production networking: encrypted overlay (IPsec; the firewall must pass ESP),
 # Swarm virtual IPs, and the api published through the routing mesh.
 SEED_NETWORK: NetworkSettings = {
+    "overlay_network": "casera",
     "overlay_encrypted": True,
     "endpoint_mode": "vip",
     "api_publish_mode": "ingress",
@@ -67,6 +73,7 @@ SEED_NETWORK: NetworkSettings = {
 # What this machine's kernel allows (notes/local-engine.md): no ESP, so an encrypted overlay
 # carries nothing; no IPVS, so neither virtual IPs nor the routing mesh answer.
 LOCAL_NETWORK: NetworkSettings = {
+    "overlay_network": "casera",
     "overlay_encrypted": False,
     "endpoint_mode": "dnsrr",
     "api_publish_mode": "host",
@@ -150,12 +157,12 @@ def render_stack(settings: StackSettings) -> str:
         "db_name": json.dumps(db["name"]),
         "db_user": json.dumps(db["user"]),
         "db_sslmode": json.dumps(db["sslmode"]),
+        "db_extra_hosts": json.dumps([f"{db['host']}:{db['hostaddr']}"] if db.get("hostaddr")
+                                     else []),
+        "overlay_network": json.dumps(network["overlay_network"]),
         "endpoint_mode": json.dumps(network["endpoint_mode"]),
         "api_publish_mode": json.dumps(network["api_publish_mode"]),
         "api_published_port": json.dumps(int(network["api_published_port"])),
-        # Docker's overlay driver encrypts when the option is present at all, whatever its
-        # value ("false" included), so "off" must leave the key out.
-        "overlay_driver_opts": '{encrypted: "true"}' if network["overlay_encrypted"] else "{}",
         **_notes(network),
     }
     for service in SERVICES:
@@ -178,39 +185,29 @@ def settings_from_params(
     params: Params,
     *,
     secrets: dict[str, str],
-    users: dict[str, str],
-    healthchecks: dict[str, list[str]],
+    docker_socket_gid: int,
     images: dict[str, str] | None = None,
-    db_host: str | None = None,
-    db_sslmode: str | None = None,
-    api_published_port: int = 8080,
 ) -> StackSettings:
-    """Stack settings from an environment's params plus what params do not hold: the
-    current secret versions (read from the Swarm), and the images' users and healthchecks.
-
-    ``images`` overrides the params' image references (the local cloud passes its content
-    tags). ``db_host``/``db_sslmode`` override the pooler endpoint as the containers see it;
-    a caller that lowers verify-full to require says so in its own output.
-    """
+    """Stack settings from an environment's params plus what only the cluster knows: the
+    current secret versions and the group owning the nodes' Docker socket (Dozzle's group,
+    so it reads the socket without being root). ``images`` overrides the params' images."""
     services = params.services
+    users = {name: getattr(services, name).user for name in SERVICES}
+    users["dozzle"] = f"{users['dozzle'].split(':')[0]}:{docker_socket_gid}"
+    neon, swarm = params.neon, params.swarm
     return {
         "env": params.env,
         "images": images or {name: getattr(services, name).image for name in SERVICES},
         "replicas": {name: getattr(services, name).replicas for name in SERVICES},
-        "users": dict(users),
-        "healthchecks": {name: list(test) for name, test in healthchecks.items()},
+        "users": users,
+        "healthchecks": {name: list(getattr(services, name).healthcheck) for name in SERVICES},
         "secrets": dict(secrets),
-        "database": {
-            "host": db_host or params.neon.pooler_host,
-            "port": params.neon.pooler_port,
-            "name": params.neon.database,
-            "user": params.neon.role,
-            "sslmode": db_sslmode or params.neon.sslmode,
-        },
-        "network": {
-            "overlay_encrypted": params.swarm.overlay_encrypted,
-            "endpoint_mode": params.swarm.endpoint_mode,
-            "api_publish_mode": params.swarm.publish_mode,
-            "api_published_port": api_published_port,
-        },
+        "database": {"host": neon.pooler_host, "port": neon.pooler_port, "name": neon.database,
+                     "user": neon.role, "sslmode": neon.sslmode,
+                     "hostaddr": neon.node_hostaddr},
+        "network": {"overlay_network": swarm.overlay_network,
+                    "overlay_encrypted": swarm.overlay_encrypted,
+                    "endpoint_mode": swarm.endpoint_mode,
+                    "api_publish_mode": swarm.publish_mode,
+                    "api_published_port": swarm.api_published_port},
     }

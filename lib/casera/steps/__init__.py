@@ -1,2 +1,23 @@
 """Idempotent steps: ``ensure_*`` makes a thing so, ``verify_*`` checks it; each returns a
-:class:`casera.result.StepResult` and honours ``ctx.dry_run``."""
+:class:`casera.result.StepResult` and honours ``ctx.dry_run``.
+
+Runbooks do ``from casera import steps`` and call ``steps.<module>.<step>(ctx)``: the module
+says which system a step touches.
+"""
+
+from casera.steps import (
+    access,
+    compute,
+    database,
+    dns,
+    docker_secrets,
+    load_balancer,
+    preflight,
+    stack,
+    storage,
+    summary,
+    swarm,
+)
+
+__all__ = ["access", "compute", "database", "dns", "docker_secrets", "load_balancer",
+           "preflight", "stack", "storage", "summary", "swarm"]

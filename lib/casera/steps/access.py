@@ -13,6 +13,8 @@ import socket
 import paramiko
 
 from casera.context import RunContext
+from casera.errors import WaitTimeout
+from casera.gate import confirm
 from casera.progress import wait_for
 from casera.providers import ssh
 from casera.result import StepResult, timed
@@ -36,8 +38,13 @@ def _admin_ssh_ok(ctx: RunContext, ip: str) -> str | None:
                        "cloud-init status | tail -n1; id -nG") or None
 
 
-def wait_for_ssh(ctx: RunContext, timeout: float = 300) -> StepResult:
-    """Every server answers SSH as the admin user on ``ssh.port`` with the operator's key."""
+def wait_for_ssh(ctx: RunContext, patience: float = 120, timeout: float = 300) -> StepResult:
+    """Every server answers SSH as the admin user on ``ssh.port`` with the operator's key.
+
+    A server that has not answered within ``patience`` seconds (a crashed or hung node, which
+    the API still calls "running") gets a hard reset through the API, behind the approval
+    gate, and one more ``timeout`` to come back; after that the step fails and says so.
+    """
     s = ctx.params.ssh
     with timed(StepResult("ssh", f"{s.admin_user}@*:{s.port}", dry_run=ctx.dry_run)) as result:
         nodes = node_addresses(ctx)
@@ -45,8 +52,22 @@ def wait_for_ssh(ctx: RunContext, timeout: float = 300) -> StepResult:
             result.reason = "no servers yet: nothing to reach"
             return result
         for name, ip in nodes.items():
-            answer = wait_for(f"SSH as {s.admin_user} on {name} ({ip}:{s.port})",
-                              lambda ip=ip: _admin_ssh_ok(ctx, ip), timeout)
+            what = f"SSH as {s.admin_user} on {name} ({ip}:{s.port})"
+            try:
+                answer = wait_for(what, lambda ip=ip: _admin_ssh_ok(ctx, ip),
+                                  60 if ctx.dry_run else patience)
+            except WaitTimeout:
+                result.changed += 1
+                result.diff.append(f"~ server {name}: hard reset (no SSH for {patience:.0f} s)")
+                if ctx.dry_run:
+                    result.check(f"{name} ssh", False, "not answering; a real run resets it")
+                    continue
+                confirm(ctx, f"Reset server {name}", [f"~ {name} ({ip}): hard reset, like "
+                                                      "pulling the plug; data on disk stays"])
+                api = hcloud_client(ctx)
+                api.servers.reset(api.servers.get_by_name(name)).wait_until_finished()
+                answer = wait_for(f"{what} after a reset", lambda ip=ip: _admin_ssh_ok(ctx, ip),
+                                  timeout)
             status, _, groups = answer.partition("\n")
             result.check(f"{name} ssh", True, f"{ip}:{s.port}, {status.strip()}")
             result.check(f"{name} admin in docker group", "docker" in groups.split(),

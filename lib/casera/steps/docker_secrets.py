@@ -17,9 +17,11 @@ from contextlib import ExitStack
 import docker
 
 from casera.context import RunContext
+from casera.errors import SecretMissingError
 from casera.progress import wait_for
 from casera.result import StepResult, timed
 from casera.secrets import Secret
+from casera.steps import storage
 from casera.steps.access import node_addresses
 from casera.steps.swarm import manager_client
 
@@ -88,3 +90,24 @@ def current_names(client: docker.DockerClient, names: list[str]) -> dict[str, st
     if missing:
         raise LookupError(f"no Docker secret for {', '.join(missing)}: run the secrets step")
     return {name: existing[name][-1][1] for name in names}
+
+
+def stack_secret_values(ctx: RunContext) -> dict[str, Secret]:
+    """Every secret the stack mounts, by its name in the stack file: the app's own secrets
+    from the secrets source, the scoped B2 keys from the B2 key store (never the master key).
+    In a dry run on a fresh environment the B2 keys do not exist yet: placeholders stand in,
+    so the plan can still be shown."""
+    values = {name: ctx.secrets.get(name) for name in ("db_password", "secret_key", "apns_key")}
+    try:
+        keys = storage.app_key_values(ctx)
+    except SecretMissingError:
+        if not ctx.dry_run:
+            raise
+        keys = {}
+    for kp in ctx.params.b2.keys:
+        key = keys.get(kp.name)
+        key_id = key.key_id if key else f"(key {kp.name} not made yet)"
+        values[f"b2_{kp.bucket}_key_id"] = Secret(f"b2_{kp.bucket}_key_id", key_id)
+        values[f"b2_{kp.bucket}_key"] = key.secret if key else Secret(
+            f"b2_{kp.bucket}_key", f"(key {kp.name} not made yet)")
+    return values

@@ -101,8 +101,14 @@ def _get(url: str) -> str | None:
         return response.read().decode(errors="replace") if response.status == 200 else None
 
 
-def load_balancer_ip(ctx: RunContext) -> str | None:
-    if not ctx.params.load_balancer.enabled:
-        return None
-    lb = hcloud_client(ctx).load_balancers.get_by_name(ctx.params.load_balancer.name)
-    return lb.public_net.ipv4.ip if lb and lb.public_net and lb.public_net.ipv4 else None
+def public_address(ctx: RunContext) -> str:
+    """Where public traffic enters: the LB's address, or the first server's without an LB."""
+    api = hcloud_client(ctx)
+    if ctx.params.load_balancer.enabled:
+        lb = api.load_balancers.get_by_name(ctx.params.load_balancer.name)
+        if lb and lb.public_net and lb.public_net.ipv4:
+            return lb.public_net.ipv4.ip
+    first = api.servers.get_by_name(ctx.params.server_names()[0])
+    if first is None or not first.public_net.ipv4:
+        raise LookupError("no load balancer and no first server: nothing to point DNS at")
+    return first.public_net.ipv4.ip

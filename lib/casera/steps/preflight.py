@@ -82,8 +82,9 @@ def _tcp(host: str, port: int) -> str:
         return f"{host}:{port} accepts connections"
 
 
-def verify_endpoints(ctx: RunContext) -> StepResult:
-    """Try every configured endpoint once, with a short timeout."""
+def verify_endpoints(ctx: RunContext, include_nodes: bool = True) -> StepResult:
+    """Try every configured endpoint once, with a short timeout. ``include_nodes=False``
+    skips SSH and Docker on the servers (before bootstrap there are none)."""
     p, s = ctx.params, ctx.secrets
     with timed(StepResult("endpoints", f"env {ctx.env}", dry_run=ctx.dry_run)) as result:
         servers: list[str] = []
@@ -107,7 +108,8 @@ def verify_endpoints(ctx: RunContext) -> StepResult:
                     answers.append(f"{ip} docker {version}")
             return "; ".join(answers)
 
-        _probe(result, "ssh + docker", ssh_and_docker)
+        if include_nodes:
+            _probe(result, "ssh + docker", ssh_and_docker)
         _probe(result, "b2", lambda: "authorized, account " + b2.authorize(
             p.b2.realm, s.get("b2_key_id"), s.get("b2_application_key")
         ).account_info.get_account_id()[:6] + "…")
@@ -136,6 +138,12 @@ def verify_endpoints(ctx: RunContext) -> StepResult:
 
         _probe(result, "cloudflare", cloudflare_zone)
     return result
+
+
+def verify_ready_to_bootstrap(ctx: RunContext) -> StepResult:
+    """Secrets present and every API answers; raises naming what is red."""
+    summary = summarize([verify_secrets_present(ctx), verify_endpoints(ctx, include_nodes=False)])
+    return summary.raise_for_failed_checks()
 
 
 def summarize(results: list[StepResult]) -> StepResult:

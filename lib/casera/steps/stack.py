@@ -11,18 +11,21 @@ from __future__ import annotations
 
 import io
 import socket
+import urllib.error
+import urllib.request
 from contextlib import ExitStack
 from typing import Any
 
 import docker
 
 from casera.context import RunContext
+from casera.errors import WaitTimeout
 from casera.params import Params
 from casera.progress import wait_for
 from casera.providers import docker_swarm, ssh
 from casera.result import StepResult, timed
 from casera.secrets import Secret
-from casera.stack import SECRETS, StackSettings, render_stack
+from casera.stack import SECRETS, render_stack, settings_from_params
 from casera.steps.access import node_addresses
 from casera.steps.docker_secrets import current_names
 from casera.steps.swarm import docker_clients, manager_name
@@ -32,41 +35,14 @@ REMOTE_FILE = "casera-stack.yml"
 DOZZLE_PORT = 9999
 
 
-def stack_settings(params: Params, secret_names: dict[str, str],
-                   docker_socket_gid: int) -> StackSettings:
-    """Everything the stack file needs, from params; Dozzle's group is the Docker socket's
-    group on the nodes, so it reads the socket without being root."""
-    services = params.services
-    users = {name: getattr(services, name).user for name in ("api", "worker", "admin", "redis")}
-    users["dozzle"] = f"{services.dozzle.user.split(':')[0]}:{docker_socket_gid}"
-    neon = params.neon
-    return {
-        "env": params.env,
-        "images": {name: getattr(services, name).image for name in
-                   ("api", "worker", "admin", "redis", "dozzle")},
-        "replicas": {name: getattr(services, name).replicas for name in
-                     ("api", "worker", "admin", "redis", "dozzle")},
-        "users": users,
-        "healthchecks": {name: list(getattr(services, name).healthcheck) for name in
-                         ("api", "worker", "admin", "redis", "dozzle")},
-        "secrets": secret_names,
-        "database": {"host": neon.pooler_host, "port": neon.pooler_port, "name": neon.database,
-                     "user": neon.role, "sslmode": neon.sslmode},
-        "network": {"overlay_encrypted": params.swarm.overlay_encrypted,
-                    "endpoint_mode": params.swarm.endpoint_mode,
-                    "api_publish_mode": params.swarm.publish_mode,
-                    "api_published_port": params.swarm.api_published_port},
-    }
-
-
-def _stack_services(client: docker.DockerClient) -> dict[str, Any]:
+def stack_services(client: docker.DockerClient) -> dict[str, Any]:
     return {s.name.removeprefix(f"{STACK}_"): s for s in client.services.list(
         filters={"label": f"com.docker.stack.namespace={STACK}"})}
 
 
 def _converged(client: docker.DockerClient, params: Params) -> dict[str, int] | None:
     """service -> running tasks, once every service runs exactly its replicas."""
-    services = _stack_services(client)
+    services = stack_services(client)
     counts = {}
     for name in ("api", "worker", "admin", "redis", "dozzle"):
         service = services.get(name)
@@ -109,7 +85,7 @@ def ensure_stack(ctx: RunContext, timeout: float = 600) -> StepResult:
                 raise
             names = {n: f"casera_{n}_v1" for n in SECRETS}
             result.diff.append(f"  ({exc}; assuming v1)")
-        text = render_stack(stack_settings(p, names, gid))
+        text = render_stack(settings_from_params(p, secrets=names, docker_socket_gid=gid))
         deployed = ssh.run(conn, f"cat {REMOTE_FILE} 2>/dev/null || true")
         converged = _converged(client, p)
         if deployed.strip() == text.strip() and converged:
@@ -158,7 +134,7 @@ def verify_stack(ctx: RunContext, secret_values: dict[str, Secret]) -> StepResul
                                         for n, c in clients.items()})
         client = clients[leader]
         swarm_nodes = {e["id"]: e for e in docker_swarm.nodes(client)}
-        services = _stack_services(client)
+        services = stack_services(client)
 
         def hosts_of(name: str) -> list[str]:
             return sorted(swarm_nodes[t["NodeID"]]["hostname"] for t in services[name].tasks(
@@ -190,11 +166,26 @@ def verify_stack(ctx: RunContext, secret_values: dict[str, Secret]) -> StepResul
         result.check("no secret values in service environments", not leaked,
                      "checked every service's Env against every secret value"
                      if not leaked else f"FOUND in {', '.join(leaked)} (values not shown)")
+        for name in sorted(set(api_hosts)):
+            url = f"http://{nodes[name]}:{p.swarm.api_published_port}/readyz"
+            try:
+                body = wait_for(f"{url} to answer", lambda u=url: _get(u), 60, show=False)
+                result.check(f"api /readyz on {name}", True, body[:80])
+            except WaitTimeout as exc:
+                result.check(f"api /readyz on {name}", False, str(exc)[:160])
         for name, ip in nodes.items():
             reachable = _tcp_open(ip, DOZZLE_PORT)
             result.check(f"dozzle :{DOZZLE_PORT} closed from outside on {name}", not reachable,
                          "refused or dropped" if not reachable else "REACHABLE from outside")
     return result
+
+
+def _get(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.read().decode(errors="replace") if response.status == 200 else None
+    except urllib.error.HTTPError:
+        return None
 
 
 def _tcp_open(ip: str, port: int, timeout: float = 3.0) -> bool:

@@ -7,6 +7,7 @@ import json
 import os
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from casera.context import RunContext
 from casera.result import JOURNAL_ENV, StepResult, timed
@@ -66,4 +67,58 @@ def run_changes() -> StepResult:
                      + f", {record.get('duration_s', 0):.1f} s")
         result.changed += changed
     result.reason = f"{len(records)} steps" if records else "no journal (interactive session)"
+    return result
+
+
+def inventory(ctx: RunContext) -> StepResult:
+    """What exists now: servers with their addresses and Swarm roles, services with their
+    replicas, buckets, application keys by name (never their secrets), the DNS record."""
+    from contextlib import ExitStack
+
+    from casera.providers import b2, cloudflare, docker_swarm
+    from casera.steps import dns, stack, storage, swarm
+
+    p = ctx.params
+    with timed(StepResult("inventory", f"env {ctx.env}", dry_run=ctx.dry_run)) as result, \
+            ExitStack() as exits:
+        api = hcloud_client(ctx)
+        servers = {s.name: s for s in api.servers.get_all(label_selector=p.cluster_label)}
+        roles: dict[str, str] = {}
+        services: dict[str, Any] = {}
+        try:
+            manager = swarm.manager_client(ctx, exits)
+            for entry in docker_swarm.nodes(manager):
+                roles[entry["hostname"]] = (f"{entry['role']}, {entry['state']}"
+                                            + (", leader" if entry["leader"] else ""))
+            services = stack.stack_services(manager)
+        except Exception as exc:  # noqa: BLE001 - an inventory reports what it cannot see
+            result.diff.append(f"  swarm not readable: {type(exc).__name__}: {exc}")
+        for name in p.server_names():
+            server = servers.get(name)
+            ip = server.public_net.ipv4.ip if server and server.public_net.ipv4 else "-"
+            result.check(f"server {name}", server is not None and server.status == "running",
+                         f"{server.status if server else 'missing'}, {ip}, "
+                         f"{roles.get(name, 'not in the swarm')}")
+        for name, service in sorted(services.items()):
+            spec = service.attrs["Spec"]
+            wanted = spec.get("Mode", {}).get("Replicated", {}).get("Replicas", "-")
+            running = sum(1 for t in service.tasks(filters={"desired-state": "running"})
+                          if t["Status"]["State"] == "running")
+            image = spec["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0]
+            result.check(f"service {name}", running == wanted,
+                         f"{running}/{wanted} running, {image}")
+        b2_api = storage.master_api(ctx)
+        for bucket in p.b2.buckets.values():
+            found = b2.get_bucket(b2_api, bucket.name)
+            result.check(f"bucket {bucket.name}", found is not None,
+                         found.bucket_type if found else "missing")
+        keys = {k.name for k in b2.list_keys(b2_api)}
+        for kp in p.b2.keys:
+            result.check(f"b2 key {kp.name}", kp.name in keys,
+                         f"{', '.join(kp.capabilities)} on {p.b2.buckets[kp.bucket].name}")
+        cf = dns.cloudflare_client(ctx)
+        zone_id = cloudflare.find_zone_id(cf, p.cloudflare.zone)
+        records = cloudflare.list_records(cf, zone_id, dns.record_name(p)) if zone_id else []
+        result.check(f"dns {dns.record_name(p)}", bool(records),
+                     "; ".join(f"{r.type} {r.content}" for r in records) or "missing")
     return result

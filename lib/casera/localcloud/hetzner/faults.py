@@ -13,7 +13,7 @@ import json
 import os
 import random
 import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,10 @@ class FaultSettings:
     action_delay_s: float = 0.0
     action_fail_share: float = 0.0
     seed: int | None = None
+    # Which request methods the shares apply to (empty: all). With a seed and only the POSTs
+    # a runbook sends in a fixed order, a test gets the same injected faults every run.
+    methods: list[str] = field(default_factory=list)
+    injected: int = 0  # how many errors were injected so far (read-only; reset by an update)
 
 
 class Faults:
@@ -51,6 +55,7 @@ class Faults:
 
     def update(self, values: dict[str, Any]) -> dict[str, Any]:
         known = {f.name for f in fields(FaultSettings)}
+        values = {k: v for k, v in values.items() if k != "injected"}
         unknown = set(values) - known
         if unknown:
             raise ApiError("invalid_input", f"unknown fault settings: {sorted(unknown)}")
@@ -64,6 +69,8 @@ class Faults:
                         raise ValueError(f"{name} must be between 0 and 1")
                     setattr(settings, name, share)
                 settings.action_delay_s = float(settings.action_delay_s)
+                settings.methods = [str(m).upper() for m in settings.methods or []]
+                settings.injected = 0
             except (TypeError, ValueError) as exc:
                 raise ApiError("invalid_input", f"fault settings: {exc}") from exc
             self.settings = settings
@@ -78,12 +85,16 @@ class Faults:
         with self._lock:
             return share > 0 and self._random.random() < share
 
-    def check_request(self) -> None:
+    def check_request(self, method: str = "GET") -> None:
         """Raise the injected error for this request, if any. Call before any state change."""
+        if self.settings.methods and method.upper() not in self.settings.methods:
+            return
         if self._roll(self.settings.rate_limit_share):
+            self.settings.injected += 1
             raise ApiError("rate_limit_exceeded", "limit of 3600 requests per hour reached "
                            "(injected by the local cloud)")
         if self._roll(self.settings.error_503_share):
+            self.settings.injected += 1
             raise ApiError("unavailable", "service unavailable (injected by the local cloud)",
                            status=503)
 

@@ -178,7 +178,7 @@ class _RequestHandler(BaseHTTPRequestHandler):
             path = url.path[len(BASE_PATH):]
             template, handler, params = route(method, path)
             if not path.startswith(_ADMIN_PREFIX):
-                self.server.app.faults.check_request()  # before any state is touched
+                self.server.app.faults.check_request(method)  # before any state is touched
             req = ApiRequest(method, params, parse_qs(url.query), self._json(raw))
             status, body = handler(self.server.app, req)
         except ApiError as exc:

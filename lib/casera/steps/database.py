@@ -1,0 +1,325 @@
+"""Neon: the restore window, the IP allowlist where the plan has one, and a real connection.
+
+The plan is read from the API (``project.owner.subscription_type``), never assumed: the seed
+counts on an IP allowlist on Launch, which Launch does not have (notes/ops-facts.md). On such a
+plan the allowlist step says so and names what protects the database instead.
+
+Not reconciled here: roles, databases and passwords (the password is a secret handed to the
+services by the Docker-secrets step), compute size and autoscaling, branches.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from casera.context import RunContext
+from casera.errors import StepFailed
+from casera.gate import confirm
+from casera.progress import wait_for
+from casera.providers import neon, postgres
+from casera.result import StepResult, timed
+
+DAY = 86400
+
+
+@dataclass(frozen=True)
+class PlanLimits:
+    title: str
+    retention_max_s: int
+    ip_allow: bool
+
+
+# Neon's plan table (2026-08, notes/ops-facts.md): Launch keeps 1 day of history by default
+# and allows 7; IP Allow starts at Scale. Free's 6 hours is from Neon's 2025 pricing page.
+# subscription_type carries version suffixes (launch_v3, scale_v3): matched by family.
+PLAN_LIMITS: dict[str, PlanLimits] = {
+    "free": PlanLimits("Free", DAY // 4, False),
+    "launch": PlanLimits("Launch", 7 * DAY, False),
+    "scale": PlanLimits("Scale", 30 * DAY, True),
+    "business": PlanLimits("Business", 30 * DAY, True),
+    "enterprise": PlanLimits("Enterprise", 30 * DAY, True),
+}
+WHAT_PROTECTS_INSTEAD = (
+    "TLS on every connection (plaintext is refused; verify_database checks it), the role's "
+    "SCRAM-SHA-256 password kept as a Docker secret and never in params or outputs, and the "
+    "app connecting only through the -pooler endpoint")
+
+
+def neon_client(ctx: RunContext) -> neon.NeonClient:
+    return neon.NeonClient(ctx.params.neon.api_endpoint, ctx.secrets.get("neon_api_key"))
+
+
+def plan_of(project: dict[str, Any],
+            api: neon.NeonClient | None = None) -> tuple[str, PlanLimits | None]:
+    """(the plan as Neon reports it, its limits or None when unknown here).
+
+    The project's ``owner.subscription_type`` first: it is the plan of whoever owns the
+    project (an organisation's, not the API key user's). ``/users/me`` only when it is absent.
+    """
+    raw = str((project.get("owner") or {}).get("subscription_type") or "")
+    if not raw and api is not None:
+        raw = str(api.get_current_user().get("plan") or "")
+    raw = raw or "unknown"
+    family = re.sub(r"_v\d+$", "", raw.lower())
+    return raw, PLAN_LIMITS.get(family)
+
+
+def _days(seconds: int) -> str:
+    days = seconds / DAY
+    return f"{days:g} day{'s' if days != 1 else ''}"
+
+
+def _unknown_plan(result: StepResult, raw: str) -> StepResult:
+    result.check("plan", False, f"Neon reports plan {raw!r}, which casera does not know; "
+                 "add it to casera.steps.database.PLAN_LIMITS from Neon's plan table")
+    return result
+
+
+def _wait_operations(api: neon.NeonClient, project_id: str, answer: dict[str, Any],
+                     timeout: float = 120) -> None:
+    pending = [op["id"] for op in answer.get("operations") or []]
+
+    def finished() -> bool:
+        states = [api.get_operation(project_id, op)["status"] for op in pending]
+        failed = [s for s in states if s in ("failed", "error")]
+        if failed:
+            raise StepFailed(f"Neon operation(s) of project {project_id} failed: {states}")
+        return all(s in ("finished", "skipped", "cancelled") for s in states)
+
+    if pending:
+        wait_for(f"Neon to apply the project change ({len(pending)} operation(s))", finished,
+                 timeout, interval=0.5)
+
+
+def ensure_restore_window(ctx: RunContext) -> StepResult:
+    """``history_retention_seconds`` raised to ``neon.history_retention_days``, capped at the
+    plan's maximum. Never lowered here: shrinking the window deletes restore history, so an
+    operator does that by hand if it is really wanted."""
+    p = ctx.params.neon
+    with timed(StepResult("neon restore window", p.project_id, dry_run=ctx.dry_run)) as result:
+        api = neon_client(ctx)
+        project = api.get_project(p.project_id)
+        raw, limits = plan_of(project, api)
+        if limits is None:
+            return _unknown_plan(result, raw)
+        wanted = p.history_retention_days * DAY
+        target = min(wanted, limits.retention_max_s)
+        current = int(project.get("history_retention_seconds") or 0)
+        capped = (f"; params ask {_days(wanted)}, the {limits.title} plan allows at most "
+                  f"{_days(limits.retention_max_s)}" if target < wanted else "")
+        if current >= target:
+            result.reason = (f"{_days(current)} already" + capped if current == target else
+                             f"{_days(current)}, more than params' {_days(target)}; not lowered "
+                             "(that deletes restore history)")
+            return _verify_window(api, ctx, result, target)
+        result.changed = 1
+        result.diff.append(f"~ history_retention_seconds: {current} ({_days(current)}) -> "
+                           f"{target} ({_days(target)}){capped}")
+        if ctx.dry_run:
+            return result
+        answer = api.update_project(p.project_id, {"history_retention_seconds": target})
+        _wait_operations(api, p.project_id, answer)
+        result.reason = f"raised from {_days(current)} to {_days(target)}"
+        return _verify_window(api, ctx, result, target)
+    return result
+
+
+def verify_restore_window(ctx: RunContext) -> StepResult:
+    """Read-only: the plan is known and the window is at least what params ask, capped."""
+    p = ctx.params.neon
+    with timed(StepResult("neon restore window", p.project_id, dry_run=ctx.dry_run)) as result:
+        api = neon_client(ctx)
+        raw, limits = plan_of(api.get_project(p.project_id), api)
+        if limits is None:
+            return _unknown_plan(result, raw)
+        target = min(p.history_retention_days * DAY, limits.retention_max_s)
+        _verify_window(api, ctx, result, target)
+    return result
+
+
+def _verify_window(api: neon.NeonClient, ctx: RunContext, result: StepResult,
+                   target: int) -> StepResult:
+    project = api.get_project(ctx.params.neon.project_id)
+    raw, limits = plan_of(project, api)
+    have = int(project.get("history_retention_seconds") or 0)
+    result.check("plan", limits is not None,
+                 f"{limits.title} ({raw}): restore window up to "
+                 f"{_days(limits.retention_max_s)}" if limits else raw)
+    result.check("restore window", have >= target,
+                 f"{_days(have)} of history to restore from" if have >= target else
+                 f"{_days(have)}, wanted {_days(target)}")
+    return result
+
+
+def _normalise(entries: list[str]) -> set[str]:
+    """Neon accepts addresses and CIDRs; compare them as networks so 1.2.3.4 == 1.2.3.4/32."""
+    return {str(ipaddress.ip_network(e.strip(), strict=False)) for e in entries}
+
+
+def _allowlist(project: dict[str, Any]) -> tuple[list[str], bool]:
+    allowed = (project.get("settings") or {}).get("allowed_ips") or {}
+    protected_only = bool(allowed.get("protected_branches_only",
+                                      allowed.get("primary_branch_only", False)))
+    return list(allowed.get("ips") or []), protected_only
+
+
+def ensure_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
+    """On a plan with IP Allow: the project's allowlist is exactly the nodes' IPs plus the
+    operators' CIDRs, for every branch. On a plan without it: say so, and what protects the
+    database instead.
+
+    The operators' CIDRs (``ssh.operator_cidrs``, the same people and places that may SSH
+    in) stay on the list because migrations and ``pg_dump`` run from the operator's machine
+    against the direct host, and ``verify_database`` connects from there too. Every branch,
+    not only protected ones: a DR restore branch holds the same data.
+    """
+    p = ctx.params
+    with timed(StepResult("neon ip allowlist", p.neon.project_id,
+                          dry_run=ctx.dry_run)) as result:
+        api = neon_client(ctx)
+        project = api.get_project(p.neon.project_id)
+        raw, limits = plan_of(project, api)
+        if limits is None:
+            return _unknown_plan(result, raw)
+        if not limits.ip_allow:
+            _say_no_ip_allow(result, limits, raw)
+            return result
+        for ip in node_ips:
+            ipaddress.ip_address(ip)  # a typo here would lock the app out: fail loudly
+        operators = list(p.ssh.operator_cidrs)
+        wanted = _normalise(node_ips) | _normalise(operators)
+        ips, protected_only = _allowlist(project)
+        have = _normalise(ips)
+        added, removed = sorted(wanted - have), sorted(have - wanted)
+        result.diff += [f"+ {ip}" + (" (operator)" if ip in _normalise(operators) else
+                                     " (node)") for ip in added]
+        result.diff += [f"- {ip}" for ip in removed]
+        if protected_only:
+            result.diff.append("~ applies to every branch, not only protected ones")
+        result.changed = len(added) + len(removed) + int(protected_only)
+        if not node_ips:
+            if ctx.dry_run:
+                result.diff.append("  (the nodes' IPs follow once the servers exist)")
+                return result
+            raise StepFailed("ensure_ip_allowlist got no node IPs: an allowlist of the "
+                             "operators alone would lock the app out; run it after the "
+                             "servers exist, with their IPs")
+        if not result.changed:
+            result.reason = (f"{len(wanted)} entries: {len(node_ips)} nodes, "
+                             f"{len(operators)} operator CIDR(s)")
+            return _verify_allowlist(api, ctx, result, wanted)
+        if ctx.dry_run:
+            return result
+        if removed:
+            confirm(ctx, f"Neon {p.neon.project_id}: remove {len(removed)} address(es) from "
+                    "the IP allowlist; their next connections are refused",
+                    [f"- {ip}" for ip in removed])
+        answer = api.update_project(p.neon.project_id, {"settings": {"allowed_ips": {
+            "ips": sorted(wanted), "protected_branches_only": False}}})
+        _wait_operations(api, p.neon.project_id, answer)
+        result.reason = f"{len(added)} added, {len(removed)} removed"
+        return _verify_allowlist(api, ctx, result, wanted)
+    return result
+
+
+def verify_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
+    """Read-only: on a plan with IP Allow, the allowlist is the nodes plus the operators;
+    on one without, the same plain statement :func:`ensure_ip_allowlist` makes."""
+    p = ctx.params
+    with timed(StepResult("neon ip allowlist", p.neon.project_id,
+                          dry_run=ctx.dry_run)) as result:
+        api = neon_client(ctx)
+        raw, limits = plan_of(api.get_project(p.neon.project_id), api)
+        if limits is None:
+            return _unknown_plan(result, raw)
+        if not limits.ip_allow:
+            _say_no_ip_allow(result, limits, raw)
+            return result
+        _verify_allowlist(api, ctx, result,
+                          _normalise(node_ips) | _normalise(list(p.ssh.operator_cidrs)))
+    return result
+
+
+def _say_no_ip_allow(result: StepResult, limits: PlanLimits, raw: str) -> None:
+    result.reason = f"IP Allow is not part of the {limits.title} plan"
+    result.check("IP allowlist", True,
+                 f"not available: IP Allow is a Scale-plan feature and this project is on "
+                 f"{limits.title} ({raw}), which the seed assumed had it. What protects the "
+                 f"database instead: {WHAT_PROTECTS_INSTEAD}")
+
+
+def _verify_allowlist(api: neon.NeonClient, ctx: RunContext, result: StepResult,
+                      wanted: set[str]) -> StepResult:
+    ips, protected_only = _allowlist(api.get_project(ctx.params.neon.project_id))
+    have = _normalise(ips)
+    result.check("allowlist as planned", have == wanted,
+                 f"{len(have)} entries: {', '.join(sorted(have))}" if have == wanted else
+                 f"missing {sorted(wanted - have)}, extra {sorted(have - wanted)}")
+    result.check("every branch covered", not protected_only,
+                 "applies to all branches" if not protected_only else
+                 "protected branches only: restore branches are open to all")
+    return result
+
+
+def verify_database(ctx: RunContext) -> StepResult:
+    """Connect as the app does (the -pooler host, TLS as params say), report the server
+    version and the TLS in use, and check that a plaintext connection is refused."""
+    n = ctx.params.neon
+    target = f"{n.pooler_host}:{n.pooler_port}/{n.database}"
+    with timed(StepResult("neon connection", target, dry_run=ctx.dry_run)) as result:
+        password = ctx.secrets.get("db_password")
+        try:
+            conn = postgres.connect(n.pooler_host, n.pooler_port, n.database, n.role, password,
+                                    n.sslmode, n.sslrootcert, n.hostaddr)
+        except psycopg.OperationalError as exc:
+            text = _error_text(exc)
+            if "authentication failed" in text:
+                text += f" (is db_password, {ctx.secrets.source('db_password')}, current?)"
+            elif "rejected" in text or "pg_hba" in text:
+                text += (" (the IP allowlist may not hold this machine's address: see "
+                         "ssh.operator_cidrs and ensure_ip_allowlist)")
+            result.check("connect through the pooler", False, text)
+            return result
+        with conn:
+            result.check("connect through the pooler", True,
+                         f"as {n.role}, sslmode={n.sslmode}")
+            version = conn.execute("show server_version").fetchone()
+            result.check("server version", version is not None,
+                         f"PostgreSQL {version[0] if version else '?'}")
+            in_use = bool(conn.pgconn.ssl_in_use)
+            result.check("TLS to the pooler", in_use,
+                         f"encrypted; {_certificate_words(n.sslmode, n.sslrootcert)}" if in_use
+                         else "NOT encrypted")
+            # Through PgBouncer this row is the pooler's own link to the compute.
+            row = conn.execute("select ssl, version, cipher from pg_stat_ssl "
+                               "where pid = pg_backend_pid()").fetchone()
+            result.check("TLS behind the pooler (pg_stat_ssl)", bool(row and row[0]),
+                         f"{row[1]} {row[2]}" if row and row[0] else "the server sees no TLS")
+        try:
+            plain = postgres.connect(n.pooler_host, n.pooler_port, n.database, n.role,
+                                     password, "disable", None, n.hostaddr)
+        except psycopg.OperationalError as exc:
+            result.check("plaintext refused", True, _error_text(exc))
+        else:
+            plain.close()
+            result.check("plaintext refused", False, "a connection without TLS was ACCEPTED")
+    return result
+
+
+def _certificate_words(sslmode: str, sslrootcert: str | None) -> str:
+    if sslmode == "verify-full":
+        return "certificate and host name verified (sslmode=verify-full)"
+    if sslmode == "verify-ca" or sslrootcert:
+        # libpq treats require plus a root certificate file as verify-ca.
+        return f"certificate verified against {sslrootcert or 'the CA'} (sslmode={sslmode})"
+    return "certificate NOT verified (sslmode=require without sslrootcert)"
+
+
+def _error_text(exc: Exception) -> str:
+    text = str(exc).strip().splitlines()
+    return text[-1][:200] if text else type(exc).__name__
