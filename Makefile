@@ -26,15 +26,19 @@ install: .make/debs .make/python
 # The main job on the embedded default: the local cloud, then the bootstrap runbook on it.
 demo: install
 	casera local up
-	casera run preflight --env local
+	casera run bootstrap --env local
 	@casera runs --env local | tail -n 3
 
-# Everything CI runs: lint, library tests, local-cloud tests (they start what they need) and
-# nbval over every runbook.
+# Everything CI runs: lint, library tests, the local cloud's parts (each starts what it
+# needs), the bootstrap end to end on a fresh local cloud, then nbval over every runbook
+# against that cloud (already converged, so quick). The order is deliberate: the end-to-end
+# tests leave the local cloud bootstrapped for nbval.
+PYTEST := $(PYTHON) -m pytest -q -p no:cacheprovider
 test: install
-	ruff check lib tests runbooks
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests
-	$(PYTHON) -m pytest -q -p no:cacheprovider --nbval-lax runbooks
+	ruff check lib tests runbooks scripts
+	$(PYTEST) tests --ignore=tests/e2e
+	$(PYTEST) tests/e2e
+	$(PYTEST) --nbval-lax runbooks
 
 # The inner loop: no local cloud, no kernels.
 test-quick: install

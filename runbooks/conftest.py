@@ -7,17 +7,22 @@ click) and fills the outputs of the cells marked ``# NBVAL_CHECK_OUTPUT`` from t
 text kept in their ``metadata.casera.expected_output``. Everything else nbval checks as usual:
 every cell runs, and a cell that raises fails the suite.
 
-Secrets the environment lacks are planted with recognisable fake values so that the runbooks
-see every secret present; tests assert those values never appear in any output.
+The runbooks run for real against ``params/local.yaml``, so the session first brings the
+local cloud up (``casera local up``, idempotent: seconds when it already runs). Secrets the
+environment still lacks are then planted with recognisable fake values so that every runbook
+sees every secret present.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from typing import Any
 
 import nbformat
 import nbval.plugin
+import pytest
 from papermill.parameterize import parameterize_notebook
 
 from casera.secrets import SECRET_SPECS, SecretStore
@@ -52,5 +57,9 @@ class _PreparedNbformat:
         return nb
 
 
-_plant_missing_secrets()
+def pytest_sessionstart(session: pytest.Session) -> None:
+    subprocess.run([sys.executable, "-m", "casera.runner.cli", "local", "up"], check=True)
+    _plant_missing_secrets()
+
+
 nbval.plugin.nbformat = _PreparedNbformat()

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import docker
 
 from casera.errors import CaseraError, WaitTimeout
 from casera.paths import local_cloud_home
+from casera.progress import wait_for
 
 RUN_DIR = Path("/run/casera-local")
 SOCKET = RUN_DIR / "docker.sock"
@@ -73,14 +73,11 @@ def ensure_engine(timeout: float = 60) -> str:
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    deadline = time.monotonic() + timeout
-    while not is_running():
-        if time.monotonic() > deadline:
-            raise WaitTimeout(
-                f"timed out after {timeout:.0f}s waiting for the local dockerd on {SOCKET}; "
-                f"see {home / 'dockerd.log'}"
-            )
-        time.sleep(0.5)
+    try:
+        wait_for(f"the local dockerd on {SOCKET}", is_running, timeout, interval=0.5,
+                 show=False)
+    except WaitTimeout as exc:
+        raise WaitTimeout(f"{exc}; see {home / 'dockerd.log'}") from None
     return ("installed docker.io and " if installed else "") + "started dockerd"
 
 
@@ -94,11 +91,17 @@ def stop_engine(timeout: float = 30) -> str:
     except ProcessLookupError:
         pidfile.unlink(missing_ok=True)
         return "engine was not running (stale pidfile removed)"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def gone() -> bool:
+        # A dockerd started by this very process lingers as a zombie until reaped.
         try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return "stopped dockerd"
-        time.sleep(0.5)
-    raise CaseraError(f"dockerd (pid {pid}) did not stop within {timeout:.0f}s")
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            return True
+        return stat.rsplit(") ", 1)[-1].startswith("Z")
+
+    try:
+        wait_for(f"dockerd (pid {pid}) to stop", gone, timeout, interval=0.5, show=False)
+    except WaitTimeout:
+        raise CaseraError(f"dockerd (pid {pid}) did not stop within {timeout:.0f}s") from None
+    return "stopped dockerd"

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from casera.stack.render import (
-    LOCAL_NETWORK,
-    REDIS_HEALTHCHECK,
     REPLICA_RANGES,
     SECRETS,
     SEED_NETWORK,
@@ -20,8 +18,6 @@ from casera.stack.render import (
 )
 
 __all__ = [
-    "LOCAL_NETWORK",
-    "REDIS_HEALTHCHECK",
     "REPLICA_RANGES",
     "SECRETS",
     "SEED_NETWORK",

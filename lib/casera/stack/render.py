@@ -67,22 +67,8 @@ SEED_NETWORK: NetworkSettings = {
     "overlay_encrypted": True,
     "endpoint_mode": "vip",
     "api_publish_mode": "ingress",
-    "api_published_port": 8080,
+    "api_published_port": 80,
 }
-
-# What this machine's kernel allows (notes/local-engine.md): no ESP, so an encrypted overlay
-# carries nothing; no IPVS, so neither virtual IPs nor the routing mesh answer.
-LOCAL_NETWORK: NetworkSettings = {
-    "overlay_network": "casera",
-    "overlay_encrypted": False,
-    "endpoint_mode": "dnsrr",
-    "api_publish_mode": "host",
-    "api_published_port": 8080,
-}
-
-# Healthchecks that work in the official redis image and in the local stand-in images.
-REDIS_HEALTHCHECK = ["CMD", "redis-cli", "ping"]
-
 
 class StackSettingsError(CaseraError):
     """The settings cannot make a valid stack; the message names the key."""

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backend", choices=("nodes", "fake"), default="nodes")
     parser.add_argument("--node-network", default=DEFAULT_NODE_NETWORK)
     parser.add_argument("--first-node-host", type=int, default=DEFAULT_FIRST_NODE_HOST)
+    parser.add_argument("--lb-public-network", default=None,
+                        help="give each LB its own loopback address from this network (e.g. "
+                             "127.0.1.0/24) and listen on the real ports")
     parser.add_argument("--lb-ports", type=_port_range, default=range(18100, 18200),
                         help="loopback ports for load balancer services, e.g. 18100-18199")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -55,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     app = create_app(args.state_dir or state_dir(), nodes, node_network=args.node_network,
-                     first_node_host=args.first_node_host, lb_ports=args.lb_ports)
+                     first_node_host=args.first_node_host, lb_ports=args.lb_ports,
+                     lb_public_network=args.lb_public_network)
     server = EmulatorHTTPServer(app, args.host, args.port, token)
 
     def stop(signum: int, _frame: FrameType | None) -> None:

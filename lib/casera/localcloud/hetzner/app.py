@@ -34,6 +34,20 @@ class Emulator:
     first_node_host: int = DEFAULT_FIRST_NODE_HOST
     lb_ports: range = DEFAULT_LB_PORTS
     lb_host: str = "127.0.0.1"
+    # When set, each LB gets its own loopback address from this network and listens on its
+    # services' real ports (80, 443), so `http://<lb ip>:<listen_port>` works as on Hetzner.
+    lb_public_network: str | None = None
+
+    def allocate_lb_ip(self) -> str:
+        if not self.lb_public_network:
+            return self.lb_host
+        used = {lb["public_net"]["ipv4"]["ip"]
+                for lb in self.store.table("load_balancers").values()}
+        for host in ipaddress.ip_network(self.lb_public_network).hosts():
+            if str(host) not in used:
+                return str(host)
+        raise ApiError("resource_limit_exceeded",
+                       f"no free load balancer address left in {self.lb_public_network}")
 
     def allocate_ip(self) -> str:
         """The lowest free address of the node pool, so a fresh project's nodes get .11,

@@ -89,6 +89,7 @@ class ProxyService:
     health_check: ProxyHealthCheck
     target_ips: tuple[str, ...] = field(default=())
     proxyprotocol: bool = False  # send a PROXY protocol v1 line to the target first
+    listen_host: str | None = None  # the LB's own address; None: the proxies' default host
 
 
 class LoadBalancerBackend(Protocol):

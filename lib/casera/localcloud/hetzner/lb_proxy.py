@@ -97,10 +97,11 @@ class LoadBalancerProxies:
                 try:
                     listener.server = await asyncio.start_server(
                         lambda r, w, lis=listener: self._handle(lis, r, w),
-                        self.host, port, reuse_address=True)
+                        svc.listen_host or self.host, port, reuse_address=True)
                     listener.error = None
                 except OSError as exc:
-                    listener.error = f"cannot listen on {self.host}:{port}: {exc}"
+                    listener.error = (f"cannot listen on {svc.listen_host or self.host}:{port}: "
+                                      f"{exc}")
                     log.warning(listener.error)
             self._update_targets(listener, svc)
         if not current:

@@ -101,7 +101,9 @@ def _service(app: Emulator, raw: object, where: str,
     service["health_check"] = _health_check(raw.get("health_check"), service,
                                             (current or {}).get("health_check"),
                                             f"{where}.health_check")
-    if "emulator_listen_port" not in service:
+    if app.lb_public_network:
+        service["emulator_listen_port"] = service["listen_port"]
+    elif "emulator_listen_port" not in service:
         service["emulator_listen_port"] = app.allocate_lb_port()
     return service
 
@@ -168,6 +170,7 @@ def proxy_services(app: Emulator, lb: dict[str, Any]) -> list[ProxyService]:
         http = check.get("http") or _HEALTH_HTTP_DEFAULTS
         result.append(ProxyService(
             local_port=svc["emulator_listen_port"], listen_port=svc["listen_port"],
+            listen_host=lb["public_net"]["ipv4"]["ip"] if app.lb_public_network else None,
             destination_port=svc["destination_port"], target_ips=tuple(ips),
             proxyprotocol=svc["proxyprotocol"],
             health_check=ProxyHealthCheck(
@@ -253,7 +256,7 @@ def create_load_balancer(app: Emulator, req: ApiRequest) -> Response:
             "labels": validate_labels(body.get("labels")), "load_balancer_type": lb_type,
             "location": location, "algorithm": {"type": algorithm},
             "public_net": {"enabled": body.get("public_interface", True) is not False,
-                           "ipv4": {"ip": app.lb_host, "dns_ptr": "lb.local.casera"},
+                           "ipv4": {"ip": app.allocate_lb_ip(), "dns_ptr": "lb.local.casera"},
                            "ipv6": {"ip": None, "dns_ptr": None}},
             "private_net": [], "protection": {"delete": False}, "services": [],
             "targets": [], "included_traffic": lb_type["prices"][0]["included_traffic"],

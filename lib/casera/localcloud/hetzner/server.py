@@ -226,7 +226,8 @@ def create_app(state_dir: Path | None, nodes: NodeBackend,
                proxies: LoadBalancerBackend | None = None,
                node_network: str = DEFAULT_NODE_NETWORK,
                first_node_host: int = DEFAULT_FIRST_NODE_HOST,
-               lb_ports: range = DEFAULT_LB_PORTS, lb_host: str = "127.0.0.1") -> Emulator:
+               lb_ports: range = DEFAULT_LB_PORTS, lb_host: str = "127.0.0.1",
+               lb_public_network: str | None = None) -> Emulator:
     """Load the state (if any), settle what a previous run left half-done, restart the LB
     proxies. ``state_dir`` None keeps everything in memory."""
     store = Store(state_dir)
@@ -235,7 +236,7 @@ def create_app(state_dir: Path | None, nodes: NodeBackend,
     app = Emulator(store=store, nodes=nodes,
                    proxies=proxies or LoadBalancerProxies(lb_host), faults=faults,
                    actions=runner, node_network=node_network, first_node_host=first_node_host,
-                   lb_ports=lb_ports, lb_host=lb_host)
+                   lb_ports=lb_ports, lb_host=lb_host, lb_public_network=lb_public_network)
     runner.fail_interrupted()
     servers.recover(app)
     load_balancers.sync_load_balancers(app)

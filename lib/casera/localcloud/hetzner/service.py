@@ -26,6 +26,9 @@ from casera.paths import local_cloud_home
 from casera.progress import wait_for
 
 DEFAULT_PORT = 18001
+# Loopback addresses for load balancers (127.0.0.0/8 is all loopback): one per LB, so each
+# listens on its real ports like a Hetzner LB on its public address.
+LB_PUBLIC_NETWORK = "127.0.1.0/24"
 TOKEN_ENV = "CASERA_HCLOUD_TOKEN"
 _MODULE = "casera.localcloud.hetzner"
 
@@ -102,7 +105,7 @@ def up(port: int = DEFAULT_PORT, backend: str = "nodes") -> list[str]:
     log = open(directory / "emulator.log", "ab")  # noqa: SIM115 - handed to the child
     process = subprocess.Popen(
         [sys.executable, "-m", _MODULE, "--port", str(port), "--state-dir", str(directory),
-         "--backend", backend],
+         "--backend", backend, "--lb-public-network", LB_PUBLIC_NETWORK],
         env={**os.environ, TOKEN_ENV: token}, stdout=log, stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL, start_new_session=True)
     log.close()

@@ -1,0 +1,162 @@
+"""Stand-in for Casera's Go API: what the runbooks look at, nothing more.
+
+GET /healthz        alive (Swarm's healthcheck: a database outage must not get every api task
+                    killed and restarted, so liveness does not touch Postgres or Redis)
+GET /readyz         Postgres through the pooler (TLS) and Redis reachable, one entry per check
+GET /secret-sources where each secret came from ("file", "env", "missing"), never values
+POST /items         {"name": ...}: a row in Postgres and an Asynq task in Redis, so drills
+                    have data to keep or lose
+GET /items/<id>     that row, with processed_at once a worker handled it
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from . import asynq
+from .common import (
+    ITEMS_DDL,
+    error_text,
+    exit_on_sigterm,
+    log,
+    pg_connect,
+    redis_client,
+    secret_sources,
+)
+
+QUEUE = os.environ.get("CASERA_QUEUE", "default")
+_schema_ready = threading.Event()
+
+
+def check_postgres() -> dict[str, Any]:
+    try:
+        with pg_connect() as conn:
+            row = conn.execute("SELECT current_setting('server_version'), "
+                               "coalesce(inet_server_addr()::text, 'socket')").fetchone()
+            # ssl_in_use is psycopg's view of the client side of this very connection.
+            return {"ok": True, "server_version": row[0], "tls": bool(conn.pgconn.ssl_in_use)}
+    except Exception as exc:  # noqa: BLE001 - the readiness answer reports any failure
+        return {"ok": False, "error": error_text(exc)}
+
+
+def check_redis() -> dict[str, Any]:
+    try:
+        return {"ok": bool(redis_client().ping())}
+    except Exception as exc:  # noqa: BLE001
+        return {"ok": False, "error": error_text(exc)}
+
+
+def readiness() -> tuple[bool, dict[str, Any]]:
+    checks = {"postgres": check_postgres(), "redis": check_redis()}
+    return all(check["ok"] for check in checks.values()), checks
+
+
+def _ensure_schema(conn: Any) -> None:
+    if not _schema_ready.is_set():
+        conn.execute(ITEMS_DDL)
+        _schema_ready.set()
+
+
+def create_item(name: str) -> dict[str, Any]:
+    with pg_connect() as conn:
+        _ensure_schema(conn)
+        item_id = conn.execute("INSERT INTO items (name) VALUES (%s) RETURNING id",
+                               (name,)).fetchone()[0]
+        conn.commit()
+        # Enqueued after the commit so a worker never looks for a row that is not there yet.
+        task_id = asynq.enqueue(redis_client(), "item:process", {"item_id": item_id}, QUEUE)
+        conn.execute("UPDATE items SET task_id = %s WHERE id = %s", (task_id, item_id))
+        conn.commit()
+    log("item_created", item_id=item_id, task_id=task_id, queue=QUEUE)
+    return {"id": item_id, "task_id": task_id, "queue": QUEUE}
+
+
+def get_item(item_id: int) -> dict[str, Any] | None:
+    with pg_connect() as conn:
+        _ensure_schema(conn)
+        row = conn.execute("SELECT id, name, created_at, task_id, processed_at, processed_by "
+                           "FROM items WHERE id = %s", (item_id,)).fetchone()
+    if row is None:
+        return None
+    names = ("id", "name", "created_at", "task_id", "processed_at", "processed_by")
+    return {name: (value.isoformat() if hasattr(value, "isoformat") else value)
+            for name, value in zip(names, row, strict=True)}
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "casera-api-standin"
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body, default=str).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            self._send(HTTPStatus.OK, {"status": "ok", "host": socket.gethostname()})
+        elif path == "/readyz":
+            ready, checks = readiness()
+            self._send(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
+                       {"ready": ready, "checks": checks, "host": socket.gethostname()})
+        elif path == "/secret-sources":
+            self._send(HTTPStatus.OK, {"secrets": secret_sources()})
+        elif path.startswith("/items/") and path[len("/items/"):].isdigit():
+            try:
+                item = get_item(int(path[len("/items/"):]))
+            except Exception as exc:  # noqa: BLE001
+                self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": error_text(exc)})
+                return
+            if item is None:
+                self._send(HTTPStatus.NOT_FOUND, {"error": "no such item"})
+            else:
+                self._send(HTTPStatus.OK, item)
+        else:
+            self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path.split("?", 1)[0] != "/items":
+            self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            name = str(body.get("name") or "item")
+        except (ValueError, AttributeError):
+            self._send(HTTPStatus.BAD_REQUEST, {"error": "body must be a JSON object"})
+            return
+        try:
+            self._send(HTTPStatus.CREATED, create_item(name))
+        except Exception as exc:  # noqa: BLE001
+            log("item_failed", error=error_text(exc))
+            self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": error_text(exc)})
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature
+        # Paths only: a query string could carry anything a client chose to put there.
+        log("request", method=self.command, path=self.path.split("?", 1)[0],
+            status=args[1] if len(args) > 1 else None, client=self.client_address[0])
+
+
+def main() -> None:
+    exit_on_sigterm()
+    port = int(os.environ.get("PORT", "8080"))
+    server = ThreadingHTTPServer((os.environ.get("BIND", "0.0.0.0"), port), Handler)
+    server.daemon_threads = True
+    log("listening", port=port, secrets=secret_sources())
+    try:
+        server.serve_forever()
+    except (KeyboardInterrupt, SystemExit):
+        log("stopping")
+
+
+if __name__ == "__main__":
+    main()

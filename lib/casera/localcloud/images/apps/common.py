@@ -1,0 +1,147 @@
+"""What every stand-in app shares: secrets, logging, and its Postgres and Redis connections.
+
+The apps run in images on Debian bookworm's python3 (3.11) with python3-psycopg 3.1 and
+python3-redis 4.3, so they use only what those versions have.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+SOURCE_FILE = "file"
+SOURCE_ENV = "env"
+SOURCE_MISSING = "missing"
+
+# Registered secret values, so that log() can scrub them even if a bug passes one in.
+_known_values: set[str] = set()
+_log_lock = threading.Lock()
+
+
+def secrets_dir() -> Path:
+    # Overridable so tests can run the apps as plain processes without /run/secrets.
+    return Path(os.environ.get("CASERA_SECRETS_DIR", "/run/secrets"))
+
+
+def env_var_for(name: str) -> str:
+    """The environment variable a secret falls back to: the seed's pre-migration setup
+    passed DB_PASSWORD, SECRET_KEY, ... as plain env vars."""
+    return name.upper()
+
+
+def read_secret(name: str) -> tuple[str | None, str]:
+    """(value, source): the Docker secret file wins over the env var, as the migration needs
+    both to work while services move from env vars to secrets one at a time."""
+    path = secrets_dir() / name
+    try:
+        value = path.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        value = None
+    if value is not None:
+        _remember(value)
+        return value, SOURCE_FILE
+    value = os.environ.get(env_var_for(name))
+    if value:
+        _remember(value)
+        return value, SOURCE_ENV
+    return None, SOURCE_MISSING
+
+
+def secret_names() -> list[str]:
+    raw = os.environ.get("CASERA_SECRET_NAMES", "db_password,secret_key")
+    return [name.strip() for name in raw.split(",") if name.strip()]
+
+
+def secret_sources() -> dict[str, str]:
+    """Where each known secret comes from; names and sources only, never values."""
+    return {name: read_secret(name)[1] for name in secret_names()}
+
+
+def _remember(value: str) -> None:
+    if len(value) >= 4:  # masking shorter strings would garble ordinary log text
+        _known_values.add(value)
+
+
+def scrub(text: str) -> str:
+    for value in _known_values:
+        if value in text:
+            text = text.replace(value, "********")
+    return text
+
+
+def log(event: str, **fields: Any) -> None:
+    """One JSON line on stdout (Docker and Dozzle collect it), secrets scrubbed."""
+    record = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "app": os.environ.get("CASERA_APP", Path(sys.argv[0]).stem), "event": event}
+    record.update(fields)
+    line = scrub(json.dumps(record, default=str))
+    with _log_lock:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+
+def redis_client() -> Any:
+    import redis
+
+    return redis.Redis(
+        host=os.environ.get("REDIS_HOST", "redis"),
+        port=int(os.environ.get("REDIS_PORT", "6379")),
+        db=int(os.environ.get("REDIS_DB", "0")),
+        socket_timeout=5, socket_connect_timeout=3, decode_responses=True,
+    )
+
+
+def pg_connect() -> Any:
+    """A connection through the pooler. TLS is required unless DB_SSLMODE says otherwise."""
+    import psycopg
+
+    password, _ = read_secret("db_password")
+    kwargs: dict[str, Any] = {
+        "host": os.environ.get("DB_HOST", "localhost"),
+        "port": int(os.environ.get("DB_PORT", "5432")),
+        "dbname": os.environ.get("DB_NAME", "casera"),
+        "user": os.environ.get("DB_USER", "casera"),
+        "sslmode": os.environ.get("DB_SSLMODE", "require"),
+        "connect_timeout": int(os.environ.get("DB_CONNECT_TIMEOUT", "5")),
+        "application_name": os.environ.get("CASERA_APP", "casera-standin"),
+    }
+    if password is not None:
+        kwargs["password"] = password
+    if os.environ.get("DB_SSLROOTCERT"):
+        kwargs["sslrootcert"] = os.environ["DB_SSLROOTCERT"]
+    # PgBouncer in transaction mode (Neon's -pooler, and bookworm's 1.18) cannot keep
+    # server-side prepared statements, which psycopg 3 makes after 5 runs of one query.
+    return psycopg.connect(prepare_threshold=None, **kwargs)
+
+
+ITEMS_DDL = """
+CREATE TABLE IF NOT EXISTS items (
+    id           bigserial PRIMARY KEY,
+    name         text NOT NULL,
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    task_id      text,
+    processed_at timestamptz,
+    processed_by text
+)
+"""
+
+
+def error_text(exc: BaseException) -> str:
+    """A one-line, scrubbed description of an error, safe for logs and JSON answers."""
+    return scrub(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}")
+
+
+def exit_on_sigterm() -> None:
+    """As PID 1 in a container, a process without a SIGTERM handler ignores the signal and
+    Docker kills it after the grace period; exit at once instead (rolling updates wait)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, handler)

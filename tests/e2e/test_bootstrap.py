@@ -1,0 +1,122 @@
+"""The bootstrap runbook end to end on the local cloud, through `casera run` as CI and
+operators run it: a dry run on an empty cloud, a first run under injected Hetzner rate limits,
+a second run that changes nothing, and a run that converges after a node was killed.
+
+One local cloud for the module (made fresh), the tests in order: each builds on the last.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from hcloud import Client
+
+from casera.localcloud.secrets_file import read_local_secrets
+from casera.params import load_params
+from casera.paths import outputs_dir
+
+pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
+HETZNER = "http://127.0.0.1:18001/v1"
+PARAMS = load_params("local")
+
+
+def casera(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run([sys.executable, "-m", "casera.runner.cli", *args],
+                          capture_output=True, text=True, timeout=timeout)
+    sys.stdout.write(done.stdout[-3000:])
+    sys.stderr.write(done.stderr[-3000:])
+    return done
+
+
+def hcloud() -> Client:
+    return Client(read_local_secrets()["CASERA_HCLOUD_TOKEN"], api_endpoint=HETZNER)
+
+
+def faults(**values: object) -> dict:
+    answer = requests.post(f"{HETZNER}/_emulator/faults", json=values, timeout=10, headers={
+        "Authorization": f"Bearer {read_local_secrets()['CASERA_HCLOUD_TOKEN']}"})
+    answer.raise_for_status()
+    return answer.json()["faults"]
+
+
+def latest_run() -> tuple[Path, dict]:
+    path = sorted((outputs_dir("local") / "bootstrap").glob("*.ipynb"))[-1]
+    return path, json.loads(path.read_text())["metadata"]["casera"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def fresh_local_cloud() -> None:
+    for var in [v for v in os.environ if v.startswith("CASERA_") and v != "CASERA_LOCAL_HOME"]:
+        os.environ.pop(var)  # the local cloud's own secrets/local.env, nothing planted
+    assert casera("local", "down", timeout=600).returncode == 0
+    up = casera("local", "up", timeout=2400)
+    assert up.returncode == 0, up.stderr
+
+
+def test_dry_run_on_an_empty_cloud_changes_nothing() -> None:
+    done = casera("run", "bootstrap", "--env", "local", "--dry-run")
+    assert done.returncode == 0, done.stderr
+    _, meta = latest_run()
+    assert meta["status"] == "succeeded" and meta["parameters"]["dry_run"] is True
+    planned = {s["step"]: s["changed"] for s in meta["steps"]}
+    assert planned["servers"] == 3 and planned["ssh key"] == 1 and planned["swarm"] == 3
+    assert all(s["dry_run"] for s in meta["steps"] if s["step"] not in ("this run",))
+    api = hcloud()
+    assert api.servers.get_all() == [] and api.firewalls.get_all() == []
+    assert api.ssh_keys.get_all() == [] and api.load_balancers.get_all() == []
+
+
+def test_first_bootstrap_under_rate_limits_makes_exactly_three_servers() -> None:
+    # Only POSTs roll, with a fixed seed: the runbook sends them in a fixed order, so the
+    # same requests are rate-limited on every run of this test.
+    faults(rate_limit_share=0.3, seed=7, methods=["POST"])
+    started = time.monotonic()
+    done = casera("run", "bootstrap", "--env", "local")
+    injected = faults(rate_limit_share=0.0)["injected"]
+    first = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert injected > 0, "no rate limit was injected: the test proved nothing"
+    names = sorted(s.name for s in hcloud().servers.get_all())
+    assert names == PARAMS.server_names()
+    path, meta = latest_run()
+    assert meta["status"] == "succeeded" and meta["changes"] > 0
+    text = path.read_text()
+    for value in read_local_secrets().values():
+        assert value not in text
+    steps = {s["step"] for s in meta["steps"]}
+    assert {"servers", "swarm", "stack", "load balancer", "dns"} <= steps
+    lb = hcloud().load_balancers.get_by_name(PARAMS.load_balancer.name)
+    ready = requests.get(f"http://{lb.public_net.ipv4.ip}:80/readyz", timeout=10)
+    assert ready.status_code == 200, ready.text
+    (outputs_dir("local") / "first-run-seconds").write_text(f"{first:.0f}")
+
+
+def test_second_run_changes_nothing_and_is_faster() -> None:
+    started = time.monotonic()
+    done = casera("run", "bootstrap", "--env", "local")
+    second = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    _, meta = latest_run()
+    changed = {s["step"]: s["changed"] for s in meta["steps"] if s["changed"]}
+    assert meta["changes"] == 0 and not changed, changed
+    first = float((outputs_dir("local") / "first-run-seconds").read_text())
+    print(f"first bootstrap {first:.0f} s, second {second:.0f} s")
+
+
+def test_a_killed_node_converges_back_to_three_managers() -> None:
+    assert casera("local", "kill-node", "casera-local-2").returncode == 0
+    done = casera("run", "bootstrap", "--env", "local")
+    assert done.returncode == 0, done.stderr
+    _, meta = latest_run()
+    ssh_step = next(s for s in meta["steps"] if s["step"] == "ssh")
+    assert any("casera-local-2" in line and "reset" in line for line in ssh_step["diff"])
+    health = next(s for s in meta["steps"] if s["step"] == "swarm health")
+    assert health["ok"] and any(c["name"] == "managers" for c in health["checks"])
+    assert sorted(s.name for s in hcloud().servers.get_all()) == PARAMS.server_names()

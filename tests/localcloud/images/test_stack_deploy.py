@@ -1,0 +1,199 @@
+"""The stack file on three real nodes: images pulled from the local registry through the
+bridge, every service converges, the api's /readyz is green (Postgres through PgBouncer with
+TLS, reached by the pooler's name pinned in extra_hosts; Redis over the overlay), a job written
+through the api is consumed by a worker, and Dozzle answers on the overlay only.
+
+As bootstrap does, the external overlay network and the versioned secrets exist before
+``docker stack deploy``; the settings are params/local.yaml's (``settings_from_params``).
+
+Its own three nodes (casera-stk-*), so it runs beside the nodes' tests; deleted afterwards.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from casera.localcloud import engine, images, registry
+from casera.localcloud.images import local_stack_settings
+from casera.localcloud.nodes import Nodes, network
+from casera.localcloud.nodes.backend import container_name
+from casera.params import load_params
+from casera.progress import wait_for
+from casera.stack import SECRETS, render_stack
+
+pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
+
+NAMES = ["casera-stk-1", "casera-stk-2", "casera-stk-3"]
+STACK = "casera"
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Cluster:
+    def __init__(self, nodes: Nodes, ips: dict[str, str]) -> None:
+        self.nodes, self.ips = nodes, ips
+
+    def sh(self, name: str, command: str, timeout: float = 120) -> str:
+        code, out = self.nodes.run(name, command, timeout)
+        assert code == 0, f"{name}: {command}: exit {code}: {out}"
+        return out
+
+    def put(self, name: str, path: str, text: str) -> None:
+        data = text.encode()
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as tar:
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode = len(data), 0o600
+            tar.addfile(info, io.BytesIO(data))
+        self.nodes.client.containers.get(container_name(name)).put_archive("/", buffer.getvalue())
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Any:
+    engine.ensure_engine()
+    client = engine.client(timeout=300)
+    network.ensure_network(client)
+    print("\n" + "\n".join(images.up()))  # after the bridge, so the nodes' registry listens
+    nodes = Nodes(client)
+    for name in NAMES:  # leftovers of an interrupted run
+        nodes.delete_node(name)
+    with ThreadPoolExecutor(len(NAMES)) as pool:
+        ips = dict(zip(NAMES, pool.map(
+            lambda n: nodes.create_node({"name": n, "id": 9500 + NAMES.index(n)}, [], None),
+            NAMES), strict=True))
+    c = Cluster(nodes, ips)
+    first = NAMES[0]
+    c.sh(first, f"docker swarm init --advertise-addr {ips[first]}")
+    token = c.sh(first, "docker swarm join-token -q manager").strip()
+    for name in NAMES[1:]:
+        c.sh(name, f"docker swarm join --token {token} {ips[first]}:2377")
+    c.sh(first, f"docker node update --label-add casera.redis=true {first}")
+    yield c
+    for name in NAMES:
+        nodes.delete_node(name)
+
+
+def _service_replicas(cluster: Cluster) -> dict[str, str]:
+    out = cluster.sh(NAMES[0], "docker service ls --format '{{.Name}} {{.Replicas}}'")
+    return dict(line.split()[:2] for line in out.splitlines() if line.strip())
+
+
+def _http(ip: str, port: int, path: str, body: dict[str, Any] | None = None
+          ) -> tuple[int, dict[str, Any]]:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"http://{ip}:{port}{path}", data=data,
+                                     method="POST" if data else "GET",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with OPENER.open(request, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+def test_stack_deploys_converges_and_serves(cluster: Cluster, postgres_for_nodes) -> None:
+    pg = postgres_for_nodes
+    first = NAMES[0]
+    assert registry.node_gateway_exists()
+    # The test's PgBouncer listens on a port of its own, on the address the nodes reach.
+    params = load_params("local", {"neon.pooler_port": pg.pooler_port})
+    assert params.neon.node_hostaddr == registry.NODE_GATEWAY
+    assert (params.neon.role, params.neon.database) == (pg.user, pg.dbname)
+    overlay = params.swarm.overlay_network
+    assert params.swarm.overlay_encrypted is False  # no ESP in this kernel
+    cluster.sh(first, f"docker network create --driver overlay --attachable {overlay}")
+    options = cluster.sh(first, f"docker network inspect --format '{{{{json .Options}}}}' "
+                                f"{overlay}").strip()
+    assert "encrypted" not in options
+
+    secrets = {name: f"casera_{name}_v1" for name in SECRETS}
+    values = {name: "planted-" + os.urandom(6).hex() for name in SECRETS}
+    values["db_password"] = pg.password
+    for name, docker_name in secrets.items():
+        cluster.put(first, f"/root/secret-{name}", values[name])
+        cluster.sh(first, f"docker secret create {docker_name} /root/secret-{name} && "
+                          f"rm /root/secret-{name}")
+    gid = int(cluster.sh(first, "stat -c %g /var/run/docker.sock").strip())
+    settings = local_stack_settings(secrets, docker_socket_gid=gid, params=params)
+    assert settings["database"]["host"] == params.neon.pooler_host  # a name, not an address
+    cluster.put(first, "/root/casera-stack.yml", render_stack(settings))
+    started = time.monotonic()
+    print(cluster.sh(first, f"docker stack deploy -c /root/casera-stack.yml {STACK}"))
+
+    wanted = {f"{STACK}_{name}": f"{count}/{count}"
+              for name, count in settings["replicas"].items()}
+
+    def converged() -> bool:
+        return _service_replicas(cluster) == wanted
+
+    try:
+        wait_for("every service at its replica count", converged, 300, interval=3)
+    finally:
+        print(_service_replicas(cluster))
+        print(cluster.sh(first, "docker service ps --no-trunc --format "
+                                "'{{.Name}} {{.Node}} {{.CurrentState}} {{.Error}}' "
+                                f"$(docker stack services -q {STACK})"))
+    print(f"converged in {time.monotonic() - started:.0f} s")
+
+    redis_node = cluster.sh(first, f"docker service ps -f desired-state=running "
+                                   f"--format '{{{{.Node}}}}' {STACK}_redis").strip()
+    assert redis_node == first  # the label pins it
+    dozzle_node = cluster.sh(first, f"docker service ps -f desired-state=running "
+                                    f"--format '{{{{.Node}}}}' {STACK}_dozzle").strip()
+    assert dozzle_node in NAMES  # all three are managers here
+
+    # Host-mode port: the nodes that run an api task answer on the published port.
+    port = settings["network"]["api_published_port"]
+    api_nodes = set(cluster.sh(first, f"docker service ps -f desired-state=running "
+                                      f"--format '{{{{.Node}}}}' {STACK}_api").split())
+    ip = cluster.ips[sorted(api_nodes)[0]]
+
+    def ready() -> dict[str, Any] | None:
+        status, body = _http(ip, port, "/readyz")
+        return body if status == 200 else None
+
+    body = wait_for("the api's /readyz", ready, 60, interval=2)
+    assert body["checks"]["postgres"]["tls"] is True and body["checks"]["redis"]["ok"]
+    status, sources = _http(ip, port, "/secret-sources")
+    assert sources["secrets"] == {name: "file" for name in SECRETS}  # all seven mounted
+    assert not any(value in json.dumps(sources) for value in values.values())
+
+    # The worker never gets the uploads (read/write) key.
+    worker_secrets = json.loads(cluster.sh(
+        first, f"docker service inspect --format "
+               f"'{{{{json .Spec.TaskTemplate.ContainerSpec.Secrets}}}}' {STACK}_worker"))
+    assert {s["File"]["Name"] for s in worker_secrets} == set(SECRETS) - {
+        "b2_uploads_key_id", "b2_uploads_key"}
+
+    status, item = _http(ip, port, "/items", {"name": "through-the-stack"})
+    assert status == 201, item
+
+    def processed() -> dict[str, Any] | None:
+        row = _http(ip, port, f"/items/{item['id']}")[1]
+        return row if row.get("processed_at") else None
+
+    row = wait_for("a worker to process the item", processed, 60, interval=1)
+    assert row["processed_by"]
+
+    # Dozzle: internal only, reached from a one-off container on the attachable overlay.
+    probe = ("python3 -c \"import urllib.request,sys; "
+             "print(urllib.request.urlopen('http://dozzle:9999/api/containers',timeout=5)"
+             ".read().decode())\"")
+    api_image = settings["images"]["api"]
+    out = cluster.sh(first, f"docker run --rm --network {overlay} {api_image} {probe}")
+    assert f"{STACK}_dozzle" in out
+    published = cluster.sh(first, f"docker service inspect {STACK}_dozzle "
+                                  "--format '{{json .Endpoint.Ports}}'").strip()
+    assert published in ("null", "[]")
+
+    logs = cluster.sh(first, f"docker service logs --raw {STACK}_api 2>&1; "
+                             f"docker service logs --raw {STACK}_worker 2>&1")
+    assert not any(value in logs for value in values.values())

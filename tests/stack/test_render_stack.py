@@ -1,0 +1,231 @@
+"""The stack file renders to valid YAML, production keeps the seed's values, local switches
+them explicitly, and settings that would deploy something unsafe are refused."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from casera.localcloud.images import local_stack_settings
+from casera.localcloud.images.recipes import APP_UID
+from casera.params import load_params
+from casera.stack import (
+    SECRETS,
+    SEED_NETWORK,
+    SERVICES,
+    StackSettings,
+    StackSettingsError,
+    render_stack,
+    settings_from_params,
+)
+
+DATABASE = {"host": "ep-casera-123456-pooler.eu-central-1.aws.neon.tech", "port": 5432,
+            "name": "casera", "user": "casera_app", "sslmode": "require", "hostaddr": None}
+SECRET_NAMES = {name: f"casera_{name}_v1" for name in SECRETS}
+
+
+def production() -> StackSettings:
+    return {
+        "env": "production",
+        "images": {name: f"ghcr.io/casera/{name}:1.4.2" for name in SERVICES},
+        "replicas": {"api": 3, "worker": 2, "admin": 1, "redis": 1, "dozzle": 1},
+        "users": {"api": "10001:10001", "worker": "10001:10001", "admin": "10001:10001",
+                  "redis": "redis", "dozzle": "10001:998"},
+        "healthchecks": {name: ["CMD", "/healthcheck"] for name in SERVICES},
+        "secrets": dict(SECRET_NAMES),
+        "database": dict(DATABASE),  # type: ignore[typeddict-item]
+        "network": dict(SEED_NETWORK),  # type: ignore[typeddict-item]
+    }
+
+
+def local() -> StackSettings:
+    return local_stack_settings(dict(SECRET_NAMES), docker_socket_gid=998)
+
+
+def parsed(settings: StackSettings) -> dict:
+    return yaml.safe_load(render_stack(settings))
+
+
+def header(text: str) -> str:
+    return text.split("version:")[0]
+
+
+def test_production_keeps_the_seed_networking():
+    text = render_stack(production())
+    stack = yaml.safe_load(text)
+    assert stack["version"] == "3.8"
+    # Bootstrap makes (encrypted, as params say) and probes the overlay before the stack.
+    assert stack["networks"]["casera"] == {"external": True, "name": "casera"}
+    assert "overlay encryption: on (IPsec" in header(text)
+    for name in SERVICES:
+        assert stack["services"][name]["deploy"]["endpoint_mode"] == "vip"
+    assert stack["services"]["api"]["ports"] == [
+        {"target": 8080, "published": 80, "protocol": "tcp", "mode": "ingress"}]
+
+
+def test_local_switches_networking_explicitly_and_says_so():
+    text = render_stack(local())
+    stack = yaml.safe_load(text)
+    # The network is bootstrap's (unencrypted there, as params say); the stack only names it.
+    assert stack["networks"]["casera"] == {"external": True, "name": "casera"}
+    assert "driver_opts" not in text
+    for name in SERVICES:
+        assert stack["services"][name]["deploy"]["endpoint_mode"] == "dnsrr"
+    assert stack["services"]["api"]["ports"][0]["mode"] == "host"
+    assert "overlay encryption: OFF" in header(text)
+    assert "dnsrr" in header(text)  # stated in the header a reviewer reads
+    assert stack["services"]["api"]["image"].startswith("10.77.0.1:5000/casera/api:")
+    # params/local.yaml's users are the ones the stand-in images were built with.
+    for name in ("api", "worker", "admin"):
+        assert stack["services"][name]["user"] == f"{APP_UID}:{APP_UID}"
+    assert stack["services"]["dozzle"]["user"] == f"{APP_UID}:998"
+
+
+@pytest.mark.parametrize("make", [production, local])
+def test_services_are_placed_updated_and_checked_as_the_seed_says(make):
+    stack = parsed(make())
+    services = stack["services"]
+    assert set(services) == set(SERVICES)
+    redis = services["redis"]
+    assert redis["deploy"]["placement"]["constraints"] == ["node.labels.casera.redis == true"]
+    assert redis["volumes"] == ["redis-data:/data"]
+    assert stack["volumes"]["redis-data"]["name"] == "casera-redis-data"
+    assert redis["deploy"]["update_config"]["order"] == "stop-first"  # one writer per volume
+    assert "--appendonly" in redis["command"] and "everysec" in redis["command"]
+    dozzle = services["dozzle"]
+    assert dozzle["deploy"]["placement"]["constraints"] == ["node.role == manager"]
+    assert "/var/run/docker.sock:/var/run/docker.sock" in dozzle["volumes"]
+    assert "ports" not in dozzle  # 9999 stays internal
+    assert [name for name, svc in services.items() if "ports" in svc] == ["api"]
+    for name in ("api", "worker", "admin"):
+        deploy = services[name]["deploy"]
+        assert deploy["update_config"]["order"] == "start-first"
+        assert deploy["update_config"]["failure_action"] == "rollback"
+        assert deploy["rollback_config"]["parallelism"] == 1
+        assert services[name]["networks"] == ["casera"]
+    for name, svc in services.items():
+        assert svc["healthcheck"]["test"][0] == "CMD", name
+        assert svc["user"].split(":")[0] not in ("0", "root"), name
+        assert svc["deploy"]["replicas"] == make()["replicas"][name]
+
+
+def test_secrets_are_external_versioned_and_mounted_by_role_name():
+    settings = production()
+    settings["secrets"]["db_password"] = "casera_db_password_v2"  # after a rotation
+    stack = parsed(settings)
+    assert stack["secrets"]["db_password"] == {"external": True,
+                                               "name": "casera_db_password_v2"}
+    assert all(stack["secrets"][name]["external"] is True for name in SECRETS)
+    for service in ("api", "worker"):
+        mounted = {s["source"]: s["target"] for s in stack["services"][service]["secrets"]}
+        assert mounted["db_password"] == "db_password"
+        env = stack["services"][service]["environment"]
+        assert "DB_PASSWORD" not in env  # the value only ever comes from the secret file
+        assert env["DB_SSLMODE"] == "require"
+    assert "secrets" not in stack["services"]["dozzle"]
+
+
+def test_values_cannot_break_the_yaml_around_them():
+    settings = production()
+    settings["database"]["host"] = 'evil: "x"\n  injected: true'
+    stack = parsed(settings)
+    assert stack["services"]["api"]["environment"]["DB_HOST"] == 'evil: "x"\n  injected: true'
+    assert "injected" not in stack["services"]["api"]
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda s: s["replicas"].update(api=2), "replicas.api"),
+    (lambda s: s["replicas"].update(worker=4), "replicas.worker"),
+    (lambda s: s["replicas"].update(redis=2), "replicas.redis"),
+    (lambda s: s["users"].update(dozzle="root"), "users.dozzle"),
+    (lambda s: s["users"].update(api="0:0"), "users.api"),
+    (lambda s: s["secrets"].pop("apns_key"), "secrets"),
+    (lambda s: s["images"].pop("worker"), "images"),
+    (lambda s: s["healthchecks"].update(api=["curl", "x"]), "healthchecks.api"),
+    (lambda s: s["database"].update(sslmode="disable"), "database.sslmode"),
+    (lambda s: s["network"].update(endpoint_mode="dnsrr"), "endpoint_mode dnsrr"),
+])
+def test_unsafe_settings_are_refused_naming_the_key(change, message):
+    settings = copy.deepcopy(production())
+    change(settings)
+    with pytest.raises(StackSettingsError, match=message):
+        render_stack(settings)
+
+
+@pytest.mark.parametrize("env", ["production", "staging", "local"])
+def test_renders_from_the_real_params_files(env):
+    params = load_params(env)
+    settings = settings_from_params(params, secrets=dict(SECRET_NAMES), docker_socket_gid=998)
+    text = render_stack(settings)
+    stack = yaml.safe_load(text)
+    assert stack["networks"]["casera"] == {"external": True,
+                                           "name": params.swarm.overlay_network}
+    # Encryption is the network's (bootstrap makes it from params); the header says which.
+    assert ("overlay encryption: on (IPsec" in header(text)) is params.swarm.overlay_encrypted
+    assert ("overlay encryption: OFF" in header(text)) is not params.swarm.overlay_encrypted
+    assert stack["services"]["api"]["ports"][0]["mode"] == params.swarm.publish_mode
+    assert stack["services"]["api"]["ports"][0]["published"] == params.swarm.api_published_port
+    assert stack["services"]["api"]["environment"]["DB_HOST"] == params.neon.pooler_host
+    for name in SERVICES:
+        service = getattr(params.services, name)
+        assert stack["services"][name]["healthcheck"]["test"] == service.healthcheck, name
+        expected_user = (f"{service.user.split(':')[0]}:998" if name == "dozzle"
+                         else service.user)
+        assert stack["services"][name]["user"] == expected_user, name
+        assert stack["services"][name]["image"] == service.image, name
+    if env != "local":  # the seed's values, untouched
+        assert params.swarm.overlay_encrypted is True
+        assert stack["services"]["api"]["deploy"]["endpoint_mode"] == "vip"
+        assert stack["services"]["api"]["ports"][0]["mode"] == "ingress"
+    else:
+        assert params.swarm.overlay_encrypted is False
+        assert stack["services"]["api"]["deploy"]["endpoint_mode"] == "dnsrr"
+
+
+def test_db_host_pinned_by_extra_hosts_only_where_params_say():
+    local_stack = parsed(local())
+    params = load_params("local")
+    assert params.neon.node_hostaddr
+    pinned = [f"{params.neon.pooler_host}:{params.neon.node_hostaddr}"]
+    for name in ("api", "worker"):
+        assert local_stack["services"][name]["extra_hosts"] == pinned, name
+    prod_stack = parsed(settings_from_params(load_params("production"),
+                                             secrets=dict(SECRET_NAMES), docker_socket_gid=998))
+    for stack in (local_stack, prod_stack):
+        for name in ("admin", "redis", "dozzle"):
+            assert not stack["services"][name].get("extra_hosts"), name
+    for name in ("api", "worker"):
+        assert not prod_stack["services"][name].get("extra_hosts"), name  # real DNS
+
+
+def test_only_the_api_gets_the_uploads_key():
+    stack = parsed(production())
+    services = stack["services"]
+    mounted = {name: {s["source"] for s in services[name].get("secrets", [])}
+               for name in services}
+    assert mounted["api"] == set(SECRETS)
+    assert mounted["worker"] == {"db_password", "secret_key", "b2_certs_key_id", "b2_certs_key",
+                                 "apns_key"}
+    assert not mounted["admin"] and not mounted["redis"] and not mounted["dozzle"]
+    for name in ("api", "worker"):
+        # The apps look up exactly what is mounted, no more (a missing file would read "missing").
+        listed = services[name]["environment"]["CASERA_SECRET_NAMES"].split(",")
+        assert set(listed) == mounted[name], name
+        assert all(s["target"] == s["source"] for s in services[name]["secrets"])
+    assert set(stack["secrets"]) == set(SECRETS)
+
+
+@pytest.mark.parametrize("env", ["production", "staging", "local"])
+def test_b2_key_mounts_agree_with_the_params_key_table(env):
+    # The template decides who mounts which key; params' b2.keys[].for_services says the same
+    # thing for the B2 step. The two must not drift apart.
+    params = load_params(env)
+    stack = parsed(settings_from_params(params, secrets=dict(SECRET_NAMES), docker_socket_gid=998))
+    for key in params.b2.keys:
+        for part in (f"b2_{key.bucket}_key_id", f"b2_{key.bucket}_key"):
+            assert part in SECRETS
+            mounting = {name for name, svc in stack["services"].items()
+                        if part in {s["source"] for s in svc.get("secrets", [])}}
+            assert mounting == set(key.for_services), (key.name, part)
