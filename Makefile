@@ -33,9 +33,11 @@ demo: install
 # needs), the bootstrap end to end on a fresh local cloud, then nbval over every runbook
 # against that cloud (already converged, so quick). The order is deliberate: the end-to-end
 # tests leave the local cloud bootstrapped for nbval.
-PYTEST := $(PYTHON) -m pytest -q -p no:cacheprovider
+PYTEST := $(PYTHON) -m pytest -q -rs -p no:cacheprovider
 test: install
 	ruff check lib tests runbooks scripts
+	@# Start from an empty local cloud: what an earlier session left must not change results.
+	$(PYTHON) -m casera.runner.cli local down
 	$(PYTEST) tests --ignore=tests/e2e
 	$(PYTEST) tests/e2e
 	$(PYTEST) --nbval-lax runbooks

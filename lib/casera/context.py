@@ -6,6 +6,7 @@ global state, so a step is an ordinary function of ``ctx`` that tests can call d
 
 from __future__ import annotations
 
+import getpass
 import html
 import os
 from dataclasses import dataclass, field
@@ -61,7 +62,7 @@ def start_run(
     """Validate params and load secrets for one run; raises ParamsError before any remote call."""
     secrets = SecretStore(env)
     params = load_params(env, overrides=overrides, secrets=secrets)
-    operator = os.environ.get("CASERA_OPERATOR") or os.environ.get("USER") or "unknown"
+    operator = os.environ.get("CASERA_OPERATOR") or getpass.getuser()
     return RunContext(env=env, params=params, secrets=secrets, dry_run=dry_run,
                       approve=approve, interactive=interactive, run_id=run_id,
                       operator=operator)

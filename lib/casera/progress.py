@@ -34,7 +34,7 @@ def wait_for(
     deadline = time.monotonic() + timeout
     last: object = None
     bar = tqdm(total=int(timeout), desc=f"waiting for {what}", unit="s", file=sys.stdout,
-               disable=not show, leave=False, bar_format="{desc}: {elapsed} (limit {total}s)")
+               disable=not show, leave=True, bar_format="{desc}: {elapsed} (limit {total}s)")
     start = time.monotonic()
     try:
         while True:

@@ -64,7 +64,8 @@ def test_first_run_creates_private_buckets_and_scoped_keys(cloud):
     certs = b2.get_bucket(api, "casera-certs")
     assert certs and certs.bucket_type == "allPrivate"
     assert listed["casera-local-certs-read"].bucket_id == certs.bucket_id
-    assert set(listed["casera-local-certs-read"].capabilities) == {"listFiles", "readFiles"}
+    assert set(listed["casera-local-certs-read"].capabilities) == {"listBuckets", "listFiles",
+                                                                   "readFiles"}
     store = storage.key_store("local")
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
     values = storage.app_key_values(ctx)

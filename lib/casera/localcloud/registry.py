@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import urllib.error
@@ -24,9 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casera.errors import CaseraError
-from casera.localcloud.neon.process import alive
+from casera.localcloud import process
 from casera.paths import local_cloud_home
-from casera.progress import wait_for
 
 PORT = 5000
 PUSH_HOST = f"127.0.0.1:{PORT}"
@@ -120,15 +118,7 @@ def install_registry() -> list[str]:
 
 def _running_pid(listener: Listener) -> int | None:
     """The pid from our pidfile if that process is still our registry (pids get reused)."""
-    path = _pidfile(listener)
-    try:
-        pid = int(path.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return None
-    if str(_config_path(listener)).encode() in cmdline and alive(pid):
-        return pid
-    return None
+    return process.running_pid(_pidfile(listener), str(_config_path(listener)))
 
 
 def _answers(address: str) -> bool:
@@ -153,24 +143,10 @@ def node_gateway_exists() -> bool:
 def _start(listener: Listener, timeout: float) -> None:
     config = _config_path(listener)
     config.write_text(_config_text(listener))
-    with open(_logfile(listener), "ab") as log:
-        process = subprocess.Popen(
-            [BINARY, "serve", str(config)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # outlives the notebook kernel that ran `casera local up`
-        )
-    _pidfile(listener).write_text(f"{process.pid}\n")
-
-    # An exited process ends the wait at once (wait_for would retry a raising probe).
-    wait_for(f"the registry on {listener.address}",
-             lambda: process.poll() is not None or _answers(listener.address),
-             timeout, interval=0.3, show=False)
-    if process.poll() is not None:
-        _pidfile(listener).unlink(missing_ok=True)
-        raise CaseraError(
-            f"docker-registry ({listener.name}) exited with {process.returncode}; "
-            f"see {_logfile(listener)}"
-        )
+    process.start_detached(f"docker-registry ({listener.name}) on {listener.address}",
+                           [BINARY, "serve", str(config)], _pidfile(listener),
+                           _logfile(listener), lambda: _answers(listener.address), timeout,
+                           interval=0.3, show=False)
 
 
 def _ensure(listener: Listener, timeout: float) -> str:
@@ -188,18 +164,8 @@ def _ensure(listener: Listener, timeout: float) -> str:
 
 
 def _stop(listener: Listener, timeout: float = 15) -> bool:
-    pid = _running_pid(listener)
-    _pidfile(listener).unlink(missing_ok=True)
-    if pid is None:
-        return False
-    os.kill(pid, signal.SIGTERM)
-
-    try:
-        wait_for(f"registry {listener.name} (pid {pid}) to stop", lambda: not alive(pid), timeout,
-                 interval=0.2, show=False)
-    except CaseraError:
-        os.kill(pid, signal.SIGKILL)
-    return True
+    return process.stop(_pidfile(listener), f"registry {listener.name}", timeout,
+                        marker=str(_config_path(listener)), kill=True) is not None
 
 
 def up(timeout: float = 30) -> list[str]:

@@ -24,7 +24,11 @@ class _KeyedSSHAdapter(SSHHTTPAdapter):
     def __init__(self, base_url: str, key_file: str, timeout: float) -> None:
         self._key_file = os.path.expanduser(key_file)
         self._connect_timeout = timeout
-        super().__init__(base_url, timeout=int(timeout) + 50)
+        # The SDK keeps a pool of connections per URL, each an SSH session running
+        # `docker system dial-stdio`; sshd allows 10 sessions per connection (MaxSessions),
+        # so more pools than that make channel opens fail ("Secsh channel open FAILED").
+        super().__init__(base_url, timeout=int(timeout) + 50, pool_connections=3,
+                         max_pool_size=3)
 
     def _create_paramiko_client(self, base_url: str) -> None:
         super()._create_paramiko_client(base_url)

@@ -8,6 +8,7 @@ scan -> keep the file under ``outputs/<env>/<runbook>/`` -> release the lock -> 
 
 from __future__ import annotations
 
+import getpass
 import io
 import json
 import os
@@ -174,7 +175,7 @@ def run(request: RunRequest) -> RunOutcome:
         return RunOutcome(EXIT_BAD_INPUT, "refused", str(exc))
 
     run_id = uuid.uuid4().hex[:8]
-    operator = os.environ.get("CASERA_OPERATOR") or os.environ.get("USER") or "root"
+    operator = os.environ.get("CASERA_OPERATOR") or getpass.getuser()
     started = datetime.now(UTC)
     holder = lock.LockHolder(run_id=run_id, operator=operator, host=socket.gethostname(),
                              pid=os.getpid(), since=started.isoformat(timespec="seconds"),
@@ -205,6 +206,7 @@ def _execute(request: RunRequest, nb_path: Path, params: dict[str, Any],
     journal = scratch / "journal.jsonl"
     os.environ[JOURNAL_ENV] = str(journal)
     os.environ["CASERA_RUN_ID"] = run_id
+    os.environ["CASERA_OPERATOR"] = operator  # the kernel records the same operator
     stream = _ScrubbingStream(secret_values, sys.stdout)
     clock = time.monotonic()
     error: BaseException | None = None

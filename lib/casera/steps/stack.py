@@ -28,7 +28,7 @@ from casera.secrets import Secret
 from casera.stack import SECRETS, render_stack, settings_from_params
 from casera.steps.access import node_addresses
 from casera.steps.docker_secrets import current_names
-from casera.steps.swarm import docker_clients, manager_name
+from casera.steps.swarm import connect_cluster
 
 STACK = "casera"
 REMOTE_FILE = "casera-stack.yml"
@@ -68,14 +68,12 @@ def ensure_stack(ctx: RunContext, timeout: float = 600) -> StepResult:
                 f"{n} x{getattr(p.services, n).replicas}" for n in
                 ("api", "worker", "admin", "redis", "dozzle"))]
             return result
-        clients = docker_clients(ctx, stack, nodes)
-        leader = manager_name(clients, {n: docker_swarm.swarm_state(c)
-                                        for n, c in clients.items()})
-        if leader is None:
+        cluster = connect_cluster(ctx, stack, nodes)
+        if cluster.leader is None:
             result.changed, result.reason = 1, "no swarm yet"
             return result
-        client = clients[leader]
-        conn = stack.enter_context(ssh.connect(nodes[leader], p.ssh.port, p.ssh.admin_user,
+        client = cluster.manager
+        conn = stack.enter_context(ssh.connect(nodes[cluster.leader], p.ssh.port, p.ssh.admin_user,
                                                p.ssh.private_key_file, p.ssh.connect_timeout_s))
         gid = int(ssh.run(conn, "stat -c %g /var/run/docker.sock"))
         try:
@@ -128,11 +126,8 @@ def verify_stack(ctx: RunContext, secret_values: dict[str, Secret]) -> StepResul
         if ctx.dry_run:
             result.reason = "nothing deployed in a dry run"
             return result
-        nodes = node_addresses(ctx)
-        clients = docker_clients(ctx, stack, nodes)
-        leader = manager_name(clients, {n: docker_swarm.swarm_state(c)
-                                        for n, c in clients.items()})
-        client = clients[leader]
+        cluster = connect_cluster(ctx, stack)
+        nodes, clients, client = cluster.nodes, cluster.clients, cluster.manager
         swarm_nodes = {e["id"]: e for e in docker_swarm.nodes(client)}
         services = stack_services(client)
 

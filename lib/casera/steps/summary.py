@@ -36,7 +36,8 @@ def monthly_cost(ctx: RunContext) -> StepResult:
         nodes = Decimal(len(servers)) * (node_price or Decimal(0))
         seed_nodes = SEED_NODE_MONTHLY * p.hetzner.server_count
         result.check(f"{len(servers)} x {p.hetzner.server_type}", node_price is not None,
-                     f"{nodes:.2f}/mo live ({node_price}/mo each) vs seed {seed_nodes:.2f}/mo")
+                     f"{nodes:.2f}/mo live ({node_price or 0:.2f}/mo each) vs seed "
+                     f"{seed_nodes:.2f}/mo")
         lb = api.load_balancers.get_by_name(p.load_balancer.name) \
             if p.load_balancer.enabled else None
         lb_price = Decimal(0)

@@ -9,6 +9,7 @@ before the new server joins, so the manager count stays what params say.
 from __future__ import annotations
 
 from contextlib import ExitStack
+from dataclasses import dataclass
 from typing import Any
 
 import docker
@@ -47,13 +48,34 @@ def manager_name(clients: dict[str, docker.DockerClient],
     return None
 
 
+@dataclass
+class Cluster:
+    """The servers as Docker sees them: addresses, a client per node, each node's swarm
+    state, and an active manager (None before the swarm exists)."""
+
+    nodes: dict[str, str]
+    clients: dict[str, docker.DockerClient]
+    states: dict[str, dict[str, Any]]
+    leader: str | None
+
+    @property
+    def manager(self) -> docker.DockerClient:
+        if self.leader is None:
+            raise StepFailed("no swarm manager answers: run the swarm step first")
+        return self.clients[self.leader]
+
+
+def connect_cluster(ctx: RunContext, stack: ExitStack,
+                    nodes: dict[str, str] | None = None) -> Cluster:
+    nodes = nodes if nodes is not None else node_addresses(ctx)
+    clients = docker_clients(ctx, stack, nodes)
+    states = {name: docker_swarm.swarm_state(client) for name, client in clients.items()}
+    return Cluster(nodes, clients, states, manager_name(clients, states))
+
+
 def manager_client(ctx: RunContext, stack: ExitStack) -> docker.DockerClient:
     """A Docker client on an active manager; raises when no swarm answers."""
-    clients = docker_clients(ctx, stack, node_addresses(ctx))
-    leader = manager_name(clients, {n: docker_swarm.swarm_state(c) for n, c in clients.items()})
-    if leader is None:
-        raise StepFailed("no swarm manager answers: run the swarm step first")
-    return clients[leader]
+    return connect_cluster(ctx, stack).manager
 
 
 def ensure_swarm(ctx: RunContext, timeout: float = 120) -> StepResult:
@@ -66,9 +88,8 @@ def ensure_swarm(ctx: RunContext, timeout: float = 120) -> StepResult:
             result.diff = [f"+ swarm init on {ctx.params.server_names()[0]}"] + [
                 f"+ {n} joins as manager" for n in ctx.params.server_names()[1:]]
             return result
-        clients = docker_clients(ctx, stack, nodes)
-        states = {name: docker_swarm.swarm_state(client) for name, client in clients.items()}
-        leader = manager_name(clients, states)
+        cluster = connect_cluster(ctx, stack, nodes)
+        clients, states, leader = cluster.clients, cluster.states, cluster.leader
         if leader is None:
             first = next(iter(nodes))
             result.diff.append(f"+ swarm init on {first} (advertise {nodes[first]})")
@@ -157,8 +178,8 @@ def verify_swarm(ctx: RunContext) -> StepResult:
         if ctx.dry_run and not nodes:
             result.reason = "no servers yet"
             return result
-        clients = docker_clients(ctx, stack, nodes)
-        states = {n: docker_swarm.swarm_state(c) for n, c in clients.items()}
+        cluster = connect_cluster(ctx, stack, nodes)
+        states = cluster.states
         clusters = {st["cluster_id"] for st in states.values()}
         result.check("one swarm", len(clusters) == 1 and None not in clusters,
                      f"{len(clusters)} cluster id(s) among {len(nodes)} nodes")
@@ -166,9 +187,8 @@ def verify_swarm(ctx: RunContext) -> StepResult:
             result.check(f"{name} manager", state["manager"],
                          f"{state['state']}, sees {state['managers']} managers"
                          + (f", error {state['error']}" if state["error"] else ""))
-        leader = manager_name(clients, states)
-        if leader:
-            _verify_managers(ctx, clients[leader], nodes, result, 30)
+        if cluster.leader:
+            _verify_managers(ctx, cluster.manager, nodes, result, 30)
     return result
 
 
@@ -193,13 +213,11 @@ def ensure_node_labels(ctx: RunContext) -> StepResult:
         if ctx.dry_run and not nodes:
             result.reason = "no servers yet"
             return result
-        clients = docker_clients(ctx, stack, nodes)
-        states = {n: docker_swarm.swarm_state(c) for n, c in clients.items()}
-        leader = manager_name(clients, states)
-        if leader is None:
+        cluster = connect_cluster(ctx, stack, nodes)
+        if cluster.leader is None:
             result.reason = "no swarm yet"
             return result
-        client = clients[leader]
+        client = cluster.manager
         desired = desired_node_labels(ctx, list(nodes))
         for entry in docker_swarm.nodes(client):
             if entry["hostname"] not in desired or entry["state"] != "ready":
@@ -238,12 +256,11 @@ def ensure_overlay_network(ctx: RunContext) -> StepResult:
             result.changed, result.diff = 1, [f"+ overlay {sw.overlay_network} encrypted="
                                               f"{sw.overlay_encrypted}"]
             return result
-        clients = docker_clients(ctx, stack, nodes)
-        leader = manager_name(clients, {n: docker_swarm.swarm_state(c) for n, c in clients.items()})
-        if leader is None:
+        cluster = connect_cluster(ctx, stack, nodes)
+        if cluster.leader is None:
             result.changed, result.reason = 1, "no swarm yet"
             return result
-        client = clients[leader]
+        client = cluster.manager
         found = [n for n in client.networks.list(names=[sw.overlay_network])
                  if n.name == sw.overlay_network]
         if found:
@@ -303,13 +320,8 @@ def verify_overlay_traffic(ctx: RunContext, timeout: float = 120) -> StepResult:
         if ctx.dry_run:
             result.reason = "probe not run in a dry run"
             return result
-        nodes = node_addresses(ctx)
-        clients = docker_clients(ctx, stack, nodes)
-        leader = manager_name(clients, {n: docker_swarm.swarm_state(c)
-                                        for n, c in clients.items()})
-        if leader is None:
-            raise StepFailed("no swarm manager answers: run the swarm step first")
-        manager = clients[leader]
+        cluster = connect_cluster(ctx, stack)
+        nodes, clients, manager = cluster.nodes, cluster.clients, cluster.manager
         for old in manager.services.list(filters={"name": PROBE_SERVICE}):
             old.remove()
         network = manager.networks.get(sw.overlay_network)

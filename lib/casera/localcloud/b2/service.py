@@ -8,19 +8,15 @@ keys and files stay on disk for the next ``up``, like a real account.
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 from casera.errors import CaseraError
+from casera.localcloud import process
 from casera.localcloud.secrets_file import write_local_secret
 from casera.paths import local_cloud_home
-from casera.progress import wait_for
 
 DEFAULT_PORT = 18003
 KEY_ID_SECRET = "CASERA_B2_KEY_ID"
@@ -57,26 +53,6 @@ def health(port: int) -> dict[str, object] | None:
     return None
 
 
-def _our_pid(state_dir: Path) -> int | None:
-    """The pid in our pidfile if that process is still this emulator (not a recycled pid)."""
-    try:
-        pid = int(pidfile(state_dir).read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return None
-    return pid if MODULE.encode() in cmdline else None
-
-
-def _alive(pid: int) -> bool:
-    """True while ``pid`` runs. A zombie counts as stopped: when up() ran in a notebook
-    kernel, that kernel is the parent and may not reap the emulator until much later."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def start(port: int = DEFAULT_PORT, state_dir: Path | None = None, timeout: float = 30,
           extra_args: list[str] | None = None, show: bool = True) -> str:
     """Start the emulator detached unless it already answers on ``port``."""
@@ -92,43 +68,19 @@ def start(port: int = DEFAULT_PORT, state_dir: Path | None = None, timeout: floa
                 f"foreground) or use another port")
         return f"B2 emulator already running on {endpoint(port)}"
     state_dir.mkdir(parents=True, exist_ok=True)
-    with logfile(state_dir).open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", MODULE, "--port", str(port), "--state-dir", str(state_dir),
-             *(extra_args or [])],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True)
-    pidfile(state_dir).write_text(f"{process.pid}\n")
-
-    def answering() -> bool:
-        if process.poll() is not None:
-            raise CaseraError(f"the B2 emulator exited with {process.returncode}; "
-                              f"see {logfile(state_dir)}")
-        return health(port) is not None
-
-    wait_for(f"the B2 emulator on {endpoint(port)}", answering, timeout, interval=0.1,
-             show=show)
-    return f"started the B2 emulator on {endpoint(port)} (pid {process.pid}, state {state_dir})"
+    pid = process.start_detached(
+        f"the B2 emulator on {endpoint(port)}",
+        [sys.executable, "-m", MODULE, "--port", str(port), "--state-dir", str(state_dir),
+         *(extra_args or [])],
+        pidfile(state_dir), logfile(state_dir), lambda: health(port) is not None, timeout,
+        interval=0.1, show=show)
+    return f"started the B2 emulator on {endpoint(port)} (pid {pid}, state {state_dir})"
 
 
 def stop(state_dir: Path | None = None, timeout: float = 15) -> str:
     state_dir = Path(state_dir or default_state_dir())
-    pid = _our_pid(state_dir)
-    if pid is None:
-        pidfile(state_dir).unlink(missing_ok=True)
-        return "B2 emulator not running"
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        try:  # reap it when it is our child (tests); otherwise just wait for it to go
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        if time.monotonic() > deadline:
-            raise CaseraError(f"the B2 emulator (pid {pid}) did not stop within {timeout:.0f}s")
-        time.sleep(0.05)
-    pidfile(state_dir).unlink(missing_ok=True)
-    return f"stopped the B2 emulator (pid {pid})"
+    pid = process.stop(pidfile(state_dir), "the B2 emulator", timeout, marker=MODULE)
+    return f"stopped the B2 emulator (pid {pid})" if pid else "B2 emulator not running"
 
 
 def master_credentials(state_dir: Path | None = None) -> tuple[str, str]:
@@ -163,7 +115,7 @@ def status(port: int = DEFAULT_PORT, state_dir: Path | None = None) -> list[str]
     answer = health(port)
     if answer is None:
         return [f"B2 emulator: not answering on {endpoint(port)} (state {state_dir})"]
-    pid = _our_pid(state_dir)
+    pid = process.running_pid(pidfile(state_dir), MODULE)
     return [f"B2 emulator: running on {endpoint(port)}"
             + (f" (pid {pid})" if pid else " (not started by this state dir's up)"),
             f"  account {answer.get('accountId')}, {answer.get('buckets')} buckets, "

@@ -10,20 +10,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 from casera.errors import CaseraError, ParamsError
-from casera.localcloud.b2.service import _alive
+from casera.localcloud import process
 from casera.localcloud.cloudflare.server import API_PREFIX, HEALTH_PATH, SERVICE_NAME
 from casera.localcloud.cloudflare.store import new_token, read_state
 from casera.localcloud.secrets_file import write_local_secret
 from casera.paths import local_cloud_home
-from casera.progress import wait_for
 
 DEFAULT_PORT = 18004
 DEFAULT_ZONE = "casera.test"
@@ -59,16 +55,6 @@ def health(port: int) -> dict[str, object] | None:
     if isinstance(payload, dict) and payload.get("service") == SERVICE_NAME:
         return payload
     return None
-
-
-def _our_pid(state_dir: Path) -> int | None:
-    """The pid in our pidfile if that process is still this emulator (not a recycled pid)."""
-    try:
-        pid = int(pidfile(state_dir).read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except (OSError, ValueError):
-        return None
-    return pid if MODULE.encode() in cmdline else None
 
 
 def configured_zone() -> str:
@@ -117,42 +103,18 @@ def start(port: int = DEFAULT_PORT, state_dir: Path | None = None,
         args.append("--allow-private-proxied")
     # Tokens go through the environment, not argv: /proc/<pid>/cmdline is world-readable.
     env = {**os.environ, "CASERA_CLOUDFLARE_EMULATOR_TOKENS": ",".join(tokens or [])}
-    with logfile(state_dir).open("ab") as log:
-        process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
-                                   stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    pidfile(state_dir).write_text(f"{process.pid}\n")
-
-    def answering() -> bool:
-        if process.poll() is not None:
-            raise CaseraError(f"the Cloudflare emulator exited with {process.returncode}; "
-                              f"see {logfile(state_dir)}")
-        return health(port) is not None
-
-    wait_for(f"the Cloudflare emulator on {endpoint(port)}", answering, timeout,
-             interval=0.1, show=show)
-    return (f"started the Cloudflare emulator on {endpoint(port)} (pid {process.pid}, "
-            f"state {state_dir})")
+    pid = process.start_detached(f"the Cloudflare emulator on {endpoint(port)}", args,
+                                 pidfile(state_dir), logfile(state_dir),
+                                 lambda: health(port) is not None, timeout, interval=0.1,
+                                 show=show, env=env)
+    return f"started the Cloudflare emulator on {endpoint(port)} (pid {pid}, state {state_dir})"
 
 
 def stop(state_dir: Path | None = None, timeout: float = 15) -> str:
     state_dir = Path(state_dir or default_state_dir())
-    pid = _our_pid(state_dir)
-    if pid is None:
-        pidfile(state_dir).unlink(missing_ok=True)
-        return "Cloudflare emulator not running"
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while _alive(pid):
-        try:  # reap it when it is our child (tests); otherwise just wait for it to go
-            os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            pass
-        if time.monotonic() > deadline:
-            raise CaseraError(f"the Cloudflare emulator (pid {pid}) did not stop within "
-                              f"{timeout:.0f}s")
-        time.sleep(0.05)
-    pidfile(state_dir).unlink(missing_ok=True)
-    return f"stopped the Cloudflare emulator (pid {pid})"
+    pid = process.stop(pidfile(state_dir), "the Cloudflare emulator", timeout, marker=MODULE)
+    return (f"stopped the Cloudflare emulator (pid {pid})" if pid
+            else "Cloudflare emulator not running")
 
 
 def up(port: int = DEFAULT_PORT, state_dir: Path | None = None, zone: str | None = None,
@@ -179,7 +141,7 @@ def status(port: int = DEFAULT_PORT, state_dir: Path | None = None) -> list[str]
     answer = health(port)
     if answer is None:
         return [f"Cloudflare emulator: not answering on {endpoint(port)} (state {state_dir})"]
-    pid = _our_pid(state_dir)
+    pid = process.running_pid(pidfile(state_dir), MODULE)
     zones = answer.get("zones")
     names = ", ".join(str(z) for z in zones) if isinstance(zones, list) else ""
     return [f"Cloudflare emulator: running on {endpoint(port)}"

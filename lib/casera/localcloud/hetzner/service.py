@@ -10,20 +10,17 @@ import importlib
 import importlib.util
 import os
 import secrets
-import signal
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import requests
 
 from casera.errors import CaseraError
+from casera.localcloud import process
 from casera.localcloud.hetzner.backend import NodeBackend
 from casera.localcloud.secrets_file import read_local_secrets, write_local_secret
 from casera.paths import local_cloud_home
-from casera.progress import wait_for
 
 DEFAULT_PORT = 18001
 # Loopback addresses for load balancers (127.0.0.0/8 is all loopback): one per LB, so each
@@ -63,13 +60,7 @@ def _pidfile() -> Path:
 
 
 def _running_pid() -> int | None:
-    """The emulator's pid if the pidfile names a live emulator process (not a reused pid)."""
-    try:
-        pid = int(_pidfile().read_text().split()[0])
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, IndexError):
-        return None
-    return pid if _MODULE.encode() in cmdline else None
+    return process.running_pid(_pidfile(), _MODULE)
 
 
 def _token() -> str:
@@ -102,25 +93,13 @@ def up(port: int = DEFAULT_PORT, backend: str = "nodes") -> list[str]:
     load_backend(backend)  # fail here, with its message, rather than in a detached child
     directory = state_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    log = open(directory / "emulator.log", "ab")  # noqa: SIM115 - handed to the child
-    process = subprocess.Popen(
+    pid = process.start_detached(
+        f"the Hetzner emulator on {endpoint(port)}",
         [sys.executable, "-m", _MODULE, "--port", str(port), "--state-dir", str(directory),
          "--backend", backend, "--lb-public-network", LB_PUBLIC_NETWORK],
-        env={**os.environ, TOKEN_ENV: token}, stdout=log, stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL, start_new_session=True)
-    log.close()
-    _pidfile().write_text(f"{process.pid}\n")
-
-    def answers() -> bool | str:
-        if process.poll() is not None:
-            return "exited"
-        return bool(_get("/locations", token, port))
-
-    wait_for(f"the Hetzner emulator on {endpoint(port)}", answers, timeout=30, interval=0.3)
-    if process.poll() is not None:
-        tail = (directory / "emulator.log").read_text(errors="replace")[-2000:]
-        raise CaseraError(f"the Hetzner emulator exited with {process.returncode}:\n{tail}")
-    lines.append(f"hetzner: started emulator (pid {process.pid}) on {endpoint(port)}, "
+        _pidfile(), directory / "emulator.log", lambda: _get("/locations", token, port), 30,
+        interval=0.3, env={**os.environ, TOKEN_ENV: token}, log_tail=2000)
+    lines.append(f"hetzner: started emulator (pid {pid}) on {endpoint(port)}, "
                  f"backend {backend}, state in {directory}")
     return lines
 
@@ -130,15 +109,10 @@ def down(keep_state: bool = False) -> list[str]:
     local down`` removes the nodes they stand for."""
     lines = []
     if pid := _running_pid():
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + 60
-        while _running_pid() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        if _running_pid():
-            os.kill(pid, signal.SIGKILL)
-            lines.append(f"hetzner: emulator (pid {pid}) did not stop in 60 s; killed it")
-        else:
+        if process.terminate(pid, "the Hetzner emulator", 60, kill=True):
             lines.append(f"hetzner: stopped emulator (pid {pid})")
+        else:
+            lines.append(f"hetzner: emulator (pid {pid}) did not stop in 60 s; killed it")
     else:
         lines.append("hetzner: emulator not running")
     _pidfile().unlink(missing_ok=True)

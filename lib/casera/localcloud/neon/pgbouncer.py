@@ -16,10 +16,10 @@ from __future__ import annotations
 import os
 import pwd
 import signal
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from casera.localcloud import process
 from casera.localcloud.neon.cluster import (
     OWNER,
     Instance,
@@ -29,7 +29,6 @@ from casera.localcloud.neon.cluster import (
     scram_verifier,
 )
 from casera.localcloud.neon.config import PGBOUNCER, NeonConfig
-from casera.localcloud.neon.process import alive, pid_from
 from casera.localcloud.neon.tls import pooler_files, server_files
 from casera.progress import wait_for
 
@@ -113,7 +112,7 @@ def write_auth(p: Pooler, roles: list[str], allowed: list[str] | None) -> bool:
 
 
 def pid(p: Pooler) -> int | None:
-    return pid_from(p.pidfile)
+    return process.running_pid(p.pidfile)
 
 
 def is_running(p: Pooler) -> bool:
@@ -144,18 +143,6 @@ def reload(p: Pooler) -> None:
 
 
 def stop(p: Pooler, timeout: float = 30) -> bool:
-    value = pid(p)
-    if value is None:
-        return False
-    # SIGTERM, not SIGINT ("safe shutdown"): a client left idle in a transaction would
-    # otherwise hold down() for as long as it likes.
-    os.kill(value, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not alive(value):
-            p.pidfile.unlink(missing_ok=True)
-            return True
-        time.sleep(0.2)
-    os.kill(value, signal.SIGKILL)
-    p.pidfile.unlink(missing_ok=True)
-    return True
+    # SIGTERM (what process.stop sends), not SIGINT ("safe shutdown"): a client left idle
+    # in a transaction would otherwise hold down() for as long as it likes.
+    return process.stop(p.pidfile, f"PgBouncer {p.name}", timeout, kill=True) is not None

@@ -12,9 +12,7 @@ import hmac
 import os
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
@@ -24,6 +22,7 @@ from typing import Any
 from psycopg import sql
 
 from casera.errors import CaseraError
+from casera.localcloud import process
 from casera.localcloud.neon import cluster, pgbouncer, pitr, state
 from casera.localcloud.neon.cluster import Instance, owned_dir
 from casera.localcloud.neon.config import (
@@ -44,7 +43,6 @@ from casera.localcloud.neon.instances import (
     main_pooler,
 )
 from casera.localcloud.neon.pgbouncer import Pooler
-from casera.localcloud.neon.process import pid_from
 from casera.localcloud.neon.tls import ensure_tls
 from casera.localcloud.secrets_file import read_local_secrets, write_local_secret
 from casera.progress import wait_for
@@ -253,7 +251,7 @@ def _api_pidfile(cfg: NeonConfig) -> Path:
 
 
 def api_pid(cfg: NeonConfig) -> int | None:
-    return pid_from(_api_pidfile(cfg))
+    return process.running_pid(_api_pidfile(cfg))
 
 
 def api_answers(cfg: NeonConfig) -> bool:
@@ -267,24 +265,17 @@ def api_answers(cfg: NeonConfig) -> bool:
 def ensure_api(cfg: NeonConfig) -> list[str]:
     if api_pid(cfg) and api_answers(cfg):
         return []
-    log = open(cfg.home / "log" / "api.log", "ab")  # noqa: SIM115 - handed to the server
-    proc = subprocess.Popen([sys.executable, "-m", "casera.localcloud.neon"], stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True,
-                            cwd=str(cfg.home))
-    _api_pidfile(cfg).write_text(str(proc.pid))
-    wait_for(f"the Neon API on {cfg.api_url}",
-             lambda: proc.poll() is None and api_answers(cfg), 30, interval=0.2, show=False)
-    return [f"started the Neon API on {cfg.api_url} (pid {proc.pid})"]
+    pid = process.start_detached(f"the Neon API on {cfg.api_url}",
+                                 [sys.executable, "-m", "casera.localcloud.neon"],
+                                 _api_pidfile(cfg), cfg.home / "log" / "api.log",
+                                 lambda: api_answers(cfg), 30, show=False, cwd=cfg.home)
+    return [f"started the Neon API on {cfg.api_url} (pid {pid})"]
 
 
 def stop_api(cfg: NeonConfig) -> list[str]:
-    pid = api_pid(cfg)
+    pid = process.stop(_api_pidfile(cfg), "the Neon API", 15)
     if pid is None:
         return []
-    os.kill(pid, signal.SIGTERM)
-    wait_for("the Neon API to stop", lambda: api_pid(cfg) is None, 15, interval=0.2,
-             show=False)
-    _api_pidfile(cfg).unlink(missing_ok=True)
     return [f"stopped the Neon API (pid {pid})"]
 
 
