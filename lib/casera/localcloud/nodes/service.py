@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import shutil
 from pathlib import Path
 
 import docker.errors
@@ -11,6 +12,7 @@ import docker.errors
 from casera.localcloud import engine
 from casera.localcloud.nodes import image, network
 from casera.localcloud.nodes.backend import CONTAINER_PREFIX, Nodes, cgroup_parents
+from casera.paths import local_cloud_home
 
 IPVS_MISSING = ("limit: this kernel has no IPVS: Swarm virtual IPs and the ingress routing "
                 "mesh carry no traffic here; services use endpoint_mode dnsrr and host-mode "
@@ -68,11 +70,15 @@ def down(stop_engine: bool = True) -> list[str]:
     """Remove every node container, node volume and the bridge, then stop the engine if
     nothing else runs on it (``stop_engine=False`` leaves it for other parts' tests).
     Images and the rootfs tarball stay: they are the cache."""
+    lines = []
     if not engine.is_running():
-        return ["engine not running: no nodes, network or volumes to remove"]
+        if shutil.which("dockerd") is None or not (local_cloud_home() / "docker").exists():
+            return ["engine never ran here: no nodes, network or volumes to remove"]
+        # Stopped nodes survive in the engine's data (a reboot, a killed session): start the
+        # engine to remove them, or the next `up` would find stale nodes.
+        lines.append(f"engine: {engine.ensure_engine()} to remove what it holds")
     client = engine.client(timeout=120)
     nodes = Nodes(client)
-    lines = []
     for node in nodes.list_nodes():
         nodes.delete_node(node.name)
         lines.append(f"node {node.name}: removed with its volume")
