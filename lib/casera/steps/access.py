@@ -33,8 +33,11 @@ def node_addresses(ctx: RunContext) -> dict[str, str]:
 def _admin_ssh_ok(ctx: RunContext, ip: str) -> str | None:
     s = ctx.params.ssh
     with ssh.connect(ip, s.port, s.admin_user, s.private_key_file, s.connect_timeout_s) as conn:
-        # cloud-init finishes after sshd restarts; wait for it so later steps see its work.
-        return ssh.run(conn, "cloud-init status --wait >/dev/null 2>&1; "
+        # cloud-init finishes after sshd restarts: wait for it while it runs, so later steps
+        # see its work. Never `--wait` otherwise: on a node where it will not run this boot
+        # ("not run") it waits forever.
+        return ssh.run(conn, "case $(cloud-init status) in *running*) "
+                       "timeout 120 cloud-init status --wait >/dev/null 2>&1;; esac; "
                        "cloud-init status | tail -n1; id -nG") or None
 
 

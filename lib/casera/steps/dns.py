@@ -49,7 +49,7 @@ def _show(record: cloudflare.DnsRecord) -> str:
         " (proxied)" if record.proxied else " (DNS only)")
 
 
-def ensure_dns_record(ctx: RunContext, target_ip: str) -> StepResult:
+def ensure_dns_record(ctx: RunContext, target_ip: str | None) -> StepResult:
     """Exactly one A record for the API's name, pointing at ``target_ip``, proxied as params
     say. Other A records of that name are deleted behind the gate (they would send a share
     of the traffic elsewhere); a CNAME of that name stops the step (it is not ours to drop)."""
@@ -57,6 +57,14 @@ def ensure_dns_record(ctx: RunContext, target_ip: str) -> StepResult:
     name = record_name(p)
     proxied = p.cloudflare.proxied
     with timed(StepResult("dns record", name, dry_run=ctx.dry_run)) as result:
+        if target_ip is None:
+            # Only a dry run on a fresh environment gets here: the LB and servers are planned.
+            if not ctx.dry_run:
+                raise StepFailed("no load balancer and no server to point DNS at: run the "
+                                 "servers and load balancer steps first")
+            result.changed = 1
+            result.diff = [f"+ A {name} -> (the LB's address, once it exists)"]
+            return result
         if ipaddress.ip_address(target_ip).version != 4:
             raise StepFailed(f"an A record needs an IPv4 address, not {target_ip}")
         cf = cloudflare_client(ctx)

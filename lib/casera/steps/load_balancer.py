@@ -101,8 +101,9 @@ def _get(url: str) -> str | None:
         return response.read().decode(errors="replace") if response.status == 200 else None
 
 
-def public_address(ctx: RunContext) -> str:
-    """Where public traffic enters: the LB's address, or the first server's without an LB."""
+def public_address(ctx: RunContext) -> str | None:
+    """Where public traffic enters: the LB's address, or the first server's without an LB;
+    None when neither exists yet (a dry run on a fresh environment)."""
     api = hcloud_client(ctx)
     if ctx.params.load_balancer.enabled:
         lb = api.load_balancers.get_by_name(ctx.params.load_balancer.name)
@@ -110,5 +111,5 @@ def public_address(ctx: RunContext) -> str:
             return lb.public_net.ipv4.ip
     first = api.servers.get_by_name(ctx.params.server_names()[0])
     if first is None or not first.public_net.ipv4:
-        raise LookupError("no load balancer and no first server: nothing to point DNS at")
+        return None
     return first.public_net.ipv4.ip

@@ -32,7 +32,7 @@ class FaultSettings:
     # Which request methods the shares apply to (empty: all). With a seed and only the POSTs
     # a runbook sends in a fixed order, a test gets the same injected faults every run.
     methods: list[str] = field(default_factory=list)
-    injected: int = 0  # how many errors were injected so far (read-only; reset by an update)
+    injected: int = 0  # how many errors were injected since the emulator started (read-only)
 
 
 class Faults:
@@ -70,7 +70,6 @@ class Faults:
                     setattr(settings, name, share)
                 settings.action_delay_s = float(settings.action_delay_s)
                 settings.methods = [str(m).upper() for m in settings.methods or []]
-                settings.injected = 0
             except (TypeError, ValueError) as exc:
                 raise ApiError("invalid_input", f"fault settings: {exc}") from exc
             self.settings = settings
