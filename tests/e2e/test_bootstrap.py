@@ -91,7 +91,7 @@ def test_first_bootstrap_under_rate_limits_makes_exactly_three_servers() -> None
     for value in read_local_secrets().values():
         assert value not in text
     steps = {s["step"] for s in meta["steps"]}
-    assert {"servers", "swarm", "stack", "load balancer", "dns"} <= steps
+    assert {"servers", "swarm", "stack", "load balancer", "dns record"} <= steps
     lb = hcloud().load_balancers.get_by_name(PARAMS.load_balancer.name)
     ready = requests.get(f"http://{lb.public_net.ipv4.ip}:80/readyz", timeout=10)
     assert ready.status_code == 200, ready.text
