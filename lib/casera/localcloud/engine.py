@@ -8,13 +8,13 @@ once any dockerd ran, the host FORWARD policy is DROP.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import docker
 
 from casera.errors import CaseraError, WaitTimeout
+from casera.localcloud import debian
 from casera.paths import local_cloud_home
 from casera.progress import wait_for
 
@@ -43,12 +43,7 @@ def is_running() -> bool:
 
 def install_docker() -> bool:
     """Install Debian's docker.io if dockerd is missing. Returns True when it installed."""
-    if shutil.which("dockerd"):
-        return False
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "docker.io"], check=True, env=env)
-    return True
+    return debian.ensure_command("dockerd", "docker.io")
 
 
 def ensure_engine(timeout: float = 60) -> str:

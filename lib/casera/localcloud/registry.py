@@ -13,7 +13,6 @@ Two processes share one storage directory:
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import socket
 import subprocess
@@ -23,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from casera.errors import CaseraError
-from casera.localcloud import process
+from casera.localcloud import debian, process
 from casera.paths import local_cloud_home
 
 PORT = 5000
@@ -100,10 +99,7 @@ def install_registry() -> list[str]:
     registry beyond loopback and the project bridge."""
     lines = []
     if not Path(BINARY).exists():
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "docker-registry"], check=True,
-                       env=env)
+        debian.install("docker-registry")
         lines.append("installed docker-registry")
     if _systemd():
         active = subprocess.run(["systemctl", "is-active", "--quiet", "docker-registry"],

@@ -11,7 +11,6 @@ from __future__ import annotations
 import fcntl
 import io
 import json
-import os
 import shutil
 import subprocess
 import tarfile
@@ -28,7 +27,7 @@ import docker
 import docker.errors
 
 from casera.errors import CaseraError
-from casera.localcloud import registry
+from casera.localcloud import debian, registry
 from casera.localcloud.images.recipes import (
     IMAGES,
     MIRROR,
@@ -95,14 +94,6 @@ def _build_lock() -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _install_debootstrap() -> None:
-    if shutil.which("debootstrap"):
-        return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "debootstrap"], check=True, env=env)
-
-
 def rootfs_tarball(base: BaseRecipe) -> Path:
     return images_home() / "rootfs" / f"{base.name}-{base.digest()}.tar"
 
@@ -133,7 +124,7 @@ def ensure_rootfs(base: BaseRecipe) -> tuple[Path, str]:
     tarball = rootfs_tarball(base)
     if tarball.exists():
         return tarball, f"rootfs {base.name}: cached {tarball.name}"
-    _install_debootstrap()
+    debian.ensure_command("debootstrap", "debootstrap")
     started = time.monotonic()
     work = images_home() / "work" / f"{base.name}-{base.digest()}"
     if work.exists():  # left by an interrupted run; debootstrap refuses a half-made target
@@ -278,7 +269,8 @@ def build_all(client: docker.DockerClient) -> tuple[list[str], list[ImageResult]
         missing = [r for r in IMAGES if r.tag() not in registry.tags(repository(r.name))]
         bases = {r.base.name: r.base for r in missing}
         if any(not rootfs_tarball(base).exists() for base in bases.values()):
-            _install_debootstrap()  # once, before the threads: two apt-get runs would collide
+            # Once, before the threads: two apt-get runs would collide.
+            debian.ensure_command("debootstrap", "debootstrap")
         # The roots are independent and debootstrap spends most of its time downloading.
         with ThreadPoolExecutor(max_workers=max(1, len(bases))) as pool:
             base_lines = [line for _, line in pool.map(ensure_rootfs, bases.values())]

@@ -29,6 +29,7 @@ from pathlib import Path
 import psycopg
 
 from casera.errors import CaseraError
+from casera.localcloud import debian
 from casera.localcloud.neon.config import PG_BIN, PGBOUNCER, RUNUSER, NeonConfig
 from casera.localcloud.neon.tls import server_files
 
@@ -64,10 +65,7 @@ def ensure_packages() -> list[str]:
     """Install Debian's PostgreSQL 15 and PgBouncer when missing (a fresh Debian 12)."""
     if (PG_BIN / "postgres").exists() and PGBOUNCER.exists():
         return []
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "postgresql-15", "pgbouncer"],
-                   check=True, env=env)
+    debian.install("postgresql-15", "pgbouncer")
     return ["installed postgresql-15 and pgbouncer"]
 
 

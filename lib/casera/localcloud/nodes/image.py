@@ -14,7 +14,6 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import io
-import os
 import shutil
 import subprocess
 import tarfile
@@ -30,7 +29,7 @@ from pathlib import Path
 import docker.errors
 
 from casera.errors import CaseraError
-from casera.localcloud import engine
+from casera.localcloud import debian, engine
 from casera.paths import local_cloud_home
 
 SUITE = "bookworm"
@@ -113,14 +112,6 @@ def _have_image(client: docker.DockerClient, tag: str) -> bool:
     return True
 
 
-def _install_debootstrap() -> None:
-    if shutil.which("debootstrap"):
-        return
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(["apt-get", "install", "-y", "-qq", "debootstrap"], check=True, env=env)
-
-
 def _run(cmd: list[str], what: str) -> None:
     result = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
@@ -133,7 +124,7 @@ def build_rootfs() -> Path:
     tarball = rootfs_tarball()
     if tarball.exists():
         return tarball
-    _install_debootstrap()
+    debian.ensure_command("debootstrap", "debootstrap")
     home().mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="rootfs-", dir=home()))
     root = workdir / "root"
