@@ -11,6 +11,7 @@ from casera.localcloud.b2.calls import (
     CallsBase,
     dict_field,
     int_field,
+    lifecycle_rules_field,
     list_field,
     str_field,
 )
@@ -86,7 +87,7 @@ class AccountCalls(CallsBase):
         bucket = self.store.create_bucket(
             name, bucket_type, dict_field(call.params, "bucketInfo") or {},
             list_field(call.params, "corsRules") or [],
-            list_field(call.params, "lifecycleRules") or [])
+            lifecycle_rules_field(call.params) or [])
         return bucket_dict(bucket)
 
     def b2_list_buckets(self, call: Call) -> dict[str, object]:
@@ -124,7 +125,7 @@ class AccountCalls(CallsBase):
             raise errors.bad_request("bucketType must be allPrivate or allPublic")
         info = dict_field(call.params, "bucketInfo")
         cors = list_field(call.params, "corsRules")
-        lifecycle = list_field(call.params, "lifecycleRules")
+        lifecycle = lifecycle_rules_field(call.params)
         updated = replace(
             bucket, bucket_type=bucket_type, revision=bucket.revision + 1,
             info=bucket.info if info is None else info,

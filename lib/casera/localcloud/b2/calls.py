@@ -53,18 +53,22 @@ def str_field(params: Mapping[str, object], name: str, required: bool = True) ->
     return value
 
 
-def int_field(params: Mapping[str, object], name: str, default: int, low: int, high: int) -> int:
+def int_field(params: Mapping[str, object], name: str, default: int, low: int, high: int,
+              range_code: str = "bad_request") -> int:
+    """An integer parameter; ``range_code`` is the code B2 gives that call's out-of-range
+    value (``out_of_range`` for the listings' maxFileCount, ``bad_request`` elsewhere)."""
     value = params.get(name)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, int | str):
-        raise errors.bad_request(f"{name} must be an integer")
+        raise errors.bad_request(f"{name} must be an integer, not {type(value).__name__}")
     try:
         number = int(value)  # query strings and headers arrive as str
     except ValueError as exc:
-        raise errors.bad_request(f"{name} must be an integer") from exc
+        raise errors.bad_request(f"{name} must be an integer, not {value[:40]!r}") from exc
     if not low <= number <= high:
-        raise errors.bad_request(f"{name} must be between {low} and {high}")
+        raise errors.B2ApiError(400, range_code,
+                                f"{name} must be between {low} and {high}, not {number}")
     return number
 
 
@@ -84,6 +88,38 @@ def list_field(params: Mapping[str, object], name: str) -> list[object] | None:
     if not isinstance(value, list):
         raise errors.bad_request(f"{name} must be a list")
     return value
+
+
+# Lifecycle rules: "up to four properties" per rule, at most 100 rules per bucket, day counts
+# positive or null (https://www.backblaze.com/docs/cloud-storage-lifecycle-rules).
+LIFECYCLE_DAY_FIELDS = ("daysFromHidingToDeleting", "daysFromUploadingToHiding",
+                        "daysFromStartingToCancelingUnfinishedLargeFiles")
+MAX_LIFECYCLE_RULES = 100
+
+
+def lifecycle_rules_field(params: Mapping[str, object]) -> list[object] | None:
+    """The bucket's lifecycleRules, checked so that a malformed rule is refused rather than
+    stored (B2 would refuse it; the emulator must not accept what production will not)."""
+    rules = list_field(params, "lifecycleRules")
+    if rules is None:
+        return None
+    if len(rules) > MAX_LIFECYCLE_RULES:
+        raise errors.bad_request(f"at most {MAX_LIFECYCLE_RULES} lifecycleRules per bucket")
+    for index, rule in enumerate(rules):
+        where = f"lifecycleRules[{index}]"
+        if not isinstance(rule, dict):
+            raise errors.bad_request(f"{where} must be an object")
+        unknown = sorted(set(rule) - {"fileNamePrefix", *LIFECYCLE_DAY_FIELDS})
+        if unknown:
+            raise errors.bad_request(f"{where} has unknown fields: {', '.join(unknown)}")
+        if not isinstance(rule.get("fileNamePrefix"), str):
+            raise errors.bad_request(f"{where}.fileNamePrefix is required and must be a string")
+        for field in LIFECYCLE_DAY_FIELDS:
+            days = rule.get(field)
+            if days is not None and (isinstance(days, bool) or not isinstance(days, int)
+                                     or days < 1):
+                raise errors.bad_request(f"{where}.{field} must be a positive integer or null")
+    return rules
 
 
 def check_file_name(name: str) -> None:

@@ -5,6 +5,15 @@ b2sdk turns (status, code) pairs into its own exception classes
 message: 401 ``bad_auth_token``/``expired_auth_token`` make b2sdk re-authorize and retry,
 401 ``unauthorized`` surfaces as ``Unauthorized`` without a retry, 400 ``bad_bucket_id``
 becomes ``BucketIdNotFound``, 404 ``not_found`` becomes ``FileNotPresent``.
+
+Every error, bad input included, is this JSON object with the HTTP status repeated in it:
+"Unsuccessful calls return a JSON error structure in the body of the response that includes
+the status, a code that is a short string and a message that is intended only for humans"
+(https://www.backblaze.com/docs/cloud-storage-native-api-error-handling-and-status-codes).
+Codes used beyond ``bad_request``: ``bad_json`` (b2sdk's ``BadJson``), ``out_of_range``
+(maxFileCount of the listing calls), ``method_not_allowed`` (405), as listed per call in
+Backblaze's API reference (gathered in github.com/zaxbux/backblaze-b2-php/wiki/API-Error-Codes)
+and in the codes clients know (docs.rs/b2-client: ``error::ErrorCode``).
 """
 
 from __future__ import annotations
@@ -43,3 +52,18 @@ def expired_auth_token(message: str = "Authorization token has expired") -> B2Ap
 
 def not_found(message: str) -> B2ApiError:
     return B2ApiError(404, "not_found", message)
+
+
+def bad_json(message: str) -> B2ApiError:
+    # b2sdk maps (400, "bad_json") to BadJson, a BadRequest subclass.
+    return B2ApiError(400, "bad_json", message)
+
+
+def out_of_range(message: str) -> B2ApiError:
+    # b2sdk has no class of its own for it: BadRequest with code "out_of_range".
+    return B2ApiError(400, "out_of_range", message)
+
+
+def method_not_allowed(method: str, allowed: tuple[str, ...]) -> B2ApiError:
+    return B2ApiError(405, "method_not_allowed",
+                      f"{method} is not allowed here; use {' or '.join(allowed)}")

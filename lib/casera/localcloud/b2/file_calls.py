@@ -26,6 +26,10 @@ from casera.localcloud.b2.shapes import file_dict
 from casera.localcloud.b2.store import Bucket, FileVersion
 
 MAX_DOWNLOAD_DURATION_S = 7 * 24 * 3600
+# maxFileCount of the listings: "The default value is 100, and the maximum is 10000. Passing
+# in 0 means to use the default of 100"; a value outside is 400 out_of_range
+# (https://www.backblaze.com/apidocs/b2-list-file-versions, b2-list-file-names).
+DEFAULT_FILE_COUNT, MAX_FILE_COUNT = 100, 10_000
 FILE_INFO_PREFIX = "x-bz-info-"
 HIDE_MARKER_TYPE = "application/x-bz-hide-marker"
 
@@ -38,7 +42,8 @@ class FileCalls(CallsBase):
         prefix = str_field(call.params, "prefix", required=False) or ""
         auth.require(call.principal, "listFiles", bucket.bucket_id,
                      prefix=prefix if call.principal.key.name_prefix else None)
-        count = int_field(call.params, "maxFileCount", 100, 1, 10_000)
+        count = int_field(call.params, "maxFileCount", DEFAULT_FILE_COUNT, 0, MAX_FILE_COUNT,
+                          range_code="out_of_range") or DEFAULT_FILE_COUNT
         start = str_field(call.params, "startFileName", required=False) or ""
         visible = [v for v in self.store.latest_versions(bucket.bucket_id, prefix, start)
                    if v.action == "upload"]
@@ -52,9 +57,13 @@ class FileCalls(CallsBase):
         prefix = str_field(call.params, "prefix", required=False) or ""
         auth.require(call.principal, "listFiles", bucket.bucket_id,
                      prefix=prefix if call.principal.key.name_prefix else None)
-        count = int_field(call.params, "maxFileCount", 100, 1, 10_000)
+        count = int_field(call.params, "maxFileCount", DEFAULT_FILE_COUNT, 0, MAX_FILE_COUNT,
+                          range_code="out_of_range") or DEFAULT_FILE_COUNT
         start_name = str_field(call.params, "startFileName", required=False) or ""
         start_id = str_field(call.params, "startFileId", required=False)
+        if start_id and not start_name:
+            # "startFileName must also be provided if startFileId is specified"
+            raise errors.bad_request("startFileId needs startFileName")
         versions = self.store.versions(bucket.bucket_id, prefix, start_name)
         if start_id:
             # Resume exactly where the previous page stopped within the same name.
@@ -126,10 +135,12 @@ class FileCalls(CallsBase):
         content_type = headers.get("content-type") or "b2/x-auto"
         if content_type == "b2/x-auto":
             content_type = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        stamp = None  # checked before the body is stored, so a refusal leaves no blob behind
+        if headers.get("x-bz-custom-upload-timestamp") is not None:
+            stamp = int_field(headers, "x-bz-custom-upload-timestamp", 0, 0, 2**62)
         blob, size, sha1 = self._receive(body, length, headers.get("x-bz-content-sha1"))
-        stamp = headers.get("x-bz-custom-upload-timestamp")
         version = self.store.add_file(bucket.bucket_id, name, "upload", content_type, sha1,
-                                      size, info, blob, int(stamp) if stamp else None)
+                                      size, info, blob, stamp)
         return file_dict(version, principal.account_id)
 
     def _receive(self, body: Readable, length: int, claimed: str | None

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import sys
 import urllib.parse
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import BinaryIO
@@ -39,6 +41,18 @@ SPECIAL_INFO = {
     "b2-content-encoding": "Content-Encoding",
 }
 DRAIN_LIMIT = 256 * 1024 * 1024
+# Methods per kind of URL. JSON calls take GET (parameters in the query) or POST (a JSON
+# body): "This API endpoint can be called using a GET request by converting the parameters
+# in the request body to query parameters" (https://www.backblaze.com/apidocs/b2-create-bucket,
+# the same note on every call). Uploads are POSTs of the file itself
+# (https://www.backblaze.com/apidocs/b2-upload-file); b2_download_file_by_id takes GET or POST
+# (https://www.backblaze.com/apidocs/b2-download-file-by-id); b2sdk reads file info by name with
+# HEAD on the download URL.
+JSON_CALL_METHODS = ("GET", "POST")
+UPLOAD_METHODS = ("POST",)
+DOWNLOAD_BY_NAME_METHODS = ("GET", "HEAD")
+DOWNLOAD_BY_ID_METHODS = ("GET", "POST", "HEAD")
+HEALTH_METHODS = ("GET",)
 
 
 class BodyReader:
@@ -84,7 +98,11 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
         # Drop query strings: signed URLs carry their token there.
-        text = (format % args).replace(self.path, self.path.split("?", 1)[0])
+        # No path yet when the request line itself could not be parsed.
+        path = getattr(self, "path", "") or ""
+        text = format % args
+        if path:
+            text = text.replace(path, path.split("?", 1)[0])
         log.info("%s %s", self.address_string(), text)
 
     def _base_url(self) -> str:
@@ -127,6 +145,33 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         self._dispatch()
 
+    # Methods no B2 URL takes still go through routing, so that an unknown path answers
+    # 404 not_found and a known one 405 method_not_allowed, both as B2's JSON error.
+    def do_PUT(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line or header, a method without a
+        ``do_*``) would be an HTML page; a B2 client parses the JSON error structure."""
+        self.log_error("refused: %d %s", code, message)
+        self.close_connection = True  # the request could not be parsed: nothing to resume
+        if code == HTTPStatus.NOT_IMPLEMENTED:  # http.server's answer to an unknown method
+            error = errors.method_not_allowed(str(self.command), JSON_CALL_METHODS)
+        else:
+            error = errors.bad_request(
+                f"malformed HTTP request: {message or code}" + (f" ({explain})" if explain else ""))
+        self._send_json(error.status, error.body())
+
     def _dispatch(self) -> None:
         try:
             length = int(self.headers.get("Content-Length") or 0)
@@ -153,6 +198,7 @@ class Handler(BaseHTTPRequestHandler):
         query = dict(urllib.parse.parse_qsl(url.query))
         path = url.path
         if path == HEALTH_PATH:
+            self._allow(HEALTH_METHODS)
             store = self.ops.store
             self._send_json(200, {"service": "casera-b2-emulator",
                                   "accountId": store.account_id,
@@ -161,6 +207,7 @@ class Handler(BaseHTTPRequestHandler):
                                   "files": store.count_files()})
             return
         if path.startswith("/file/"):
+            self._allow(DOWNLOAD_BY_NAME_METHODS)
             bucket_name, _, file_name = path[len("/file/"):].partition("/")
             version = self.ops.find_by_name(self._token(query), bucket_name,
                                             urllib.parse.unquote_plus(file_name))
@@ -171,19 +218,23 @@ class Handler(BaseHTTPRequestHandler):
             raise errors.not_found(f"no such API path: {path}")
         version_number, name, rest = int(match[1]), match[2], match[3]
         if name == "b2_authorize_account":
+            self._allow(JSON_CALL_METHODS)
             self._send_json(200, self.ops.authorize(self.headers.get("Authorization"),
                                                     version_number, self._base_url()))
         elif name == "b2_upload_file" and rest:
+            self._allow(UPLOAD_METHODS)
             principal = auth.authenticate(self.ops.store, self.headers.get("Authorization"),
                                           ("upload",))
             self._send_json(200, self.ops.upload_file(principal, rest, self._plain_headers(),
                                                       body, body.left))
         elif name == "b2_upload_part" and rest:
+            self._allow(UPLOAD_METHODS)
             principal = auth.authenticate(self.ops.store, self.headers.get("Authorization"),
                                           ("part",))
             self._send_json(200, self.ops.upload_part(principal, rest, self._plain_headers(),
                                                       body, body.left))
         elif name == "b2_download_file_by_id":
+            self._allow(DOWNLOAD_BY_ID_METHODS)
             params = {**query, **self._json_body(body)}
             file_id = str(params.get("fileId") or "")
             self._send_file(self.ops.find_by_id(self._token(query), file_id), query)
@@ -191,10 +242,15 @@ class Handler(BaseHTTPRequestHandler):
             call = self.ops.json_call(name)
             if call is None:
                 raise errors.not_found(f"{name} is not supported by the emulator")
+            self._allow(JSON_CALL_METHODS)
             principal = auth.authenticate(self.ops.store, self.headers.get("Authorization"),
                                           ("account",))
             params = {**query, **self._json_body(body)}
             self._send_json(200, call(Call(principal, params, self._base_url())))
+
+    def _allow(self, methods: tuple[str, ...]) -> None:
+        if self.command not in methods:
+            raise errors.method_not_allowed(self.command, methods)
 
     def _plain_headers(self) -> dict[str, str]:
         return dict(self.headers.items())
@@ -204,11 +260,17 @@ class Handler(BaseHTTPRequestHandler):
             return {}
         raw = body.read()
         try:
-            parsed = json.loads(raw or b"{}")
-        except json.JSONDecodeError as exc:
-            raise errors.bad_request(f"body is not JSON: {exc}", code="bad_json") from exc
+            parsed = json.loads(raw or b"{}", parse_constant=_no_constant,
+                                parse_float=_finite_float)
+        except UnicodeDecodeError as exc:
+            raise errors.bad_json("body is not UTF-8 encoded JSON") from exc
+        except RecursionError as exc:
+            raise errors.bad_json("body is nested too deeply to be a B2 request") from exc
+        except ValueError as exc:  # JSONDecodeError, NaN, Infinity, 1e400
+            raise errors.bad_json(f"body is not valid JSON: {exc}") from exc
         if not isinstance(parsed, dict):
-            raise errors.bad_request("body must be a JSON object", code="bad_json")
+            raise errors.bad_json("body must be a JSON object of the call's parameters, "
+                                  f"not {type(parsed).__name__}")
         return parsed
 
     # downloads --------------------------------------------------------------------------
@@ -257,6 +319,18 @@ class Handler(BaseHTTPRequestHandler):
                     break
                 self.wfile.write(chunk)
                 remaining -= len(chunk)
+
+
+def _no_constant(name: str) -> object:
+    # Python's json accepts NaN and Infinity, which are not JSON (RFC 8259, section 6).
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
 
 
 def _parse_range(header: str, size: int) -> tuple[int, int]:

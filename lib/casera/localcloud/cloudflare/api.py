@@ -184,6 +184,9 @@ class CloudflareApi:
                    own_id: str | None) -> dict[str, Any]:
         """The stored fields for ``body``, or Cloudflare's error for the first problem."""
         record_type = body.get("type")
+        if record_type is None:
+            raise errors.dns_validation(
+                f"type is required, one of {', '.join(SUPPORTED_TYPES)}")
         if record_type not in SUPPORTED_TYPES:
             raise errors.dns_validation(
                 f"type {record_type!r} is not supported by the casera emulator "
@@ -198,7 +201,8 @@ class CloudflareApi:
         ttl = body.get("ttl", 1)
         if ttl is None:
             ttl = 1
-        if isinstance(ttl, bool) or not isinstance(ttl, int | float) or ttl != int(ttl) \
+        if isinstance(ttl, bool) or not isinstance(ttl, int | float) \
+                or not math.isfinite(ttl) or ttl != int(ttl) \
                 or not (ttl == 1 or 60 <= ttl <= 86400):
             raise errors.validation(
                 9021, "Invalid TTL. Must be between 60 and 86400 seconds, or 1 for automatic")
@@ -351,7 +355,7 @@ def _paginate(items: list[dict[str, Any]], query: Mapping[str, str],
     try:
         page = max(1, int(float(query.get("page") or 1)))
         per_page = int(float(query.get("per_page") or default))
-    except ValueError:
+    except (ValueError, OverflowError):  # "abc", "nan", "1e400"
         raise errors.validation(1001, "page and per_page must be numbers") from None  # guess
     # Clamped: the reference gives the range but not what an out-of-range value gets.
     per_page = min(max(per_page, low), high)

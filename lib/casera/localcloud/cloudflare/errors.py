@@ -5,6 +5,15 @@ Codes and messages are the ones Cloudflare's API returns, as seen in client issu
 public trace was found the code is marked "guess" next to it; clients branch on the HTTP
 status (the SDK maps it to an exception class) far more than on these numbers.
 
+Every error, bad input included, is the v4 envelope ``{"success": false, "errors": [{"code",
+"message"}], "messages": [], "result": null}``; the ``cloudflare`` SDK turns the status into
+its exception class (400 BadRequestError, 401 AuthenticationError, 403 PermissionDeniedError,
+404 NotFoundError, other 4xx APIStatusError) and keeps the envelope as ``exc.body``.
+Seen in the wild: 7001 "Method PUT not available for that URI." (github.com/wherelse/
+cloudflare-ddns-script, README FAQ; api.cloudflare.com answers OPTIONS the same way),
+6007 "Malformed JSON in request body", 81057 turned into 81058 for an identical record and
+9005 for a bad A content (github.com/simplesurance/cfdns/pull/17).
+
 Statuses matter more than codes: the ``cloudflare`` SDK retries 408, 409, 429 and 5xx, POSTs
 included, so a conflict must never be a 409 here (Cloudflare answers 400 for duplicates).
 """
@@ -41,7 +50,14 @@ def no_route(path: str) -> CloudflareApiError:
 
 
 def method_not_allowed(method: str) -> CloudflareApiError:
-    return CloudflareApiError(405, 7001, f"Method {method} not available for that URI.")  # guess
+    # Code and message as Cloudflare sends them; the 405 status is a guess.
+    return CloudflareApiError(405, 7001, f"Method {method} not available for that URI.")
+
+
+def malformed_request(detail: str) -> CloudflareApiError:
+    """A request line or header the HTTP layer could not parse (code: guess, the one Cloudflare
+    gives a malformed Authorization header)."""
+    return CloudflareApiError(400, 6003, "Invalid request headers", chain=[(6000, detail)])
 
 
 def missing_auth() -> CloudflareApiError:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import re
 import signal
 import sys
 import urllib.parse
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -66,13 +68,35 @@ class Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:  # noqa: N802
         self._dispatch()
 
+    # No route takes these; routing still runs so that an unknown URI answers 7003/7000 and a
+    # known one 7001, as Cloudflare does (it answers a CORS preflight OPTIONS with 7001).
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line or header, a method without a
+        ``do_*``) would be an HTML page; a v4 client expects the JSON envelope."""
+        self.log_error("refused: %d %s", code, message)
+        self.close_connection = True  # the request could not be parsed: nothing to resume
+        if code == HTTPStatus.NOT_IMPLEMENTED:  # http.server's answer to an unknown method
+            error = errors.method_not_allowed(str(self.command))
+        else:
+            error = errors.malformed_request(f"{message or code}"
+                                             + (f" ({explain})" if explain else ""))
+        self._send_json(error.status, error.body())
+
     def _send_json(self, status: int, payload: object) -> None:
         data = json.dumps(payload).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":  # a HEAD answer carries the headers of the GET, no body
+            self.wfile.write(data)
 
     def _dispatch(self) -> None:
         try:
@@ -166,12 +190,24 @@ def _ok(result: object, info: dict[str, int] | None = None) -> tuple[int, dict[s
 
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw or b"{}")
-    except ValueError:
+        body = json.loads(raw or b"{}", parse_constant=_no_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError):  # bad syntax or UTF-8, NaN, 1e400, absurd nesting
         raise errors.malformed_json() from None
     if not isinstance(body, dict):
         raise errors.malformed_json()
     return body
+
+
+def _no_constant(name: str) -> object:
+    # Python's json accepts NaN and Infinity, which are not JSON (RFC 8259, section 6).
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
 
 
 def serve(port: int, state_dir: Path, host: str = "127.0.0.1", zones: list[str] | None = None,
