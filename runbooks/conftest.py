@@ -11,6 +11,10 @@ The runbooks run for real against ``params/local.yaml``, so the session first br
 local cloud up (``casera local up``, idempotent: seconds when it already runs). Secrets the
 environment still lacks are then planted with recognisable fake values so that every runbook
 sees every secret present.
+
+``CASERA_NBVAL_NO_LOCAL_CLOUD=1`` skips bringing the local cloud up: for notebooks that need
+none (tests/test_runner.py runs nbval with this plugin over scratch notebooks that way).
+A red check fails its cell here as under the runner: ``timed`` raises ``ChecksFailed``.
 """
 
 from __future__ import annotations
@@ -57,8 +61,12 @@ class _PreparedNbformat:
         return nb
 
 
+NO_LOCAL_CLOUD_ENV = "CASERA_NBVAL_NO_LOCAL_CLOUD"
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
-    subprocess.run([sys.executable, "-m", "casera.runner.cli", "local", "up"], check=True)
+    if os.environ.get(NO_LOCAL_CLOUD_ENV) != "1":
+        subprocess.run([sys.executable, "-m", "casera.runner.cli", "local", "up"], check=True)
     _plant_missing_secrets()
 
 

@@ -1,13 +1,20 @@
-"""Helpers for runner tests: scratch runbooks, the real command line, planted secrets."""
+"""Helpers for runner tests: scratch checkouts, scratch runbooks, the real command line,
+planted secrets, and a private Hetzner emulator (the env lock lives in Hetzner)."""
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import nbformat
+from hcloud import Client
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from casera.secrets import SECRET_SPECS
@@ -59,3 +66,55 @@ def assert_no_planted_secret(path: Path) -> None:
     text = path.read_text()
     for var, value in PLANTED.items():
         assert value not in text, f"{var}'s planted value leaked into {path}"
+
+
+@contextmanager
+def hetzner_emulator() -> Iterator[str]:
+    """The local Hetzner API (in memory, fake nodes) on a free port, accepting the planted
+    token; yields its URL. The runner's subprocesses and kernels reach it over TCP."""
+    from casera.localcloud.hetzner.fake_backend import FakeNodeBackend
+    from casera.localcloud.hetzner.server import EmulatorHTTPServer, create_app
+
+    app = create_app(None, FakeNodeBackend(), node_network="127.0.0.0/24",
+                     lb_ports=range(0, 0))
+    server = EmulatorHTTPServer(app, "127.0.0.1", 0, PLANTED["CASERA_HCLOUD_TOKEN"])
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                     daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    finally:
+        server.shutdown_all()
+
+
+def hcloud(url: str) -> Client:
+    return Client(PLANTED["CASERA_HCLOUD_TOKEN"], api_endpoint=url, poll_interval=0.05)
+
+
+def make_checkout(root: Path, hetzner_url: str) -> Path:
+    """A scratch checkout: params/ and runbooks/ copied, a git commit; its Hetzner is
+    ``hetzner_url``."""
+    shutil.copytree(REPO / "params", root / "params")
+    shutil.copytree(REPO / "runbooks", root / "runbooks",
+                    ignore=shutil.ignore_patterns("conftest.py", "__pycache__", ".ipynb*"))
+    (root / "outputs").mkdir()
+    (root / "secrets").mkdir()
+    set_hetzner(root / "params" / "local.yaml", hetzner_url)
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "-A"], check=True)
+    subprocess.run(["git", "-C", str(root), "-c", "user.email=t@t", "-c", "user.name=t",
+                    "commit", "-qm", "scratch"], check=True)
+    return root
+
+
+def set_hetzner(params: Path, url: str) -> None:
+    text, count = re.subn(r"(?m)^(  api_endpoint: )http://127\.0\.0\.1:18001/v1", rf"\g<1>{url}",
+                          params.read_text())
+    assert count == 1, f"{params}: no local Hetzner api_endpoint to point at {url}"
+    params.write_text(text)
+
+
+def add_env(root: Path, name: str) -> None:
+    """Another environment in the checkout, a copy of local (same Hetzner, its own lock)."""
+    text = (root / "params" / "local.yaml").read_text()
+    (root / "params" / f"{name}.yaml").write_text(
+        re.sub(r"(?m)^env: local$", f"env: {name}", text))

@@ -2,18 +2,34 @@
 
 Created by the first code cell of each runbook from its papermill parameters; plain data, no
 global state, so a step is an ordinary function of ``ctx`` that tests can call directly.
+
+``start_run`` also makes a run out of a session the runner did not start (JupyterLab, nbval,
+a Python prompt): it takes the environment's lock (``casera.runner.lock``), released by
+:func:`end_run` or when the kernel exits (atexit; a kernel that is killed leaves it behind,
+reported as stale with its holder and age, broken with ``casera run ... --break-lock``);
+it journals the session's steps to a private file (``ctx.journal``) so ``run_changes`` works;
+and it masks the environment's secrets in everything the kernel sends to the notebook. Under
+``casera run`` the runner does all three itself, and says so through the environment.
 """
 
 from __future__ import annotations
 
+import atexit
 import getpass
 import html
 import os
+import tempfile
+import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from casera.params import Params, load_params
+from casera.result import JOURNAL_ENV
 from casera.secrets import SecretStore
+
+# Runs this process holds the env lock for (interactive sessions): released at exit.
+_HELD: dict[str, tuple[Any, str]] = {}
 
 
 @dataclass(frozen=True)
@@ -26,6 +42,7 @@ class RunContext:
     interactive: bool = True
     run_id: str = "interactive"
     operator: str = "unknown"
+    journal: Path | None = None
 
     def summary_lines(self) -> list[str]:
         p = self.params
@@ -58,11 +75,74 @@ def start_run(
     interactive: bool = True,
     run_id: str = "interactive",
     overrides: dict[str, Any] | None = None,
+    runbook: str = "interactive",
 ) -> RunContext:
-    """Validate params and load secrets for one run; raises ParamsError before any remote call."""
+    """Validate params and load secrets for one run; raises ParamsError before any remote call.
+
+    Unless the runner started this kernel for this run (and so holds the lock), takes the
+    env lock; raises :class:`~casera.errors.LockHeld` naming the holder when another run
+    has it.
+    """
+    from casera.runner import lock
+    from casera.runner.scrub import LiveSecrets, install_kernel_scrub
+
     secrets = SecretStore(env)
     params = load_params(env, overrides=overrides, secrets=secrets)
     operator = os.environ.get("CASERA_OPERATOR") or getpass.getuser()
+    under_runner = run_id != "interactive" and os.environ.get(lock.RUNNER_LOCK_ENV) == run_id
+    journal = Path(os.environ[JOURNAL_ENV]) if os.environ.get(JOURNAL_ENV) else None
+    if not under_runner:
+        held = _HELD.get(env)
+        if run_id == "interactive":
+            # Running the first cell again keeps this session's run (and its lock).
+            run_id = held[1] if held else uuid.uuid4().hex[:8]
+        if held and held[1] != run_id:
+            _release(env)
+        env_lock = lock.env_lock(env, params, secrets)
+        env_lock.acquire(lock.LockHolder.for_this_process(run_id, operator,
+                                                          _runbook_name(runbook)))
+        _HELD[env] = (env_lock, run_id)
+        if journal is None:
+            journal = Path(tempfile.gettempdir()) / f"casera-{env}-{run_id}.jsonl"
+            os.environ[JOURNAL_ENV] = str(journal)
+        install_kernel_scrub(LiveSecrets(env))
     return RunContext(env=env, params=params, secrets=secrets, dry_run=dry_run,
                       approve=approve, interactive=interactive, run_id=run_id,
-                      operator=operator)
+                      operator=operator, journal=journal)
+
+
+def _runbook_name(given: str) -> str:
+    """JupyterLab tells the kernel which notebook it runs (``__session__``); use it."""
+    if given != "interactive":
+        return given
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return given
+    shell = get_ipython()
+    session = shell.user_ns.get("__session__") if shell is not None else None
+    return Path(session).stem if isinstance(session, str) and session else given
+
+
+def end_run(ctx: RunContext) -> bool:
+    """Release the env lock this session took (the last cell of an interactive run, or any
+    time); True when it was held here. Under the runner this does nothing: it releases."""
+    held = _HELD.get(ctx.env)
+    if not held or held[1] != ctx.run_id:
+        return False
+    _release(ctx.env)
+    return True
+
+
+def _release(env: str) -> None:
+    env_lock, run_id = _HELD.pop(env)
+    env_lock.release(run_id)
+
+
+@atexit.register
+def _release_all() -> None:
+    for env in list(_HELD):
+        try:
+            _release(env)
+        except Exception as exc:  # noqa: BLE001 - at exit, say it and let the rest go
+            print(f"casera: the env lock of {env} was not released: {exc}")

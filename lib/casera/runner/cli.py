@@ -25,7 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     p_run.add_argument("--approve", action="store_true",
                        help="approve destructive steps of this headless run")
     p_run.add_argument("--break-lock", action="store_true",
-                       help="break the env lock if its holder's process is gone")
+                       help="break the env lock left by a run that died (not one whose "
+                            "process still runs on this host)")
     p_run.add_argument("--cell-timeout", type=int, default=None, metavar="SECONDS",
                        help="override params runner.cell_timeout_s")
 
@@ -35,7 +36,8 @@ def _parser() -> argparse.ArgumentParser:
     p_show = sub.add_parser("show", help="render a run to HTML for reviewers")
     p_show.add_argument("run", help="run id (or prefix) or path of an output notebook")
 
-    p_lock = sub.add_parser("lock", help="show who holds an environment's lock")
+    p_lock = sub.add_parser("lock", help="show who holds an environment's lock (a firewall "
+                            "casera-lock-ENV in its Hetzner project)")
     p_lock.add_argument("--env", required=True)
 
     p_local = sub.add_parser("local", help="the local cloud: up | down | status | ...")
@@ -61,7 +63,12 @@ def main(argv: list[str] | None = None) -> int:
             print(audit.render_html(audit.find_run(args.run)))
             return 0
         if args.command == "lock":
-            holder = lock.read_holder(args.env)
+            from casera.params import load_params
+            from casera.secrets import SecretStore
+
+            secrets = SecretStore(args.env)
+            env_lock = lock.env_lock(args.env, load_params(args.env, secrets=secrets), secrets)
+            holder = env_lock.holder()
             print(holder.describe() if holder else f"env {args.env} is not locked")
             return 0
         if args.command == "local":

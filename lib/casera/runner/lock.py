@@ -1,20 +1,58 @@
-"""A per-environment lock, so two runs never change one environment at once.
+"""The environment lock, held in the environment itself, so two runs never change one
+environment at once: not two runs in one checkout, nor CI and an operator's laptop.
 
-A file created with O_EXCL under outputs/<env>/. It records who holds it; a lock whose process
-is gone (same host) is reported as stale, and is broken only when asked (``--break-lock``),
-because an operator should see that a run died before the next one starts.
+The lock is a Hetzner Cloud Firewall named ``casera-lock-<env>`` with no rules and no targets
+(it filters nothing, and applies to no server), created in the environment's own Hetzner
+project. Firewall names are unique per project, so the create is the atomic test-and-set: the
+API answers ``uniqueness_error`` (409) to the second creator
+(https://docs.hetzner.cloud/reference/cloud#errors), and that is "held". Who holds it is in
+the firewall's labels: run id, operator, host, pid, runbook and start time. Hetzner's label
+values are at most 63 characters of ``[a-zA-Z0-9._-]``, beginning and ending alphanumeric
+(https://docs.hetzner.cloud/reference/cloud#labels), so values are folded into that alphabet.
+A project may hold 50 firewalls (https://docs.hetzner.com/cloud/firewalls/faq/); the lock uses
+one per environment while a run lasts.
+
+A lock whose holder died is never broken silently: it is reported with its holder and age,
+and broken only with ``--break-lock`` (refused even then while its process still runs on this
+host), because an operator should see that a run died before the next one starts.
 """
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import socket
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
-from casera.errors import LockHeld
-from casera.paths import outputs_dir
+from casera.errors import CaseraError, LockHeld, ProviderError
+
+if TYPE_CHECKING:
+    from hcloud import Client
+
+    from casera.params import Params
+    from casera.secrets import SecretStore
+
+LOCK_PREFIX = "casera-lock-"
+LABEL_KEYS = ("run", "operator", "host", "pid", "runbook", "since")
+_LABEL_OUTSIDE = re.compile(r"[^a-zA-Z0-9._-]+")
+_STAMP = "%Y%m%dT%H%M%SZ"
+
+
+def label_value(text: str) -> str:
+    """``text`` as a valid Hetzner label value: other characters become ``_``, at most 63,
+    alphanumeric at both ends."""
+    folded = _LABEL_OUTSIDE.sub("_", text)[:63]
+    return re.sub(r"^[^a-zA-Z0-9]+|[^a-zA-Z0-9]+$", "", folded)
+
+
+def lock_name(env: str) -> str:
+    return f"{LOCK_PREFIX}{env}"
+
+
+def this_host() -> str:
+    return label_value(socket.gethostname())
 
 
 @dataclass(frozen=True)
@@ -23,12 +61,33 @@ class LockHolder:
     operator: str
     host: str
     pid: int
-    since: str
+    since: str  # UTC, 20260101T120000Z
     runbook: str
+
+    @classmethod
+    def for_this_process(cls, run_id: str, operator: str, runbook: str) -> LockHolder:
+        return cls(run_id=label_value(run_id), operator=label_value(operator) or "unknown",
+                   host=this_host(), pid=os.getpid(),
+                   since=datetime.now(UTC).strftime(_STAMP), runbook=label_value(runbook))
+
+    def labels(self) -> dict[str, str]:
+        values = (self.run_id, self.operator, self.host, str(self.pid), self.runbook,
+                  self.since)
+        return {"casera-lock": "true"} | {
+            f"casera-lock-{key}": label_value(value)
+            for key, value in zip(LABEL_KEYS, values, strict=True)}
+
+    @classmethod
+    def from_labels(cls, labels: dict[str, str]) -> LockHolder:
+        get = {key: labels.get(f"casera-lock-{key}", "") for key in LABEL_KEYS}
+        pid = int(get["pid"]) if get["pid"].isdigit() else -1
+        return cls(run_id=get["run"] or "?", operator=get["operator"] or "?",
+                   host=get["host"] or "?", pid=pid, since=get["since"] or "?",
+                   runbook=get["runbook"] or "?")
 
     def alive(self) -> bool | None:
         """True/False on this host; None when the holder runs elsewhere (can't tell)."""
-        if self.host != socket.gethostname():
+        if self.host != this_host() or self.pid <= 0:
             return None
         try:
             os.kill(self.pid, 0)
@@ -38,46 +97,118 @@ class LockHolder:
             return True
         return True
 
-    def describe(self) -> str:
-        state = {True: "running", False: "STALE: its process is gone", None: "on another host"}
-        return (f"run {self.run_id} ({self.runbook}) by {self.operator} on {self.host}, "
-                f"pid {self.pid}, since {self.since} [{state[self.alive()]}]")
-
-
-def lock_path(env: str) -> Path:
-    return outputs_dir(env) / ".lock"
-
-
-def read_holder(env: str) -> LockHolder | None:
-    try:
-        return LockHolder(**json.loads(lock_path(env).read_text()))
-    except FileNotFoundError:
-        return None
-
-
-def acquire(env: str, holder: LockHolder, break_stale: bool = False) -> None:
-    path = lock_path(env)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    for _ in range(2):
+    def age(self) -> str:
         try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            current = read_holder(env)
-            if current is None:
-                continue  # released between our open and read: try once more
-            if break_stale and current.alive() is False:
-                path.unlink(missing_ok=True)
+            started = datetime.strptime(self.since, _STAMP).replace(tzinfo=UTC)
+        except ValueError:
+            return "age unknown"
+        seconds = int((datetime.now(UTC) - started).total_seconds())
+        hours, rest = divmod(max(seconds, 0), 3600)
+        return f"{hours}h {rest // 60:02d}m ago" if hours else f"{rest // 60}m {rest % 60:02d}s ago"
+
+    def describe(self) -> str:
+        state = {True: "running", False: "STALE: its process is gone",
+                 None: "on another host, cannot tell whether it still runs"}
+        return (f"run {self.run_id} ({self.runbook}) by {self.operator} on {self.host}, "
+                f"pid {self.pid}, since {self.since} ({self.age()}) [{state[self.alive()]}]")
+
+
+class EnvLock:
+    """The lock of one environment, in the Hetzner project ``api`` talks to."""
+
+    def __init__(self, env: str, api: Client, where: str = "") -> None:
+        self.env, self.api, self.name = env, api, lock_name(env)
+        self.where = where or "the env's Hetzner project"
+
+    def _call(self, what: str, call: object) -> object:
+        from hcloud import APIException, HCloudException
+
+        try:
+            return call()  # type: ignore[operator]
+        except APIException as exc:
+            raise ProviderError("hetzner", f"env lock: {what}: {exc.message}",
+                                str(exc.code)) from None
+        except (HCloudException, OSError) as exc:
+            raise ProviderError("hetzner", f"env lock: {what} at {self.where}: "
+                                f"{type(exc).__name__}: {exc}") from None
+
+    def holder(self) -> LockHolder | None:
+        found = self._call("read", lambda: self.api.firewalls.get_by_name(self.name))
+        return LockHolder.from_labels(found.labels or {}) if found else None  # type: ignore[attr-defined]
+
+    def acquire(self, holder: LockHolder, break_stale: bool = False) -> None:
+        """Take the lock or raise :class:`LockHeld` naming its holder. Re-entrant for the same
+        run id (a kernel that runs its first cell again keeps the lock it has)."""
+        from hcloud import APIException
+
+        for _ in range(3):
+            try:
+                self.api.firewalls.create(name=self.name, labels=holder.labels())  # type: ignore[arg-type]
+                return
+            except APIException as exc:
+                if exc.code != "uniqueness_error":
+                    raise ProviderError("hetzner", f"env lock: create {self.name} at "
+                                        f"{self.where}: {exc.message}", str(exc.code)) from None
+            except OSError as exc:
+                raise ProviderError("hetzner", f"env lock: create {self.name} at {self.where}:"
+                                    f" {type(exc).__name__}: {exc}") from None
+            found = self._call("read", lambda: self.api.firewalls.get_by_name(self.name))
+            if found is None:
+                continue  # released between our create and read: try again
+            current = LockHolder.from_labels(found.labels or {})  # type: ignore[attr-defined]
+            if current.run_id == holder.run_id and current.host == holder.host:
+                return
+            if break_stale and current.alive() is not True:
+                # Deleting by id: if someone else broke and retook it meanwhile, that is a new
+                # firewall with a new id, and our create below meets it as held.
+                self._delete(found)
                 continue
-            hint = (" Break it with --break-lock if that run is really dead."
-                    if current.alive() is not True else "")
-            raise LockHeld(f"env {env} is locked by {current.describe()}.{hint}") from None
-        with os.fdopen(fd, "w") as handle:
-            json.dump(asdict(holder), handle)
-        return
-    raise LockHeld(f"could not take the lock {path}; try again")
+            if current.alive() is True and break_stale:
+                hint = " Its process still runs on this host: --break-lock does not break it."
+            elif current.alive() is True:
+                hint = ""
+            else:
+                hint = (" If that run is really dead, break the lock with --break-lock"
+                        f" (or delete the firewall {self.name} in the Hetzner console).")
+            raise LockHeld(f"env {self.env} is locked by {current.describe()}.{hint}")
+        raise LockHeld(f"could not take the lock {self.name} of env {self.env}; try again")
+
+    def _delete(self, found: object) -> None:
+        from hcloud import APIException
+
+        try:
+            self.api.firewalls.delete(found)  # type: ignore[arg-type]
+        except APIException as exc:
+            if exc.code != "not_found":
+                raise ProviderError("hetzner", f"env lock: delete {self.name}: {exc.message}",
+                                    str(exc.code)) from None
+
+    def release(self, run_id: str) -> bool:
+        """Delete the lock if this run holds it; True when it did."""
+        found = self._call("read", lambda: self.api.firewalls.get_by_name(self.name))
+        if found is None:
+            return False
+        current = LockHolder.from_labels(found.labels or {})  # type: ignore[attr-defined]
+        if current.run_id != label_value(run_id):
+            return False
+        self._delete(found)
+        return True
 
 
-def release(env: str, run_id: str) -> None:
-    current = read_holder(env)
-    if current and current.run_id == run_id:
-        lock_path(env).unlink(missing_ok=True)
+def env_lock(env: str, params: Params, secrets: SecretStore) -> EnvLock:
+    """The lock of ``env``, in the Hetzner project of its params and token."""
+    from casera.providers import hetzner
+
+    if not secrets.has("hcloud_token"):
+        # The same message as any missing secret: names the variable and the file.
+        try:
+            secrets.get("hcloud_token")
+        except CaseraError as exc:
+            raise CaseraError(f"the env lock lives in Hetzner: {exc}") from None
+    api = hetzner.client(params.hetzner.api_endpoint, secrets.get("hcloud_token"), timeout=15.0)
+    return EnvLock(env, api, params.hetzner.api_endpoint)
+
+
+# Set by the runner for the kernel it starts: ``start_run`` then knows the runner holds the
+# lock for this run id and does not take it again.
+RUNNER_LOCK_ENV = "CASERA_RUNNER_LOCK_RUN_ID"

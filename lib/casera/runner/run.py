@@ -1,14 +1,17 @@
 """``casera run``: one runbook, one environment, one kept and scrubbed output notebook.
 
-The recipe, in order: check inputs (runbook, params, secrets) -> take the env lock -> execute
-with papermill into a private temporary file -> classify the outcome (papermill records a cell
-timeout as a success, so we decide ourselves) -> write ``metadata.casera`` -> scrub secrets and
-scan -> keep the file under ``outputs/<env>/<runbook>/`` -> release the lock -> exit code.
+The recipe, in order: check inputs (runbook, params, secrets) -> take the env lock (held in
+the environment's Hetzner project, see ``lock``) -> execute with papermill into a private
+temporary file -> classify the outcome (papermill records a cell timeout as a success, and a
+step whose checks are red fails even if its exception was caught, so we decide ourselves) ->
+write ``metadata.casera`` and the status banner -> scrub secrets and scan independently ->
+keep the file under ``outputs/<env>/<runbook>/`` -> release the lock -> exit code.
 """
 
 from __future__ import annotations
 
 import getpass
+import html
 import io
 import json
 import os
@@ -30,14 +33,13 @@ from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 
 import casera
-from casera.errors import LockHeld, ParamIssue, ParamsError, SecretLeakError
+from casera.errors import CaseraError, LockHeld, ParamIssue, ParamsError, SecretLeakError
 from casera.params import load_params, parse_override
 from casera.paths import outputs_dir, project_dir, runbook_file
 from casera.result import JOURNAL_ENV
 from casera.runner import lock
-from casera.runner.scrub import find_leaks, scrub
+from casera.runner.scrub import LiveSecrets, SecretSource, find_leaks, scrub
 from casera.secrets import SecretStore
-from casera.steps.storage import stored_secret_values
 
 # Exit codes, documented in the README.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_TIMED_OUT, EXIT_LEAK = 0, 1, 2, 3, 4, 5
@@ -66,15 +68,42 @@ class RunOutcome:
 
 
 class _ScrubbingStream(io.TextIOBase):
-    """Cell output streamed to the operator's terminal, with secrets masked on the way."""
+    """Cell output streamed to the operator's terminal, with secrets masked on the way.
 
-    def __init__(self, secrets: list[str], target: Any) -> None:
+    Whole lines only: a value split over two chunks of output would pass a per-chunk scrub.
+    The secrets are re-read as their files change, so a key made mid-run is masked too.
+    """
+
+    def __init__(self, secrets: SecretSource, target: Any) -> None:
         self._secrets, self._target = secrets, target
+        self._pending = ""
 
     def write(self, text: str) -> int:
-        self._target.write(scrub(text, self._secrets)[0])
-        self._target.flush()
+        self._pending += text
+        complete, newline, self._pending = self._pending.rpartition("\n")
+        if newline:
+            for line in complete.split("\n"):
+                self._target.write(self._clean(line) + "\n")
+            self._target.flush()
         return len(text)
+
+    def _clean(self, line: str) -> str:
+        secrets = self._secrets()
+        line = scrub(line, secrets)[0]
+        if find_leaks(line, secrets):
+            # A form the scrub cannot mask (a value inside a larger base64 blob): the run will
+            # end in exit 5; the terminal must not show it meanwhile.
+            return "[casera: line withheld, it holds a secret in a form that cannot be masked]"
+        return line
+
+    def flush(self) -> None:
+        """Lines are written as they complete; the rest waits for :meth:`close`."""
+
+    def close(self) -> None:
+        if self._pending:
+            self._target.write(self._clean(self._pending))
+            self._pending = ""
+        self._target.flush()
 
 
 def _git(*args: str) -> str | None:
@@ -136,9 +165,10 @@ def _mark_timeout(nb: nbformat.NotebookNode, index: int, seconds: int) -> None:
     nb.cells.insert(index, banner)
 
 
-def _classify(error: BaseException | None) -> tuple[str, int]:
+def _classify(error: BaseException | None, red: list[dict[str, str]]) -> tuple[str, int]:
     if error is None:
-        return "succeeded", EXIT_OK
+        # A red check fails the run even when the notebook caught the step's exception.
+        return ("failed", EXIT_FAILED) if red else ("succeeded", EXIT_OK)
     if isinstance(error, CellTimeoutError | TimeoutError):
         return "timed-out", EXIT_TIMED_OUT
     if isinstance(error, PapermillExecutionError) and error.ename == "ApprovalRefused":
@@ -160,6 +190,40 @@ def _journal(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _failed_checks(steps: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Every red check of the run, with its step: what the banner and the summary name."""
+    return [{"step": s["step"], "target": s["target"], "check": c["name"],
+             "detail": c.get("detail", "")}
+            for s in steps for c in s.get("checks", [])
+            if c.get("kind", "check") == "check" and not c.get("ok")]
+
+
+GREEN, AMBER, RED = "#1a7f37", "#9a6700", "#cf222e"
+
+
+def _status_banner(meta: dict[str, Any]) -> nbformat.NotebookNode:
+    """The first cell of a kept notebook: how the run ended, before anything else is read."""
+    status, dry = meta["status"], meta["parameters"]["dry_run"]
+    color = RED if status != "succeeded" else AMBER if dry else GREEN
+    title = f"{status.upper()}{' (DRY RUN: nothing was changed)' if dry else ''}"
+    lines = [f'<div style="border-left:6px solid {color};padding:4px 12px">',
+             f'<b style="color:{color}">{html.escape(title)}</b>: runbook '
+             f'<code>{html.escape(meta["runbook"])}</code> on env '
+             f'<code>{html.escape(meta["env"])}</code>, run {html.escape(meta["run_id"])} by '
+             f'{html.escape(meta["operator"])}, {meta["start"]} → {meta["end"]}, '
+             f'{meta["changes"]} change(s){" planned" if dry else ""}.']
+    if meta.get("failed_step"):
+        lines.append(f'<br>Failed step: <b>{html.escape(meta["failed_step"])}</b> '
+                     f'(cell {meta["failed_cell"]}): {html.escape(meta.get("error") or "")}')
+    for red in meta.get("failed_checks", []):
+        lines.append(f'<br>✘ {html.escape(red["step"])} {html.escape(red["target"])}: '
+                     f'<b>{html.escape(red["check"])}</b> {html.escape(red["detail"])}')
+    lines.append("</div>")
+    cell = nbformat.v4.new_markdown_cell("\n".join(lines))
+    cell.metadata["tags"] = ["casera-status"]
+    return cell
+
+
 def run(request: RunRequest) -> RunOutcome:
     nb_path = runbook_file(request.runbook)
     if not nb_path.exists():
@@ -177,20 +241,29 @@ def run(request: RunRequest) -> RunOutcome:
     run_id = uuid.uuid4().hex[:8]
     operator = os.environ.get("CASERA_OPERATOR") or getpass.getuser()
     started = datetime.now(UTC)
-    holder = lock.LockHolder(run_id=run_id, operator=operator, host=socket.gethostname(),
-                             pid=os.getpid(), since=started.isoformat(timespec="seconds"),
-                             runbook=request.runbook)
+    holder = lock.LockHolder.for_this_process(run_id, operator, request.runbook)
     try:
-        lock.acquire(request.env, holder, break_stale=request.break_lock)
+        env_lock = lock.env_lock(request.env, params, secrets)
+    except CaseraError as exc:
+        return RunOutcome(EXIT_BAD_INPUT, "refused", str(exc))
+    try:
+        env_lock.acquire(holder, break_stale=request.break_lock)
     except LockHeld as exc:
         return RunOutcome(EXIT_REFUSED, "refused", str(exc))
+    except CaseraError as exc:
+        return RunOutcome(EXIT_FAILED, "failed", f"could not take the env lock, nothing ran: "
+                                                 f"{scrub(str(exc), secret_values)[0]}")
 
     try:
         return _execute(request, nb_path, params.public_dict(), notebook_params, overrides,
                         secret_values, run_id, operator, started,
                         request.cell_timeout_s or params.runner.cell_timeout_s)
     finally:
-        lock.release(request.env, run_id)
+        try:
+            env_lock.release(run_id)
+        except CaseraError as exc:
+            print(f"casera: WARNING: the env lock {env_lock.name} was not released ({exc}); "
+                  f"`casera lock --env {request.env}` shows it", file=sys.stderr)
 
 
 def _execute(request: RunRequest, nb_path: Path, params: dict[str, Any],
@@ -207,21 +280,29 @@ def _execute(request: RunRequest, nb_path: Path, params: dict[str, Any],
     os.environ[JOURNAL_ENV] = str(journal)
     os.environ["CASERA_RUN_ID"] = run_id
     os.environ["CASERA_OPERATOR"] = operator  # the kernel records the same operator
-    stream = _ScrubbingStream(secret_values, sys.stdout)
+    os.environ[lock.RUNNER_LOCK_ENV] = run_id  # start_run: the runner holds the lock
+    live_secrets = LiveSecrets(request.env, secret_values)
+    stream = _ScrubbingStream(live_secrets, sys.stdout)
     clock = time.monotonic()
     error: BaseException | None = None
     try:
         papermill.execute_notebook(
             str(nb_path), str(partial), parameters=parameters, kernel_name="python3",
-            execution_timeout=cell_timeout_s, progress_bar=False, log_output=True,
+            # log_output would also hand every chunk, unscrubbed, to papermill's logger
+            # (stderr via logging's last-resort handler); the stream files get it all anyway.
+            execution_timeout=cell_timeout_s, progress_bar=False, log_output=False,
             stdout_file=stream, stderr_file=stream, cwd=str(nb_path.parent),
         )
     except (PapermillExecutionError, CellTimeoutError, DeadKernelError, TimeoutError) as exc:
         error = exc
     finally:
+        stream.close()
         os.environ.pop(JOURNAL_ENV, None)
+        os.environ.pop(lock.RUNNER_LOCK_ENV, None)
     ended = datetime.now(UTC)
-    status, code = _classify(error)
+    steps = _journal(journal)
+    red = _failed_checks(steps)
+    status, code = _classify(error, red)
 
     nb = nbformat.read(partial, as_version=4) if partial.exists() else nbformat.read(
         nb_path, as_version=4)
@@ -229,7 +310,10 @@ def _execute(request: RunRequest, nb_path: Path, params: dict[str, Any],
     if status == "timed-out" and failed_index is not None:
         _mark_timeout(nb, failed_index, cell_timeout_s)
         failed_index += 1
-    steps = _journal(journal)
+    if failed_index is not None:
+        failed_index += 1  # the status banner goes first
+    if status == "failed" and failed_step is None and red:
+        failed_step = red[0]["step"]  # red, but its exception was caught in the notebook
     nb.metadata["casera"] = {
         "run_id": run_id, "runbook": request.runbook, "env": request.env,
         "operator": operator, "host": socket.gethostname(), **_code_version(),
@@ -239,13 +323,13 @@ def _execute(request: RunRequest, nb_path: Path, params: dict[str, Any],
         "start": started.isoformat(timespec="seconds"), "end": ended.isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - clock, 1), "cell_timeout_s": cell_timeout_s,
         "status": status, "failed_step": failed_step, "failed_cell": failed_index,
-        "error": _describe(error),
+        "error": _describe(error), "failed_checks": red,
         "steps": steps,
         "changes": sum(int(s.get("changed", 0)) for s in steps),
     }
+    nb.cells.insert(0, _status_banner(nb.metadata["casera"]))
     # Secrets made during the run (B2 application keys) count too: read them now.
-    secret_values = secret_values + SecretStore(request.env).values() + \
-        stored_secret_values(request.env)
+    secret_values = live_secrets()
     text, masked = scrub(nbformat.writes(nb), secret_values)
     shutil.rmtree(scratch, ignore_errors=True)
     leaks = find_leaks(text, secret_values)
@@ -262,6 +346,10 @@ def _execute(request: RunRequest, nb_path: Path, params: dict[str, Any],
     if masked:
         summary += f"\n  note: {masked} secret occurrence(s) were masked in the output"
     if error:
+        first_line = (nb.metadata['casera']['error'] or "").splitlines()[0]
         summary += f"\n  failed step: {failed_step or '(before the first step)'} " \
-                   f"(cell {failed_index}): {nb.metadata['casera']['error']}"
+                   f"(cell {failed_index}): {first_line}"
+    for check in red:
+        summary += (f"\n  failed check: {check['step']} {check['target']}: {check['check']}"
+                    + (f": {check['detail']}" if check["detail"] else ""))
     return RunOutcome(code, status, scrub(summary, secret_values)[0], output)

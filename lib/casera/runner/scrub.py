@@ -1,15 +1,26 @@
 """Scrub every known secret value from a text before it is kept, then prove none is left.
 
-Values are searched in the forms a notebook can carry them: as written, JSON-escaped,
-URL-quoted and base64 (an image or an attachment). A value shorter than 4 characters is too
-short to search for without destroying the notebook; such secrets are refused at load time
-elsewhere, and here they are only scanned, never replaced.
+Two independent parts, so a gap in one is caught by the other:
+
+* :func:`scrub` masks the forms a value is carried in *whole*: as written, JSON-escaped,
+  URL-quoted, hex, and base64 of the value itself (an image, an attachment).
+* :func:`find_leaks` scans with its own list of encodings, wider than the scrub's: also base64
+  and base64url of the value *inside a larger blob* (the value preceded by 0, 1 or 2 bytes, as
+  in an HTTP basic ``user:secret`` header or a base64'd config file). Masking a piece of such a
+  blob would silently corrupt it and keep the bits around the piece, so the scrub leaves it and
+  the scan refuses the file (exit 5): the code that printed it must be fixed.
+
+A value shorter than 4 characters is too short to search for without destroying the notebook;
+such secrets are refused at load time elsewhere, and here they are only scanned, never replaced.
 """
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
+from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 from casera.secrets import MASK
@@ -18,9 +29,13 @@ MIN_SECRET_LEN = 4
 
 
 def _forms(value: str) -> set[str]:
-    forms = {value, json.dumps(value)[1:-1], quote(value, safe=""), quote_plus(value)}
+    """What the scrub replaces: encodings of the value on its own."""
     raw = value.encode()
-    forms.add(base64.b64encode(raw).decode().rstrip("="))
+    forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
+             quote(value, safe=""), quote(value), quote_plus(value),
+             raw.hex(), raw.hex().upper(),
+             base64.b64encode(raw).decode().rstrip("="),
+             base64.urlsafe_b64encode(raw).decode().rstrip("=")}
     return {form for form in forms if len(form) >= MIN_SECRET_LEN}
 
 
@@ -37,12 +52,156 @@ def scrub(text: str, secrets: list[str]) -> tuple[str, int]:
     return text, count
 
 
+def _embedded_base64(raw: bytes) -> set[str]:
+    """The base64 characters that depend on ``raw`` alone, wherever it sits in a larger blob.
+
+    Preceded by k bytes (k = 0, 1, 2 modulo 3), character i of the encoding covers bits
+    [6i, 6i+6); it is fully determined by ``raw`` when 8k <= 6i and 6i+6 <= 8(k+len). Any
+    blob that contains ``raw`` at that alignment contains exactly these characters.
+    """
+    found = set()
+    for k in (0, 1, 2):
+        first, end = -(-8 * k // 6), 8 * (k + len(raw)) // 6
+        for encode in (base64.b64encode, base64.urlsafe_b64encode):
+            found.add(encode(b"\0" * k + raw).decode()[first:end])
+    return found
+
+
+def _scan_forms(value: str) -> set[str]:
+    """What the scan looks for. Written separately from :func:`_forms` on purpose."""
+    raw = value.encode()
+    forms = {value, json.dumps(value)[1:-1], json.dumps(value, ensure_ascii=False)[1:-1],
+             quote(value, safe=""), quote(value), quote_plus(value),
+             quote(value, safe="").lower(), binascii.hexlify(raw).decode(),
+             binascii.hexlify(raw).decode().upper()}
+    forms |= _embedded_base64(raw)
+    return {form for form in forms if len(form) >= MIN_SECRET_LEN}
+
+
 def find_leaks(text: str, secrets: list[str]) -> list[str]:
-    """Names of the forms still present (never the values themselves)."""
+    """Which secrets are still present, and in which kind of form (never the values)."""
     leaks = []
     for index, value in enumerate(sorted(set(secrets))):
-        for form in _forms(value):
-            if form in text:
-                leaks.append(f"secret #{index + 1} ({len(value)} chars) in some encoded form")
-                break
+        raw = value.encode()
+        kinds = {"raw or escaped" for form in _scan_forms(value) - _embedded_base64(raw)
+                 if form in text}
+        kinds |= {"base64 inside a larger blob" for form in _embedded_base64(raw)
+                  if len(form) >= MIN_SECRET_LEN and form in text}
+        if kinds:
+            leaks.append(f"secret #{index + 1} ({len(value)} chars) as "
+                         f"{' and '.join(sorted(kinds))}")
     return leaks
+
+
+class LiveSecrets:
+    """Every secret value of an environment, re-read when its files change.
+
+    Secrets are also made during a run (B2 application keys, stored in
+    ``secrets/<env>.b2-keys.env`` the moment B2 shows them), so a list read at the start
+    would let the live log print a key made a minute later.
+    """
+
+    def __init__(self, env: str, initial: list[str] | None = None) -> None:
+        self.env = env
+        self._fixed = list(initial or [])
+        self._files = secret_files_of(env)
+        self._stamp: tuple[float, ...] | None = None
+        self._values: list[str] = []
+
+    def _mtimes(self) -> tuple[float, ...]:
+        return tuple(p.stat().st_mtime_ns if p.exists() else -1 for p in self._files)
+
+    def __call__(self) -> list[str]:
+        stamp = self._mtimes()
+        if stamp != self._stamp:
+            from casera.secrets import SecretStore
+            from casera.steps.storage import stored_secret_values
+
+            self._values = sorted(set(self._fixed + SecretStore(self.env).values()
+                                      + stored_secret_values(self.env)))
+            self._stamp = stamp
+        return self._values
+
+
+SecretSource = Callable[[], list[str]]
+
+
+def secret_files_of(env: str) -> list[Path]:
+    """Where an environment's secrets live: ``secrets/<env>.env`` and the B2 keys made by runs
+    (``steps.storage.key_store``)."""
+    from casera.paths import secrets_file
+
+    return [secrets_file(env), secrets_file(env).with_name(f"{env}.b2-keys.env")]
+
+
+def install_kernel_scrub(secrets: SecretSource) -> bool:
+    """Mask secrets in what an IPython kernel sends to the notebook: stdout, stderr, displayed
+    and returned values, tracebacks. For runs the runner does not wrap (JupyterLab, nbval);
+    returns False outside a kernel. Installing twice is harmless (the last source wins)."""
+    import sys
+
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None:
+        return False
+
+    def clean(text: str) -> str:
+        values = secrets()
+        text = scrub(text, values)[0]
+        if find_leaks(text, values):
+            return "[casera: output withheld, it holds a secret in a form that cannot be masked]"
+        return text
+
+    def clean_data(data: dict) -> dict:
+        return {key: clean(value) if isinstance(value, str) else value
+                for key, value in data.items()}
+
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        target = getattr(stream, "_casera_target", stream)
+        setattr(sys, name, _ScrubbedWriter(target, clean))
+
+    state = getattr(shell, "_casera_scrub", None)
+    if state is None:
+        state = {"clean": clean}
+        publish = shell.display_pub.publish
+
+        def scrubbed_publish(data: dict, *args: object, **kwargs: object) -> object:
+            return publish(state["clean_data"](data), *args, **kwargs)
+
+        shell.display_pub.publish = scrubbed_publish
+        if hasattr(shell.displayhook, "write_format_data"):
+            write = shell.displayhook.write_format_data
+
+            def scrubbed_write(format_dict: dict, md_dict: object = None) -> object:
+                return write(state["clean_data"](format_dict), md_dict)
+
+            shell.displayhook.write_format_data = scrubbed_write
+        show = shell._showtraceback
+
+        def scrubbed_traceback(etype: object, evalue: object, stb: list[str]) -> object:
+            return show(etype, state["clean"](str(evalue)), [state["clean"](s) for s in stb])
+
+        shell._showtraceback = scrubbed_traceback
+        shell._casera_scrub = state
+    state.update(clean=clean, clean_data=clean_data)
+    return True
+
+
+class _ScrubbedWriter:
+    """A text stream that masks secrets on the way to ``target``; everything else passes."""
+
+    def __init__(self, target: object, clean: Callable[[str], str]) -> None:
+        self._casera_target = target
+        self._clean = clean
+
+    def write(self, text: str) -> int:
+        self._casera_target.write(self._clean(text))  # type: ignore[attr-defined]
+        return len(text)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._casera_target, name)
+
