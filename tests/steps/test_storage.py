@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from steps_harness import applied, free_port, make_ctx
 
-from casera.errors import ApprovalRefused, SecretMissingError
+from casera.errors import ApprovalRefused, SecretMissingError, StepFailed
 from casera.localcloud.b2 import service
 from casera.providers import b2
-from casera.steps import storage
+from casera.steps import docker_secrets, storage
 
 pytestmark = pytest.mark.localcloud
 
@@ -108,29 +108,157 @@ def test_public_bucket_is_made_private(cloud):
     assert b2.get_bucket(api, "casera-certs").bucket_type == "allPrivate"
 
 
-def test_lost_secret_means_replace_behind_the_gate(cloud):
+class FakeSwarm:
+    """Stands in for Swarm's answer to "what still mounts this key id" (the Swarm reading
+    itself runs for real in tests/e2e/test_b2_key_rotation.py): mounted for the first
+    ``busy_polls`` questions, free after, and it counts the questions."""
+
+    def __init__(self, busy_polls: int = 0) -> None:
+        self.busy_polls = busy_polls
+        self.asked = 0
+
+    def __call__(self, ctx, keys):
+        self.asked += 1
+        busy = self.asked <= self.busy_polls
+        return {key_id: ["task casera_api.1 abc (running)"] if busy else [] for key_id in keys}
+
+
+def strict(ctx):
+    """The same run, with approval required and headless: any gate refuses."""
+    return dataclasses.replace(ctx, params=ctx.params.model_copy(update={
+        "runner": ctx.params.runner.model_copy(update={"approval": "required"})}))
+
+
+def authorizes(cloud, key_id: str, secret) -> bool:
+    try:
+        b2.authorize(cloud["realm"], key_id, secret)
+    except Exception:  # noqa: BLE001 - any refusal means the key no longer works
+        return False
+    return True
+
+
+def test_lost_secret_is_rotated_and_the_old_key_kept_until_retired(cloud):
     store = storage.key_store("local")
-    saved = store.path.read_text()
+    old_store = storage.B2KeyStore(store.path.with_name("old-b2-keys.env"))
+    old_store.path.write_text(store.path.read_text())
     old = {k.name: k.key_id for k in b2.list_keys(master(cloud))}
-    lines = [ln for ln in saved.splitlines() if not ln.startswith("casera-local-certs-read_")]
+    lines = [ln for ln in store.path.read_text().splitlines()
+             if not ln.startswith("casera-local-certs-read_")]
     store.path.write_text("\n".join(lines) + "\n")
     with pytest.raises(SecretMissingError, match="ensure_app_keys"):
         storage.app_key_values(ctx_for(cloud))
-    # A run that needs approval and has none changes nothing.
-    strict = ctx_for(cloud)
-    strict = dataclasses.replace(strict, params=strict.params.model_copy(update={
-        "runner": strict.params.runner.model_copy(update={"approval": "required"})}))
-    with pytest.raises(ApprovalRefused):
-        storage.ensure_app_keys(strict)
-    assert {k.name: k.key_id for k in b2.list_keys(master(cloud))} == old
 
+    plan = storage.ensure_app_keys(ctx_for(cloud, dry_run=True))
     result = storage.ensure_app_keys(ctx_for(cloud))
-    assert result.changed == 2 and result.ok, result  # one made, one deleted
-    now = {k.name: k.key_id for k in b2.list_keys(master(cloud))}
-    assert len(now) == 2 and now["casera-local-certs-read"] != old["casera-local-certs-read"]
-    assert now["casera-local-api-uploads"] == old["casera-local-api-uploads"]
-    assert storage.app_key_values(ctx_for(cloud))["casera-local-certs-read"].key_id == \
-        now["casera-local-certs-read"]
+    assert result.changed == plan.changed == 2 and result.ok, result  # one made, one noted
+    assert [d.split(":")[0] for d in plan.diff] == [d.split(":")[0] for d in result.diff]
+    # Nothing deleted: the old key is still listed and still authorizes with its secret.
+    listed = [k for k in b2.list_keys(master(cloud)) if k.name == "casera-local-certs-read"]
+    assert {k.key_id for k in listed} > {old["casera-local-certs-read"]} and len(listed) == 2
+    old_id, old_secret = old_store.load()["casera-local-certs-read"]
+    assert authorizes(cloud, old_id, old_secret)
+    assert store.retiring() == {"casera-local-certs-read": [old_id]}
+    new = storage.app_key_values(ctx_for(cloud))["casera-local-certs-read"]
+    assert new.key_id != old_id and authorizes(cloud, new.key_id, new.secret)
+    assert storage.app_key_values(ctx_for(cloud))["casera-local-api-uploads"].key_id == \
+        old["casera-local-api-uploads"]
+    # A re-run of the key step (a run that stopped after it, then started again) converges.
+    again = storage.ensure_app_keys(ctx_for(cloud))
+    assert again.changed == 0 and again.ok, again
+
+    # Retiring: the dry run plans exactly what the run then deletes, behind the gate.
+    swarm = FakeSwarm()
+    dry = storage.retire_replaced_keys(ctx_for(cloud, dry_run=True), key_users=swarm)
+    assert dry.changed == 1 and any(old_id in d for d in dry.diff), dry
+    with pytest.raises(ApprovalRefused):
+        storage.retire_replaced_keys(strict(ctx_for(cloud)), key_users=swarm)
+    assert authorizes(cloud, old_id, old_secret)
+    done = storage.retire_replaced_keys(ctx_for(cloud), key_users=swarm)
+    assert done.changed == dry.changed == 1 and done.ok, done
+    assert [c.name for c in done.checks] == [f"casera-local-certs-read {old_id} deleted"]
+    assert not authorizes(cloud, old_id, old_secret)
+    assert old_id not in {k.key_id for k in b2.list_keys(master(cloud))}
+    assert store.retiring() == {}
+    assert authorizes(cloud, new.key_id, new.secret)
+    # Converged: nothing left to retire, and a re-run says so.
+    last = storage.retire_replaced_keys(ctx_for(cloud), key_users=FakeSwarm())
+    assert last.changed == 0 and "no replaced key" in last.reason, last
+
+
+def test_missing_key_store_rotates_every_key_and_waits_while_mounted(cloud):
+    """A CI machine or a second operator: no key store at all."""
+    store = storage.key_store("local")
+    before = {k.key_id: k.name for k in b2.list_keys(master(cloud))}
+    saved = storage.B2KeyStore(store.path.with_name("saved-b2-keys.env"))
+    saved.path.write_text(store.path.read_text())
+    store.path.unlink()
+    dry_secrets = storage.ensure_app_keys(ctx_for(cloud, dry_run=True))
+    result = storage.ensure_app_keys(ctx_for(cloud))
+    assert result.changed == dry_secrets.changed == 4 and result.ok, result
+    assert sorted(i for ids in store.retiring().values() for i in ids) == sorted(before)
+    for name, (key_id, secret) in saved.load().items():
+        assert authorizes(cloud, key_id, secret), f"{name}: old key stopped working"
+
+    # Still mounted past the timeout: nothing deleted, the step is red and says why.
+    busy = FakeSwarm(busy_polls=10_000)
+    with pytest.raises(StepFailed, match="still mounted"):
+        storage.retire_replaced_keys(ctx_for(cloud), timeout=2, key_users=busy)
+    assert set(before) <= {k.key_id for k in b2.list_keys(master(cloud))}
+    assert sorted(i for ids in store.retiring().values() for i in ids) == sorted(before)
+
+    # Mounted for a few polls (a rolling update), then free: the step waits, then deletes.
+    rolling = FakeSwarm(busy_polls=3)
+    dry = storage.retire_replaced_keys(ctx_for(cloud, dry_run=True), key_users=rolling)
+    assert dry.changed == 2 and all("still mounted" in d for d in dry.diff if d.startswith("-"))
+    done = storage.retire_replaced_keys(ctx_for(cloud), timeout=60, key_users=rolling)
+    assert done.changed == dry.changed == 2 and done.ok, done
+    assert rolling.asked > 3
+    assert not set(before) & {k.key_id for k in b2.list_keys(master(cloud))}
+    for name, (key_id, secret) in saved.load().items():
+        assert not authorizes(cloud, key_id, secret), f"{name}: old key still works"
+    assert store.retiring() == {}
+    values = storage.app_key_values(ctx_for(cloud))
+    assert all(authorizes(cloud, v.key_id, v.secret) for v in values.values())
+
+
+def test_unreadable_cluster_never_counts_as_unused(cloud):
+    store = storage.key_store("local")
+    current = store.load()
+    store.path.write_text("\n".join(
+        ln for ln in store.path.read_text().splitlines()
+        if not ln.startswith("casera-local-api-uploads_")) + "\n")
+    storage.ensure_app_keys(ctx_for(cloud))
+    old_id = current["casera-local-api-uploads"][0]
+
+    def no_manager(ctx, keys):
+        raise StepFailed("no swarm manager answers: run the swarm step first")
+
+    with pytest.raises(StepFailed, match="no swarm manager"):
+        storage.retire_replaced_keys(ctx_for(cloud), key_users=no_manager)
+    assert old_id in {k.key_id for k in b2.list_keys(master(cloud))}
+    done = storage.retire_replaced_keys(ctx_for(cloud), key_users=FakeSwarm())
+    assert done.changed == 1 and old_id not in {k.key_id for k in b2.list_keys(master(cloud))}
+
+
+def test_docker_secrets_dry_run_plans_the_new_version_of_a_replaced_key(cloud):
+    environ = dict(cloud["environ"], CASERA_DB_PASSWORD="x" * 24, CASERA_SECRET_KEY="y" * 24,
+                   CASERA_APNS_KEY="z" * 24)
+    ctx = make_ctx({"b2.realm": cloud["realm"]}, environ, dry_run=True)
+    store = storage.key_store("local")
+    stored = store.load()
+    as_is = docker_secrets.stack_secret_values(ctx)
+    assert as_is["b2_uploads_key_id"].reveal() == stored["casera-local-api-uploads"][0]
+    store.path.write_text("\n".join(
+        ln for ln in store.path.read_text().splitlines()
+        if not ln.startswith("casera-local-api-uploads_")) + "\n")
+    planned = docker_secrets.stack_secret_values(ctx)
+    # The real run makes a new key: its id and secret differ from anything stored now.
+    assert planned["b2_uploads_key_id"].reveal() != stored["casera-local-api-uploads"][0]
+    assert planned["b2_uploads_key"].reveal() != stored["casera-local-api-uploads"][1].reveal()
+    assert planned["b2_certs_key_id"].reveal() == as_is["b2_certs_key_id"].reveal()
+    storage.ensure_app_keys(make_ctx({"b2.realm": cloud["realm"]}, cloud["environ"]))
+    storage.retire_replaced_keys(make_ctx({"b2.realm": cloud["realm"]}, cloud["environ"]),
+                                 key_users=FakeSwarm())
 
 
 def test_key_with_the_wrong_scope_is_replaced(cloud):
@@ -145,6 +273,9 @@ def test_key_with_the_wrong_scope_is_replaced(cloud):
     result = storage.ensure_app_keys(ctx_for(cloud))
     assert result.changed == 2 and result.ok, result
     assert any("scope differs" in d for d in result.diff)
+    # The wide key is retired only by the retire step, once nothing mounts it.
+    assert wide.info.key_id in {k.key_id for k in b2.list_keys(api)}
+    storage.retire_replaced_keys(ctx_for(cloud), key_users=FakeSwarm())
     listed = [k for k in b2.list_keys(api) if k.name == "casera-local-certs-read"]
     assert len(listed) == 1 and "writeFiles" not in listed[0].capabilities
 

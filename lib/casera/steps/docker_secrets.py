@@ -13,11 +13,12 @@ from __future__ import annotations
 import hashlib
 import re
 from contextlib import ExitStack
+from typing import Any
 
 import docker
 
 from casera.context import RunContext
-from casera.errors import SecretMissingError
+from casera.params import B2KeyParams
 from casera.progress import wait_for
 from casera.result import StepResult, timed
 from casera.secrets import Secret
@@ -83,6 +84,65 @@ def ensure_docker_secrets(ctx: RunContext, values: dict[str, Secret]) -> StepRes
     return result
 
 
+# Task states in which a task has, or will get, its secrets mounted: everything before a
+# terminal state (Engine API TaskState enum,
+# https://docs.docker.com/reference/api/engine/version/v1.57/schemas/TaskState/).
+LIVE_TASK_STATES = frozenset({"new", "allocated", "pending", "assigned", "accepted",
+                              "preparing", "ready", "starting", "running"})
+# Service update states in which Swarm may still roll back to PreviousSpec on its own
+# (failure_action: rollback) or an operator may resume it (UpdateStatus.State, Engine API
+# Service schema: https://docs.docker.com/reference/api/engine/version/v1.57/schemas/Service/).
+UNSETTLED_UPDATE_STATES = frozenset({"updating", "paused", "rollback_started",
+                                     "rollback_paused"})
+
+
+def versions_holding(client: docker.DockerClient, name: str, value: Secret) -> set[str]:
+    """Ids of the versions of secret ``name`` whose digest label says they hold ``value``."""
+    wanted = digest(name, value)
+    return {secret.id for secret in client.secrets.list(filters={"label": f"{PREFIX}.secret"})
+            if (secret.attrs["Spec"].get("Labels") or {}).get(f"{PREFIX}.secret") == name
+            and (secret.attrs["Spec"].get("Labels") or {}).get(f"{PREFIX}.digest") == wanted}
+
+
+def _mounted(spec: dict[str, Any] | None) -> set[str]:
+    container = ((spec or {}).get("TaskTemplate") or spec or {}).get("ContainerSpec") or {}
+    return {ref.get("SecretID", "") for ref in container.get("Secrets") or []}
+
+
+def secret_users(client: docker.DockerClient, secret_ids: set[str]) -> dict[str, list[str]]:
+    """secret id -> what can still read it: a service whose spec mounts it (its next tasks
+    get it), a service mid-update whose previous spec mounts it (a rollback brings it back),
+    and every task not yet in a terminal state that mounts it (a running container keeps the
+    file it was started with). Read from the managers, never assumed from the stack file."""
+    users: dict[str, list[str]] = {secret_id: [] for secret_id in secret_ids}
+    if not secret_ids:
+        return users
+    names = {}
+    for service in client.services.list():
+        attrs = service.attrs
+        names[attrs["ID"]] = service.name
+        for secret_id in _mounted(attrs.get("Spec")) & secret_ids:
+            users[secret_id].append(f"service {service.name}")
+        update = (attrs.get("UpdateStatus") or {}).get("State", "")
+        if update in UNSETTLED_UPDATE_STATES:
+            for secret_id in _mounted(attrs.get("PreviousSpec")) & secret_ids:
+                users[secret_id].append(f"service {service.name} ({update}: may roll back)")
+    for task in client.api.tasks():
+        state = (task.get("Status") or {}).get("State", "")
+        if state not in LIVE_TASK_STATES:
+            continue
+        for secret_id in _mounted(task.get("Spec")) & secret_ids:
+            service = names.get(task.get("ServiceID", ""), task.get("ServiceID", "?")[:12])
+            users[secret_id].append(f"task {service}.{task.get('Slot', '?')} "
+                                    f"{task['ID'][:12]} ({state})")
+    return users
+
+
+def b2_secret_names(kp: B2KeyParams) -> tuple[str, str]:
+    """The stack's secret names for a scoped key: (its id, its secret)."""
+    return f"b2_{kp.bucket}_key_id", f"b2_{kp.bucket}_key"
+
+
 def current_names(client: docker.DockerClient, names: list[str]) -> dict[str, str]:
     """name -> the newest versioned Docker secret name, for the stack file."""
     existing = versions(client)
@@ -98,16 +158,19 @@ def stack_secret_values(ctx: RunContext) -> dict[str, Secret]:
     In a dry run on a fresh environment the B2 keys do not exist yet: placeholders stand in,
     so the plan can still be shown."""
     values = {name: ctx.secrets.get(name) for name in ("db_password", "secret_key", "apns_key")}
-    try:
+    if ctx.dry_run:
+        # A key the key step will make (or make anew) gets a new secret version in the real
+        # run: the plan must say so, so a stored (old) value must not stand in for it.
+        replaced = storage.keys_to_replace(ctx)
+        keys = {name: key for name, key in storage.stored_app_keys(ctx).items()
+                if name not in replaced}
+    else:
         keys = storage.app_key_values(ctx)
-    except SecretMissingError:
-        if not ctx.dry_run:
-            raise
-        keys = {}
     for kp in ctx.params.b2.keys:
         key = keys.get(kp.name)
+        id_name, key_name = b2_secret_names(kp)
         key_id = key.key_id if key else f"(key {kp.name} not made yet)"
-        values[f"b2_{kp.bucket}_key_id"] = Secret(f"b2_{kp.bucket}_key_id", key_id)
-        values[f"b2_{kp.bucket}_key"] = key.secret if key else Secret(
-            f"b2_{kp.bucket}_key", f"(key {kp.name} not made yet)")
+        values[id_name] = Secret(id_name, key_id)
+        values[key_name] = key.secret if key else Secret(
+            key_name, f"(key {kp.name} not made yet)")
     return values

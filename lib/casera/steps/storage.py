@@ -6,8 +6,12 @@ only ever makes and checks the scoped keys: no service is handed the master key.
 B2 shows a key's secret once, in the answer that creates it. So the secrets of the keys made
 here live in a small git-ignored file, ``secrets/<env>.b2-keys.env`` (mode 0600), until the
 Docker-secrets step hands them on (:func:`app_key_values`). A key that exists in B2 but whose
-secret is not in that file is useless to us and is replaced (create new, store it, delete
-old), behind the approval gate because whatever still uses the old key loses access.
+secret is not in that file (a CI machine, a second operator) is useless to this run, so it is
+replaced, as a rotation: :func:`ensure_app_keys` makes and stores the new key and records the
+old one as *retiring* (it deletes nothing); the Docker-secrets step makes a new secret version
+and the stack step rolls the services onto it; then :func:`retire_replaced_keys` deletes the
+old key, behind the approval gate, once Swarm shows that nothing mounts it any more. A run that
+stops anywhere in between leaves the services with a key that still works.
 
 Not reconciled here: keys in the account whose names are not in params (left alone, they may
 be an operator's), bucket lifecycle rules, CORS, and the account's spending caps (web UI only).
@@ -16,7 +20,8 @@ be an operator's), bucket lifecycle rules, CORS, and the account's spending caps
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,10 +29,11 @@ from b2sdk.v2 import B2Api
 from b2sdk.v2.exception import DuplicateBucketName
 
 from casera.context import RunContext
-from casera.errors import SecretMissingError, StepFailed
+from casera.errors import SecretMissingError, StepFailed, WaitTimeout
 from casera.gate import confirm
 from casera.params import B2KeyParams, Params
 from casera.paths import secrets_file
+from casera.progress import wait_for
 from casera.providers import b2
 from casera.result import StepResult, timed
 from casera.secrets import Secret
@@ -61,6 +67,8 @@ class B2KeyStore:
 
     ID_SUFFIX = "_KEY_ID"
     SECRET_SUFFIX = "_APPLICATION_KEY"
+    # Ids of replaced keys not deleted yet: comma-separated, never secrets (B2 lists ids).
+    RETIRING_SUFFIX = "_RETIRING"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -93,11 +101,33 @@ class B2KeyStore:
                     found[name] = (key_id, Secret(f"b2 key {name}", secret))
         return found
 
-    def put(self, name: str, key_id: str, secret: Secret) -> None:
+    def put(self, name: str, key_id: str, secret: Secret,
+            retiring: Iterable[str] | None = None) -> None:
+        """Store a key; ``retiring`` (when given) replaces the ids recorded as replaced, in
+        the same atomic write, so a crash never leaves a new key without its old one noted."""
         lines = self._lines()
         lines[name + self.ID_SUFFIX] = key_id
         lines[name + self.SECRET_SUFFIX] = secret.reveal()
+        if retiring is not None:
+            self._set_retiring(lines, name, retiring)
         self._write(lines)
+
+    def retiring(self) -> dict[str, list[str]]:
+        """key name -> ids of its replaced keys that are not deleted yet."""
+        return {key.removesuffix(self.RETIRING_SUFFIX): [i for i in value.split(",") if i]
+                for key, value in self._lines().items() if key.endswith(self.RETIRING_SUFFIX)}
+
+    def set_retiring(self, name: str, key_ids: Iterable[str]) -> None:
+        lines = self._lines()
+        self._set_retiring(lines, name, key_ids)
+        self._write(lines)
+
+    def _set_retiring(self, lines: dict[str, str], name: str, key_ids: Iterable[str]) -> None:
+        ids = sorted(set(key_ids))
+        if ids:
+            lines[name + self.RETIRING_SUFFIX] = ",".join(ids)
+        else:
+            lines.pop(name + self.RETIRING_SUFFIX, None)
 
     def _write(self, lines: dict[str, str]) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -126,17 +156,21 @@ def app_key_values(ctx: RunContext) -> dict[str, AppKey]:
     Raises :class:`SecretMissingError` when a key was never made or its secret was lost:
     run :func:`ensure_app_keys` first (it replaces a key whose secret is gone).
     """
-    stored = key_store(ctx.env).load()
-    keys = {}
+    keys = stored_app_keys(ctx)
     for kp in ctx.params.b2.keys:
-        if kp.name not in stored:
+        if kp.name not in keys:
             raise SecretMissingError(
                 f"B2 key {kp.name}: its secret is not in {key_store(ctx.env).path}; run "
                 f"ensure_app_keys (it makes the key, or replaces one whose secret was lost)")
-        key_id, secret = stored[kp.name]
-        keys[kp.name] = AppKey(kp.name, key_id, secret, ctx.params.b2.buckets[kp.bucket].name,
-                               tuple(kp.for_services))
     return keys
+
+
+def stored_app_keys(ctx: RunContext) -> dict[str, AppKey]:
+    """The scoped keys params name whose secrets are stored; the others are left out."""
+    stored = key_store(ctx.env).load()
+    return {kp.name: AppKey(kp.name, *stored[kp.name], ctx.params.b2.buckets[kp.bucket].name,
+                            tuple(kp.for_services))
+            for kp in ctx.params.b2.keys if kp.name in stored}
 
 
 def stored_secret_values(env: str) -> list[str]:
@@ -226,8 +260,8 @@ def _verify_buckets(api: B2Api, params: Params, result: StepResult) -> None:
 class _KeyPlan:
     params: B2KeyParams
     bucket: b2.BucketInfo | None
-    keep: b2.KeyInfo | None
-    stale: list[b2.KeyInfo]
+    keep: b2.KeyInfo | None  # the key the services get; None: a new one is made
+    retire: list[b2.KeyInfo]  # every other key of that name: deleted once nothing mounts it
     why: str
 
 
@@ -255,18 +289,29 @@ def _plan_keys(params: Params, buckets: dict[str, b2.BucketInfo | None],
         mine = next((k for k in same_name if k.key_id == stored_id), None)
         if mine is not None and _scope_ok(mine, kp, bucket):
             others = [k for k in same_name if k is not mine]
-            why = (f"exists, secret stored; {len(others)} duplicate(s) without a stored "
-                   "secret" if others else "exists, secret stored")
+            why = (f"exists, secret stored; {len(others)} other key(s) of that name without "
+                   "a stored secret" if others else "exists, secret stored")
             plans.append(_KeyPlan(kp, bucket, mine, others, why))
             continue
         if mine is not None:
             why = "scope differs from params (B2 keys cannot be changed)"
         elif same_name:
-            why = "exists but its secret is not stored (B2 shows it only at creation)"
+            why = "exists but its secret is not stored here (B2 shows it only at creation)"
         else:
             why = "does not exist"
         plans.append(_KeyPlan(kp, bucket, None, list(same_name), why))
     return plans
+
+
+def _key_plans(ctx: RunContext, api: B2Api) -> list[_KeyPlan]:
+    buckets = {role: b2.get_bucket(api, bp.name) for role, bp in ctx.params.b2.buckets.items()}
+    return _plan_keys(ctx.params, buckets, b2.list_keys(api), key_store(ctx.env).load())
+
+
+def keys_to_replace(ctx: RunContext) -> set[str]:
+    """Names of the keys :func:`ensure_app_keys` would make anew: the Docker-secrets step's
+    dry run plans a new secret version for them, as the real run will make one."""
+    return {plan.params.name for plan in _key_plans(ctx, master_api(ctx)) if plan.keep is None}
 
 
 def ensure_app_keys(ctx: RunContext) -> StepResult:
@@ -274,51 +319,165 @@ def ensure_app_keys(ctx: RunContext) -> StepResult:
     capabilities, made with the master key; its secret kept in ``secrets/<env>.b2-keys.env``.
 
     Reused when it exists with that scope and its secret is stored. Otherwise a new key is
-    made and stored first, and only then the old one deleted (behind the gate), so a crash
-    in between leaves a duplicate the next run removes, never a service without a key.
+    made and stored, and every other key of that name is recorded as retiring in the same
+    write. Nothing is deleted here: the services still mount the old key until the stack step
+    rolls them onto the new Docker secret, and :func:`retire_replaced_keys` deletes it after.
     """
     p = ctx.params
     store = key_store(ctx.env)
     with timed(StepResult("b2 keys", ", ".join(k.name for k in p.b2.keys),
                           dry_run=ctx.dry_run)) as result:
         api = master_api(ctx)
-        buckets = {role: b2.get_bucket(api, bp.name) for role, bp in p.b2.buckets.items()}
-        plans = _plan_keys(p, buckets, b2.list_keys(api), store.load())
+        plans = _key_plans(ctx, api)
+        recorded = store.retiring()
+        made = noted = 0
         for plan in plans:
             described = _describe(plan.params, p.b2.buckets[plan.params.bucket].name)
             if plan.keep is None:
-                result.diff.append(f"{'~ replace' if plan.stale else '+'} key {described}: "
-                                   f"{plan.why}")
-            result.diff += [f"- key {k.name} ({k.key_id}): no stored secret" for k in plan.stale]
-        result.changed = sum((plan.keep is None) + len(plan.stale) for plan in plans)
+                made += 1
+                result.diff.append(f"+ key {described}: {plan.why}")
+            for key in plan.retire:
+                if key.key_id not in recorded.get(key.name, []):
+                    noted += 1
+                    result.diff.append(f"~ key {key.name} ({key.key_id}): retiring; deleted "
+                                       "after the stack step, once no service mounts it")
+        result.changed = made + noted
         if not result.changed:
             result.reason = f"{len(plans)} keys exist with their scope and stored secrets"
         if ctx.dry_run:
-            if not result.changed:
+            if not made:
                 _verify_keys(ctx, api, result, probe_writes=False)
             return result
-        deletions = [f"- {k.name} ({k.key_id}): {plan.why}" for plan in plans
-                     for k in plan.stale]
-        if deletions:
-            # Asked before anything is made, so a refusal leaves the account as it was.
-            confirm(ctx, f"B2: replace or delete {len(deletions)} application key(s); "
-                    "anything still using them loses access", deletions)
         for plan in plans:
+            name = plan.params.name
+            retire = set(recorded.get(name, [])) | {k.key_id for k in plan.retire}
             if plan.keep is None:
                 if plan.bucket is None:
-                    raise StepFailed(f"B2 key {plan.params.name}: bucket "
+                    raise StepFailed(f"B2 key {name}: bucket "
                                      f"{p.b2.buckets[plan.params.bucket].name} does not "
                                      "exist; run ensure_buckets first")
-                created = b2.create_key(api, plan.params.name, list(plan.params.capabilities),
+                created = b2.create_key(api, name, list(plan.params.capabilities),
                                         plan.bucket.bucket_id)
-                store.put(plan.params.name, created.info.key_id, created.secret)
-            for key in plan.stale:
-                b2.delete_key(api, key.key_id)
+                store.put(name, created.info.key_id, created.secret, retiring=retire)
+            elif retire != set(recorded.get(name, [])):
+                store.set_retiring(name, retire)
         if result.changed:
-            made = sum(plan.keep is None for plan in plans)
-            gone = sum(len(plan.stale) for plan in plans)
-            result.reason = f"{made} key(s) made, {gone} deleted"
+            result.reason = (f"{made} key(s) made, {noted} recorded as retiring (the old keys "
+                             "keep working until retire_replaced_keys deletes them)")
         _verify_keys(ctx, api, result, probe_writes=True)
+    return result
+
+
+# ------------------------------------------------------------------ retiring replaced keys
+
+
+# key id -> what in the cluster still mounts a Docker secret version holding that key id.
+KeyUsers = Callable[[RunContext, dict[str, B2KeyParams]], dict[str, list[str]]]
+
+
+def swarm_key_users(ctx: RunContext, keys: dict[str, B2KeyParams]) -> dict[str, list[str]]:
+    """key id -> every service spec, rollback target and live task that mounts a Docker
+    secret version holding that key id, read from Swarm. No servers: nothing can mount it."""
+    # Imported here: docker_secrets imports this module for the key values it versions.
+    from casera.steps import docker_secrets
+    from casera.steps.access import node_addresses
+    from casera.steps.swarm import manager_client
+
+    if not keys or not node_addresses(ctx):
+        return {key_id: [] for key_id in keys}
+    with ExitStack() as stack:
+        # Raises when no manager answers: an unreadable cluster never counts as "unused".
+        client = manager_client(ctx, stack)
+        holding = {key_id: docker_secrets.versions_holding(
+            client, docker_secrets.b2_secret_names(kp)[0], Secret("b2 key id", key_id))
+            for key_id, kp in keys.items()}
+        users = docker_secrets.secret_users(client, set().union(*holding.values()))
+    return {key_id: sorted({use for secret_id in ids for use in users.get(secret_id, [])})
+            for key_id, ids in holding.items()}
+
+
+def retire_replaced_keys(ctx: RunContext, timeout: float = 600,
+                         key_users: KeyUsers = swarm_key_users) -> StepResult:
+    """Delete the keys :func:`ensure_app_keys` replaced, once nothing can still use them.
+
+    A replaced key is deleted only when Swarm shows that no service spec, no rollback target
+    of a service still updating, and no live task mounts a Docker secret version holding
+    its id (a key without its id authorizes nothing). The step waits up to ``timeout`` for a
+    rolling update to finish; a key still mounted then is left in place, named in a red
+    check, and the next run retires it. The deletions wait for the approval gate. The current
+    key (the one whose secret is stored) is never a candidate.
+    """
+    p = ctx.params
+    store = key_store(ctx.env)
+    with timed(StepResult("b2 old keys", ", ".join(k.name for k in p.b2.keys),
+                          dry_run=ctx.dry_run)) as result:
+        api = master_api(ctx)
+        listed = {k.key_id for k in b2.list_keys(api)}
+        # The same plan ensure_app_keys follows: in a dry run it shows what that step would
+        # record; in a real run after it, exactly what it recorded (plus any key of that name
+        # made since, e.g. by a run that stopped between creating and storing a key).
+        plans = _key_plans(ctx, api)
+        candidates = {k.key_id: (plan.params, k) for plan in plans for k in plan.retire}
+        current = {plan.keep.key_id for plan in plans if plan.keep is not None}
+        recorded = store.retiring()
+        stale_records = sorted(i for ids in recorded.values() for i in ids
+                               if i not in listed or i in current)
+        if stale_records:
+            # Deleted by hand or by another machine's run: only the note goes.
+            result.diff.append(f"  record of {len(stale_records)} retiring key(s) no longer "
+                               "in B2 dropped")
+        if not candidates:
+            result.reason = "no replaced key waits to be deleted"
+            if not ctx.dry_run and recorded:
+                for name in recorded:
+                    store.set_retiring(name, [])
+            return result
+        keys = {key_id: kp for key_id, (kp, _) in candidates.items()}
+        users = key_users(ctx, keys)
+        result.changed = len(candidates)
+        for key_id, (_, key) in sorted(candidates.items(), key=lambda item: item[0]):
+            using = users.get(key_id, [])
+            result.diff.append(
+                f"- key {key.name} ({key_id}): " + (
+                    "no service or task mounts it" if not using else
+                    f"still mounted by {len(using)} ({'; '.join(using[:3])}"
+                    f"{'; ...' if len(using) > 3 else ''}); the run waits up to "
+                    f"{timeout:.0f} s for the services to roll onto the new key"))
+        if ctx.dry_run:
+            return result
+
+        def all_free() -> dict[str, list[str]] | None:
+            now = key_users(ctx, keys)
+            return None if any(now.values()) else now
+
+        if any(users.values()):
+            try:
+                users = wait_for("the services to stop mounting the replaced B2 keys",
+                                 all_free, timeout, interval=3)
+            except WaitTimeout:
+                users = key_users(ctx, keys)
+        free = sorted(key_id for key_id in candidates if not users.get(key_id))
+        held = sorted(key_id for key_id in candidates if users.get(key_id))
+        if free:
+            confirm(ctx, f"B2: delete {len(free)} replaced application key(s)", [
+                f"- {candidates[k][1].name} ({k}): replaced; no service spec, rollback target "
+                "or live task mounts it (read from Swarm just now)" for k in free])
+        for key_id in free:
+            b2.delete_key(api, key_id)
+        remaining = {k.key_id for k in b2.list_keys(api)}
+        for name in {kp.name for kp, _ in candidates.values()} | set(recorded):
+            store.set_retiring(name, [k for k in held if candidates[k][0].name == name])
+        result.changed = len(free)
+        result.reason = (f"{len(free)} deleted" + (f", {len(held)} still in use" if held
+                                                   else ""))
+        for key_id in free:
+            result.check(f"{candidates[key_id][1].name} {key_id} deleted",
+                         key_id not in remaining,
+                         "no longer listed" if key_id not in remaining else "STILL listed")
+        for key_id in held:
+            result.check(f"{candidates[key_id][1].name} {key_id} retired", False,
+                         f"still mounted after {timeout:.0f} s: {'; '.join(users[key_id][:3])}; "
+                         "left in place, a re-run retires it once the services rolled")
     return result
 
 
