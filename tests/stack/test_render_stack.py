@@ -12,6 +12,7 @@ from casera.localcloud.images import local_stack_settings
 from casera.localcloud.images.recipes import APP_UID
 from casera.params import load_params
 from casera.stack import (
+    DOZZLE_PORT,
     SECRETS,
     SEED_NETWORK,
     SERVICES,
@@ -60,7 +61,8 @@ def test_production_keeps_the_seed_networking():
     assert stack["networks"]["casera"] == {"external": True, "name": "casera"}
     assert "overlay encryption: on (IPsec" in header(text)
     for name in SERVICES:
-        assert stack["services"][name]["deploy"]["endpoint_mode"] == "vip"
+        if name != "dozzle":  # on the host network: no virtual IP to have (see below)
+            assert stack["services"][name]["deploy"]["endpoint_mode"] == "vip", name
     assert stack["services"]["api"]["ports"] == [
         {"target": 8080, "published": 80, "protocol": "tcp", "mode": "ingress"}]
 
@@ -97,7 +99,6 @@ def test_services_are_placed_updated_and_checked_as_the_seed_says(make):
     dozzle = services["dozzle"]
     assert dozzle["deploy"]["placement"]["constraints"] == ["node.role == manager"]
     assert "/var/run/docker.sock:/var/run/docker.sock" in dozzle["volumes"]
-    assert "ports" not in dozzle  # 9999 stays internal
     assert [name for name, svc in services.items() if "ports" in svc] == ["api"]
     for name in ("api", "worker", "admin"):
         deploy = services[name]["deploy"]
@@ -109,6 +110,30 @@ def test_services_are_placed_updated_and_checked_as_the_seed_says(make):
         assert svc["healthcheck"]["test"][0] == "CMD", name
         assert svc["user"].split(":")[0] not in ("0", "root"), name
         assert svc["deploy"]["replicas"] == make()["replicas"][name]
+
+
+@pytest.mark.parametrize("env", ["production", "staging", "local"])
+def test_dozzle_listens_on_the_managers_loopback_only(env):
+    # Swarm cannot publish on 127.0.0.1 (moby/moby#32299: it binds 0.0.0.0), so Dozzle shares
+    # the node's network and listens on its loopback: an SSH tunnel reaches it, nothing else.
+    stack = parsed(settings_from_params(load_params(env), secrets=dict(SECRET_NAMES),
+                                        docker_socket_gid=998))
+    dozzle = stack["services"]["dozzle"]
+    assert dozzle["environment"]["DOZZLE_ADDR"] == f"127.0.0.1:{DOZZLE_PORT}"
+    assert dozzle["networks"] == ["hostnet"]
+    assert stack["networks"]["hostnet"] == {"external": True, "name": "host"}
+    assert "ports" not in dozzle  # nothing published: a published port binds every address
+    assert dozzle["deploy"]["endpoint_mode"] == "dnsrr"  # no virtual IP on the host network
+    # One 127.0.0.1:9999 per node: the old task must let go before the new one binds.
+    assert dozzle["deploy"]["update_config"]["order"] == "stop-first"
+    assert dozzle["deploy"]["rollback_config"]["order"] == "stop-first"
+    assert dozzle["deploy"]["placement"]["constraints"] == ["node.role == manager"]
+    # Only Dozzle is on the host network; every other service stays on the overlay.
+    on_host = [name for name, svc in stack["services"].items() if "hostnet" in svc["networks"]]
+    assert on_host == ["dozzle"]
+    # The healthcheck must ask the address Dozzle listens on (the node's loopback).
+    test = " ".join(dozzle["healthcheck"]["test"])
+    assert "/dozzle healthcheck" in test or f"127.0.0.1:{DOZZLE_PORT}" in test, test
 
 
 def test_secrets_are_external_versioned_and_mounted_by_role_name():

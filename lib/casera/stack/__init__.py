@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from casera.stack.render import (
+    DOZZLE_PORT,
     REPLICA_RANGES,
     SECRETS,
     SEED_NETWORK,
@@ -18,6 +19,7 @@ from casera.stack.render import (
 )
 
 __all__ = [
+    "DOZZLE_PORT",
     "REPLICA_RANGES",
     "SECRETS",
     "SEED_NETWORK",

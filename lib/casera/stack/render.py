@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 TEMPLATE = Path(__file__).with_name("casera-stack.tmpl.yml")
 
 SERVICES = ("api", "worker", "admin", "redis", "dozzle")
+# Dozzle listens on each manager's loopback only (see the template); reach it by SSH tunnel.
+DOZZLE_PORT = 9999
 # The B2 keys are the scoped application keys bootstrap makes (never the master key): the api
 # gets the uploads read/write key and the certs read-only key, the worker only the latter.
 SECRETS = ("db_password", "secret_key", "b2_uploads_key_id", "b2_uploads_key",
@@ -149,6 +151,7 @@ def render_stack(settings: StackSettings) -> str:
         "endpoint_mode": json.dumps(network["endpoint_mode"]),
         "api_publish_mode": json.dumps(network["api_publish_mode"]),
         "api_published_port": json.dumps(int(network["api_published_port"])),
+        "dozzle_port": str(DOZZLE_PORT),
         **_notes(network),
     }
     for service in SERVICES:

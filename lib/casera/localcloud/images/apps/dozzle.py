@@ -5,6 +5,10 @@ GET /                      text: every container with its last lines
 GET /api/containers        JSON list (id, name, image, state, status)
 GET /api/logs/<id>?tail=N  the container's last N log lines as text
 GET /healthz               200 when the Docker socket answers, else 503 with the reason
+GET /healthcheck           the same, at real Dozzle's path (what `dozzle healthcheck` and the
+                           runbook's SSH-tunnel probe ask; amir20/dozzle internal/web/routes.go)
+
+It listens where DOZZLE_ADDR says, as real Dozzle does; the stack sets the node's loopback.
 """
 
 from __future__ import annotations
@@ -85,7 +89,7 @@ class Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         tail = int((parse_qs(url.query).get("tail") or ["50"])[0])
         try:
-            if url.path == "/healthz":
+            if url.path in ("/healthz", "/healthcheck"):
                 docker_get("/_ping")
                 self._send(HTTPStatus.OK, b'{"status": "ok"}', "application/json")
             elif url.path == "/api/containers":
