@@ -3,11 +3,20 @@ the schema allows only require/verify-ca/verify-full."""
 
 from __future__ import annotations
 
+import ctypes
 import os
+import re
+from functools import cache
+from pathlib import Path
 
 import psycopg
+from psycopg import pq
 
 from casera.secrets import Secret
+
+# libpq's names for what PQsslAttribute reports
+# (https://www.postgresql.org/docs/15/libpq-status.html#LIBPQ-PQSSLATTRIBUTE).
+TLS_ATTRIBUTES = ("library", "protocol", "cipher", "key_bits", "compression")
 
 
 def connect(host: str, port: int, dbname: str, user: str, password: Secret, sslmode: str,
@@ -30,3 +39,45 @@ def connect(host: str, port: int, dbname: str, user: str, password: Secret, sslm
 def server_version(conn: psycopg.Connection) -> str:
     row = conn.execute("select version()").fetchone()
     return str(row[0]) if row else "?"
+
+
+@cache
+def _loaded_libpq() -> ctypes.CDLL | None:
+    """The libpq this process already runs psycopg on, or None when it cannot be told.
+
+    psycopg wraps ``PQsslInUse`` but not ``PQsslAttribute`` (psycopg/pq/_pq_ctypes.py:
+    "TODO: PQsslAttribute"), so it is called here through ctypes, and in the very library
+    psycopg loaded: a second libpq copy would not know this PGconn's layout.
+    """
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None  # no procfs (macOS): the attributes stay unknown
+    paths = {line.split()[-1] for line in maps.splitlines()
+             if re.search(r"/libpq[-.][^/]*\.so", line)}
+    if pq.__impl__ == "binary":
+        paths = {p for p in paths if "psycopg_binary" in p} or paths
+    if len(paths) != 1:
+        return None
+    lib = ctypes.CDLL(paths.pop())
+    lib.PQsslAttribute.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+    lib.PQsslAttribute.restype = ctypes.c_char_p
+    return lib
+
+
+def tls_attributes(conn: psycopg.Connection) -> dict[str, str] | None:
+    """What the client's own TLS session says (protocol, cipher, ...), or None when this
+    platform's libpq cannot be reached. Empty when the connection is not encrypted.
+
+    This is the client's view, which is what counts behind a TLS-terminating proxy (Neon's,
+    or its pooler): the server's ``pg_stat_ssl`` there describes the proxy's own link.
+    """
+    lib = _loaded_libpq()
+    if lib is None:
+        return None
+    found: dict[str, str] = {}
+    for name in TLS_ATTRIBUTES:
+        value = lib.PQsslAttribute(conn.pgconn.pgconn_ptr, name.encode())
+        if value is not None:
+            found[name] = value.decode()
+    return found

@@ -2,10 +2,9 @@
 real secrets/local.env is untouched) and ports, so it runs beside an operator's local cloud.
 
 Allowlist tests need a client whose address is not loopback: every loopback client comes
-from 127.0.0.1, so the session makes a network namespace joined to the host by a veth pair
-(host 10.78.N.1, client 10.78.N.2) and runs the client there with ``nsenter --net`` (``ip
-netns exec`` would remount /sys, see notes/local-engine.md). The local Neon listens on the
-host end because the session adds it to CASERA_NEON_LISTEN_EXTRA before ``up()``.
+from 127.0.0.1, so the session makes a network namespace (``casera.localcloud.neon.netns``).
+The local Neon listens on the namespace's host end because the session adds it to
+CASERA_NEON_LISTEN_EXTRA before ``up()``.
 """
 
 from __future__ import annotations
@@ -14,8 +13,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -27,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from casera.localcloud.neon.netns import Netns
+from casera.localcloud.neon.netns import create as make_netns
+from casera.localcloud.neon.netns import remove as remove_netns
 
 
 def _free(port: int) -> bool:
@@ -46,60 +47,6 @@ def _pick_base() -> int:
         if all(_free(base + off) for off in (0, 1, 2, 3, 20, 21, 22, 23, 50)):
             return base
     raise RuntimeError("no free port range for the test Neon")
-
-
-@dataclass
-class Netns:
-    name: str
-    host_ip: str
-    client_ip: str
-
-    def run_client(self, conninfo: dict[str, Any], timeout: float = 20) -> tuple[bool, str]:
-        """Connect with psycopg from inside the namespace. (connected, detail)."""
-        code = (
-            "import json, sys, psycopg\n"
-            "kw = json.loads(sys.argv[1])\n"
-            "try:\n"
-            "    with psycopg.connect(**kw, connect_timeout=5) as c:\n"
-            "        print(c.execute('select inet_client_addr()').fetchone()[0])\n"
-            "except Exception as e:\n"
-            "    print(e); sys.exit(3)\n"
-        )
-        res = subprocess.run(["nsenter", f"--net=/var/run/netns/{self.name}", sys.executable,
-                              "-c", code, json.dumps(conninfo)], capture_output=True,
-                             text=True, timeout=timeout)
-        return res.returncode == 0, (res.stdout + res.stderr).strip()
-
-
-def _make_netns() -> Netns:
-    pid = os.getpid()
-    subnet = pid % 250 + 1
-    ns = Netns(f"casera-neon-t{pid}", f"10.78.{subnet}.1", f"10.78.{subnet}.2")
-    host_if, ns_if = f"cnh{pid}", f"cnn{pid}"
-    cmds = [
-        ["ip", "netns", "add", ns.name],
-        ["ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if],
-        ["ip", "link", "set", ns_if, "netns", ns.name],
-        ["ip", "addr", "add", f"{ns.host_ip}/24", "dev", host_if],
-        ["ip", "link", "set", host_if, "up"],
-    ]
-    inside = [
-        ["ip", "addr", "add", f"{ns.client_ip}/24", "dev", ns_if],
-        ["ip", "link", "set", ns_if, "up"],
-        ["ip", "link", "set", "lo", "up"],
-    ]
-    for cmd in cmds:
-        subprocess.run(cmd, check=True, capture_output=True)
-    for cmd in inside:
-        subprocess.run(["nsenter", f"--net=/var/run/netns/{ns.name}", *cmd], check=True,
-                       capture_output=True)
-    return ns
-
-
-def _remove_netns(ns: Netns) -> None:
-    pid = ns.name.removeprefix("casera-neon-t")
-    subprocess.run(["ip", "link", "del", f"cnh{pid}"], capture_output=True)
-    subprocess.run(["ip", "netns", "del", ns.name], capture_output=True)
 
 
 @dataclass
@@ -175,7 +122,7 @@ def neon_session() -> Iterator[NeonEnv]:
     # The postgres user must traverse down to its data directories.
     os.chmod(root, 0o755)
     base = _pick_base()
-    netns = _make_netns()
+    netns = make_netns(f"t{os.getpid()}")
     environ: dict[str, str | None] = {
         "CASERA_LOCAL_HOME": str(root / "home"),
         "CASERA_PROJECT_DIR": str(root / "project"),
@@ -210,7 +157,7 @@ def neon_session() -> Iterator[NeonEnv]:
             with applied(environ):
                 print("\n".join(neon.down(purge=True)))
         finally:
-            _remove_netns(netns)
+            remove_netns(netns)
             shutil.rmtree(root, ignore_errors=True)
 
 

@@ -31,12 +31,19 @@ def wait_operations(env, ops, timeout=120):
 
 
 def test_pooler_speaks_tls_and_verifies_with_the_local_ca(neon_env):
+    from casera.providers.postgres import tls_attributes
+
     with connect(**neon_env.conninfo(neon_env.pooler_port)) as conn:
         assert conn.pgconn.ssl_in_use
+        assert tls_attributes(conn)["protocol"] in ("TLSv1.2", "TLSv1.3")
         assert conn.execute("select current_user").fetchone() == ("casera",)
-        # The pooler's own connection to the compute is TLS as well.
+        # TLS ends at the pooler, as at Neon's proxy: the compute sees a plain link, so the
+        # server-side view cannot prove the client's TLS here any more than on Neon.
         assert conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()"
-                            ).fetchone() == (True,)
+                            ).fetchone() == (False,)
+    with connect(**neon_env.conninfo(neon_env.pg_port)) as conn:
+        # The direct endpoint is TLS-only too (Neon's is, through its proxy).
+        assert conn.pgconn.ssl_in_use
     # verify-full: the endpoint name is checked against the certificate, hostaddr says where.
     with connect(**neon_env.conninfo(
             neon_env.pooler_port, host="ep-casera-local-pooler.local.neon",
@@ -53,6 +60,26 @@ def test_plain_text_connections_are_refused(neon_env, which):
     port = neon_env.pooler_port if which == "pooler" else neon_env.pg_port
     with pytest.raises(psycopg.OperationalError, match="SSL required|no encryption"):
         connect(**neon_env.conninfo(port, sslmode="disable"))
+
+
+def test_direct_endpoint_takes_no_plain_text_even_from_loopback_with_an_allowlist(neon_env):
+    # The pooler's plain link to its compute is the Unix socket: no TCP client, loopback
+    # included, gets plain text or past the allowlist that way.
+    from casera.localcloud import neon
+
+    neon.up(plan="scale")
+    try:
+        status, body = neon_env.api("PATCH", PROJECT, {"project": {"settings": {
+            "allowed_ips": {"ips": ["10.99.0.1"]}}}})
+        assert status == 200, body
+        for port in (neon_env.pg_port, neon_env.pooler_port):
+            with pytest.raises(psycopg.OperationalError, match="SSL required|no encryption"):
+                connect(**neon_env.conninfo(port, sslmode="disable"))
+            with pytest.raises(psycopg.OperationalError, match="pg_hba|rejected"):
+                connect(**neon_env.conninfo(port))
+    finally:
+        neon_env.api("PATCH", PROJECT, {"project": {"settings": {"allowed_ips": {"ips": []}}}})
+        neon.up(plan="launch")
 
 
 def test_pooler_shares_server_connections_per_transaction(neon_env):
@@ -93,9 +120,9 @@ def test_allowlist_is_enforced_on_scale(neon_env):
             ok, detail = ns.run_client(info)
             assert ok, f"{name}: {detail}"
         # The direct endpoint sees the namespace's address; through the pooler, the compute
-        # sees the pooler.
+        # sees the pooler's Unix socket (no client address at all).
         assert ns.run_client(remote["direct"])[1] == ns.client_ip
-        assert ns.run_client(remote["pooler"])[1] == "127.0.0.1"
+        assert ns.run_client(remote["pooler"])[1] == "None"
 
         status, body = neon_env.api("PATCH", PROJECT, {"project": {"settings": {
             "allowed_ips": {"ips": [ns.client_ip], "protected_branches_only": False}}}})
@@ -104,11 +131,9 @@ def test_allowlist_is_enforced_on_scale(neon_env):
         for name, info in remote.items():
             ok, detail = ns.run_client(info)
             assert ok, f"{name}: {detail}"
-        # Loopback is not on the list either: the host gets no back door. (The compute lets
-        # 127.0.0.1 in only with the poolers' client certificate.)
+        # Loopback is not on the list either: the host gets no back door.
         for info in local.values():
-            with pytest.raises(psycopg.OperationalError,
-                               match="pg_hba|rejected|client certificate"):
+            with pytest.raises(psycopg.OperationalError, match="pg_hba|rejected"):
                 connect(**info)
 
         # Remove the namespace client's address: its next connection is refused.

@@ -7,7 +7,19 @@ run in the background and end ``finished`` or ``failed`` (poll ``GET .../operati
 Where Neon's exact refusal was seen in the wild it is copied (history retention over the plan
 maximum: 400, empty code, "requested history retention seconds exceeds allowed maximum; ...").
 The Launch-plan refusal of an IP allowlist follows the same pattern; its exact text is not
-published, so runbooks should key on the status and on ``plan``, not on the words.
+published, so runbooks should key on the status and on ``plan``, not on the words. IP Allow
+is a Scale-plan feature (https://neon.com/docs/introduction/ip-allow, "available with the Neon
+Scale plan"; https://neon.com/docs/guides/protected-branches).
+
+Every error, bad input included, is Neon's ``GeneralError``: JSON with a string ``code`` and a
+``message`` (both required; OpenAPI v2 ``components.schemas.GeneralError``, copy in
+neondatabase/neon-api-python ``v2.json``), never an HTML page: unknown path 404, known path
+with another method 405 (with ``Allow``), a body that is not a JSON object or a field of the
+wrong type 400. Neon publishes no ``code`` values for these, so ``code`` stays empty rather
+than invented.
+
+Not Neon: ``POST /api/v2/_emulator/plan`` ``{"plan": "launch" | "scale"}`` moves the emulated
+account to another plan (the e2e and the step tests use it; the seed's Launch is the default).
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ import traceback
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -44,15 +57,36 @@ from casera.localcloud.secrets_file import read_local_secrets
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str, code: str = "") -> None:
+    def __init__(self, status: int, message: str, code: str = "",
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.code = status, message, code
+        self.headers = headers or {}
+
+
+def field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str,
+          required: bool = False) -> Any:
+    """``obj[name]`` when it has the right JSON type; 400 naming the field otherwise."""
+    if name not in obj or obj[name] is None:
+        if required:
+            raise ApiError(400, f"{where}.{name} is required")
+        return None
+    value = obj[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # JSON true/false are Python bools, which are ints too: never accept one for a number.
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        names = {str: "a string", int: "an integer", bool: "a boolean", dict: "an object",
+                 list: "an array"}
+        wanted = " or ".join(names.get(k, k.__name__) for k in kinds)
+        raise ApiError(400, f"{where}.{name} must be {wanted}, not {json.dumps(value)[:60]}")
+    return value
 
 
 # ---------------------------------------------------------------- operations
 
 
 KEEP_OPERATIONS = 500
+MAX_BODY = 1 << 20  # far above any request the runbooks send
 
 
 def new_operation(st: state.State, project_id: str, branch_id: str, action: str,
@@ -152,27 +186,36 @@ class Api:
 
     # PATCH /projects/{id}
     def patch_project(self, project_id: str, body: dict[str, Any]) -> dict[str, Any]:
-        changes = body.get("project")
-        if not isinstance(changes, dict):
-            raise ApiError(400, "request body must hold a \"project\" object")
+        changes = field(body, "project", dict, "body", required=True)
+        wanted = field(changes, "history_retention_seconds", int, "project")
+        settings = field(changes, "settings", dict, "project") or {}
+        allowed = field(settings, "allowed_ips", dict, "project.settings")
+        name = field(changes, "name", str, "project")
+        ips: list[str] = []
+        protected_only = False
+        if allowed is not None:
+            where = "project.settings.allowed_ips"
+            ips = field(allowed, "ips", list, where) or []
+            for i, ip in enumerate(ips):
+                if not isinstance(ip, str):
+                    raise ApiError(400, f"{where}.ips[{i}] must be a string, not "
+                                        f"{json.dumps(ip)[:60]}")
+            flags = [field(allowed, key, bool, where)
+                     for key in ("protected_branches_only", "primary_branch_only")]
+            protected_only = next((f for f in flags if f is not None), False)
         with state.locked(self.cfg) as st:
             project = self.project(st, project_id)
             plan = project["plan"]
-            if "history_retention_seconds" in changes:
-                wanted = changes["history_retention_seconds"]
-                if not isinstance(wanted, int) or wanted < 0:
-                    raise ApiError(400, "history_retention_seconds must be a non-negative "
-                                        "integer")
+            if wanted is not None:
+                if wanted < 0:
+                    raise ApiError(400, "project.history_retention_seconds must not be "
+                                        "negative")
                 if wanted > RETENTION_MAX[plan]:
                     raise ApiError(400, "requested history retention seconds exceeds allowed "
                                         f"maximum; requested_history_retention_seconds:"
                                         f"\"{wanted}\", max:\"{RETENTION_MAX[plan]}\"")
                 project["history_retention_seconds"] = wanted
-            allowed = (changes.get("settings") or {}).get("allowed_ips")
             if allowed is not None:
-                ips = [str(ip) for ip in allowed.get("ips") or []]
-                protected_only = bool(allowed.get("protected_branches_only",
-                                                  allowed.get("primary_branch_only", False)))
                 if plan != "scale" and (ips or protected_only):
                     raise ApiError(400, f"IP Allow is not available on the {plan.title()} "
                                         "plan; it requires the Scale plan (or higher)")
@@ -181,8 +224,8 @@ class Api:
                     raise ApiError(400, f"invalid allowed_ips: {problem}")
                 project["settings"]["allowed_ips"] = {
                     "ips": ips, "protected_branches_only": protected_only}
-            if "name" in changes:
-                project["name"] = str(changes["name"])
+            if name is not None:
+                project["name"] = name
             project["updated_at"] = state.now_iso()
             op = new_operation(st, project_id, MAIN_BRANCH_ID, "apply_config", "finished")
             snapshot = {"project": dict(project), "branches": dict(st["branches"])}
@@ -209,7 +252,10 @@ class Api:
 
     # POST /projects/{id}/branches
     def create_branch(self, project_id: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        spec = body.get("branch") or {}
+        spec = field(body, "branch", dict, "body") or {}
+        field(body, "endpoints", list, "body")
+        for key in ("parent_id", "parent_timestamp", "parent_lsn", "name"):
+            field(spec, key, str, "branch")
         if spec.get("parent_lsn"):
             raise ApiError(400, "parent_lsn is not supported by the local Neon; use "
                                 "parent_timestamp")
@@ -317,7 +363,11 @@ class Api:
         password = read_local_secrets().get("CASERA_DB_PASSWORD")
         if not password:
             raise ApiError(500, "CASERA_DB_PASSWORD is missing from secrets/local.env")
-        pooled = query.get("pooled", "false").lower() == "true"
+        pooled_raw = query.get("pooled", "false").lower()
+        if pooled_raw not in ("true", "false"):
+            raise ApiError(400, f"query parameter pooled must be true or false, not "
+                                f"{query['pooled']!r}")
+        pooled = pooled_raw == "true"
         return {"uri": connection_uri(self.cfg, branch, query["database_name"],
                                       query["role_name"], password, pooled)}
 
@@ -329,6 +379,19 @@ class Api:
         if op is None:
             raise ApiError(404, f"operation {op_id} not found")
         return {"operation": op}
+
+    # POST /_emulator/plan (not Neon: the local account's plan, for tests and demos)
+    def set_plan(self, body: dict[str, Any]) -> dict[str, Any]:
+        plan = field(body, "plan", str, "body", required=True)
+        with state.locked(self.cfg) as st:
+            if st["project"] is None:
+                raise ApiError(404, "no project yet: run `casera local up`")
+            try:
+                lines = service.change_plan(st, plan)
+            except service.PlanRefused as exc:
+                raise ApiError(400, str(exc)) from exc
+            snapshot = {"project": dict(st["project"]), "branches": dict(st["branches"])}
+        return {"project": project_view(snapshot["project"]), "changes": lines}
 
     # GET /users/me
     def me(self) -> dict[str, Any]:
@@ -355,16 +418,34 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", r"/projects/(?P<project_id>[^/]+)/connection_uri", "get_connection_uri"),
         ("GET", r"/projects/(?P<project_id>[^/]+)/operations/(?P<op_id>[^/]+)",
          "get_operation"),
+        ("POST", r"/_emulator/plan", "set_plan"),
     ]
 ]
 
 
 def find_route(method: str, path: str) -> tuple[str, dict[str, Any]]:
+    allowed = []
     for route_method, pattern, name in ROUTES:
         match = pattern.match(path)
         if match and route_method == method:
             return name, dict(match.groupdict())
-    raise ApiError(404, f"no route for {method} {path}")
+        if match:
+            allowed.append(route_method)
+    if allowed:
+        raise ApiError(405, f"method {method} is not allowed on {path}; allowed: "
+                            f"{', '.join(allowed)}", headers={"Allow": ", ".join(allowed)})
+    raise ApiError(404, f"no route for {method} {path}: not part of Neon's API v2 as the "
+                        "local Neon serves it (see casera.localcloud.neon.api.ROUTES)")
+
+
+def read_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body must be a JSON object, not {type(body).__name__}")
+    return body
 
 
 def make_handler(api: Api) -> type[BaseHTTPRequestHandler]:
@@ -375,13 +456,32 @@ def make_handler(api: Api) -> type[BaseHTTPRequestHandler]:
             # Never the headers: they carry the bearer token.
             print(f"{self.address_string()} {fmt % args}", flush=True)
 
-        def _send(self, status: int, payload: dict[str, Any]) -> None:
+        def _send(self, status: int, payload: dict[str, Any],
+                  headers: dict[str, str] | None = None) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
-            self.wfile.write(data)
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def send_error(self, code: int, message: str | None = None,
+                       explain: str | None = None) -> None:
+            """http.server's own refusals (bad request line, unknown method, oversized
+            headers) in Neon's JSON shape instead of its HTML page. A method http.server
+            has no handler for is a client error here (405), not a 501."""
+            if code == HTTPStatus.NOT_IMPLEMENTED:
+                code = HTTPStatus.METHOD_NOT_ALLOWED
+                message = f"method {self.command} is not allowed"
+            self.close_connection = True
+            try:
+                self._send(code, {"code": "", "message": message or HTTPStatus(code).phrase},
+                           {"Connection": "close"})
+            except OSError:
+                pass  # the client is gone; nothing to tell it
 
         def _authorized(self) -> bool:
             header = self.headers.get("Authorization", "")
@@ -390,28 +490,40 @@ def make_handler(api: Api) -> type[BaseHTTPRequestHandler]:
             expected = state.read(api.cfg).get("api_key_sha256")
             return bool(expected) and service.api_key_hash(header[7:].strip()) == expected
 
+        def _read_raw(self) -> bytes:
+            text = self.headers.get("Content-Length") or "0"
+            if not text.isdigit():
+                self.close_connection = True  # the body's end is unknown
+                raise ApiError(400, f"Content-Length {text!r} is not a byte count")
+            length = int(text)
+            if length > MAX_BODY:
+                self.close_connection = True
+                raise ApiError(413, f"request body of {length} bytes is over {MAX_BODY}")
+            return self.rfile.read(length) if length else b""
+
         def _dispatch(self, method: str) -> None:
             url = urlparse(self.path)
-            length = int(self.headers.get("Content-Length") or 0)
-            raw = self.rfile.read(length) if length else b""
             try:
+                raw = self._read_raw()
                 if not self._authorized():
                     raise ApiError(401, "authentication required")
                 name, kwargs = find_route(method, url.path)
                 if method in ("POST", "PATCH"):
-                    try:
-                        kwargs["body"] = json.loads(raw or b"{}")
-                    except json.JSONDecodeError as exc:
-                        raise ApiError(400, f"request body is not JSON: {exc}") from exc
+                    kwargs["body"] = read_body(raw)
                 if name == "get_connection_uri":
                     kwargs["query"] = {k: v[0] for k, v in parse_qs(url.query).items()}
                 result = getattr(api, name)(**kwargs)
                 status, payload = result if isinstance(result, tuple) else (200, result)
                 self._send(status, payload)
             except ApiError as exc:
-                self._send(exc.status, {"code": exc.code, "message": exc.message})
+                self._send(exc.status, {"code": exc.code, "message": exc.message},
+                           exc.headers)
             except CaseraError as exc:
                 self._send(500, {"code": "", "message": str(exc)})
+            except Exception as exc:  # noqa: BLE001 - a bug here is still answered as JSON
+                traceback.print_exc()
+                self._send(500, {"code": "", "message": f"internal error in the local Neon: "
+                                                       f"{type(exc).__name__} (see api.log)"})
 
         def do_GET(self) -> None:  # noqa: N802 - http.server's naming
             self._dispatch("GET")
@@ -424,6 +536,16 @@ def make_handler(api: Api) -> type[BaseHTTPRequestHandler]:
 
         def do_DELETE(self) -> None:  # noqa: N802
             self._dispatch("DELETE")
+
+        # Methods Neon's API has no route for still get its error shape (405 or 404).
+        def do_PUT(self) -> None:  # noqa: N802
+            self._dispatch("PUT")
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._dispatch("HEAD")
+
+        def do_OPTIONS(self) -> None:  # noqa: N802
+            self._dispatch("OPTIONS")
 
     return Handler
 

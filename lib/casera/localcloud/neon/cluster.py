@@ -9,11 +9,12 @@ Admin access is peer authentication over a Unix socket in a directory only ``pos
 enter, with root mapped to ``postgres`` (pg_ident): no admin password exists to leak, and every
 TCP client, loopback included, goes through the allowlist and SCRAM.
 
-The pooler reaches its compute over TLS from 127.0.0.1. So that this does not open the
-direct endpoint to every loopback client when the allowlist leaves 127.0.0.1 out, the
-compute lets 127.0.0.1 in only with the poolers' client certificate (``clientcert``), whose
-key only ``postgres`` can read; the allowlist itself is enforced by the pooler for pooled
-connections, as Neon's proxy does.
+TLS ends at the pooler, as it ends at Neon's proxy (neondatabase/neon#3416: the proxy "acts
+as an endpoint" for TLS): the pooler reaches its compute in plain text over the compute's Unix
+socket, in a directory only ``postgres`` can enter. Every TCP client of the compute (the
+direct endpoint) still needs TLS, SCRAM and the allowlist, as Neon's direct endpoint does (it
+too is reached through the proxy, which refuses plain text). The pooler enforces the allowlist
+for pooled connections.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ def archive_command(archive_dir: Path) -> str:
 
 def render_conf(inst: Instance, cfg: NeonConfig, listen: Iterable[str],
                 extra: dict[str, str] | None = None) -> str:
-    crt, key, ca = server_files(cfg)
+    crt, key, _ca = server_files(cfg)
     settings: dict[str, str] = {
         "listen_addresses": ",".join(listen),
         "port": str(inst.port),
@@ -104,8 +105,6 @@ def render_conf(inst: Instance, cfg: NeonConfig, listen: Iterable[str],
         "ssl": "on",
         "ssl_cert_file": str(crt),
         "ssl_key_file": str(key),
-        # Needed to check the poolers' client certificate.
-        "ssl_ca_file": str(ca),
         "ssl_min_protocol_version": "TLSv1.2",
         "password_encryption": "scram-sha-256",
         "max_connections": "60",
@@ -178,7 +177,12 @@ def validate_allowlist(ips: list[str]) -> str | None:
 
 
 def hba_client_lines(allowed: list[str] | None) -> list[str]:
-    """TCP rules shared by PostgreSQL and PgBouncer: TLS only, SCRAM, allowlist when set."""
+    """TCP rules shared by PostgreSQL and PgBouncer: TLS only, SCRAM, allowlist when set.
+
+    Plain text is refused before the address is looked at, as Neon does: "Neon rejects
+    connections that do not use SSL/TLS, behaving in the same way as standalone Postgres with
+    only hostssl records in a pg_hba.conf" (https://neon.com/docs/connect/connect-securely).
+    """
     lines = ["hostnossl all all 0.0.0.0/0 reject", "hostnossl all all ::/0 reject"]
     nets = allowlist_networks(allowed) if allowed else ["0.0.0.0/0", "::/0"]
     lines += [f"hostssl all all {net} scram-sha-256" for net in nets]
@@ -186,24 +190,15 @@ def hba_client_lines(allowed: list[str] | None) -> list[str]:
     return lines
 
 
-def loopback_allowed(allowed: list[str] | None) -> bool:
-    if not allowed:
-        return True
-    loopback = ipaddress.ip_address("127.0.0.1")
-    return any(loopback in ipaddress.ip_network(net) for net in allowlist_networks(allowed))
-
-
 def write_hba(inst: Instance, allowed: list[str] | None) -> bool:
     """Write pg_hba.conf and pg_ident.conf. Returns True when pg_hba.conf changed."""
-    pooler = []
-    if not loopback_allowed(allowed):
-        # The pooler's own way in; without its certificate a loopback client is refused.
-        pooler = ["hostssl all all 127.0.0.1/32 scram-sha-256 clientcert=verify-ca"]
     hba = "\n".join([
         "# written by casera.localcloud.neon from the project's IP allowlist",
         "local all postgres peer map=admin",
         "local replication postgres peer map=admin",
-        *pooler,
+        # The pooler's way in: the Unix socket, plain text behind the pooler's TLS. Only
+        # postgres (and root) can enter the socket directory, and SCRAM still applies.
+        "local all all scram-sha-256",
         *hba_client_lines(allowed),
     ]) + "\n"
     ident = "admin root postgres\nadmin postgres postgres\n"

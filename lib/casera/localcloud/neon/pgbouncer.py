@@ -6,9 +6,10 @@ verifier copied from ``pg_authid`` into ``auth_file``. Because the client authen
 SCRAM against that very verifier, PgBouncer can log in to the compute with it (SCRAM
 pass-through) and no plaintext password is ever stored.
 
-PgBouncer reaches its compute over TLS too (``server_tls_sslmode=verify-full`` against the
-local CA) and shows the poolers' client certificate, which is what lets it in from 127.0.0.1
-when the allowlist leaves loopback out (see ``cluster``).
+TLS ends here, as at Neon's proxy: PgBouncer reaches its compute in plain text over the
+compute's Unix socket (``server_tls_sslmode=disable``), so on the compute ``pg_stat_ssl`` says
+"no TLS" for pooled sessions, as it would behind Neon's pooler. Clients prove TLS from their
+own side (``casera.steps.database.verify_database``).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from casera.localcloud.neon.cluster import (
     scram_verifier,
 )
 from casera.localcloud.neon.config import PGBOUNCER, NeonConfig
-from casera.localcloud.neon.tls import pooler_files, server_files
+from casera.localcloud.neon.tls import server_files
 from casera.progress import wait_for
 
 
@@ -54,11 +55,10 @@ class Pooler:
 
 
 def render_ini(p: Pooler, cfg: NeonConfig, listen: list[str]) -> str:
-    crt, key, ca = server_files(cfg)
-    client_crt, client_key = pooler_files(cfg)
+    crt, key, _ca = server_files(cfg)
     return f"""; written by casera.localcloud.neon; edits are overwritten by `casera local up`
 [databases]
-* = host=127.0.0.1 port={p.compute.port}
+* = host={p.compute.socket_dir} port={p.compute.port}
 
 [pgbouncer]
 listen_addr = {",".join(listen)}
@@ -75,10 +75,9 @@ auth_file = {p.conf_dir / "userlist.txt"}
 client_tls_sslmode = require
 client_tls_cert_file = {crt}
 client_tls_key_file = {key}
-server_tls_sslmode = verify-full
-server_tls_ca_file = {ca}
-server_tls_cert_file = {client_crt}
-server_tls_key_file = {client_key}
+; PgBouncer's default, TLSv1.2 and 1.3 only, written out because verify_database checks it
+client_tls_protocols = secure
+server_tls_sslmode = disable
 ; drivers send these at startup; Neon's pooler accepts them too
 ignore_startup_parameters = extra_float_digits,options,search_path
 """

@@ -32,6 +32,7 @@ from casera.localcloud.neon.config import (
     PLANS,
     PROJECT_ID,
     RETENTION_DEFAULT,
+    RETENTION_MAX,
     ROLE,
     NeonConfig,
     load_config,
@@ -69,6 +70,39 @@ def new_project(plan: str) -> dict[str, Any]:
         "created_at": stamp,
         "updated_at": stamp,
     }
+
+
+def change_plan(st: state.State, plan: str) -> list[str]:
+    """Move the emulated account to ``plan``; what changed (nothing when already on it).
+
+    Refused (``ApiError`` 400 from the API, ``CaseraError`` from ``up``) while the project uses
+    what the new plan lacks: an IP allowlist on a plan without IP Allow, or a history window
+    over its maximum. Neon does not publish what a downgrade does to them, and silently
+    keeping or dropping either would leave the local cloud unlike anything real; clearing
+    them first is the honest order, and it is what leaves a test's cloud as it found it.
+    """
+    if plan not in PLANS:
+        raise PlanRefused(f"plan must be one of {', '.join(PLANS)}, not {plan!r}")
+    project = st["project"]
+    if project["plan"] == plan:
+        return []
+    ips = project["settings"]["allowed_ips"].get("ips") or []
+    if plan != "scale" and ips:
+        raise PlanRefused(f"the project has an IP allowlist ({len(ips)} entries) and the "
+                          f"{plan} plan has no IP Allow: clear it first (PATCH the project "
+                          "with settings.allowed_ips.ips = [])")
+    retention = project["history_retention_seconds"]
+    if retention > RETENTION_MAX[plan]:
+        raise PlanRefused(f"history_retention_seconds is {retention}, over the {plan} plan's "
+                          f"{RETENTION_MAX[plan]}: lower it first")
+    old = project["plan"]
+    project["plan"] = plan
+    project["updated_at"] = state.now_iso()
+    return [f"project {PROJECT_ID} moved from the {old} to the {plan} plan"]
+
+
+class PlanRefused(CaseraError):
+    """A plan change the project's settings do not allow (see :func:`change_plan`)."""
 
 
 def main_branch_record() -> dict[str, Any]:
@@ -315,7 +349,8 @@ def up(plan: str | None = None) -> list[str]:
     Launch, as the seed's, and an existing one keeps its plan."""
     plan = plan or os.environ.get("CASERA_NEON_PLAN") or None
     if plan is not None and plan not in PLANS:
-        raise CaseraError(f"plan must be one of {', '.join(PLANS)}, not {plan!r}")
+        raise CaseraError(f"plan must be one of {', '.join(PLANS)} (CASERA_NEON_PLAN), "
+                          f"not {plan!r}")
     started = time.monotonic()
     cfg = load_config()
     lines = cluster.ensure_packages()
@@ -339,9 +374,8 @@ def up(plan: str | None = None) -> list[str]:
             st["project"] = new_project(plan or "launch")
             st["branches"][MAIN_BRANCH_ID] = main_branch_record()
             lines.append(f"created project {PROJECT_ID} on the {st['project']['plan']} plan")
-        elif plan and st["project"]["plan"] != plan:
-            st["project"]["plan"] = plan
-            lines.append(f"project {PROJECT_ID} moved to the {plan} plan")
+        elif plan:
+            lines += change_plan(st, plan)
         st["api_key_sha256"] = api_key_hash(api_key)
         snapshot = {"project": st["project"], "branches": dict(st["branches"])}
 

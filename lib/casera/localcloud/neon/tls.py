@@ -2,8 +2,9 @@
 
 One server certificate serves the direct endpoints, the poolers and every branch: its SANs
 carry the loopback and bridge addresses and a wildcard for the ``*.local.neon`` endpoint
-names, so ``verify-full`` works whichever endpoint a client names. A second, client
-certificate identifies the poolers to their computes (see ``cluster.write_hba``).
+names, so ``verify-full`` works whichever endpoint a client names. (The poolers reach their
+computes over a Unix socket and need no certificate of their own; a ``pooler.crt`` left by an
+older version is unused.)
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import subprocess
 from pathlib import Path
 
 from casera.localcloud.neon.config import BRIDGE_GATEWAY, DOMAIN, MAIN_ENDPOINT_ID, NeonConfig
-
-POOLER_CN = "casera-local-pooler"
 
 
 def _openssl(*args: str) -> None:
@@ -69,14 +68,11 @@ def ensure_tls(cfg: NeonConfig, owner: str = "postgres") -> list[str]:
     if _leaf(cfg, "server", f"{MAIN_ENDPOINT_ID}.{DOMAIN}",
              usage + f"extendedKeyUsage=serverAuth\nsubjectAltName={','.join(server_names())}\n"):
         done.append(f"made server certificate {d / 'server.crt'}")
-    if _leaf(cfg, "pooler", POOLER_CN, usage + "extendedKeyUsage=clientAuth\n"):
-        done.append(f"made the poolers' client certificate {d / 'pooler.crt'}")
-    for stem in ("server", "pooler"):
-        # PostgreSQL and PgBouncer refuse a key readable by others or owned by another user.
-        key = d / f"{stem}.key"
-        shutil.chown(key, owner, owner)
-        os.chmod(key, 0o600)
-        os.chmod(d / f"{stem}.crt", 0o644)
+    # PostgreSQL and PgBouncer refuse a key readable by others or owned by another user.
+    key = d / "server.key"
+    shutil.chown(key, owner, owner)
+    os.chmod(key, 0o600)
+    os.chmod(d / "server.crt", 0o644)
     os.chmod(ca_crt, 0o644)
     return done
 
@@ -84,8 +80,3 @@ def ensure_tls(cfg: NeonConfig, owner: str = "postgres") -> list[str]:
 def server_files(cfg: NeonConfig) -> tuple[Path, Path, Path]:
     d = cfg.tls_dir
     return d / "server.crt", d / "server.key", cfg.ca_file
-
-
-def pooler_files(cfg: NeonConfig) -> tuple[Path, Path]:
-    d = cfg.tls_dir
-    return d / "pooler.crt", d / "pooler.key"
