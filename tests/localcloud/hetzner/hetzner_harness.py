@@ -1,7 +1,7 @@
 """Test harness for the Hetzner emulator: an emulator on a free port with a temporary state
 dir and the fake node backend, driven through the real hcloud client, and a checker of its
-answers against the OpenAPI spec (data/hcloud-openapi.json, a copy of openapi/hcloud.json
-from the public repo MaximilianKoestler/hcloud-openapi).
+answers against the OpenAPI spec (the emulator's package data, validation.SPEC_FILE, a copy
+of openapi/hcloud.json from the public repo MaximilianKoestler/hcloud-openapi).
 
 A module with a unique name rather than conftest.py, so that ``import`` cannot pick up
 another directory's conftest.
@@ -9,7 +9,6 @@ another directory's conftest.
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -21,11 +20,11 @@ import requests
 from hcloud import Client
 from openapi_schema_validator import OAS30Validator
 
+from casera.localcloud.hetzner import validation
 from casera.localcloud.hetzner.app import Emulator
 from casera.localcloud.hetzner.fake_backend import FakeNodeBackend
 from casera.localcloud.hetzner.server import EmulatorHTTPServer, create_app
 
-SPEC_FILE = Path(__file__).parent / "data" / "hcloud-openapi.json"
 TOKEN = "test-token-0123456789"
 
 
@@ -50,7 +49,7 @@ def _nullable_refs(node: Any) -> Any:
 
 @cache
 def _spec() -> dict[str, Any]:
-    return _nullable_refs(json.loads(SPEC_FILE.read_text()))
+    return _nullable_refs(validation.spec())
 
 
 # Where hcloud 2.27 (the client the runbooks use) expects more than the spec copy says.

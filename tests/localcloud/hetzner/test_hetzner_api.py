@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import requests
 from hcloud import APIException
 from hcloud.firewalls.domain import (
     FirewallResource,
@@ -12,8 +13,9 @@ from hcloud.firewalls.domain import (
     FirewallRule,
 )
 from hcloud.images.domain import Image
+from hcloud.locations.domain import Location
 from hcloud.server_types.domain import ServerType
-from hetzner_harness import Running, start, stop_and_check
+from hetzner_harness import TOKEN, Running, start, stop_and_check
 
 from casera.localcloud.hetzner.fake_backend import FakeNodeBackend
 from casera.localcloud.hetzner.labels import matches
@@ -306,18 +308,105 @@ def test_catalog_and_prices(emulator: Running) -> None:
     cx33 = client.server_types.get_by_name("cx33")
     assert (cx33.cores, cx33.memory, cx33.disk) == (4, 8.0, 80)
     prices = {p["location"]: p for p in cx33.prices}
-    assert set(prices) == {"fsn1", "nbg1", "hel1", "ash", "hil"}
-    assert prices["ash"]["price_monthly"]["gross"].startswith("6.59")
+    # Cost-optimised types are EU only, with prices only where they are offered.
+    assert set(prices) == {"fsn1", "nbg1", "hel1"}
+    assert {loc.location.name for loc in cx33.locations} == {"fsn1", "nbg1", "hel1"}
+    assert prices["nbg1"]["price_monthly"] == {"net": "6.4900000000",
+                                               "gross": "7.7231000000000000"}
+    assert prices["nbg1"]["price_hourly"]["net"] == "0.0104000000"
     assert {t.name for t in client.server_types.get_all()} >= {"cx23", "cx33", "cx43"}
+    in_ash = {t.name for t in client.server_types.get_all()
+              if any(loc.location.name == "ash" for loc in t.locations)}
+    assert in_ash == {"ccx13", "ccx23"}
+    ash_dc = client.datacenters.get_by_name("ash-dc1")
+    assert {t.name for t in ash_dc.server_types.available} == {"ccx13", "ccx23"}
     assert client.images.get_by_name_and_architecture("docker-ce", "x86").type == "app"
     assert client.images.get_all(type=["system"])[0].name == "debian-12"
     assert client.locations.get_by_name("hil").network_zone == "us-west"
     lb11 = client.load_balancer_types.get_by_name("lb11")
-    assert lb11.prices[0]["price_monthly"]["gross"].startswith("5.99")
+    assert lb11.prices[0]["price_monthly"]["net"] == "5.3900000000"
     pricing = emulator.raw("GET", "/pricing").json()["pricing"]
+    assert pricing["currency"] == "EUR" and pricing["vat_rate"] == "19.00"
     assert pricing["load_balancer_types"][0]["name"] == "lb11"
-    assert emulator.raw("GET", "/nope").status_code == 404
-    assert emulator.raw("PATCH", "/servers").status_code in (404, 405, 501)
+
+
+def test_a_type_where_it_is_not_offered_is_refused_as_hetzner_does(emulator: Running) -> None:
+    client = emulator.client()
+    with pytest.raises(APIException) as err:
+        client.servers.create(name="us-node", server_type=ServerType(name="cx33"),
+                              image=Image(name="docker-ce"), location=Location(name="ash"))
+    assert (err.value.code, err.value.message) == ("invalid_input",
+                                                   "unsupported location for server type")
+    assert err.value.details == {}
+    assert client.servers.get_all() == [] and emulator.backend.nodes == {}
+    # The same type in an EU location, and a type offered in Ashburn, are fine.
+    create_servers(client, ["eu-node"], {}, location=Location(name="nbg1"))
+    created = client.servers.create(name="us-node", server_type=ServerType(name="ccx13"),
+                                    image=Image(name="docker-ce"), location=Location(name="ash"))
+    created.action.wait_until_finished(max_retries=200)
+    assert client.servers.get_by_name("us-node").location.name == "ash"
+
+
+def test_unknown_paths_and_methods_answer_in_hetzners_shape(emulator: Running) -> None:
+    for method, path in (("GET", "/nope"), ("PATCH", "/servers"), ("DELETE", "/pricing"),
+                         ("OPTIONS", "/servers"), ("FOO", "/servers")):
+        answer = emulator.raw(method, path)
+        assert answer.status_code == 404, (method, path, answer.text)
+        assert answer.headers["Content-Type"] == "application/json"
+        assert answer.json()["error"]["code"] == "not_found", (method, path)
+        assert set(answer.json()["error"]) == {"code", "message", "details"}
+    outside = requests.get(emulator.url.removesuffix("/v1") + "/index.html", timeout=5)
+    assert outside.status_code == 404 and outside.json()["error"]["code"] == "not_found"
+    head = emulator.raw("HEAD", "/nope")
+    assert head.status_code == 404 and head.content == b""
+
+
+@pytest.mark.parametrize(("body", "fields"), [
+    ({"server_type": "cx33", "image": "docker-ce"}, {"name": ["is required"]}),
+    ({}, {"name": ["is required"], "server_type": ["is required"], "image": ["is required"]}),
+    ({"name": 7, "server_type": "cx33", "image": "docker-ce"},
+     {"name": ["must be of type string"]}),
+    ({"name": "n", "server_type": "cx33", "image": "docker-ce", "labels": ["a"]},
+     {"labels": ["must be of type object"]}),
+    ({"name": "n", "server_type": "cx33", "image": "docker-ce", "start_after_create": "yes"},
+     {"start_after_create": ["must be of type boolean"]}),
+    ({"name": "n", "server_type": "cx33", "image": "docker-ce", "firewalls": [{"id": 1}]},
+     {"firewalls.0.firewall": ["is required"]}),
+])
+def test_bodies_the_spec_refuses_are_invalid_input_naming_each_field(
+        emulator: Running, body: dict, fields: dict) -> None:
+    answer = emulator.raw("POST", "/servers", json=body)
+    assert answer.status_code == 400, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "invalid_input"
+    assert {f["name"]: f["messages"] for f in error["details"]["fields"]} == fields
+    assert all(f"'{name}'" in error["message"] for name in fields)
+    assert emulator.backend.nodes == {}
+
+
+def test_bodies_that_are_not_json_objects(emulator: Running) -> None:
+    for raw in (b"{not json", b"[1, 2]", b'"text"'):
+        answer = emulator.raw("POST", "/ssh_keys", data=raw)
+        assert answer.status_code == 400 and answer.json()["error"]["code"] == "json_error"
+    answer = emulator.raw("PUT", "/ssh_keys/1", json={"labels": {"k": 1}})
+    assert answer.status_code == 400
+    assert answer.json()["error"]["details"]["fields"][0]["name"] == "labels.k"
+    bad_length = requests.post(emulator.url + "/ssh_keys", timeout=5, headers={
+        "Authorization": f"Bearer {TOKEN}", "Content-Length": "x"})
+    assert bad_length.status_code == 400  # never a 500 or a dropped connection
+    assert bad_length.json()["error"]["code"] == "invalid_input"
+
+
+def test_ids_where_the_spec_says_id_or_name(emulator: Running) -> None:
+    """hcloud-python sends an id when it has one; the spec's "ID or name" allows it."""
+    client = emulator.client()
+    key = client.ssh_keys.create(name="k", public_key=PUBLIC_KEY)
+    created = client.servers.create(name="by-id", server_type=ServerType(id=105),
+                                    image=Image(id=40093247), ssh_keys=[key],
+                                    location=Location(id=2))
+    created.action.wait_until_finished(max_retries=200)
+    server = client.servers.get_by_name("by-id")
+    assert (server.server_type.name, server.location.name) == ("cx33", "nbg1")
 
 
 def test_bad_input_is_invalid_input(emulator: Running) -> None:
@@ -378,3 +467,30 @@ def test_firewall_changes_reach_a_stopped_node_when_it_starts(emulator: Running)
     assert emulator.backend.calls[-2:] == [("start_node", "sleeper"),
                                            ("apply_firewall", "sleeper")]
     assert [r["port"] for r in emulator.backend.nodes["sleeper"]["firewall"]] == ["22"]
+
+
+def test_faults_reset_in_one_call_and_do_not_survive_a_restart(tmp_path) -> None:
+    running = start(tmp_path / "faulty", FakeNodeBackend())
+    try:
+        running.set_faults(rate_limit_share=1, methods=["POST"], seed=3, action_delay_s=0.2)
+        refused = running.raw("POST", "/ssh_keys", json={"name": "k", "public_key": PUBLIC_KEY})
+        assert refused.status_code == 429
+        reset = running.raw("DELETE", "/_emulator/faults")
+        assert reset.status_code == 200
+        faults = reset.json()["faults"]
+        assert faults == {"rate_limit_share": 0.0, "error_503_share": 0.0, "action_delay_s": 0.0,
+                          "action_fail_share": 0.0, "seed": None, "methods": [],
+                          "injected": 1}
+        made = running.raw("POST", "/ssh_keys", json={"name": "k", "public_key": PUBLIC_KEY})
+        assert made.status_code == 201
+        running.set_faults(error_503_share=1)
+    finally:
+        stop_and_check(running)
+    # Set at run time, kept in memory only: the same state dir starts with every fault off.
+    again = start(tmp_path / "faulty", FakeNodeBackend())
+    try:
+        faults = again.raw("GET", "/_emulator/faults").json()["faults"]
+        assert faults["error_503_share"] == 0 and faults["rate_limit_share"] == 0
+        assert again.raw("GET", "/ssh_keys").json()["ssh_keys"][0]["name"] == "k"
+    finally:
+        stop_and_check(again)

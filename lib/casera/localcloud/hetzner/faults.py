@@ -2,7 +2,10 @@
 
 Set from (later wins): ``<state dir>/faults.json``, the environment variable
 ``CASERA_HETZNER_FAULTS`` (JSON, or the path of a JSON file), and at run time
-``POST /v1/_emulator/faults`` with the same keys. An injected rate limit or 503 is decided
+``POST /v1/_emulator/faults`` with the same keys. ``DELETE /v1/_emulator/faults`` turns
+every fault off again (a test suite's teardown calls it). What is set at run time lives only
+in memory: a restarted emulator reads faults.json and the environment variable again, so
+only faults configured on purpose survive a restart. An injected rate limit or 503 is decided
 before the request touches any state: hcloud-python replays POSTs that got
 ``rate_limit_exceeded``, and the replay must not find a half-made server.
 """
@@ -75,6 +78,14 @@ class Faults:
             self.settings = settings
             if "seed" in values:
                 self._random = random.Random(settings.seed)
+            return asdict(self.settings)
+
+    def reset(self) -> dict[str, Any]:
+        """Every fault off and a fresh random stream; the count of injected errors stays, as
+        it counts since the emulator started."""
+        with self._lock:
+            self.settings = FaultSettings(injected=self.settings.injected)
+            self._random = random.Random(None)
             return asdict(self.settings)
 
     def as_dict(self) -> dict[str, Any]:

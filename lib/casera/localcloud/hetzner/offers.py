@@ -17,7 +17,11 @@ def _list_and_get(key: str, singular: str, items: Callable[[], list[dict[str, An
         result = filtered(req, items())
         if key == "images":
             result = _filter_images(req, result)
-        return 200, page(req, key, result)
+        body = page(req, key, result)
+        if key == "datacenters":
+            # The spec's list answer names the datacenter Hetzner recommends; here the first.
+            body["recommendation"] = items()[0]["id"]
+        return 200, body
 
     def get_item(app: Emulator, req: ApiRequest) -> Response:
         ident = req.path_params["id"]

@@ -37,6 +37,7 @@ from casera.localcloud.hetzner.errors import ApiError
 from casera.localcloud.hetzner.faults import Faults
 from casera.localcloud.hetzner.lb_proxy import LoadBalancerProxies
 from casera.localcloud.hetzner.store import Store
+from casera.localcloud.hetzner.validation import validate_body
 
 log = logging.getLogger(__name__)
 BASE_PATH = "/v1"
@@ -48,6 +49,8 @@ ResponseHook = Callable[[str, str | None, int, dict[str, Any] | None], None]
 def _faults(app: Emulator, req: ApiRequest) -> Response:
     if req.method == "POST":
         return 200, {"faults": app.faults.update(req.body)}
+    if req.method == "DELETE":
+        return 200, {"faults": app.faults.reset()}
     return 200, {"faults": app.faults.as_dict()}
 
 
@@ -105,6 +108,7 @@ ROUTES: list[tuple[str, str, Handler]] = [
     # The emulator's own endpoints (not Hetzner's): fault injection for tests.
     ("GET", "/_emulator/faults", _faults),
     ("POST", "/_emulator/faults", _faults),
+    ("DELETE", "/_emulator/faults", _faults),
 ]
 _ADMIN_PREFIX = "/_emulator/"
 
@@ -127,7 +131,10 @@ def route(method: str, path: str) -> tuple[str, Handler, dict[str, str]]:
                 return template, handler, m.groupdict()
             path_exists = True
     if path_exists:
-        raise ApiError("method_not_allowed", f"{method} is not allowed on {path}")
+        # Hetzner's documented codes (docs.hetzner.cloud "Errors"; the list in hcloud-go
+        # hcloud/error.go) have no method_not_allowed, so a route without this method is
+        # answered as a route that does not exist.
+        raise ApiError("not_found", f"{method} {path} is not an endpoint of this API")
     raise ApiError("not_found", f"no such endpoint: {path}")
 
 
@@ -164,14 +171,36 @@ class _RequestHandler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:  # noqa: N802
         self._dispatch("DELETE")
 
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._dispatch("PATCH")
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._dispatch("HEAD")
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self._dispatch("OPTIONS")
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """What BaseHTTPRequestHandler answers by itself (an unknown method, a malformed
+        request line) in Hetzner's JSON error shape instead of its HTML page."""
+        self.close_connection = True
+        error_code = {404: "not_found", 501: "not_found"}.get(code, "invalid_input")
+        status = 404 if code == 501 else code
+        body = ApiError(error_code, message or explain or "bad request", status=status).body()
+        try:
+            self._answer(status, body)
+        except OSError:
+            pass  # the client is gone; nothing to answer
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
         log.debug("%s " + format, self.address_string(), *args)
 
     def _dispatch(self, method: str) -> None:
         url = urlsplit(self.path)
         template: str | None = None
-        raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
         try:
+            raw = self._body()
             if not url.path.startswith(BASE_PATH + "/"):
                 raise ApiError("not_found", f"no such endpoint: {url.path}")
             self._authenticate()
@@ -179,7 +208,10 @@ class _RequestHandler(BaseHTTPRequestHandler):
             template, handler, params = route(method, path)
             if not path.startswith(_ADMIN_PREFIX):
                 self.server.app.faults.check_request(method)  # before any state is touched
-            req = ApiRequest(method, params, parse_qs(url.query), self._json(raw))
+            body = self._json(raw)
+            if not path.startswith(_ADMIN_PREFIX):
+                validate_body(method, template, body)
+            req = ApiRequest(method, params, parse_qs(url.query), body)
             status, body = handler(self.server.app, req)
         except ApiError as exc:
             status, body = exc.status, exc.body()
@@ -191,6 +223,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
             log.info("%s %s -> %d", method, url.path, status)
         if self.server.on_response:
             self.server.on_response(method, template, status, body)
+
+    def _body(self) -> bytes:
+        length = self.headers.get("Content-Length") or "0"
+        if not length.isdigit():
+            self.close_connection = True  # the rest of the stream cannot be framed
+            raise ApiError("invalid_input", f"Content-Length {length!r} is not a number")
+        return self.rfile.read(int(length))
 
     def _authenticate(self) -> None:
         header = self.headers.get("Authorization", "")
@@ -219,7 +258,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(data)
+        if getattr(self, "command", None) != "HEAD":  # HEAD: the headers only (RFC 9110)
+            self.wfile.write(data)
 
 
 def create_app(state_dir: Path | None, nodes: NodeBackend,

@@ -74,12 +74,18 @@ def _validate_create(app: Emulator, body: dict[str, Any]) -> dict[str, Any]:
     start = body.get("start_after_create", True)
     if not isinstance(start, bool):
         raise invalid_field("start_after_create", "must be a boolean")
+    server_type = _lookup(catalog.SERVER_TYPES, require(body, "server_type", (str, int)),
+                          "server_type")
+    location = _lookup(catalog.LOCATIONS, location_ref, "location")
+    if location["name"] not in {loc["name"] for loc in server_type["locations"]}:
+        # Hetzner's own answer, code and message as real clients have logged it (see
+        # catalog.py): no field named, empty details.
+        raise ApiError("invalid_input", "unsupported location for server type")
     return {
         "name": name,
-        "server_type": _lookup(catalog.SERVER_TYPES, require(body, "server_type", (str, int)),
-                               "server_type"),
+        "server_type": server_type,
         "image": _lookup(catalog.IMAGES, require(body, "image", (str, int)), "image"),
-        "location": _lookup(catalog.LOCATIONS, location_ref, "location"),
+        "location": location,
         "ssh_keys": resolve_ssh_keys(app, body.get("ssh_keys") or []),
         "firewall_ids": [app.store.get("firewalls", (f or {}).get("firewall"))["id"]
                          for f in body.get("firewalls") or []],

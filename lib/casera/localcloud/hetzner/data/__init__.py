@@ -1,0 +1,1 @@
+"""Package data: the Hetzner Cloud OpenAPI copy the emulator validates requests against."""
