@@ -100,9 +100,13 @@ def test_services_are_placed_updated_and_checked_as_the_seed_says(make):
     assert dozzle["deploy"]["placement"]["constraints"] == ["node.role == manager"]
     assert "/var/run/docker.sock:/var/run/docker.sock" in dozzle["volumes"]
     assert [name for name, svc in services.items() if "ports" in svc] == ["api"]
+    # A host-mode port is held by one task per node: a start-first api update would hang.
+    host_mode = services["api"]["ports"][0]["mode"] == "host"
     for name in ("api", "worker", "admin"):
         deploy = services[name]["deploy"]
-        assert deploy["update_config"]["order"] == "start-first"
+        order = "stop-first" if name == "api" and host_mode else "start-first"
+        assert deploy["update_config"]["order"] == order, name
+        assert deploy["rollback_config"]["order"] == order, name
         assert deploy["update_config"]["failure_action"] == "rollback"
         assert deploy["rollback_config"]["parallelism"] == 1
         assert services[name]["networks"] == ["casera"]

@@ -151,6 +151,8 @@ def render_stack(settings: StackSettings) -> str:
         "endpoint_mode": json.dumps(network["endpoint_mode"]),
         "api_publish_mode": json.dumps(network["api_publish_mode"]),
         "api_published_port": json.dumps(int(network["api_published_port"])),
+        "api_update_order": json.dumps("start-first" if network["api_publish_mode"] == "ingress"
+                                       else "stop-first"),
         "dozzle_port": str(DOZZLE_PORT),
         **_notes(network),
     }
