@@ -1,13 +1,23 @@
 # casera-runbooks. `make demo` and `make test` do all set-up on a fresh Debian 12 machine (root).
 SHELL := /bin/bash
-PYTHON ?= python3
-# Debian packages the runbooks, the local cloud and the tests use.
+# The interpreter that creates the project's virtual environment. Debian's own python3 is the
+# default (what operators have); it refuses `pip install` outside a venv (PEP 668), so every
+# Python package goes into .venv and every target below runs the venv's binaries.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) python3)
+VENV := .venv
+VPY := $(VENV)/bin/python
+VBIN := $(VENV)/bin
+# Debian packages the runbooks, the local cloud and the tests use (python3-venv: Debian's
+# python3 cannot make a venv without it).
 DEBS := docker.io debootstrap postgresql-15 pgbouncer redis-server openssh-client \
-        openssh-server iptables iproute2 docker-registry openssl git ca-certificates
+        openssh-server iptables iproute2 docker-registry openssl git ca-certificates \
+        python3-venv
 
 .PHONY: install demo test test-quick nbval lint local-up local-down bench
 
-install: .make/debs .make/python
+PYSTAMP := .make/python$(subst /,_,$(PYTHON))
+
+install: .make/debs $(PYSTAMP)
 
 .make/debs: Makefile
 	@mkdir -p .make
@@ -18,42 +28,52 @@ install: .make/debs .make/python
 	fi
 	@touch $@
 
-.make/python: pyproject.toml
+# The venv is remade when it was made by another interpreter (make PYTHON=... switches it).
+$(PYSTAMP): pyproject.toml .make/debs
 	@mkdir -p .make
-	$(PYTHON) -m pip install -q --disable-pip-version-check -e '.[dev]'
-	@touch $@
+	@want=$$($(PYTHON) -c 'import sys; print(sys.base_prefix)'); \
+	have=$$($(VPY) -c 'import sys; print(sys.base_prefix)' 2>/dev/null || true); \
+	if [ "$$want" != "$$have" ]; then \
+	  echo "creating $(VENV) with $(PYTHON) ($$want)"; rm -rf $(VENV); $(PYTHON) -m venv $(VENV); \
+	fi
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@rm -f .make/python*; touch $@
 
 # The main job on the embedded default: the local cloud, then the bootstrap runbook on it.
 demo: install
-	casera local up
-	casera run bootstrap --env local
-	@casera runs --env local | tail -n 3
+	$(VBIN)/casera local up
+	$(VBIN)/casera run bootstrap --env local
+	@$(VBIN)/casera runs --env local | tail -n 3
 
 # Everything CI runs: lint, library tests, the local cloud's parts (each starts what it
 # needs), the bootstrap end to end on a fresh local cloud, then nbval over every runbook
 # against that cloud (already converged, so quick). The order is deliberate: the end-to-end
 # tests leave the local cloud bootstrapped for nbval.
-PYTEST := $(PYTHON) -m pytest -q -rs -p no:cacheprovider
+PYTEST := $(VPY) -m pytest -q -rs -p no:cacheprovider
 test: install
-	ruff check lib tests runbooks scripts
+	$(VBIN)/ruff check lib tests runbooks scripts
 	@# Start from an empty local cloud: what an earlier session left must not change results.
-	$(PYTHON) -m casera.runner.cli local down
+	$(VBIN)/casera local down
 	$(PYTEST) tests --ignore=tests/e2e
 	$(PYTEST) tests/e2e
 	$(PYTEST) --nbval-lax runbooks
 
 # The inner loop: no local cloud, no kernels.
 test-quick: install
-	$(PYTHON) -m pytest -q -m "not localcloud and not slow" tests
+	$(PYTEST) -m "not localcloud and not slow" tests
 
 nbval: install
-	$(PYTHON) -m pytest -q --nbval-lax runbooks
+	$(PYTEST) --nbval-lax runbooks
 
 lint: install
-	ruff check lib tests runbooks
+	$(VBIN)/ruff check lib tests runbooks scripts
 
 local-up: install
-	casera local up
+	$(VBIN)/casera local up
 
-local-down:
-	casera local down
+local-down: install
+	$(VBIN)/casera local down
+
+bench: install
+	$(VPY) scripts/bench_local_up.py
+	$(VPY) scripts/bench_bootstrap.py
