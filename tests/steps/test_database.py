@@ -1,13 +1,14 @@
 """Neon steps against a private local Neon: real PostgreSQL with TLS and SCRAM behind real
 PgBouncer, and the Neon API emulator, on both the Launch and the Scale plan.
 
-That the allowlist really refuses a removed address is tested in tests/localcloud/neon; here
-the steps' decisions and the API state they leave are checked.
+On Scale the allowlist is exercised end to end: a client in a network namespace (an address
+of its own, outside the list) is refused, the operator's own connection is not.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import shutil
 import tempfile
@@ -17,23 +18,34 @@ import pytest
 from steps_harness import applied, local_neon, make_ctx
 
 from casera.errors import ApprovalRefused, StepFailed
+from casera.result import StepResult
 from casera.steps import database
 
 pytestmark = pytest.mark.localcloud
 
 NODES = ["10.77.0.11", "10.77.0.12", "10.77.0.13"]
-# The host reaches the local Neon over loopback: that is the operator's address here.
-OPERATOR = {"ssh.operator_cidrs": ["127.0.0.1/32"]}
+# params/local.yaml: the host's address on the node bridge, what the NODES see for SSH. The
+# operator's connections to the local Neon come from 127.0.0.1 (neon.hostaddr is loopback).
+SSH_OPERATOR = "10.77.0.1/32"
 
 
 @pytest.fixture(scope="module")
 def cloud():
     if os.geteuid() != 0:
         pytest.skip("the local Neon runs PostgreSQL as the postgres user: needs root")
+    if not shutil.which("nsenter"):
+        pytest.skip("nsenter is needed for the client outside the allowlist")
+    from casera.localcloud import neon
+    from casera.localcloud.neon.netns import namespace
+
     root = Path(tempfile.mkdtemp(prefix="casera-steps-neon-", dir="/tmp"))
     try:
-        with local_neon(root) as neon_env:
-            yield neon_env
+        with local_neon(root) as neon_env, namespace(f"s{os.getpid()}") as ns:
+            # The local Neon also listens on the namespace's host end, so the outsider
+            # reaches the pooler and the direct endpoint over the network.
+            with applied({**neon_env["environ"], "CASERA_NEON_LISTEN_EXTRA": ns.host_ip}):
+                neon.up()
+            yield {**neon_env, "netns": ns}
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -42,15 +54,24 @@ def ctx_for(cloud, extra=None, **kw):
     return make_ctx({**cloud["overrides"], **(extra or {})}, cloud["secrets"], **kw)
 
 
+def outcome(step, *args, **kwargs) -> StepResult:
+    """The step's result, red or green: a red check may raise (with the result attached)
+    once steps fail structurally; the test reads the result either way."""
+    try:
+        return step(*args, **kwargs)
+    except StepFailed as exc:
+        result = getattr(exc, "result", None)
+        if not isinstance(result, StepResult):
+            raise
+        return result
+
+
 def project(cloud) -> dict:
     return database.neon_client(ctx_for(cloud)).get_project("casera-local")
 
 
 def set_plan(cloud, plan: str) -> None:
-    from casera.localcloud import neon
-
-    with applied(cloud["environ"]):
-        neon.up(plan=plan)
+    database.neon_client(ctx_for(cloud)).request("POST", "/_emulator/plan", json={"plan": plan})
 
 
 def needing_approval(ctx):
@@ -89,6 +110,7 @@ def test_launch_has_no_allowlist_and_says_what_protects_instead(cloud):
     result = database.ensure_ip_allowlist(ctx_for(cloud), NODES)
     assert result.changed == 0 and result.ok, result
     (check,) = result.checks
+    assert check.name == "no IP allowlist on this plan"
     assert "Scale-plan feature" in check.detail and "Launch" in check.detail
     for words in ("TLS", "SCRAM", "Docker secret", "-pooler"):
         assert words in check.detail
@@ -97,21 +119,57 @@ def test_launch_has_no_allowlist_and_says_what_protects_instead(cloud):
     assert database.verify_restore_window(ctx_for(cloud)).ok
 
 
-def test_verify_database_through_the_pooler(cloud):
+def test_verify_database_proves_tls_from_the_client_side(cloud):
     result = database.verify_database(ctx_for(cloud))
     assert result.ok, result
     checks = {c.name: c.detail for c in result.checks}
     assert checks["server version"].startswith("PostgreSQL 15")
-    assert checks["TLS to the pooler"].startswith("encrypted; certificate verified")
-    assert checks["TLS behind the pooler (pg_stat_ssl)"].startswith("TLS")
-    assert "SSL required" in checks["plaintext refused"] or \
-        "no encryption" in checks["plaintext refused"]
+    # The client's own TLS session: protocol and cipher, and the CA check sslrootcert gives.
+    tls = checks["TLS to the pooler"]
+    assert tls.split()[0] in ("TLSv1.2", "TLSv1.3"), tls
+    assert "certificate verified against" in tls, tls
+    assert "SSL required" in checks["plaintext refused"], checks
+    # No server-side pg_stat_ssl check: behind the pooler (Neon's or the local one) it
+    # describes the pooler's own, plain, link.
+    assert not any("pg_stat_ssl" in name for name in checks)
     assert cloud["secrets"]["CASERA_DB_PASSWORD"] not in str(result)
+
+
+def test_the_pooler_really_ends_tls_so_pg_stat_ssl_would_have_been_red(cloud):
+    from casera.providers import postgres
+
+    ctx = ctx_for(cloud)
+    n = ctx.params.neon
+    with postgres.connect(n.pooler_host, n.pooler_port, n.database, n.role,
+                          ctx.secrets.get("db_password"), n.sslmode, n.sslrootcert,
+                          n.hostaddr) as conn:
+        assert conn.pgconn.ssl_in_use
+        row = conn.execute("select ssl from pg_stat_ssl where pid = pg_backend_pid()"
+                           ).fetchone()
+    assert row == (False,)
+
+
+def test_verify_database_is_red_when_plaintext_fails_for_another_reason(cloud, monkeypatch):
+    # A plain attempt that fails without the server's refusal (here: nothing listens)
+    # proves nothing about TLS, so the check must not turn green on it.
+    from casera.providers import postgres
+
+    real = postgres.connect
+
+    def plain_to_nowhere(host, port, *args, **kwargs):
+        if args[3] == "disable":  # (dbname, user, password, sslmode, ...)
+            return real(host, 1, *args, **kwargs)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(postgres, "connect", plain_to_nowhere)
+    result = outcome(database.verify_database, ctx_for(cloud))
+    plain = next(c for c in result.checks if c.name == "plaintext refused")
+    assert not plain.ok and "not with a plain-text refusal" in plain.detail, plain
 
 
 def test_verify_database_reports_a_wrong_password(cloud):
     secrets = {**cloud["secrets"], "CASERA_DB_PASSWORD": "not-the-password"}
-    result = database.verify_database(make_ctx(cloud["overrides"], secrets))
+    result = outcome(database.verify_database, make_ctx(cloud["overrides"], secrets))
     assert not result.ok
     assert "authentication failed" in result.checks[0].detail
     assert "db_password" in result.checks[0].detail
@@ -127,43 +185,92 @@ def scale(cloud):
     try:
         yield cloud
     finally:
+        # What Launch lacks goes first, or the emulator refuses the move (as it should).
         database.neon_client(ctx_for(cloud)).update_project(
-            "casera-local", {"settings": {"allowed_ips": {"ips": []}}})
+            "casera-local", {"settings": {"allowed_ips": {"ips": []}},
+                             "history_retention_seconds": 7 * 86400})
         set_plan(cloud, "launch")
 
 
-def test_scale_allowlist_is_nodes_plus_operators(scale):
-    dry = database.ensure_ip_allowlist(ctx_for(scale, OPERATOR, dry_run=True), NODES)
-    assert dry.changed == 4
-    assert "+ 127.0.0.1/32 (operator)" in dry.diff
+def test_scale_allowlist_is_exactly_nodes_plus_the_operators_real_address(scale):
+    ns = scale["netns"]
+    overrides = scale["overrides"]
+    outsider = {"pooler": {"host": ns.host_ip, "port": overrides["neon.pooler_port"]},
+                "direct": {"host": ns.host_ip, "port": overrides["neon.direct_port"]}}
+    login = {"user": "casera", "password": scale["secrets"]["CASERA_DB_PASSWORD"],
+             "dbname": "casera", "sslmode": "require"}
+    # Before: an empty list lets everyone in, the outsider too (so a refusal later is the
+    # allowlist's doing, not the network's).
+    for name, where in outsider.items():
+        ok, detail = ns.run_client({**where, **login})
+        assert ok, f"{name}: {detail}"
+
+    dry = database.ensure_ip_allowlist(ctx_for(scale, dry_run=True), NODES)
+    assert dry.changed == 4, dry
+    assert any(d.startswith("+ 127.0.0.1/32 (operator: this machine's source address "
+                            "toward 127.0.0.1") for d in dry.diff), dry.diff
     assert project(scale)["settings"]["allowed_ips"]["ips"] == []
 
-    first = database.ensure_ip_allowlist(ctx_for(scale, OPERATOR), NODES)
+    first = database.ensure_ip_allowlist(ctx_for(scale), NODES)
     assert first.changed == 4 and first.ok, first
-    assert sorted(project(scale)["settings"]["allowed_ips"]["ips"]) == sorted(
-        [f"{ip}/32" for ip in NODES] + ["127.0.0.1/32"])
-    # The operator's own connection still works: that is why its CIDR is on the list.
-    assert database.verify_database(ctx_for(scale, OPERATOR)).ok
+    assert [d.split(" (")[0] for d in first.diff] == [d.split(" (")[0] for d in dry.diff]
+    listed = project(scale)["settings"]["allowed_ips"]["ips"]
+    assert sorted(listed) == sorted([f"{ip}/32" for ip in NODES] + ["127.0.0.1/32"])
+    # Not ssh.operator_cidrs: that is where SSH to the nodes comes from, not this
+    # machine's connections to Neon.
+    assert SSH_OPERATOR not in listed
+    assert project(scale)["settings"]["allowed_ips"]["protected_branches_only"] is False
 
-    second = database.ensure_ip_allowlist(ctx_for(scale, OPERATOR), NODES)
+    # The operator's own connection works: that is why its address is on the list ...
+    assert database.verify_database(ctx_for(scale)).ok
+    # ... and an address outside it is refused on both endpoints, although the network
+    # path is there (the TCP handshake completes).
+    for name, where in outsider.items():
+        reached, detail = ns.tcp_reaches(where["host"], where["port"])
+        assert reached, f"{name}: {detail}"
+        ok, detail = ns.run_client({**where, **login})
+        assert not ok, f"{name} accepted {ns.client_ip} outside the allowlist: {detail}"
+        assert "pg_hba" in detail or "rejected" in detail, detail
+
+    second = database.ensure_ip_allowlist(ctx_for(scale), NODES)
     assert second.changed == 0 and second.ok, second
-    assert database.verify_ip_allowlist(ctx_for(scale, OPERATOR), NODES).ok
-    assert not database.verify_ip_allowlist(ctx_for(scale, OPERATOR), NODES[:2]).ok
+    assert database.verify_ip_allowlist(ctx_for(scale), NODES).ok
+    assert not outcome(database.verify_ip_allowlist, ctx_for(scale), NODES[:2]).ok
 
     replaced = [*NODES[:2], "10.77.0.14"]
     with pytest.raises(ApprovalRefused):
-        database.ensure_ip_allowlist(needing_approval(ctx_for(scale, OPERATOR)), replaced)
+        database.ensure_ip_allowlist(needing_approval(ctx_for(scale)), replaced)
     assert "10.77.0.13/32" in project(scale)["settings"]["allowed_ips"]["ips"]
-    third = database.ensure_ip_allowlist(ctx_for(scale, OPERATOR), replaced)
+    third = database.ensure_ip_allowlist(ctx_for(scale), replaced)
     assert third.changed == 2 and third.ok, third
     assert third.diff == ["+ 10.77.0.14/32 (node)", "- 10.77.0.13/32"]
 
 
 def test_scale_refuses_an_allowlist_without_nodes(scale):
     with pytest.raises(StepFailed, match="lock the app out"):
-        database.ensure_ip_allowlist(ctx_for(scale, OPERATOR), [])
-    dry = database.ensure_ip_allowlist(ctx_for(scale, OPERATOR, dry_run=True), [])
+        database.ensure_ip_allowlist(ctx_for(scale), [])
+    dry = database.ensure_ip_allowlist(ctx_for(scale, dry_run=True), [])
     assert any("follow once the servers exist" in d for d in dry.diff)
+
+
+def test_launch_with_a_leftover_allowlist_is_red(scale):
+    # Set on Scale, then the account moves to Launch behind the emulator's back (the
+    # emulator itself refuses that order): the step must not call it fine.
+    from casera.localcloud.neon import config, state
+
+    database.neon_client(ctx_for(scale)).update_project(
+        "casera-local", {"settings": {"allowed_ips": {"ips": ["10.77.0.11"]}}})
+    with applied(scale["environ"]):
+        cfg = config.load_config()
+        with state.locked(cfg) as st:
+            st["project"]["plan"] = "launch"
+        try:
+            result = outcome(database.verify_ip_allowlist, ctx_for(scale), NODES)
+        finally:
+            with state.locked(cfg) as st:
+                st["project"]["plan"] = "scale"
+    (check,) = result.checks
+    assert not check.ok and "does not enforce" in check.detail, check
 
 
 def test_scale_restore_window_goes_to_thirty_days(scale):
@@ -173,3 +280,31 @@ def test_scale_restore_window_goes_to_thirty_days(scale):
     # Back on a 7-day params file the window is not shrunk: that would delete history.
     kept = database.ensure_restore_window(ctx_for(scale))
     assert kept.changed == 0 and "not lowered" in kept.reason
+
+
+# ---------------------------------------------------------------- the operator's address
+
+
+def operator_ctx(hostaddr: str, cidrs: list[str]):
+    return make_ctx({"neon.hostaddr": hostaddr, "ssh.operator_cidrs": cidrs}, {})
+
+
+def test_operator_address_toward_a_private_destination_is_the_route_source():
+    found = database.operator_addresses(operator_ctx("127.0.0.1", ["198.51.100.7/32"]))
+    assert [o.network for o in found] == ["127.0.0.1/32"]
+    assert "no NAT in between" in found[0].source
+
+
+@pytest.mark.parametrize(("source", "expected", "words"), [
+    # Behind NAT toward a public Neon: only the declared public egress is honest.
+    ("192.168.1.20", ["198.51.100.7/32", "203.0.113.0/28"], "behind NAT"),
+    # A public source address is what Neon sees.
+    ("8.8.4.4", ["8.8.4.4/32"], "public source address"),
+])
+def test_operator_address_toward_a_public_neon(monkeypatch, source, expected, words):
+    monkeypatch.setattr(database, "_route_source", lambda destination, port: source)
+    found = database.operator_addresses(
+        operator_ctx("1.1.1.1", ["198.51.100.7/32", "203.0.113.0/28"]))
+    assert [o.network for o in found] == expected
+    assert all(words in o.source for o in found)
+    assert all(ipaddress.ip_network(o.network) for o in found)

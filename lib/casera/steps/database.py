@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from casera.gate import confirm
 from casera.progress import wait_for
 from casera.providers import neon, postgres
 from casera.result import StepResult, timed
+from casera.secrets import Secret
 
 DAY = 86400
 
@@ -48,6 +50,15 @@ WHAT_PROTECTS_INSTEAD = (
     "TLS on every connection (plaintext is refused; verify_database checks it), the role's "
     "SCRAM-SHA-256 password kept as a Docker secret and never in params or outputs, and the "
     "app connecting only through the -pooler endpoint")
+# TLS versions accepted from the client's side: PostgreSQL's own floor since 14
+# (ssl_min_protocol_version, https://www.postgresql.org/docs/15/runtime-config-connection.html)
+# and PgBouncer's "secure" client_tls_protocols.
+TLS_PROTOCOLS = ("TLSv1.2", "TLSv1.3")
+# How a server says "plain text refused": Neon's proxy ("connection is insecure (try using
+# `sslmode=require`)", neondatabase/neon proxy/src/proxy.rs ERR_INSECURE_CONNECTION, and
+# https://neon.com/docs/connect/connection-errors), PgBouncer ("SSL required") and PostgreSQL's
+# pg_hba ("... no encryption").
+PLAINTEXT_REFUSALS = ("connection is insecure", "SSL required", "no encryption")
 
 
 def neon_client(ctx: RunContext) -> neon.NeonClient:
@@ -168,15 +179,91 @@ def _allowlist(project: dict[str, Any]) -> tuple[list[str], bool]:
     return list(allowed.get("ips") or []), protected_only
 
 
+@dataclass(frozen=True)
+class OperatorAddress:
+    """One allowlist entry for the operator's own connections, and how it was learned."""
+
+    network: str
+    source: str
+
+
+def _route_source(destination: str, port: int) -> str:
+    """The source address this machine's kernel picks toward ``destination`` (a UDP
+    ``connect`` sends nothing; it only chooses the route)."""
+    family = socket.AF_INET6 if ipaddress.ip_address(destination).version == 6 else \
+        socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((destination, port))
+        return str(probe.getsockname()[0])
+
+
+def _destinations(ctx: RunContext) -> list[tuple[str, int]]:
+    """Where this machine's connections to Neon go: both endpoints (verify_database uses the
+    pooler; migrations and pg_dump the direct host), by ``neon.hostaddr`` when params pin one
+    (the local cloud), else by DNS."""
+    n = ctx.params.neon
+    found: list[tuple[str, int]] = []
+    for host, port in ((n.pooler_host, n.pooler_port), (n.direct_host, n.direct_port)):
+        if n.hostaddr:
+            addresses = [n.hostaddr]
+        else:
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as exc:
+                raise StepFailed(f"cannot resolve neon endpoint {host} ({exc}): the "
+                                 "operator's address toward it cannot be worked out; check "
+                                 "the neon.pooler_host/direct_host params and DNS") from exc
+            addresses = sorted({str(info[4][0]) for info in infos})
+        found += [(a, port) for a in addresses if (a, port) not in found]
+    return found
+
+
+def operator_addresses(ctx: RunContext) -> list[OperatorAddress]:
+    """The addresses the operator's own connections to Neon really come from.
+
+    Toward a private or loopback destination (the local cloud, a private link) nothing
+    rewrites the source, so the address this machine's route picks is exactly what the
+    server sees: locally 127.0.0.1, since ``neon.hostaddr`` is loopback, and NOT
+    ``ssh.operator_cidrs`` (the host's address on the node bridge, what the nodes see).
+    Toward a public destination (real Neon) the same holds when the route's source is itself
+    public. From behind NAT it does not: what Neon sees is the operator's public egress
+    address, which only the operator can declare, and ``ssh.operator_cidrs`` is that
+    declaration (Hetzner's firewall sees the same egress for SSH). Then
+    ``verify_database``, which connects from this machine right after, is what proves the
+    declaration: Neon refuses it with "This IP address X is not allowed to connect to this
+    endpoint" (neondatabase/neon proxy/src/auth/mod.rs), naming the address to declare.
+    """
+    found: dict[str, OperatorAddress] = {}
+    declared = [str(ipaddress.ip_network(c, strict=False)) for c in ctx.params.ssh.operator_cidrs]
+    for destination, port in _destinations(ctx):
+        source = _route_source(destination, port)
+        if not ipaddress.ip_address(destination).is_global:
+            entries = [OperatorAddress(str(ipaddress.ip_network(source)),
+                                       f"this machine's source address toward {destination} "
+                                       "(private destination: no NAT in between)")]
+        elif ipaddress.ip_address(source).is_global:
+            entries = [OperatorAddress(str(ipaddress.ip_network(source)),
+                                       f"this machine's public source address toward "
+                                       f"{destination}")]
+        else:
+            entries = [OperatorAddress(c, f"ssh.operator_cidrs: this machine ({source}) is "
+                                          f"behind NAT toward {destination}, so its public "
+                                          "egress address is the declared one")
+                       for c in declared]
+        for entry in entries:
+            found.setdefault(entry.network, entry)
+    return list(found.values())
+
+
 def ensure_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
     """On a plan with IP Allow: the project's allowlist is exactly the nodes' IPs plus the
-    operators' CIDRs, for every branch. On a plan without it: say so, and what protects the
-    database instead.
+    operator's real source address(es), for every branch. On a plan without it: say so, and
+    what protects the database instead.
 
-    The operators' CIDRs (``ssh.operator_cidrs``, the same people and places that may SSH
-    in) stay on the list because migrations and ``pg_dump`` run from the operator's machine
-    against the direct host, and ``verify_database`` connects from there too. Every branch,
-    not only protected ones: a DR restore branch holds the same data.
+    The operator stays on the list because migrations and ``pg_dump`` run from the
+    operator's machine against the direct host, and ``verify_database`` connects from there
+    too; :func:`operator_addresses` says how that address is learned. Every branch, not
+    only protected ones: a DR restore branch holds the same data.
     """
     p = ctx.params
     with timed(StepResult("neon ip allowlist", p.neon.project_id,
@@ -187,17 +274,18 @@ def ensure_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
         if limits is None:
             return _unknown_plan(result, raw)
         if not limits.ip_allow:
-            _say_no_ip_allow(result, limits, raw)
+            _say_no_ip_allow(result, limits, raw, project)
             return result
         for ip in node_ips:
             ipaddress.ip_address(ip)  # a typo here would lock the app out: fail loudly
-        operators = list(p.ssh.operator_cidrs)
-        wanted = _normalise(node_ips) | _normalise(operators)
+        operators = operator_addresses(ctx)
+        operator_nets = {o.network: o for o in operators}
+        wanted = _normalise(node_ips) | set(operator_nets)
         ips, protected_only = _allowlist(project)
         have = _normalise(ips)
         added, removed = sorted(wanted - have), sorted(have - wanted)
-        result.diff += [f"+ {ip}" + (" (operator)" if ip in _normalise(operators) else
-                                     " (node)") for ip in added]
+        result.diff += [f"+ {ip} " + (f"(operator: {operator_nets[ip].source})"
+                                      if ip in operator_nets else "(node)") for ip in added]
         result.diff += [f"- {ip}" for ip in removed]
         if protected_only:
             result.diff.append("~ applies to every branch, not only protected ones")
@@ -211,7 +299,7 @@ def ensure_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
                              "servers exist, with their IPs")
         if not result.changed:
             result.reason = (f"{len(wanted)} entries: {len(node_ips)} nodes, "
-                             f"{len(operators)} operator CIDR(s)")
+                             f"{len(operators)} operator address(es)")
             return _verify_allowlist(api, ctx, result, wanted)
         if ctx.dry_run:
             return result
@@ -228,29 +316,36 @@ def ensure_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
 
 
 def verify_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
-    """Read-only: on a plan with IP Allow, the allowlist is the nodes plus the operators;
-    on one without, the same plain statement :func:`ensure_ip_allowlist` makes."""
+    """Read-only: on a plan with IP Allow, the allowlist is the nodes plus the operator's
+    address(es); on one without, the same statement :func:`ensure_ip_allowlist` makes."""
     p = ctx.params
     with timed(StepResult("neon ip allowlist", p.neon.project_id,
                           dry_run=ctx.dry_run)) as result:
         api = neon_client(ctx)
-        raw, limits = plan_of(api.get_project(p.neon.project_id), api)
+        project = api.get_project(p.neon.project_id)
+        raw, limits = plan_of(project, api)
         if limits is None:
             return _unknown_plan(result, raw)
         if not limits.ip_allow:
-            _say_no_ip_allow(result, limits, raw)
+            _say_no_ip_allow(result, limits, raw, project)
             return result
-        _verify_allowlist(api, ctx, result,
-                          _normalise(node_ips) | _normalise(list(p.ssh.operator_cidrs)))
+        _verify_allowlist(api, ctx, result, _normalise(node_ips) | {
+            o.network for o in operator_addresses(ctx)})
     return result
 
 
-def _say_no_ip_allow(result: StepResult, limits: PlanLimits, raw: str) -> None:
+def _say_no_ip_allow(result: StepResult, limits: PlanLimits, raw: str,
+                     project: dict[str, Any]) -> None:
+    """The plain statement, as a check that can be red: a plan without IP Allow must not
+    show an allowlist either, since nothing would enforce it (left from a downgrade)."""
+    ips, _ = _allowlist(project)
     result.reason = f"IP Allow is not part of the {limits.title} plan"
-    result.check("IP allowlist", True,
-                 f"not available: IP Allow is a Scale-plan feature and this project is on "
+    result.check("no IP allowlist on this plan", not ips,
+                 f"none: IP Allow is a Scale-plan feature and this project is on "
                  f"{limits.title} ({raw}), which the seed assumed had it. What protects the "
-                 f"database instead: {WHAT_PROTECTS_INSTEAD}")
+                 f"database instead: {WHAT_PROTECTS_INSTEAD}" if not ips else
+                 f"the project lists {len(ips)} allowed address(es) that the {limits.title} "
+                 "plan does not enforce: clear them, or move to Scale")
 
 
 def _verify_allowlist(api: neon.NeonClient, ctx: RunContext, result: StepResult,
@@ -267,8 +362,15 @@ def _verify_allowlist(api: neon.NeonClient, ctx: RunContext, result: StepResult,
 
 
 def verify_database(ctx: RunContext) -> StepResult:
-    """Connect as the app does (the -pooler host, TLS as params say), report the server
-    version and the TLS in use, and check that a plaintext connection is refused."""
+    """Connect as the app does (the -pooler host, TLS as params say) and prove TLS from the
+    client's side: the connection's own TLS session (protocol, cipher), and a plain-text
+    attempt refused.
+
+    Not the server's ``pg_stat_ssl``: Neon ends TLS at its proxy and pooler
+    (neondatabase/neon#3416), so behind them the server sees the proxy's own link and the
+    view says nothing about the client's. The local pooler does the same (plain text to its
+    compute), so a check that would be red on Neon is red here too.
+    """
     n = ctx.params.neon
     target = f"{n.pooler_host}:{n.pooler_port}/{n.database}"
     with timed(StepResult("neon connection", target, dry_run=ctx.dry_run)) as result:
@@ -280,9 +382,10 @@ def verify_database(ctx: RunContext) -> StepResult:
             text = _error_text(exc)
             if "authentication failed" in text:
                 text += f" (is db_password, {ctx.secrets.source('db_password')}, current?)"
-            elif "rejected" in text or "pg_hba" in text:
-                text += (" (the IP allowlist may not hold this machine's address: see "
-                         "ssh.operator_cidrs and ensure_ip_allowlist)")
+            elif any(w in text for w in ("not allowed to connect", "rejected", "pg_hba")):
+                text += (" (the IP allowlist does not hold this machine's address: see "
+                         "operator_addresses in casera.steps.database, and ssh.operator_cidrs "
+                         "when this machine is behind NAT)")
             result.check("connect through the pooler", False, text)
             return result
         with conn:
@@ -291,24 +394,48 @@ def verify_database(ctx: RunContext) -> StepResult:
             version = conn.execute("show server_version").fetchone()
             result.check("server version", version is not None,
                          f"PostgreSQL {version[0] if version else '?'}")
-            in_use = bool(conn.pgconn.ssl_in_use)
-            result.check("TLS to the pooler", in_use,
-                         f"encrypted; {_certificate_words(n.sslmode, n.sslrootcert)}" if in_use
-                         else "NOT encrypted")
-            # Through PgBouncer this row is the pooler's own link to the compute.
-            row = conn.execute("select ssl, version, cipher from pg_stat_ssl "
-                               "where pid = pg_backend_pid()").fetchone()
-            result.check("TLS behind the pooler (pg_stat_ssl)", bool(row and row[0]),
-                         f"{row[1]} {row[2]}" if row and row[0] else "the server sees no TLS")
-        try:
-            plain = postgres.connect(n.pooler_host, n.pooler_port, n.database, n.role,
-                                     password, "disable", None, n.hostaddr)
-        except psycopg.OperationalError as exc:
-            result.check("plaintext refused", True, _error_text(exc))
-        else:
-            plain.close()
-            result.check("plaintext refused", False, "a connection without TLS was ACCEPTED")
+            _check_client_tls(result, conn, n.sslmode, n.sslrootcert)
+        _check_plaintext_refused(result, n.pooler_host, n.pooler_port, n.database, n.role,
+                                 password, n.hostaddr)
     return result
+
+
+def _check_client_tls(result: StepResult, conn: psycopg.Connection, sslmode: str,
+                      sslrootcert: str | None) -> None:
+    in_use = bool(conn.pgconn.ssl_in_use)
+    attrs = postgres.tls_attributes(conn) if in_use else {}
+    if not in_use:
+        result.check("TLS to the pooler", False, "NOT encrypted")
+        return
+    if attrs is None:
+        # PQsslInUse alone: this platform's libpq could not be reached for the details.
+        result.check("TLS to the pooler", in_use,
+                     f"encrypted (protocol not readable on this platform); "
+                     f"{_certificate_words(sslmode, sslrootcert)}")
+        return
+    protocol = attrs.get("protocol", "")
+    result.check("TLS to the pooler", protocol in TLS_PROTOCOLS,
+                 f"{protocol} {attrs.get('cipher', '?')} ({attrs.get('key_bits', '?')}-bit); "
+                 f"{_certificate_words(sslmode, sslrootcert)}" if protocol in TLS_PROTOCOLS
+                 else f"protocol {protocol or 'unknown'}, wanted one of "
+                      f"{', '.join(TLS_PROTOCOLS)}")
+
+
+def _check_plaintext_refused(result: StepResult, host: str, port: int, database: str,
+                             role: str, password: Secret, hostaddr: str | None) -> None:
+    try:
+        plain = postgres.connect(host, port, database, role, password, "disable", None,
+                                 hostaddr)
+    except psycopg.OperationalError as exc:
+        text = _error_text(exc)
+        # The TLS connection just worked, so any other failure (a timeout, a reset) would
+        # prove nothing about plain text: only the server's own refusal counts.
+        refused = any(words in str(exc) for words in PLAINTEXT_REFUSALS)
+        result.check("plaintext refused", refused, text if refused else
+                     f"failed, but not with a plain-text refusal: {text}")
+    else:
+        plain.close()
+        result.check("plaintext refused", False, "a connection without TLS was ACCEPTED")
 
 
 def _certificate_words(sslmode: str, sslrootcert: str | None) -> str:
