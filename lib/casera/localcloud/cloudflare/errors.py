@@ -104,5 +104,12 @@ def validation(code: int, message: str) -> CloudflareApiError:
 
 def dns_validation(message: str) -> CloudflareApiError:
     """Cloudflare's generic wrapper for a DNS record it refuses, used where the specific
-    inner code is not known."""
+    inner code is not known.
+
+    Cloudflare announced that the 1004 wrapper and its ``error_chain`` go away for DNS
+    validation errors, the root cause being returned directly instead
+    (github.com/cloudflare/cloudflare-docs/pull/15317, "Error chains for DNS validation
+    errors"); the rules with a known code (9003, 9004, 9005, 9021, 81053, 81054, 81058)
+    already answer that way here. A client must branch on ``errors[0].code``, which is 1004
+    for the cases left here either way."""
     return CloudflareApiError(400, 1004, "DNS Validation Error", chain=[(1004, message)])
