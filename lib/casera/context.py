@@ -43,6 +43,9 @@ class RunContext:
     run_id: str = "interactive"
     operator: str = "unknown"
     journal: Path | None = None
+    # What earlier steps of a dry run would have made (servers, the firewall), so that later
+    # steps plan against that instead of the empty cloud, and the plan equals the run.
+    planned: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def summary_lines(self) -> list[str]:
         p = self.params

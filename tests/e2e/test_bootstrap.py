@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -51,13 +52,24 @@ def latest_run() -> tuple[Path, dict]:
     return path, json.loads(path.read_text())["metadata"]["casera"]
 
 
+def changes_per_step(meta: dict) -> list[tuple[str, int]]:
+    return [(s["step"], int(s["changed"])) for s in meta["steps"] if s["step"] != "this run"]
+
+
 @pytest.fixture(scope="module", autouse=True)
-def fresh_local_cloud() -> None:
+def fresh_local_cloud() -> Iterator[None]:
     for var in [v for v in os.environ if v.startswith("CASERA_") and v != "CASERA_LOCAL_HOME"]:
         os.environ.pop(var)  # the local cloud's own secrets/local.env, nothing planted
     assert casera("local", "down", timeout=600).returncode == 0
     up = casera("local", "up", timeout=2400)
     assert up.returncode == 0, up.stderr
+    yield
+    # Whatever a test switched on, the next test (and nbval) gets an emulator without faults.
+    answer = requests.delete(f"{HETZNER}/_emulator/faults", timeout=10, headers={
+        "Authorization": f"Bearer {read_local_secrets()['CASERA_HCLOUD_TOKEN']}"})
+    answer.raise_for_status()
+    assert not any(v for k, v in answer.json()["faults"].items()
+                   if k not in ("injected", "seed", "methods")), answer.json()
 
 
 def test_dry_run_on_an_empty_cloud_changes_nothing() -> None:
@@ -68,6 +80,7 @@ def test_dry_run_on_an_empty_cloud_changes_nothing() -> None:
     planned = {s["step"]: s["changed"] for s in meta["steps"]}
     assert planned["servers"] == 3 and planned["ssh key"] == 1 and planned["swarm"] == 3
     assert all(s["dry_run"] for s in meta["steps"] if s["step"] not in ("this run",))
+    (outputs_dir("local") / "dry-run-plan.json").write_text(json.dumps(changes_per_step(meta)))
     api = hcloud()
     assert api.servers.get_all() == [] and api.firewalls.get_all() == []
     assert api.ssh_keys.get_all() == [] and api.load_balancers.get_all() == []
@@ -92,6 +105,9 @@ def test_first_bootstrap_under_rate_limits_makes_exactly_three_servers() -> None
         assert value not in text
     steps = {s["step"] for s in meta["steps"]}
     assert {"servers", "swarm", "stack", "load balancer", "dns record"} <= steps
+    # The dry run on the same empty cloud planned exactly what this run then did, per step.
+    planned = json.loads((outputs_dir("local") / "dry-run-plan.json").read_text())
+    assert [tuple(p) for p in planned] == changes_per_step(meta)
     lb = hcloud().load_balancers.get_by_name(PARAMS.load_balancer.name)
     ready = requests.get(f"http://{lb.public_net.ipv4.ip}:80/readyz", timeout=10)
     assert ready.status_code == 200, ready.text

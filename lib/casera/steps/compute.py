@@ -29,7 +29,7 @@ from casera.context import RunContext
 from casera.errors import StepFailed
 from casera.gate import confirm
 from casera.params import Params
-from casera.providers import hetzner
+from casera.providers import hetzner, ssh
 from casera.result import StepResult, timed
 
 ANYWHERE = ["0.0.0.0/0", "::/0"]
@@ -84,9 +84,13 @@ def server_ips(api: Client, params: Params) -> dict[str, str]:
             if srv.public_net and srv.public_net.ipv4}
 
 
-def desired_firewall_rules(params: Params, node_ips: list[str]) -> list[dict[str, Any]]:
+def desired_firewall_rules(params: Params, node_ips: list[str],
+                           pending: list[str] | None = None) -> list[dict[str, Any]]:
     """The firewall as plain rule dicts; cluster rules only once there are nodes (Hetzner
-    refuses a rule without sources), so bootstrap applies this again after the servers."""
+    refuses a rule without sources), so bootstrap applies this again after the servers.
+
+    ``pending`` names servers a dry run plans but whose addresses do not exist yet: their
+    sources are shown as placeholders, like Terraform's "(known after apply)"."""
     rules = []
     for rule in params.firewall.rules:
         if rule.source == "anywhere":
@@ -94,7 +98,8 @@ def desired_firewall_rules(params: Params, node_ips: list[str]) -> list[dict[str
         elif rule.source == "operators":
             sources = list(params.ssh.operator_cidrs)
         elif rule.source == "cluster":
-            sources = [f"{ip}/32" for ip in sorted(node_ips)]
+            sources = [f"{ip}/32" for ip in sorted(node_ips)] + [
+                f"<{name}: known after apply>" for name in pending or []]
         else:
             sources = list(rule.source)
         if not sources:
@@ -122,44 +127,55 @@ def ensure_firewall(ctx: RunContext) -> StepResult:
     p = ctx.params
     with timed(StepResult("firewall", p.firewall.name, dry_run=ctx.dry_run)) as result:
         api = hcloud_client(ctx)
-        ips = list(server_ips(api, p).values())
-        desired = desired_firewall_rules(p, ips)
+        existing = server_ips(api, p)
+        ips = list(existing.values())
+        # A dry run plans against what its earlier steps would have made: servers planned by
+        # ensure_servers, and this firewall as its first application would have created it.
+        pending = [n for n in ctx.planned.get("servers", []) if n not in existing]
+        desired = desired_firewall_rules(p, ips, pending if ctx.dry_run else None)
         selector = FirewallResource(type="label_selector", label_selector=(
             FirewallResourceLabelSelector(selector=p.cluster_label)))
         found = api.firewalls.get_by_name(p.firewall.name)
         rules = [FirewallRule(direction=r["direction"], protocol=r["protocol"], port=r["port"],
                               source_ips=r["source_ips"], description=r["description"])
                  for r in desired]
-        if found is None:
+        planned = ctx.planned.get("firewall") if ctx.dry_run else None
+        if found is None and planned is None:
             result.changed = 1 + len(desired)
             result.diff += ["+ firewall " + p.firewall.name,
                             f"+ applied to label {p.cluster_label}"]
             result.diff += ["+ " + _describe_rule(r) for r in desired]
-            if not ctx.dry_run:
+            if ctx.dry_run:
+                ctx.planned["firewall"] = desired
+            else:
                 response = api.firewalls.create(name=p.firewall.name, rules=rules,
                                                 labels=dict(p.hetzner.labels),
                                                 resources=[selector])
                 for action in response.actions or []:
                     action.wait_until_finished()
             return _verify_firewall(api, p, desired, result)
-        current = [{"direction": r.direction, "protocol": r.protocol, "port": r.port,
-                    "source_ips": r.source_ips, "description": r.description}
-                   for r in found.rules or []]
+        current = planned if found is None else [
+            {"direction": r.direction, "protocol": r.protocol, "port": r.port,
+             "source_ips": r.source_ips, "description": r.description}
+            for r in found.rules or []]
         have, want = {_rule_key(r): r for r in current}, {_rule_key(r): r for r in desired}
         added = [want[k] for k in want if k not in have]
         removed = [have[k] for k in have if k not in want]
         result.diff += ["+ " + _describe_rule(r) for r in added]
         result.diff += ["- " + _describe_rule(r) for r in removed]
-        applied = any(res.type == "label_selector" and res.label_selector and
-                      res.label_selector.selector == p.cluster_label
-                      for res in found.applied_to or [])
+        applied = found is None or any(
+            res.type == "label_selector" and res.label_selector and
+            res.label_selector.selector == p.cluster_label for res in found.applied_to or [])
         if not applied:
             result.diff.append(f"+ applied to label {p.cluster_label}")
         result.changed = len(added) + len(removed) + (0 if applied else 1)
         if not result.changed:
             result.reason = "rules and label selector as params say"
-        if ctx.dry_run or not result.changed:
-            return _verify_firewall(api, p, desired, result) if not ctx.dry_run else result
+        if ctx.dry_run:
+            ctx.planned["firewall"] = desired
+            return result
+        if not result.changed:
+            return _verify_firewall(api, p, desired, result)
         if removed:
             confirm(ctx, f"Firewall {p.firewall.name}: remove {len(removed)} rule(s)",
                     ["- " + _describe_rule(r) for r in removed])
@@ -191,12 +207,39 @@ def _verify_firewall(api: Client, params: Params, desired: list[dict[str, Any]],
     return result
 
 
-def render_user_data(params: Params, public_key: str) -> str:
-    """cloud-init user data: an admin user in the docker group, SSH moved to ``ssh.port``,
-    no password logins, no root login. The runbook verifies each of these afterwards."""
+def render_user_data(params: Params, public_key: str, host_key: ssh.HostKey) -> str:
+    """cloud-init user data: the server's own SSH host key, an admin user in the docker group,
+    SSH moved to ``ssh.port``, no password logins, no root login. The runbook verifies each of
+    these afterwards. Holds a private key: goes to the Hetzner API only, never printed.
+
+    Hetzner's ``docker-ce`` app image is Ubuntu 24.04, whose sshd is socket-activated: systemd's
+    ``ssh.socket`` holds the listening socket and sshd ignores ``Port`` while it uses it. The
+    socket's addresses come from sshd_config through ``sshd-socket-generator``, which runs only
+    at boot and on ``systemctl daemon-reload``, so a new ``Port`` takes effect only after
+    ``daemon-reload`` and ``restart ssh.socket`` (restarting ``ssh`` alone keeps port 22 open).
+    Sources: discourse.ubuntu.com/t/sshd-now-uses-socket-based-activation-ubuntu-22-10-and-later
+    /30189; willshersystems/ansible-sshd#307 (24.04 needs daemon-reload); systemd/systemd#36795
+    (the generated /run/systemd/generator/ssh.socket.d/addresses.conf, ``RequiredBy=ssh.service``
+    so restarting the socket restarts sshd too). Where ``ssh.socket`` is not active (Debian,
+    an image that turned it off), restarting ``ssh`` is what applies the new port.
+    """
     s = params.ssh
+    private = host_key.private.reveal().strip().splitlines()
+    # sshd -t first: a broken drop-in must not take SSH down (cloud-init then reports the
+    # runcmd error in `cloud-init status`, which wait_for_ssh shows).
+    apply_ssh = ("set -e; sshd -t; systemctl daemon-reload; "
+                 "if systemctl is-active --quiet ssh.socket; "
+                 "then systemctl restart ssh.socket; systemctl restart ssh; "
+                 "else systemctl restart ssh; fi")
     return "\n".join([
         "#cloud-config",
+        # cc_ssh deletes the image's host keys and writes exactly these (no others are
+        # generated when ssh_keys is set): canonical/cloud-init cloudinit/config/cc_ssh.py.
+        "ssh_deletekeys: true",
+        "ssh_keys:",
+        "  ed25519_private: |",
+        *[f"    {line}" for line in private],
+        f"  ed25519_public: {host_key.public}",
         "users:",
         f"  - name: {s.admin_user}",
         "    groups: [docker, sudo]",
@@ -208,6 +251,10 @@ def render_user_data(params: Params, public_key: str) -> str:
         "ssh_pwauth: false",
         "disable_root: true",
         "write_files:",
+        # 10-: sshd keeps the first value it reads for most keywords, and the drop-ins are
+        # read in name order before sshd_config's own lines (Ubuntu's cloud images add
+        # 50-cloud-init.conf / 60-cloudimg-settings.conf). Port is the exception: every
+        # Port line adds one, which is why verify_ssh_hardening looks at all of them.
         "  - path: /etc/ssh/sshd_config.d/10-casera.conf",
         "    permissions: '0644'",
         "    content: |",
@@ -217,7 +264,7 @@ def render_user_data(params: Params, public_key: str) -> str:
         "      KbdInteractiveAuthentication no",
         f"      AllowUsers {s.admin_user}",
         "runcmd:",
-        "  - [sh, -c, 'systemctl restart ssh || service ssh restart']",
+        f"  - [sh, -c, '{apply_ssh}']",
         "",
     ])
 
@@ -238,7 +285,8 @@ def ensure_servers(ctx: RunContext, timeout: float = 600) -> StepResult:
         stopped = [existing[n] for n in wanted if n in existing and existing[n].status == "off"]
         extra = sorted(set(existing) - set(wanted))
         result.diff += [f"+ server {n} ({p.hetzner.server_type}, {p.hetzner.image}, "
-                        f"{p.hetzner.location})" for n in missing]
+                        f"{p.hetzner.location}), its new host key pinned in "
+                        f"{ssh.KnownHosts.for_env(p.env).path.name}" for n in missing]
         result.diff += [f"~ server {s.name}: power on (was off)" for s in stopped]
         result.diff += [f"! server {n} has the label but is beyond server_count; left alone"
                         for n in extra]
@@ -246,11 +294,13 @@ def ensure_servers(ctx: RunContext, timeout: float = 600) -> StepResult:
         if not result.changed:
             result.reason = f"{len(wanted)} servers exist and run"
         if ctx.dry_run:
+            ctx.planned["servers"] = missing
             return result
         actions = []
         public_key = _public_key(p)
+        known = ssh.KnownHosts.for_env(p.env)
         for name in missing:
-            actions.append(_create_server(api, p, name, public_key))
+            actions.append(_create_server(api, p, name, public_key, known))
         for server in stopped:
             actions.append(api.servers.power_on(server))
         _wait_all(actions, "server actions", timeout)
@@ -260,18 +310,33 @@ def ensure_servers(ctx: RunContext, timeout: float = 600) -> StepResult:
     return result
 
 
-def _create_server(api: Client, params: Params, name: str, public_key: str) -> Any:
+def _create_server(api: Client, params: Params, name: str, public_key: str,
+                   known: ssh.KnownHosts) -> Any:
+    """Create one server with a host key made here, and pin that key at once: the server is
+    ours, so its key is trusted from the start and never learnt from the network."""
     h = params.hetzner
+    host_key = ssh.new_host_key(name)
     try:
         response = api.servers.create(
             name=name, server_type=ServerType(name=h.server_type), image=Image(name=h.image),
             location=Location(name=h.location), ssh_keys=[SSHKey(name=h.ssh_key_name)],
-            user_data=render_user_data(params, public_key), labels=dict(h.labels))
+            user_data=render_user_data(params, public_key, host_key), labels=dict(h.labels))
     except APIException as exc:
         if exc.code != "uniqueness_error":
             raise
-        # A retried POST that had already succeeded: the server exists, wait for it instead.
+        # A retried POST that had already succeeded (hcloud-python replays the same body, so
+        # the same key): the server exists, pin its key and wait for it. If another run made
+        # it, the key differs and the first SSH contact stops with the node named.
+        server = api.servers.get_by_name(name)
+        if server is not None and server.public_net and server.public_net.ipv4:
+            known.pin(name, server.public_net.ipv4.ip, params.ssh.port, [host_key.public])
         return None
+    server = response.server
+    if server.public_net is None or server.public_net.ipv4 is None:
+        raise StepFailed(f"server {name} was created without a public IPv4; its host key "
+                         "cannot be pinned. Fix: create servers with a public IPv4 (the "
+                         "runbook reaches them over it)")
+    known.pin(name, server.public_net.ipv4.ip, params.ssh.port, [host_key.public])
     return response.action
 
 

@@ -18,7 +18,7 @@ from casera.context import RunContext
 from casera.errors import StepFailed, WaitTimeout
 from casera.gate import confirm
 from casera.progress import wait_for
-from casera.providers import docker_swarm
+from casera.providers import docker_swarm, ssh
 from casera.result import StepResult, timed
 from casera.steps.access import node_addresses
 
@@ -33,7 +33,8 @@ def docker_clients(ctx: RunContext, stack: ExitStack,
     clients = {}
     for name, ip in (nodes or node_addresses(ctx)).items():
         client = docker_swarm.connect(ip, s.port, s.admin_user, s.private_key_file,
-                                      s.connect_timeout_s)
+                                      s.connect_timeout_s, node=name,
+                                      known_hosts=ssh.KnownHosts.for_env(ctx.params.env))
         stack.callback(client.close)
         clients[name] = client
     return clients
@@ -210,16 +211,20 @@ def ensure_node_labels(ctx: RunContext) -> StepResult:
     with timed(StepResult("node labels", f"{REDIS_LABEL}, {DOZZLE_LABEL}",
                           dry_run=ctx.dry_run)) as result, ExitStack() as stack:
         nodes = node_addresses(ctx)
-        if ctx.dry_run and not nodes:
-            result.reason = "no servers yet"
-            return result
-        cluster = connect_cluster(ctx, stack, nodes)
-        if cluster.leader is None:
-            result.reason = "no swarm yet"
-            return result
-        client = cluster.manager
-        desired = desired_node_labels(ctx, list(nodes))
-        for entry in docker_swarm.nodes(client):
+        cluster = connect_cluster(ctx, stack, nodes) if nodes else None
+        if cluster is None or cluster.leader is None:
+            if not ctx.dry_run:
+                result.reason = "no swarm yet"
+                return result
+            # The dry run's swarm step planned the swarm: every node will join unlabelled, so
+            # the plan is each desired label on each server, as the run will then set them.
+            result.reason = "planned on the swarm the earlier step would make"
+            entries = [{"hostname": name, "state": "ready", "labels": {}, "id": None}
+                       for name in ctx.params.server_names()]
+        else:
+            entries = docker_swarm.nodes(cluster.manager)
+        desired = desired_node_labels(ctx, list(nodes) or ctx.params.server_names())
+        for entry in entries:
             if entry["hostname"] not in desired or entry["state"] != "ready":
                 continue
             current = entry["labels"]
@@ -234,11 +239,12 @@ def ensure_node_labels(ctx: RunContext) -> StepResult:
                                        f"{want.get(key, current.get(key))}")
             result.changed += 1
             if not ctx.dry_run:
-                node = client.nodes.get(entry["id"])
+                node = cluster.manager.nodes.get(entry["id"])
                 node.update(dict(node.attrs["Spec"], Labels=want))
         if not result.changed:
             result.reason = "labels as params say"
         if not ctx.dry_run:
+            client = cluster.manager
             now = {e["hostname"]: e["labels"] for e in docker_swarm.nodes(client)}
             redis_nodes = [h for h, lab in now.items() if lab.get(REDIS_LABEL) == "true"]
             result.check("redis pinned to one node", len(redis_nodes) == 1,
