@@ -12,6 +12,7 @@ from steps_harness import applied, free_port, make_ctx
 from casera.errors import ApprovalRefused, SecretMissingError, StepFailed
 from casera.localcloud.b2 import service
 from casera.providers import b2
+from casera.secrets import Secret
 from casera.steps import docker_secrets, storage
 
 pytestmark = pytest.mark.localcloud
@@ -285,3 +286,65 @@ def test_key_store_file_is_plain_key_value_lines(cloud):
     assert path.parent == Path(cloud["project"]) / "secrets"
     for line in path.read_text().splitlines():
         assert line.startswith("#") or "=" in line
+
+
+class _Secret:
+    def __init__(self, secret_id: str, name: str, labels: dict) -> None:
+        self.id, self.name, self.attrs = secret_id, name, {"Spec": {"Labels": labels}}
+
+
+class _Service:
+    def __init__(self, attrs: dict) -> None:
+        self.attrs, self.name = attrs, attrs["Spec"]["Name"]
+
+
+class _Engine:
+    """Answers shaped as the Engine API documents them (Service: Spec.TaskTemplate.
+    ContainerSpec.Secrets, PreviousSpec, UpdateStatus.State; Task: Spec.ContainerSpec.Secrets,
+    Status.State; https://docs.docker.com/reference/api/engine/version/v1.57/schemas/Service/
+    and .../Task/). The same functions run against real Swarm in the e2e rotation test."""
+
+    def __init__(self, secrets: list, services: list, tasks: list) -> None:
+        self.secrets = type("S", (), {"list": lambda _, filters=None: secrets})()
+        self.services = type("V", (), {"list": lambda _: services})()
+        self.api = type("A", (), {"tasks": lambda _: tasks})()
+
+
+def _mounts(*ids: str) -> dict:
+    return {"ContainerSpec": {"Secrets": [{"SecretID": i, "SecretName": f"n{i}",
+                                           "File": {"Name": "b2_uploads_key_id"}} for i in ids]}}
+
+
+def test_secret_users_reads_specs_rollback_targets_and_live_tasks():
+    old, new = Secret("id", "K-old"), Secret("id", "K-new")
+    engine = _Engine(
+        secrets=[_Secret("s1", "casera_b2_uploads_key_id_v1", {
+                     "casera.secret": "b2_uploads_key_id",
+                     "casera.digest": docker_secrets.digest("b2_uploads_key_id", old)}),
+                 _Secret("s2", "casera_b2_uploads_key_id_v2", {
+                     "casera.secret": "b2_uploads_key_id",
+                     "casera.digest": docker_secrets.digest("b2_uploads_key_id", new)})],
+        services=[_Service({"ID": "svc1", "Spec": {"Name": "casera_api",
+                                                   "TaskTemplate": _mounts("s2")},
+                            "PreviousSpec": {"Name": "casera_api", "TaskTemplate": _mounts("s1")},
+                            "UpdateStatus": {"State": "updating"}})],
+        tasks=[{"ID": "t1" * 8, "ServiceID": "svc1", "Slot": 1, "Spec": _mounts("s1"),
+                "Status": {"State": "running"}},
+               {"ID": "t2" * 8, "ServiceID": "svc1", "Slot": 2, "Spec": _mounts("s1"),
+                "Status": {"State": "shutdown"}},
+               {"ID": "t3" * 8, "ServiceID": "svc1", "Slot": 1, "Spec": _mounts("s2"),
+                "Status": {"State": "starting"}}])
+    assert docker_secrets.versions_holding(engine, "b2_uploads_key_id", old) == {"s1"}
+    users = docker_secrets.secret_users(engine, {"s1", "s2"})
+    assert users["s2"] == ["service casera_api", "task casera_api.1 t3t3t3t3t3t3 (starting)"]
+    # The old version: a rollback target while updating, and a running task (not the shut one).
+    assert users["s1"] == ["service casera_api (updating: may roll back)",
+                           "task casera_api.1 t1t1t1t1t1t1 (running)"]
+    # Update finished, old task gone: nothing holds the old key any more.
+    engine.services.list = lambda: [_Service({
+        "ID": "svc1", "Spec": {"Name": "casera_api", "TaskTemplate": _mounts("s2")},
+        "PreviousSpec": {"Name": "casera_api", "TaskTemplate": _mounts("s1")},
+        "UpdateStatus": {"State": "completed"}})]
+    engine.api.tasks = lambda: [{"ID": "t1" * 8, "ServiceID": "svc1", "Slot": 1,
+                                 "Spec": _mounts("s1"), "Status": {"State": "shutdown"}}]
+    assert docker_secrets.secret_users(engine, {"s1"}) == {"s1": []}
