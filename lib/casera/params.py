@@ -7,6 +7,13 @@ frozen :class:`Params`. Every problem is reported at once with the file, the key
 Where the local cloud must differ from Hetzner because of this machine's kernel (no IPVS, no
 ESP), the difference is a params value (``swarm.overlay_encrypted``, ``swarm.endpoint_mode``,
 ``swarm.publish_mode``), never a code path: the executed notebook shows which was used.
+
+Staging and production are real: besides the schema they refuse ``http://`` endpoints and an
+unencrypted overlay always, and, when loaded for a run (``for_run``, the default),
+documentation addresses as operator CIDRs and values still holding a placeholder
+(``CHANGE-ME``, ``<...>``, ``TODO``). The committed files keep such placeholders on purpose
+(a made-up Neon project id or office address would be worse than none), so a run refuses
+them with exit 2 before any remote call, and tests read the files with ``for_run=False``.
 """
 
 from __future__ import annotations
@@ -371,13 +378,87 @@ def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
         node[parts[-1]] = value
 
 
+REAL_ENVS = ("staging", "production")
+# RFC 5737, section 3: TEST-NET-1/2/3, reserved for documentation, never anyone's address.
+DOCUMENTATION_NETWORKS = tuple(ipaddress.ip_network(n) for n in (
+    "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "2001:db8::/32"))
+_PLACEHOLDER = re.compile(r"change[-_ ]?me|<[^<>]*>|\b(todo|fixme|tbd|replace[-_ ]?me)\b",
+                          re.IGNORECASE)
+
+
+def _skip_http_check(path: str) -> bool:
+    # A healthcheck runs inside its own container against its own loopback.
+    return path.startswith("services.") and ".healthcheck" in path
+
+
+def _real_env_issues(raw: dict[str, Any], env: str, for_run: bool) -> list[ParamIssue]:
+    """What a real environment refuses beyond the schema (see the module docstring)."""
+    if env not in REAL_ENVS:
+        return []
+    issues = []
+    for path, value in _walk(raw):
+        if not isinstance(value, str):
+            continue
+        if value.lower().startswith("http://") and not _skip_http_check(path):
+            issues.append(ParamIssue(path, f"{value!r} is plain http: tokens and data would "
+                                     f"cross the network in clear text in {env}",
+                                     "use the https:// endpoint"))
+        if for_run and _PLACEHOLDER.search(value):
+            issues.append(ParamIssue(path, f"{value!r} is a placeholder, not filled in",
+                                     f"put the real value for {env} in the params file or "
+                                     f"pass -p {path}=VALUE"))
+    swarm = raw.get("swarm")
+    if isinstance(swarm, dict) and swarm.get("overlay_encrypted") is False:
+        issues.append(ParamIssue("swarm.overlay_encrypted", f"is false, so in {env} the "
+                                 "services' traffic between nodes (database credentials "
+                                 "included) would cross the network unencrypted",
+                                 "set overlay_encrypted: true (only the local cloud, whose "
+                                 "kernel has no ESP, runs without it)"))
+    if for_run:
+        issues += _documentation_cidrs(raw, env)
+    return issues
+
+
+def _documentation_cidrs(raw: dict[str, Any], env: str) -> list[ParamIssue]:
+    cidrs: list[tuple[str, Any]] = []
+    ssh = raw.get("ssh")
+    if isinstance(ssh, dict) and isinstance(ssh.get("operator_cidrs"), list):
+        cidrs += [(f"ssh.operator_cidrs[{i}]", c) for i, c in enumerate(ssh["operator_cidrs"])]
+    firewall = raw.get("firewall")
+    rules = firewall.get("rules") if isinstance(firewall, dict) else None
+    for i, rule in enumerate(rules if isinstance(rules, list) else []):
+        if isinstance(rule, dict) and isinstance(rule.get("source"), list):
+            cidrs += [(f"firewall.rules[{i}].source[{j}]", c)
+                      for j, c in enumerate(rule["source"])]
+    issues = []
+    for path, cidr in cidrs:
+        try:
+            network = ipaddress.ip_network(str(cidr), strict=False)
+        except ValueError:
+            continue  # the schema names it
+        doc = next((d for d in DOCUMENTATION_NETWORKS
+                    if d.version == network.version and network.overlaps(d)), None)
+        if doc is not None:
+            issues.append(ParamIssue(path, f"{cidr} is a documentation address ({doc}, "
+                                     "RFC 5737/3849): no operator connects from it, so SSH "
+                                     f"to {env} would be open to nobody, or to whoever is "
+                                     "routed it later",
+                                     "put your office or VPN egress address here (curl -s "
+                                     "https://ifconfig.me shows yours), as a /32"))
+    return issues
+
+
 def load_params(
     env: str,
     overrides: dict[str, Any] | None = None,
     path: Path | None = None,
     secrets: SecretStore | None = None,
+    for_run: bool = True,
 ) -> Params:
-    """Read, check and validate ``params/<env>.yaml``. Raises :class:`ParamsError`."""
+    """Read, check and validate ``params/<env>.yaml``. Raises :class:`ParamsError`.
+
+    ``for_run=False`` reads a staging or production file as a template (tests), without
+    refusing its unfilled placeholders and documentation addresses; a run never does."""
     path = path or params_file(env)
     shown = str(path)
     if not path.exists():
@@ -396,13 +477,18 @@ def load_params(
                                              "the file must be a YAML mapping of sections")])
     _apply_overrides(raw, dict(overrides or {}))
     issues = _secret_issues(raw, env, secrets)
+    if issues:
+        # Alone: the schema's messages quote values, and one of these may be a secret.
+        raise ParamsError(shown, issues)
+    issues = _real_env_issues(raw, env, for_run)
     if raw.get("env") != env:
         issues.append(ParamIssue("env", f"is {raw.get('env')!r} but the file is for {env!r}",
                                  f"set env: {env}"))
-    if issues:
-        raise ParamsError(shown, issues)
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
         allowed = _allowed_keys(Params)
-        raise ParamsError(shown, [_issue_from_pydantic(e, allowed) for e in exc.errors()]) from None
+        issues += [_issue_from_pydantic(e, allowed) for e in exc.errors()]
+    if issues:
+        raise ParamsError(shown, issues)
+    return params

@@ -120,7 +120,7 @@ def test_services_are_placed_updated_and_checked_as_the_seed_says(make):
 def test_dozzle_listens_on_the_managers_loopback_only(env):
     # Swarm cannot publish on 127.0.0.1 (moby/moby#32299: it binds 0.0.0.0), so Dozzle shares
     # the node's network and listens on its loopback: an SSH tunnel reaches it, nothing else.
-    stack = parsed(settings_from_params(load_params(env), secrets=dict(SECRET_NAMES),
+    stack = parsed(settings_from_params(load_params(env, for_run=False), secrets=dict(SECRET_NAMES),
                                         docker_socket_gid=998))
     dozzle = stack["services"]["dozzle"]
     assert dozzle["environment"]["DOZZLE_ADDR"] == f"127.0.0.1:{DOZZLE_PORT}"
@@ -185,7 +185,7 @@ def test_unsafe_settings_are_refused_naming_the_key(change, message):
 
 @pytest.mark.parametrize("env", ["production", "staging", "local"])
 def test_renders_from_the_real_params_files(env):
-    params = load_params(env)
+    params = load_params(env, for_run=False)
     settings = settings_from_params(params, secrets=dict(SECRET_NAMES), docker_socket_gid=998)
     text = render_stack(settings)
     stack = yaml.safe_load(text)
@@ -220,7 +220,7 @@ def test_db_host_pinned_by_extra_hosts_only_where_params_say():
     pinned = [f"{params.neon.pooler_host}:{params.neon.node_hostaddr}"]
     for name in ("api", "worker"):
         assert local_stack["services"][name]["extra_hosts"] == pinned, name
-    prod_stack = parsed(settings_from_params(load_params("production"),
+    prod_stack = parsed(settings_from_params(load_params("production", for_run=False),
                                              secrets=dict(SECRET_NAMES), docker_socket_gid=998))
     for stack in (local_stack, prod_stack):
         for name in ("admin", "redis", "dozzle"):
@@ -250,7 +250,7 @@ def test_only_the_api_gets_the_uploads_key():
 def test_b2_key_mounts_agree_with_the_params_key_table(env):
     # The template decides who mounts which key; params' b2.keys[].for_services says the same
     # thing for the B2 step. The two must not drift apart.
-    params = load_params(env)
+    params = load_params(env, for_run=False)
     stack = parsed(settings_from_params(params, secrets=dict(SECRET_NAMES), docker_socket_gid=998))
     for key in params.b2.keys:
         for part in (f"b2_{key.bucket}_key_id", f"b2_{key.bucket}_key"):

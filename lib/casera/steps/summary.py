@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -13,44 +14,96 @@ from casera.context import RunContext
 from casera.result import JOURNAL_ENV, StepResult, timed
 from casera.steps.compute import hcloud_client
 
-# casera-infrastructure-plan.txt: 3 x CX33 at $6.59/mo = $19.77, the LB at $5.99/mo.
-SEED_NODE_MONTHLY = Decimal("6.59")
-SEED_LB_MONTHLY = Decimal("5.99")
+
+@dataclass(frozen=True)
+class SeedEstimate:
+    """The seed plan's Hetzner figures, kept here only: casera-infrastructure-plan.txt
+    (February 2026), "Swarm Nodes" ($6.59/mo per CX33) and "At Scale" (Hetzner LB $5.99/mo),
+    in US dollars, with no word on VAT."""
+
+    currency: str = "USD"
+    server_type: str = "cx33"
+    node_monthly: Decimal = Decimal("6.59")
+    nodes: int = 3
+    load_balancer_monthly: Decimal = Decimal("5.99")
 
 
-def _monthly(prices: list[dict], location: str) -> Decimal | None:
-    for price in prices:
-        if price.get("location") == location:
-            return Decimal(str(price["price_monthly"]["gross"]))
-    return None
+SEED = SeedEstimate()
+
+
+def _location_price(prices: list[dict[str, Any]], location: str) -> dict[str, Any] | None:
+    return next((price for price in prices if price.get("location") == location), None)
+
+
+def _monthly(entry: dict[str, Any] | None) -> tuple[Decimal, Decimal] | None:
+    if entry is None:
+        return None
+    monthly = entry["price_monthly"]
+    return Decimal(str(monthly["net"])), Decimal(str(monthly["gross"]))
+
+
+def _versus_seed(live_net: Decimal, currency: str, seed: Decimal) -> str:
+    """The difference to the seed's figure, when there is one to take: the seed quotes
+    dollars, and no exchange rate is assumed here."""
+    if currency != SEED.currency:
+        return (f"seed {seed:.2f} {SEED.currency}; no difference taken across currencies "
+                f"({currency} vs {SEED.currency})")
+    delta = live_net - seed
+    share = f", {delta / seed:+.1%}" if seed else ""
+    return f"seed {seed:.2f} {SEED.currency}, difference {delta:+.2f}{share}"
 
 
 def monthly_cost(ctx: RunContext) -> StepResult:
-    """Live gross monthly prices of the servers and LB this env has, next to the seed."""
+    """Live monthly prices (GET /pricing, the project's currency, net and gross) of the
+    servers and load balancer this env has, each next to the seed's figure."""
     p = ctx.params
     with timed(StepResult("monthly cost", p.hetzner.location, dry_run=ctx.dry_run)) as result:
         api = hcloud_client(ctx)
+        pricing = api.request("GET", "/pricing")["pricing"]
+        currency = str(pricing["currency"])
+        result.note("currency", f"{currency} (the API's; VAT {pricing['vat_rate']} % in gross)")
         servers = api.servers.get_all(label_selector=p.cluster_label)
-        node_price = _monthly(api.server_types.get_by_name(p.hetzner.server_type).prices,
-                              p.hetzner.location)
-        nodes = Decimal(len(servers)) * (node_price or Decimal(0))
-        seed_nodes = SEED_NODE_MONTHLY * p.hetzner.server_count
-        result.check(f"{len(servers)} x {p.hetzner.server_type}", node_price is not None,
-                     f"{nodes:.2f}/mo live ({node_price or 0:.2f}/mo each) vs seed "
-                     f"{seed_nodes:.2f}/mo")
+        # Price what exists, by its own type and location, not what the params ask for.
+        total_net = total_gross = Decimal(0)
+        by_kind: dict[tuple[str, str], int] = {}
+        for server in servers:
+            key = (server.server_type.name, server.location.name if server.location else
+                   p.hetzner.location)
+            by_kind[key] = by_kind.get(key, 0) + 1
+        server_prices = {st["name"]: st["prices"] for st in pricing["server_types"]}
+        for (type_name, location), count in sorted(by_kind.items()):
+            price = _monthly(_location_price(server_prices.get(type_name, []), location))
+            label = f"{count} x {type_name} in {location}"
+            if not result.check(label, price is not None,
+                                f"the API lists no price for {type_name} in {location}"
+                                if price is None else
+                                f"{price[0]:.2f} net / {price[1]:.2f} gross {currency} each, "
+                                f"{count * price[0]:.2f} net a month; "
+                                + _versus_seed(count * price[0], currency,
+                                               SEED.node_monthly * count)):
+                continue
+            assert price is not None
+            total_net += count * price[0]
+            total_gross += count * price[1]
         lb = api.load_balancers.get_by_name(p.load_balancer.name) \
             if p.load_balancer.enabled else None
-        lb_price = Decimal(0)
         if lb is not None:
-            found = _monthly(api.load_balancer_types.get_by_name(p.load_balancer.type).prices,
-                             p.hetzner.location)
-            lb_price = found or Decimal(0)
-            result.check(f"load balancer {p.load_balancer.type}", found is not None,
-                         f"{lb_price:.2f}/mo live vs seed {SEED_LB_MONTHLY:.2f}/mo")
-        total = nodes + lb_price
-        seed = seed_nodes + (SEED_LB_MONTHLY if lb is not None else 0)
-        result.check("Hetzner total", True, f"{total:.2f}/mo live (gross) vs seed {seed:.2f}/mo;"
-                     " Neon, B2 and Cloudflare are usage-based and not included")
+            lb_prices = {lt["name"]: lt["prices"] for lt in pricing["load_balancer_types"]}
+            lb_type, lb_location = lb.load_balancer_type.name, lb.location.name
+            price = _monthly(_location_price(lb_prices.get(lb_type, []), lb_location))
+            if result.check(f"load balancer {lb_type} in {lb_location}", price is not None,
+                            f"the API lists no price for {lb_type} in {lb_location}"
+                            if price is None else
+                            f"{price[0]:.2f} net / {price[1]:.2f} gross {currency}; "
+                            + _versus_seed(price[0], currency, SEED.load_balancer_monthly)):
+                assert price is not None
+                total_net += price[0]
+                total_gross += price[1]
+        seed_total = SEED.node_monthly * len(servers) + (
+            SEED.load_balancer_monthly if lb is not None else 0)
+        result.note("Hetzner total", f"{total_net:.2f} net / {total_gross:.2f} gross {currency} "
+                    f"a month; " + _versus_seed(total_net, currency, seed_total)
+                    + "; Neon, B2 and Cloudflare are usage-based and not included")
     return result
 
 
