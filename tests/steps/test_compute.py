@@ -24,7 +24,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-def emulator(tmp_path: Path) -> Iterator[Running]:
+def emulator(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Running]:
+    # ensure_servers pins host keys in params/local.known_hosts: a scratch one, not the checkout's.
+    monkeypatch.setenv("CASERA_PROJECT_DIR", str(tmp_path / "project"))
     running = start(tmp_path / "hetzner", FakeNodeBackend())
     try:
         yield running

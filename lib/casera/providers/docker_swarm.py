@@ -2,7 +2,8 @@
 
 The SDK's own ``ssh://`` transport takes the key only from ``~/.ssh/config`` and rejects
 unknown host keys, so this module gives it a paramiko client configured like
-``providers.ssh`` (the key from params, trust on first use) and otherwise uses the SDK as is:
+``providers.ssh`` (the key from params, the host key pinned in the environment's known_hosts)
+and otherwise uses the SDK as is:
 the transport runs ``docker system dial-stdio`` on the node, as the Docker CLI does.
 """
 
@@ -15,15 +16,19 @@ import docker
 import paramiko
 from docker.transport.sshconn import SSHHTTPAdapter
 
+from casera.providers import ssh
+
 # Docker 20.10 (Debian bookworm's docker.io, the local nodes) speaks API 1.41; newer engines
 # (Hetzner's docker-ce image) still accept it. Pinning avoids a version round-trip per client.
 API_VERSION = "1.41"
 
 
 class _KeyedSSHAdapter(SSHHTTPAdapter):
-    def __init__(self, base_url: str, key_file: str, timeout: float) -> None:
+    def __init__(self, base_url: str, key_file: str, timeout: float,
+                 host_key_policy: paramiko.MissingHostKeyPolicy) -> None:
         self._key_file = os.path.expanduser(key_file)
         self._connect_timeout = timeout
+        self._host_key_policy = host_key_policy
         # The SDK keeps a pool of connections per URL, each an SSH session running
         # `docker system dial-stdio`; sshd allows 10 sessions per connection (MaxSessions),
         # so more pools than that make channel opens fail ("Secsh channel open FAILED").
@@ -36,16 +41,19 @@ class _KeyedSSHAdapter(SSHHTTPAdapter):
                                look_for_keys=False, timeout=self._connect_timeout,
                                banner_timeout=self._connect_timeout,
                                auth_timeout=self._connect_timeout)
-        # Trust on first use, as fabric does: Hetzner publishes no host keys to pin against.
-        self.ssh_client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        # The SDK loaded ~/.ssh/known_hosts into its client; a fresh client holds no keys, so
+        # every connection is decided by the pinned policy (providers.ssh) alone.
+        self.ssh_client = paramiko.SSHClient()
+        self.ssh_client.set_missing_host_key_policy(self._host_key_policy)
 
 
-def connect(host: str, port: int, user: str, key_file: str,
-            timeout: float = 10.0) -> docker.DockerClient:
+def connect(host: str, port: int, user: str, key_file: str, timeout: float = 10.0, *,
+            known_hosts: ssh.KnownHosts, node: str | None = None) -> docker.DockerClient:
     """A DockerClient for the engine on ``host``, reached as ``user`` over SSH on ``port``."""
     client = docker.DockerClient(base_url="unix:///nonexistent", version=API_VERSION)
     api = client.api
-    adapter = _KeyedSSHAdapter(f"ssh://{user}@{host}:{port}", key_file, timeout)
+    adapter = _KeyedSSHAdapter(f"ssh://{user}@{host}:{port}", key_file, timeout,
+                               known_hosts.policy(host, port, node))
     api.mount("http+docker://ssh", adapter)
     api._custom_adapter = adapter
     api.base_url = "http+docker://ssh"

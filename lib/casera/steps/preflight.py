@@ -103,7 +103,8 @@ def verify_endpoints(ctx: RunContext, include_nodes: bool = True) -> StepResult:
             answers = []
             for ip in servers:
                 with ssh.connect(ip, p.ssh.port, p.ssh.admin_user, p.ssh.private_key_file,
-                                 PROBE_TIMEOUT_S) as conn:
+                                 PROBE_TIMEOUT_S,
+                                 known_hosts=ssh.KnownHosts.for_env(p.env)) as conn:
                     version = ssh.run(conn, "docker version --format '{{.Server.Version}}'")
                     answers.append(f"{ip} docker {version}")
             return "; ".join(answers)

@@ -74,7 +74,9 @@ def ensure_stack(ctx: RunContext, timeout: float = 600) -> StepResult:
             return result
         client = cluster.manager
         conn = stack.enter_context(ssh.connect(nodes[cluster.leader], p.ssh.port, p.ssh.admin_user,
-                                               p.ssh.private_key_file, p.ssh.connect_timeout_s))
+                                               p.ssh.private_key_file, p.ssh.connect_timeout_s,
+                                               known_hosts=ssh.KnownHosts.for_env(p.env),
+                                               node=cluster.leader))
         gid = int(ssh.run(conn, "stat -c %g /var/run/docker.sock"))
         try:
             names = current_names(client, list(SECRETS))

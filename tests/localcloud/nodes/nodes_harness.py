@@ -20,6 +20,7 @@ class SshKey:
         pem = private.private_bytes(serialization.Encoding.PEM,
                                     serialization.PrivateFormat.OpenSSH,
                                     serialization.NoEncryption()).decode()
+        self.pem = pem
         self.pkey = paramiko.Ed25519Key.from_private_key(io.StringIO(pem))
         self.public = private.public_key().public_bytes(
             serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH

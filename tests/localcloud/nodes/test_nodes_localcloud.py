@@ -43,6 +43,8 @@ ssh_pwauth: false
 disable_root: true
 runcmd:
   - [sh, -c, "echo ran > /var/lib/casera-runcmd"]
+  # The node emulates Ubuntu 24.04's socket-activated sshd: a new Port needs both.
+  - [sh, -c, "systemctl daemon-reload && systemctl restart ssh.socket"]
 """
 
 

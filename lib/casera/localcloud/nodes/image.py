@@ -49,8 +49,8 @@ PACKAGES = (
 ROOTFS_STEPS_VERSION = "1"
 BASE_REPO = "casera-node-base"
 IMAGE_REPO = "casera-node"
-FILES = ("Dockerfile", "entrypoint.sh", "casera-service.sh", "systemctl.sh", "daemon.json",
-         "cloud-casera.yaml", "sshd-hostkeys.conf", "power.sh")
+FILES = ("Dockerfile", "entrypoint.sh", "casera-service.sh", "systemctl.sh", "service.sh",
+         "daemon.json", "cloud-casera.yaml", "sshd-hostkeys.conf", "power.sh")
 LABEL = "casera.localcloud.part"
 _thread_lock = threading.Lock()
 

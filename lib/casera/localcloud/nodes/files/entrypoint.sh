@@ -17,6 +17,13 @@ for rules in /etc/casera/firewall.sh /etc/casera/partition.sh; do
     fi
 done
 
+# As systemd does before cloud-init: run the generators (sshd-socket-generator reads the
+# sshd_config of this moment) and start sockets.target, so ssh.socket listens on the ports
+# the config had at boot. A Port that cloud-init writes later moves nothing until
+# `systemctl daemon-reload` and `systemctl restart ssh.socket` (see casera-service).
+/usr/local/sbin/casera-service daemon-reload
+/usr/local/sbin/casera-service start ssh.socket
+
 # cloud-init runs once per instance, like on a cloud server; its own semaphore under
 # /var/lib/cloud/instance makes a re-run of these stages a no-op on later boots.
 if [ -e /var/lib/cloud/seed/nocloud/meta-data ] && [ ! -e /var/lib/cloud/instance/boot-finished ]; then
@@ -30,12 +37,16 @@ if [ -e /var/lib/cloud/seed/nocloud/meta-data ] && [ ! -e /var/lib/cloud/instanc
     log "cloud-init finished: $(cloud-init status 2>&1 | tr '\n' ' ')"
 fi
 
-# Host keys are per node: the image carries none, so every node makes its own. No RSA key:
-# a 3072-bit one takes seconds on these machines, and every client here speaks ed25519.
-for type in ed25519 ecdsa; do
-    key=/etc/ssh/ssh_host_${type}_key
-    [ -e "$key" ] || ssh-keygen -q -t "$type" -N '' -f "$key"
-done
+# Host keys are per node: the image carries none. cloud-init writes the ones the user data
+# gives (ssh_keys) or generates its own (ssh_genkeytypes); only a node whose cloud-init made
+# none gets keys here. Never alongside given keys: a Hetzner server has exactly those, and an
+# extra unpinned key would be one more key a client might be offered. No RSA key: a 3072-bit
+# one takes seconds on these machines, and every client here speaks ed25519.
+if ! compgen -G '/etc/ssh/ssh_host_*_key' >/dev/null; then
+    for type in ed25519 ecdsa; do
+        ssh-keygen -q -t "$type" -N '' -f "/etc/ssh/ssh_host_${type}_key"
+    done
+fi
 
 /usr/local/sbin/casera-service start docker
 /usr/local/sbin/casera-service start ssh

@@ -7,7 +7,8 @@ for a in "$@"; do
     case "$a" in -*) ;; *) args+=("$a") ;; esac
 done
 verb=${args[0]:-}
-if [ "$verb" = daemon-reload ]; then exit 0; fi
+# daemon-reload re-runs the generators: sshd-socket-generator re-reads sshd_config's ports.
+if [ "$verb" = daemon-reload ]; then exec /usr/local/sbin/casera-service daemon-reload; fi
 rc=0
 for unit in "${args[@]:1}"; do
     /usr/local/sbin/casera-service "$verb" "$unit" || rc=$?
