@@ -30,9 +30,11 @@ PROBE_TIMEOUT_S = 5.0
 def verify_params(ctx: RunContext) -> StepResult:
     """Params were validated when the run started; say so and show what this run will use."""
     with timed(StepResult("params", str(params_file(ctx.env)), dry_run=ctx.dry_run)) as result:
-        result.check("schema", True, f"{params_file(ctx.env).name} is valid")
+        # Loading them already refused anything invalid (ParamsError, exit 2), so this can
+        # only inform.
+        result.note("schema", f"{params_file(ctx.env).name} is valid")
         for line in ctx.summary_lines()[2:]:
-            result.check("setting", True, line)
+            result.note("setting", line)
     return result
 
 
@@ -57,10 +59,10 @@ def _tool_version(command: list[str]) -> str | None:
 def report_versions(ctx: RunContext) -> StepResult:
     """Python, libraries and tools this run uses: the reviewer's "with which code"."""
     with timed(StepResult("versions", platform.node(), dry_run=ctx.dry_run)) as result:
-        result.check("python", True, platform.python_version())
+        result.note("python", platform.python_version())
         for name in LIBRARIES:
             try:
-                result.check(name, True, importlib.metadata.version(name))
+                result.note(name, importlib.metadata.version(name))
             except importlib.metadata.PackageNotFoundError:
                 result.check(name, False, "not installed: pip install -e .")
         for name, command in TOOLS:
@@ -141,9 +143,53 @@ def verify_endpoints(ctx: RunContext, include_nodes: bool = True) -> StepResult:
     return result
 
 
+def verify_server_type_offered(ctx: RunContext) -> StepResult:
+    """The params' server type is offered at the params' location, read from the API.
+
+    Hetzner offers each type in some locations only (the cost-optimised CX types in its EU
+    locations alone) and refuses a server elsewhere with ``invalid_input`` "unsupported
+    location for server type" (docs.hetzner.cloud changelog 2025-09-24, "per location server
+    types"). Asking first turns that refusal of the first server, mid-bootstrap, into a red
+    check before anything is made, naming what the location does offer."""
+    p = ctx.params.hetzner
+    with timed(StepResult("server type", f"{p.server_type} in {p.location}",
+                          dry_run=ctx.dry_run)) as result:
+        api = hetzner.client(p.api_endpoint, ctx.secrets.get("hcloud_token"), PROBE_TIMEOUT_S)
+        types = api.server_types.get_all()
+        offered = sorted(t.name for t in types
+                         if any(loc.location.name == p.location for loc in t.locations or []))
+        wanted = next((t for t in types if t.name == p.server_type), None)
+        here = next((loc for loc in (wanted.locations or []) if loc.location.name == p.location),
+                    None) if wanted else None
+        fix = (f"set hetzner.server_type to one offered in {p.location} "
+               f"({', '.join(offered) or 'none'}) or hetzner.location to one that offers "
+               f"{p.server_type}")
+        if wanted is None:
+            result.check("offered", False, f"Hetzner has no server type {p.server_type!r}. "
+                         f"Fix: {fix}")
+        elif here is None:
+            where = sorted(loc.location.name for loc in wanted.locations or [])
+            result.check("offered", False,
+                         f"{p.server_type} is not offered in {p.location} (only in "
+                         f"{', '.join(where) or 'no location'}). Fix: {fix}")
+        else:
+            result.check("offered", True, f"{p.server_type} is offered in {p.location}")
+            # available: in stock right now; Hetzner refuses a create while it is false.
+            result.check("available", here.available is not False,
+                         "in stock" if here.available is not False else
+                         f"{p.server_type} is out of stock in {p.location} for now. Fix: retry "
+                         f"later or {fix}")
+            if here.deprecation is not None:
+                result.note("deprecation", f"{p.server_type} in {p.location} is deprecated; "
+                            f"no new servers after {here.deprecation.unavailable_after}")
+    return result
+
+
 def verify_ready_to_bootstrap(ctx: RunContext) -> StepResult:
-    """Secrets present and every API answers; raises naming what is red."""
-    summary = summarize([verify_secrets_present(ctx), verify_endpoints(ctx, include_nodes=False)])
+    """Secrets present, every API answers, and the server type is offered where the params
+    put it; raises naming what is red."""
+    summary = summarize([verify_secrets_present(ctx), verify_endpoints(ctx, include_nodes=False),
+                         verify_server_type_offered(ctx)])
     return summary.raise_for_failed_checks()
 
 
@@ -152,7 +198,12 @@ def summarize(results: list[StepResult]) -> StepResult:
     summary = StepResult("preflight", "summary")
     for step in results:
         for check in step.checks:
-            summary.check(f"{step.step}: {check.name}", check.ok, check.detail)
-    green = sum(c.ok for c in summary.checks)
-    summary.reason = f"{green} green, {len(summary.checks) - green} red"
+            name = f"{step.step}: {check.name}"
+            if check.kind == "info":
+                summary.note(name, check.detail)
+            else:
+                summary.check(name, check.ok, check.detail)
+    red = len(summary.failed_checks)
+    green = sum(c.kind == "check" for c in summary.checks) - red
+    summary.reason = f"{green} green, {red} red"
     return summary
