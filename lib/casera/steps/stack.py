@@ -40,18 +40,30 @@ def stack_services(client: docker.DockerClient) -> dict[str, Any]:
         filters={"label": f"com.docker.stack.namespace={STACK}"})}
 
 
+def _rolled(task: dict[str, Any], template: dict[str, Any]) -> bool:
+    """The task runs the service's current image and secret versions."""
+    have, want = task["Spec"].get("ContainerSpec") or {}, template.get("ContainerSpec") or {}
+    return have.get("Image") == want.get("Image") and (
+        {s.get("SecretID") for s in have.get("Secrets") or []}
+        == {s.get("SecretID") for s in want.get("Secrets") or []})
+
+
 def _converged(client: docker.DockerClient, params: Params) -> dict[str, int] | None:
-    """service -> running tasks, once every service runs exactly its replicas."""
+    """service -> running tasks, once every service runs exactly its replicas, each on the
+    service's current image and secrets: right after `docker stack deploy` the old tasks
+    still run, and a rolling update (a new secret version) is not done until they are gone."""
     services = stack_services(client)
     counts = {}
     for name in ("api", "worker", "admin", "redis", "dozzle"):
         service = services.get(name)
         if service is None:
             return None
+        template = service.attrs["Spec"]["TaskTemplate"]
         running = [t for t in service.tasks(filters={"desired-state": "running"})
                    if t["Status"]["State"] == "running"]
         counts[name] = len(running)
-        if len(running) != getattr(params.services, name).replicas:
+        if len(running) != getattr(params.services, name).replicas or not all(
+                _rolled(t, template) for t in running):
             return None
     return counts
 
