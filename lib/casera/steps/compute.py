@@ -212,7 +212,8 @@ def render_user_data(params: Params, public_key: str, host_key: ssh.HostKey) -> 
     SSH moved to ``ssh.port``, no password logins, no root login. The runbook verifies each of
     these afterwards. Holds a private key: goes to the Hetzner API only, never printed.
 
-    Hetzner's ``docker-ce`` app image is Ubuntu 24.04, whose sshd is socket-activated: systemd's
+    Hetzner's ``docker-ce`` app image is Ubuntu 24.04 (rebased from 22.04: hetznercloud/apps
+    #112), whose sshd is socket-activated: systemd's
     ``ssh.socket`` holds the listening socket and sshd ignores ``Port`` while it uses it. The
     socket's addresses come from sshd_config through ``sshd-socket-generator``, which runs only
     at boot and on ``systemctl daemon-reload``, so a new ``Port`` takes effect only after
