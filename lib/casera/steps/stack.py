@@ -17,6 +17,8 @@ from contextlib import ExitStack
 from typing import Any
 
 import docker
+import paramiko
+from fabric import Connection
 
 from casera.context import RunContext
 from casera.errors import WaitTimeout
@@ -25,14 +27,13 @@ from casera.progress import wait_for
 from casera.providers import docker_swarm, ssh
 from casera.result import StepResult, timed
 from casera.secrets import Secret
-from casera.stack import SECRETS, render_stack, settings_from_params
+from casera.stack import DOZZLE_PORT, SECRETS, render_stack, settings_from_params
 from casera.steps.access import node_addresses
 from casera.steps.docker_secrets import current_names
 from casera.steps.swarm import connect_cluster
 
 STACK = "casera"
 REMOTE_FILE = "casera-stack.yml"
-DOZZLE_PORT = 9999
 
 
 def stack_services(client: docker.DockerClient) -> dict[str, Any]:
@@ -110,8 +111,8 @@ def ensure_stack(ctx: RunContext, timeout: float = 600) -> StepResult:
             if ctx.dry_run:
                 return result
             conn.put(io.StringIO(text), REMOTE_FILE)
-            ssh.run(conn, f"docker stack deploy --with-registry-auth -c {REMOTE_FILE} {STACK}",
-                    timeout=300)
+            ssh.run(conn, docker_swarm.cli(f"stack deploy --with-registry-auth -c {REMOTE_FILE} "
+                                           f"{STACK}"), timeout=300)
         if ctx.dry_run:
             return result
         counts = wait_for("every service at its replica count",
@@ -133,7 +134,7 @@ def _file_diff(old: str, new: str) -> list[str]:
 
 def verify_stack(ctx: RunContext, secret_values: dict[str, Secret]) -> StepResult:
     """Placement, non-root users, no secret values in any service's environment, and Dozzle
-    unreachable from outside the cluster."""
+    answering inside its node (through an SSH tunnel) while closed from outside every node."""
     p = ctx.params
     with timed(StepResult("stack checks", STACK, dry_run=ctx.dry_run)) as result, \
             ExitStack() as stack:
@@ -182,10 +183,7 @@ def verify_stack(ctx: RunContext, secret_values: dict[str, Secret]) -> StepResul
                 result.check(f"api /readyz on {name}", True, body[:80])
             except WaitTimeout as exc:
                 result.check(f"api /readyz on {name}", False, str(exc)[:160])
-        for name, ip in nodes.items():
-            reachable = _tcp_open(ip, DOZZLE_PORT)
-            result.check(f"dozzle :{DOZZLE_PORT} closed from outside on {name}", not reachable,
-                         "refused or dropped" if not reachable else "REACHABLE from outside")
+        _check_dozzle(ctx, stack, result, nodes, dozzle)
     return result
 
 
@@ -197,9 +195,88 @@ def _get(url: str) -> str | None:
         return None
 
 
-def _tcp_open(ip: str, port: int, timeout: float = 3.0) -> bool:
+def tcp_probe(ip: str, port: int, timeout: float = 3.0) -> str:
+    """What a TCP connect from this machine finds: ``open``, ``refused`` (the node answered
+    that nothing listens there) or ``no answer`` (dropped on the way, silently, as the
+    Hetzner firewall drops)."""
     try:
         with socket.create_connection((ip, port), timeout=timeout):
-            return True
+            return "open"
+    except ConnectionRefusedError:
+        return "refused"
     except OSError:
-        return False
+        return "no answer"
+
+
+def http_through_tunnel(conn: Connection, port: int, path: str,
+                         timeout: float = 10.0) -> tuple[int, str]:
+    """GET ``path`` from the node's own 127.0.0.1:``port`` over the SSH connection's
+    direct-tcpip channel: exactly what ``ssh -L`` does for an operator. Returns the status
+    and the first line of the body."""
+    conn.open()
+    transport = conn.client.get_transport()
+    if transport is None:
+        raise OSError("the SSH connection has no transport")
+    channel = transport.open_channel("direct-tcpip", ("127.0.0.1", port), ("127.0.0.1", 0),
+                                     timeout=timeout)
+    try:
+        channel.settimeout(timeout)
+        channel.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+        raw = b""
+        while len(raw) < 65536:
+            chunk = channel.recv(4096)
+            if not chunk:
+                break
+            raw += chunk
+    finally:
+        channel.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
+    parts = status_line.split()
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise OSError(f"not an HTTP answer: {status_line[:80]!r}")
+    first_line = next(iter(body.decode(errors="replace").strip().splitlines()), "")
+    return int(parts[1]), first_line[:80]
+
+
+def _check_dozzle(ctx: RunContext, stack: ExitStack, result: StepResult,
+                  nodes: dict[str, str], dozzle_hosts: list[str]) -> None:
+    """Both halves of "internal only", each a real probe: Dozzle answers HTTP on its node's
+    loopback through an SSH tunnel, and port 9999 of every node is closed to this machine."""
+    s = ctx.params.ssh
+    if not dozzle_hosts:
+        result.check("dozzle answers through an SSH tunnel", False,
+                     "no running Dozzle task to reach")
+    for name in dozzle_hosts:
+        conn = stack.enter_context(ssh.connect(nodes[name], s.port, s.admin_user,
+                                               s.private_key_file, s.connect_timeout_s,
+                                               known_hosts=ssh.KnownHosts.for_env(ctx.params.env),
+                                               node=name))
+
+        last = ["no answer yet"]
+
+        def answer(c: Connection = conn, last: list[str] = last) -> tuple[int, str] | None:
+            try:
+                status, body = http_through_tunnel(c, DOZZLE_PORT, "/healthcheck")
+            except (OSError, paramiko.SSHException) as exc:
+                last[0] = f"{type(exc).__name__}: {exc}"[:160]
+                return None
+            last[0] = f"HTTP {status} {body}".strip()
+            return (status, body) if status == 200 else None
+
+        try:
+            found = wait_for(f"Dozzle through an SSH tunnel to {name}", answer, 60, show=False)
+        except WaitTimeout:
+            found = None
+        # Named without the node: Swarm picks the manager, the check's name stays stable.
+        result.check("dozzle answers through an SSH tunnel",
+                     found is not None and found[0] == 200,
+                     f"GET /healthcheck on {name}'s 127.0.0.1:{DOZZLE_PORT}: {last[0]}"
+                     + ("" if found else " (for 60 s; is the task running? does sshd allow "
+                        "TCP forwarding?)"))
+    for name, ip in nodes.items():
+        probe = tcp_probe(ip, DOZZLE_PORT)
+        where = " (Dozzle runs here)" if name in dozzle_hosts else ""
+        result.check(f"dozzle :{DOZZLE_PORT} closed from outside on {name}", probe != "open",
+                     f"TCP to {ip}:{DOZZLE_PORT} from this machine: "
+                     + ("REACHABLE from outside" if probe == "open" else probe) + where)

@@ -1,7 +1,9 @@
 """The stack file on three real nodes: images pulled from the local registry through the
 bridge, every service converges, the api's /readyz is green (Postgres through PgBouncer with
 TLS, reached by the pooler's name pinned in extra_hosts; Redis over the overlay), a job written
-through the api is consumed by a worker, and Dozzle answers on the overlay only.
+through the api is consumed by a worker, and Dozzle answers on its manager's loopback only:
+through an SSH tunnel and on the node itself, while 9999 is refused from this machine and
+from the other nodes. These nodes have no firewall, so "refused" proves the binding alone.
 
 As bootstrap does, the external overlay network and the versioned secrets exist before
 ``docker stack deploy``; the settings are params/local.yaml's (``settings_from_params``).
@@ -20,7 +22,11 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import paramiko
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fabric import Connection
 
 from casera.localcloud import engine, images, registry
 from casera.localcloud.images import local_stack_settings
@@ -28,7 +34,8 @@ from casera.localcloud.nodes import Nodes, network
 from casera.localcloud.nodes.backend import container_name
 from casera.params import load_params
 from casera.progress import wait_for
-from casera.stack import SECRETS, render_stack
+from casera.stack import DOZZLE_PORT, SECRETS, render_stack
+from casera.steps.stack import http_through_tunnel, tcp_probe
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 
@@ -40,6 +47,7 @@ OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 class Cluster:
     def __init__(self, nodes: Nodes, ips: dict[str, str]) -> None:
         self.nodes, self.ips = nodes, ips
+        self.key: paramiko.PKey | None = None
 
     def sh(self, name: str, command: str, timeout: float = 120) -> str:
         code, out = self.nodes.run(name, command, timeout)
@@ -65,11 +73,17 @@ def cluster() -> Any:
     nodes = Nodes(client)
     for name in NAMES:  # leftovers of an interrupted run
         nodes.delete_node(name)
+    # An operator key on root, as Hetzner places the project's keys, for the SSH tunnel.
+    key = paramiko.Ed25519Key.from_private_key(io.StringIO(Ed25519PrivateKey.generate(
+        ).private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                        serialization.NoEncryption()).decode()))
+    public = f"{key.get_name()} {key.get_base64()} casera-stk-test"
     with ThreadPoolExecutor(len(NAMES)) as pool:
         ips = dict(zip(NAMES, pool.map(
-            lambda n: nodes.create_node({"name": n, "id": 9500 + NAMES.index(n)}, [], None),
-            NAMES), strict=True))
+            lambda n: nodes.create_node({"name": n, "id": 9500 + NAMES.index(n)}, [public],
+                                        None), NAMES), strict=True))
     c = Cluster(nodes, ips)
+    c.key = key
     first = NAMES[0]
     c.sh(first, f"docker swarm init --advertise-addr {ips[first]}")
     token = c.sh(first, "docker swarm join-token -q manager").strip()
@@ -183,16 +197,34 @@ def test_stack_deploys_converges_and_serves(cluster: Cluster, postgres_for_nodes
     row = wait_for("a worker to process the item", processed, 60, interval=1)
     assert row["processed_by"]
 
-    # Dozzle: internal only, reached from a one-off container on the attachable overlay.
-    probe = ("python3 -c \"import urllib.request,sys; "
-             "print(urllib.request.urlopen('http://dozzle:9999/api/containers',timeout=5)"
-             ".read().decode())\"")
-    api_image = settings["images"]["api"]
-    out = cluster.sh(first, f"docker run --rm --network {overlay} {api_image} {probe}")
-    assert f"{STACK}_dozzle" in out
+    # Dozzle: on the node's loopback only. Nothing is published...
     published = cluster.sh(first, f"docker service inspect {STACK}_dozzle "
                                   "--format '{{json .Endpoint.Ports}}'").strip()
     assert published in ("null", "[]")
+    # ... it answers on the node itself ...
+    fetch = ("python3 -c \"import urllib.request; print(urllib.request.urlopen("
+             f"'http://127.0.0.1:{DOZZLE_PORT}/api/containers', timeout=5).read().decode())\"")
+    out = wait_for("Dozzle on its node's loopback", lambda: (lambda r: r[1] if r[0] == 0
+                   else None)(cluster.nodes.run(dozzle_node, fetch, 30)), 60, interval=2)
+    assert f"{STACK}_dozzle" in out  # it lists its own node's containers
+    # ... and through an SSH tunnel, as an operator reaches it (the runbook's own probe).
+    ssh_conn = Connection(cluster.ips[dozzle_node], user="root", port=22, connect_timeout=10,
+                          connect_kwargs={"pkey": cluster.key, "allow_agent": False,
+                                          "look_for_keys": False})
+    try:
+        status, body = http_through_tunnel(ssh_conn, DOZZLE_PORT, "/healthcheck")
+    finally:
+        ssh_conn.close()
+    assert (status, body) == (200, '{"status": "ok"}')
+    # From outside the node, 9999 is refused: from this machine, on every node ...
+    for name, node_ip in cluster.ips.items():
+        assert tcp_probe(node_ip, DOZZLE_PORT) == "refused", name
+    # ... and from another node of the cluster, to Dozzle's node.
+    peer = next(n for n in NAMES if n != dozzle_node)
+    code, out = cluster.nodes.run(peer, (
+        "python3 -c \"import socket; socket.create_connection("
+        f"('{cluster.ips[dozzle_node]}', {DOZZLE_PORT}), timeout=3)\""), 30)
+    assert code != 0 and "ConnectionRefusedError" in out, out
 
     logs = cluster.sh(first, f"docker service logs --raw {STACK}_api 2>&1; "
                              f"docker service logs --raw {STACK}_worker 2>&1")
