@@ -84,9 +84,13 @@ def test_new_target_and_proxy_setting_update_the_record(emulator):
     assert unproxied.changed == 1 and unproxied.ok, unproxied
     (after,) = records(emulator)
     assert (after.id, after.content, after.proxied) == (before.id, NODE_IP, False)
-    assert not dns.verify_dns_record(ctx_for(emulator), NODE_IP).ok  # params say proxied
-    assert not dns.verify_dns_record(ctx_for(emulator, {"cloudflare.proxied": False}),
-                                     LB_IP).ok
+    # A red check fails the step (casera.result.timed raises, the result attached).
+    with pytest.raises(StepFailed) as proxied:
+        dns.verify_dns_record(ctx_for(emulator), NODE_IP)  # params say proxied
+    assert not proxied.value.result.ok  # type: ignore[attr-defined]
+    with pytest.raises(StepFailed) as moved_away:
+        dns.verify_dns_record(ctx_for(emulator, {"cloudflare.proxied": False}), LB_IP)
+    assert not moved_away.value.result.ok  # type: ignore[attr-defined]
 
 
 def test_other_a_records_are_deleted_behind_the_gate(emulator):
