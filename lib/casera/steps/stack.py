@@ -118,7 +118,9 @@ def ensure_stack(ctx: RunContext, timeout: float = 600) -> StepResult:
         counts = wait_for("every service at its replica count",
                           lambda: _converged(client, p), timeout)
         for name, count in counts.items():
-            result.check(f"{name} replicas", True, f"{count} running")
+            wanted = getattr(p.services, name).replicas
+            result.check(f"{name} replicas", count == wanted,
+                         f"{count} running, params say {wanted}")
     return result
 
 
@@ -180,7 +182,7 @@ def verify_stack(ctx: RunContext, secret_values: dict[str, Secret]) -> StepResul
             url = f"http://{nodes[name]}:{p.swarm.api_published_port}/readyz"
             try:
                 body = wait_for(f"{url} to answer", lambda u=url: _get(u), 60, show=False)
-                result.check(f"api /readyz on {name}", True, body[:80])
+                result.check(f"api /readyz on {name}", body is not None, body[:80])
             except WaitTimeout as exc:
                 result.check(f"api /readyz on {name}", False, str(exc)[:160])
         _check_dozzle(ctx, stack, result, nodes, dozzle)

@@ -164,8 +164,10 @@ def _verify_managers(ctx: RunContext, client: docker.DockerClient, nodes: dict[s
 
     entries = wait_for(f"{len(wanted)} reachable managers", converged, timeout)
     leaders = [e["hostname"] for e in entries if e["leader"]]
-    result.check("managers", True, f"{len(wanted)} ready and reachable: "
-                 + ", ".join(sorted(e["hostname"] for e in entries)))
+    ready = sorted(e["hostname"] for e in entries if e["role"] == "manager"
+                   and e["state"] == "ready" and e["reachability"] == "reachable")
+    result.check("managers", set(ready) == wanted,
+                 f"{len(ready)} of {len(wanted)} ready and reachable: {', '.join(ready)}")
     result.check("one leader", len(leaders) == 1, f"leader {', '.join(leaders) or 'none'}")
     result.check("odd manager count", len(wanted) % 2 == 1,
                  f"{len(wanted)} managers tolerate {(len(wanted) - 1) // 2} failure(s)")
@@ -287,10 +289,16 @@ def ensure_overlay_network(ctx: RunContext) -> StepResult:
                                        scope="swarm", labels={"casera.env": ctx.env},
                                        options={"encrypted": "true"} if sw.overlay_encrypted
                                        else None)
-        result.check("encryption", True,
-                     "ON: IPsec (ESP) between nodes" if sw.overlay_encrypted else
-                     f"OFF, as params/{ctx.env}.yaml says (swarm.overlay_encrypted: false): "
-                     "traffic between nodes on this network is NOT encrypted")
+        if not ctx.dry_run:
+            network = client.networks.get(sw.overlay_network)
+            encrypted = "encrypted" in (network.attrs.get("Options") or {})
+            result.check("encryption as params say", encrypted == sw.overlay_encrypted,
+                         f"network option encrypted {'set' if encrypted else 'absent'}, params "
+                         f"say {sw.overlay_encrypted}")
+        result.note("encryption",
+                    "ON: IPsec (ESP) between nodes" if sw.overlay_encrypted else
+                    f"OFF, as params/{ctx.env}.yaml says (swarm.overlay_encrypted: false): "
+                    "traffic between nodes on this network is NOT encrypted")
     return result
 
 
@@ -356,9 +364,10 @@ def verify_overlay_traffic(ctx: RunContext, timeout: float = 120) -> StepResult:
                     continue
                 url = f"http://{addresses[ids[target]]}:{PROBE_PORT}/"
                 try:
-                    wait_for(f"{source} -> {target} over {sw.overlay_network}",
-                             lambda u=url, c=container: _fetches(c, u), 20, show=False)
-                    result.check(f"{source} -> {target}", True, f"HTTP to {url}")
+                    fetched = wait_for(f"{source} -> {target} over {sw.overlay_network}",
+                                       lambda u=url, c=container: _fetches(c, u), 20,
+                                       show=False)
+                    result.check(f"{source} -> {target}", fetched is True, f"HTTP to {url}")
                 except WaitTimeout:
                     result.check(f"{source} -> {target}", False,
                                  f"no answer from {url} within 20 s"
