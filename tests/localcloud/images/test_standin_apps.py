@@ -196,3 +196,32 @@ def test_dozzle_lists_containers_and_their_logs_from_the_docker_socket(port, sta
             assert marker in response.read().decode()
     finally:
         container.remove(force=True)
+
+
+def test_dozzle_listens_only_where_dozzle_addr_says_and_answers_healthcheck(port, start_app,
+                                                                            tmp_path):
+    # The stack sets DOZZLE_ADDR=127.0.0.1:9999 so Dozzle is reachable only on its node's
+    # loopback; /healthcheck is real Dozzle's path, which verify_stack asks through SSH.
+    import socket
+
+    from casera.progress import wait_for
+
+    dozzle_port = port()
+    app = start_app("dozzle", {"DOCKER_SOCKET": str(tmp_path / "no-docker.sock"),
+                               "DOZZLE_ADDR": f"127.0.0.1:{dozzle_port}"})
+    app.port = dozzle_port
+
+    def answer() -> tuple[int, dict] | None:
+        try:
+            status, body, _ = app.get("/healthcheck")
+        except OSError:
+            return None
+        return status, body
+
+    status, body = wait_for("the dozzle stand-in", answer, 20, interval=0.1, show=False)
+    # No Docker socket here: unhealthy, and it says why (the same answer as /healthz).
+    assert status == 503 and body["socket"].endswith("no-docker.sock")
+    assert app.get("/healthz")[0] == 503
+    # Another address of this machine (127.0.0.2 is loopback too) finds nothing listening.
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.2", dozzle_port), timeout=3).close()
