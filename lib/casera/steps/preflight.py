@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from casera.context import RunContext
 from casera.paths import params_file
-from casera.providers import b2, cloudflare, hetzner, neon, postgres, ssh
+from casera.providers import b2, cloudflare, docker_swarm, hetzner, neon, postgres, ssh
 from casera.result import StepResult, timed
 from casera.secrets import SECRET_SPECS
 
@@ -107,7 +107,8 @@ def verify_endpoints(ctx: RunContext, include_nodes: bool = True) -> StepResult:
                 with ssh.connect(ip, p.ssh.port, p.ssh.admin_user, p.ssh.private_key_file,
                                  PROBE_TIMEOUT_S,
                                  known_hosts=ssh.KnownHosts.for_env(p.env)) as conn:
-                    version = ssh.run(conn, "docker version --format '{{.Server.Version}}'")
+                    version = ssh.run(conn, docker_swarm.cli(
+                        "version --format '{{.Server.Version}}'"))
                     answers.append(f"{ip} docker {version}")
             return "; ".join(answers)
 
