@@ -221,3 +221,15 @@ def test_no_docker_api_version_pin_remains_in_lib() -> None:
         if found:
             pins[str(path.relative_to(LIB))] = found
     assert not pins, f"Docker API version pinned (negotiate instead): {pins}"
+
+
+def test_every_docker_command_over_ssh_goes_through_cli() -> None:
+    # The CLI on a node negotiates by itself unless DOCKER_API_VERSION pins it; docker_swarm.cli
+    # clears that pin, so no `docker ...` line may reach a node's shell without it.
+    raw = re.compile(r"""\b(?:ssh\.run|conn\.run|\.run)\(\s*\w+\s*,\s*f?["']docker\s""")
+    offenders = {str(p.relative_to(LIB)): [m.group(0) for m in raw.finditer(p.read_text())]
+                 for p in LIB.rglob("*.py")}
+    offenders = {k: v for k, v in offenders.items() if v}
+    assert not offenders, offenders
+    assert raw.search('ssh.run(conn, "docker version")')  # the detector sees the old form
+    assert raw.search("ssh.run(conn, f\"docker stack deploy -c {x}\")")
