@@ -385,8 +385,9 @@ def test_a_live_holder_on_this_host_is_not_broken_even_when_asked(project: Path,
     assert LockHolder.from_labels(lock_labels(hetzner_url) or {}).run_id == "deadbeef"
 
 
+@pytest.mark.parametrize("killed", [False, True], ids=["shut down", "killed like nbval does"])
 def test_a_jupyter_session_takes_the_lock_scrubs_and_releases_at_exit(
-        project: Path, hetzner_url: str) -> None:
+        project: Path, hetzner_url: str, killed: bool) -> None:
     from jupyter_client.manager import start_new_kernel
 
     km, kc = start_new_kernel(kernel_name="python3", cwd=str(project / "runbooks"))
@@ -423,8 +424,11 @@ def test_a_jupyter_session_takes_the_lock_scrubs_and_releases_at_exit(
         assert "[ ok ] disk n1" in "".join(texts)
     finally:
         kc.stop_channels()
-        km.shutdown_kernel(now=False)
-    assert lock_labels(hetzner_url) is None, "the kernel's exit did not release the lock"
+        km.shutdown_kernel(now=killed)  # now=True: SIGKILL, no atexit (nbval's stop())
+    deadline = time.monotonic() + 15
+    while lock_labels(hetzner_url) is not None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert lock_labels(hetzner_url) is None, "the kernel's end did not release the lock"
 
 
 def test_gate_refuses_headless_production_like_runs_unless_approved(project: Path) -> None:

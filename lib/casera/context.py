@@ -5,8 +5,9 @@ global state, so a step is an ordinary function of ``ctx`` that tests can call d
 
 ``start_run`` also makes a run out of a session the runner did not start (JupyterLab, nbval,
 a Python prompt): it takes the environment's lock (``casera.runner.lock``), released by
-:func:`end_run` or when the kernel exits (atexit; a kernel that is killed leaves it behind,
-reported as stale with its holder and age, broken with ``casera run ... --break-lock``);
+:func:`end_run`, when the kernel exits (atexit), or, when the kernel is killed (nbval, a
+JupyterLab restart), by a small watcher process that outlives it; a lock whose watcher died
+too is reported as stale with its holder and age and broken with ``casera run --break-lock``;
 it journals the session's steps to a private file (``ctx.journal``) so ``run_changes`` works;
 and it masks the environment's secrets in everything the kernel sends to the notebook. Under
 ``casera run`` the runner does all three itself, and says so through the environment.
@@ -104,6 +105,8 @@ def start_run(
         env_lock = lock.env_lock(env, params, secrets)
         env_lock.acquire(lock.LockHolder.for_this_process(run_id, operator,
                                                           _runbook_name(runbook)))
+        if not held or held[1] != run_id:
+            lock.release_when_parent_exits(env, run_id, params.hetzner.api_endpoint)
         _HELD[env] = (env_lock, run_id)
         if journal is None:
             journal = Path(tempfile.gettempdir()) / f"casera-{env}-{run_id}.jsonl"

@@ -136,12 +136,13 @@ class EnvLock:
         found = self._call("read", lambda: self.api.firewalls.get_by_name(self.name))
         return LockHolder.from_labels(found.labels or {}) if found else None  # type: ignore[attr-defined]
 
-    def acquire(self, holder: LockHolder, break_stale: bool = False) -> None:
+    def acquire(self, holder: LockHolder, break_stale: bool = False,
+                grace_s: float = 10.0) -> None:
         """Take the lock or raise :class:`LockHeld` naming its holder. Re-entrant for the same
         run id (a kernel that runs its first cell again keeps the lock it has)."""
         from hcloud import APIException
 
-        for _ in range(3):
+        for _ in range(4):
             try:
                 self.api.firewalls.create(name=self.name, labels=holder.labels())  # type: ignore[arg-type]
                 return
@@ -158,6 +159,10 @@ class EnvLock:
             current = LockHolder.from_labels(found.labels or {})  # type: ignore[attr-defined]
             if current.run_id == holder.run_id and current.host == holder.host:
                 return
+            if current.alive() is False and grace_s > 0 and not break_stale:
+                # A kernel killed a moment ago: its watcher is about to release the lock.
+                grace_s = self._wait_for_release(grace_s)
+                continue
             if break_stale and current.alive() is not True:
                 # Deleting by id: if someone else broke and retook it meanwhile, that is a new
                 # firewall with a new id, and our create below meets it as held.
@@ -172,6 +177,17 @@ class EnvLock:
                         f" (or delete the firewall {self.name} in the Hetzner console).")
             raise LockHeld(f"env {self.env} is locked by {current.describe()}.{hint}")
         raise LockHeld(f"could not take the lock {self.name} of env {self.env}; try again")
+
+    def _wait_for_release(self, seconds: float) -> float:
+        """Wait until the lock is gone or ``seconds`` pass; returns 0 (the grace is spent)."""
+        import time
+
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self._call("read", lambda: self.api.firewalls.get_by_name(self.name)) is None:
+                break
+            time.sleep(0.5)
+        return 0.0
 
     def _delete(self, found: object) -> None:
         from hcloud import APIException
@@ -212,3 +228,37 @@ def env_lock(env: str, params: Params, secrets: SecretStore) -> EnvLock:
 # Set by the runner for the kernel it starts: ``start_run`` then knows the runner holds the
 # lock for this run id and does not take it again.
 RUNNER_LOCK_ENV = "CASERA_RUNNER_LOCK_RUN_ID"
+
+
+def release_when_parent_exits(env: str, run_id: str, api_endpoint: str) -> None:
+    """Start a small watcher that releases this run's lock once this process is gone.
+
+    For kernels: nbval and JupyterLab's restart kill them outright (SIGKILL), so no atexit
+    runs. The watcher sits in its own session (a kill of the kernel's process group does not
+    reach it) and notices its parent's end when it is re-parented, which a zombie kernel
+    cannot hide.
+    """
+    import subprocess
+    import sys
+
+    subprocess.Popen([sys.executable, "-m", "casera.runner.lock", env, run_id, api_endpoint,
+                      str(os.getpid())], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                     stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+
+
+def _watch(env: str, run_id: str, api_endpoint: str, parent: int) -> None:
+    import time
+
+    from casera.providers import hetzner
+    from casera.secrets import SecretStore
+
+    while os.getppid() == parent:
+        time.sleep(0.2)
+    api = hetzner.client(api_endpoint, SecretStore(env).get("hcloud_token"), timeout=15.0)
+    EnvLock(env, api, api_endpoint).release(run_id)
+
+
+if __name__ == "__main__":
+    import sys
+
+    _watch(sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]))
