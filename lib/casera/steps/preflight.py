@@ -1,8 +1,9 @@
 """Preflight: read-only checks before any runbook changes anything.
 
-Red checks are an answer, not an error: these steps never raise for a failed check (the
-bootstrap runbook calls ``raise_for_failed_checks`` on them when it needs them green).
-Every endpoint probe has a short timeout and reports the error it met, never a secret.
+A red check fails its step and the run like anywhere else (``timed`` raises), with the step's
+whole table shown first, so the operator sees every red row of that step at once. What is only
+information (versions, settings, "no servers yet") is a note and cannot fail. Every endpoint
+probe has a short timeout and reports the error it met, never a secret.
 """
 
 from __future__ import annotations
@@ -100,8 +101,6 @@ def verify_endpoints(ctx: RunContext, include_nodes: bool = True) -> StepResult:
         _probe(result, "hetzner api", hetzner_api)
 
         def ssh_and_docker() -> str:
-            if not servers:
-                raise LookupError("no servers yet, so no SSH or Docker endpoint to try")
             answers = []
             for ip in servers:
                 with ssh.connect(ip, p.ssh.port, p.ssh.admin_user, p.ssh.private_key_file,
@@ -112,7 +111,10 @@ def verify_endpoints(ctx: RunContext, include_nodes: bool = True) -> StepResult:
                     answers.append(f"{ip} docker {version}")
             return "; ".join(answers)
 
-        if include_nodes:
+        if include_nodes and not servers:
+            # Before the bootstrap there is nothing to try: a fact, not a failure.
+            result.note("ssh + docker", "no servers yet, so no SSH or Docker endpoint to try")
+        elif include_nodes:
             _probe(result, "ssh + docker", ssh_and_docker)
         _probe(result, "b2", lambda: "authorized, account " + b2.authorize(
             p.b2.realm, s.get("b2_key_id"), s.get("b2_application_key")
