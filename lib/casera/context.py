@@ -130,14 +130,15 @@ def _runbook_name(given: str) -> str:
     return Path(session).stem if isinstance(session, str) and session else given
 
 
-def end_run(ctx: RunContext) -> bool:
+def end_run(ctx: RunContext) -> str:
     """Release the env lock this session took (the last cell of an interactive run, or any
-    time); True when it was held here. Under the runner this does nothing: it releases."""
+    time) and say what happened. Under the runner this does nothing: the runner releases."""
     held = _HELD.get(ctx.env)
     if not held or held[1] != ctx.run_id:
-        return False
+        return (f"env {ctx.env}: the lock is not held by this session (run {ctx.run_id}); "
+                "under `casera run` the runner releases it when the run ends")
     _release(ctx.env)
-    return True
+    return f"env {ctx.env}: lock of run {ctx.run_id} released"
 
 
 def _release(env: str) -> None:
