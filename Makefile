@@ -29,14 +29,15 @@ install: .make/debs $(PYSTAMP)
 	@touch $@
 
 # The venv is remade when it was made by another interpreter (make PYTHON=... switches it).
-$(PYSTAMP): pyproject.toml .make/debs
+$(PYSTAMP): pyproject.toml localcloud/pyproject.toml .make/debs
 	@mkdir -p .make
 	@want=$$($(PYTHON) -c 'import sys; print(sys.base_prefix)'); \
 	have=$$($(VPY) -c 'import sys; print(sys.base_prefix)' 2>/dev/null || true); \
 	if [ "$$want" != "$$have" ]; then \
 	  echo "creating $(VENV) with $(PYTHON) ($$want)"; rm -rf $(VENV); $(PYTHON) -m venv $(VENV); \
 	fi
-	$(VPY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@# The product, and beside it the local cloud (its own distribution, see localcloud/).
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[dev]' -e ./localcloud
 	@rm -f .make/python*; touch $@
 
 # The main job on the embedded default: the local cloud, then the bootstrap runbook on it.

@@ -23,9 +23,9 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from casera.localcloud import engine
-from casera.localcloud.nodes import Nodes, image, service
 from casera.progress import wait_for
+from casera_localcloud import engine
+from casera_localcloud.nodes import Nodes, image, service
 
 NAMES = ("casera-bench-1", "casera-bench-2", "casera-bench-3")
 

@@ -72,8 +72,8 @@ def assert_no_planted_secret(path: Path) -> None:
 def hetzner_emulator() -> Iterator[str]:
     """The local Hetzner API (in memory, fake nodes) on a free port, accepting the planted
     token; yields its URL. The runner's subprocesses and kernels reach it over TCP."""
-    from casera.localcloud.hetzner.fake_backend import FakeNodeBackend
-    from casera.localcloud.hetzner.server import EmulatorHTTPServer, create_app
+    from casera_localcloud.hetzner.fake_backend import FakeNodeBackend
+    from casera_localcloud.hetzner.server import EmulatorHTTPServer, create_app
 
     app = create_app(None, FakeNodeBackend(), node_network="127.0.0.0/24",
                      lb_ports=range(0, 0))

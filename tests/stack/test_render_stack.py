@@ -8,8 +8,6 @@ import copy
 import pytest
 import yaml
 
-from casera.localcloud.images import local_stack_settings
-from casera.localcloud.images.recipes import APP_UID
 from casera.params import load_params
 from casera.stack import (
     DOZZLE_PORT,
@@ -21,6 +19,8 @@ from casera.stack import (
     render_stack,
     settings_from_params,
 )
+from casera_localcloud.images import local_stack_settings
+from casera_localcloud.images.recipes import APP_UID
 
 DATABASE = {"host": "ep-casera-123456-pooler.eu-central-1.aws.neon.tech", "port": 5432,
             "name": "casera", "user": "casera_app", "sslmode": "require", "hostaddr": None}

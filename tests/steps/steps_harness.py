@@ -77,8 +77,8 @@ def local_neon(root: Path) -> Iterator[dict[str, Any]]:
     """A private local Neon (real PostgreSQL + PgBouncer + the API) under ``root``, on free
     ports, with its own CASERA_LOCAL_HOME and project dir. Yields what a ctx needs: params
     overrides, the secrets' environment, and the ``environ`` to apply around ``neon.up``."""
-    from casera.localcloud import neon
-    from casera.localcloud.secrets_file import read_local_secrets
+    from casera_localcloud import neon
+    from casera_localcloud.secrets_file import read_local_secrets
 
     os.chmod(root, 0o755)  # PostgreSQL runs as postgres and must walk down to its data
     base = _free_range((0, 1, 2, 3, 20, 21, 22, 23, 40))

@@ -35,8 +35,8 @@ def cloud():
         pytest.skip("the local Neon runs PostgreSQL as the postgres user: needs root")
     if not shutil.which("nsenter"):
         pytest.skip("nsenter is needed for the client outside the allowlist")
-    from casera.localcloud import neon
-    from casera.localcloud.neon.netns import namespace
+    from casera_localcloud import neon
+    from casera_localcloud.neon.netns import namespace
 
     root = Path(tempfile.mkdtemp(prefix="casera-steps-neon-", dir="/tmp"))
     try:
@@ -256,7 +256,7 @@ def test_scale_refuses_an_allowlist_without_nodes(scale):
 def test_launch_with_a_leftover_allowlist_is_red(scale):
     # Set on Scale, then the account moves to Launch behind the emulator's back (the
     # emulator itself refuses that order): the step must not call it fine.
-    from casera.localcloud.neon import config, state
+    from casera_localcloud.neon import config, state
 
     database.neon_client(ctx_for(scale)).update_project(
         "casera-local", {"settings": {"allowed_ips": {"ips": ["10.77.0.11"]}}})

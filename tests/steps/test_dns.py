@@ -8,9 +8,9 @@ import pytest
 from steps_harness import free_port, make_ctx
 
 from casera.errors import ApprovalRefused, StepFailed
-from casera.localcloud.cloudflare import service
 from casera.providers import cloudflare
 from casera.steps import dns
+from casera_localcloud.cloudflare import service
 
 pytestmark = pytest.mark.localcloud
 

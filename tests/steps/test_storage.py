@@ -10,10 +10,10 @@ import pytest
 from steps_harness import applied, free_port, make_ctx
 
 from casera.errors import ApprovalRefused, SecretMissingError, StepFailed
-from casera.localcloud.b2 import service
 from casera.providers import b2
 from casera.secrets import Secret
 from casera.steps import docker_secrets, storage
+from casera_localcloud.b2 import service
 
 pytestmark = pytest.mark.localcloud
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from importlib.metadata import entry_points
 
 from casera.errors import CaseraError, SecretLeakError
 from casera.runner import audit, lock
@@ -40,12 +42,32 @@ def _parser() -> argparse.ArgumentParser:
                             "casera-lock-ENV in its Hetzner project)")
     p_lock.add_argument("--env", required=True)
 
-    p_local = sub.add_parser("local", help="the local cloud: up | down | status | ...")
-    p_local.add_argument("args", nargs=argparse.REMAINDER)
+    # Commands other distributions add (the local cloud registers `local`): found through
+    # entry points, so this package never imports them and installs without them.
+    for name in sorted(_plugins()):
+        p_plugin = sub.add_parser(name, help=f"{name}: a command of an installed plugin")
+        p_plugin.add_argument("args", nargs=argparse.REMAINDER)
     return parser
 
 
+PLUGIN_GROUP = "casera.commands"
+
+
+def _plugins() -> dict[str, object]:
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
+def _plugin(name: str) -> Callable[[list[str]], int]:
+    return _plugins()[name].load()  # type: ignore[attr-defined, no-any-return]
+
+
 def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    if given[:1] == ["local"] and "local" not in _plugins():
+        print("casera: `casera local` comes with the local cloud, which is not installed here. "
+              "Install it from a checkout: pip install -e ./localcloud (make install does)",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
@@ -71,10 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             holder = env_lock.holder()
             print(holder.describe() if holder else f"env {args.env} is not locked")
             return 0
-        if args.command == "local":
-            from casera.localcloud.cli import main as local_main
-
-            return local_main(args.args)
+        if args.command in _plugins():
+            return _plugin(args.command)(args.args)
     except SecretLeakError as exc:
         print(f"casera: SECRET LEAK: {exc}", file=sys.stderr)
         return EXIT_LEAK

@@ -4,7 +4,7 @@ environment at once: not two runs in one checkout, nor CI and an operator's lapt
 The lock is a Hetzner Cloud Firewall named ``casera-lock-<env>`` with no rules and no targets
 (it filters nothing, and applies to no server), created in the environment's own Hetzner
 project. A firewall's name "Must be unique per Project" (the create-firewall schema of
-Hetzner's OpenAPI, copied in lib/casera/localcloud/hetzner/data/hcloud-openapi.json), so the
+Hetzner's OpenAPI, copied in lib/casera_localcloud/hetzner/data/hcloud-openapi.json), so the
 create is the atomic test-and-set: the API answers ``uniqueness_error`` (409) to the second
 creator (https://docs.hetzner.cloud/reference/cloud#errors), and that is "held". Who holds it is in
 the firewall's labels: run id, operator, host, pid, runbook and start time. Hetzner's label

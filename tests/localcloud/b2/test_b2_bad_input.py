@@ -22,7 +22,7 @@ import pytest
 from b2sdk.v2 import B2Api, InMemoryAccountInfo
 from b2sdk.v2.exception import BadJson, BadRequest, DuplicateBucketName, interpret_b2_error
 
-from casera.localcloud.b2 import service
+from casera_localcloud.b2 import service
 
 KEEP_BUCKET = "casera-keep"
 

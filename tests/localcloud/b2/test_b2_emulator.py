@@ -28,7 +28,7 @@ from b2sdk.v2.exception import (
     Unauthorized,
 )
 
-from casera.localcloud.b2 import service
+from casera_localcloud.b2 import service
 
 PART = 128 * 1024
 MIN_PART = 32 * 1024

@@ -19,7 +19,7 @@ import cloudflare
 import pytest
 from cloudflare import Cloudflare
 
-from casera.localcloud.cloudflare import service
+from casera_localcloud.cloudflare import service
 
 ZONE = "casera.test"
 TOKEN = "casera-bad-input-token_0123456789abcdefg"

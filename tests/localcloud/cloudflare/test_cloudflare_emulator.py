@@ -15,10 +15,10 @@ import cloudflare
 import pytest
 from cloudflare import Cloudflare
 
-from casera.localcloud.cloudflare import service
-from casera.localcloud.cloudflare.store import read_state
 from casera.providers import cloudflare as provider
 from casera.secrets import Secret
+from casera_localcloud.cloudflare import service
+from casera_localcloud.cloudflare.store import read_state
 
 ZONE = "casera.test"
 TOKEN = "casera-test-token_0123456789abcdefghijklmn"

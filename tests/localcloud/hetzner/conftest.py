@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hetzner_harness import Running, start, stop_and_check
 
-from casera.localcloud.hetzner.fake_backend import FakeNodeBackend
+from casera_localcloud.hetzner.fake_backend import FakeNodeBackend
 
 
 @pytest.fixture

@@ -20,10 +20,10 @@ import requests
 from hcloud import Client
 from openapi_schema_validator import OAS30Validator
 
-from casera.localcloud.hetzner import validation
-from casera.localcloud.hetzner.app import Emulator
-from casera.localcloud.hetzner.fake_backend import FakeNodeBackend
-from casera.localcloud.hetzner.server import EmulatorHTTPServer, create_app
+from casera_localcloud.hetzner import validation
+from casera_localcloud.hetzner.app import Emulator
+from casera_localcloud.hetzner.fake_backend import FakeNodeBackend
+from casera_localcloud.hetzner.server import EmulatorHTTPServer, create_app
 
 TOKEN = "test-token-0123456789"
 

@@ -17,8 +17,8 @@ from hcloud.locations.domain import Location
 from hcloud.server_types.domain import ServerType
 from hetzner_harness import TOKEN, Running, start, stop_and_check
 
-from casera.localcloud.hetzner.fake_backend import FakeNodeBackend
-from casera.localcloud.hetzner.labels import matches
+from casera_localcloud.hetzner.fake_backend import FakeNodeBackend
+from casera_localcloud.hetzner.labels import matches
 
 PUBLIC_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIG9m7GxvW1x3vP1mWm0d6c3Gx0b1l2K1mQ0n"
               "8r9s2bXY operator@casera")

@@ -10,9 +10,9 @@ from hcloud.images.domain import Image
 from hcloud.server_types.domain import ServerType
 from hetzner_harness import free_port
 
-from casera.localcloud import hetzner
-from casera.localcloud.hetzner.service import TOKEN_ENV
-from casera.localcloud.secrets_file import read_local_secrets
+from casera_localcloud import hetzner
+from casera_localcloud.hetzner.service import TOKEN_ENV
+from casera_localcloud.secrets_file import read_local_secrets
 
 
 @pytest.fixture
@@ -55,7 +55,7 @@ def test_up_refuses_without_a_node_backend(scratch: Path,
     from casera.errors import CaseraError
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "casera.localcloud.nodes"
+                        lambda name, *a: None if name == "casera_localcloud.nodes"
                         else real(name, *a))
-    with pytest.raises(CaseraError, match="casera.localcloud.nodes"):
+    with pytest.raises(CaseraError, match="casera_localcloud.nodes"):
         hetzner.up(port=free_port())

@@ -101,7 +101,7 @@ def test_the_difference_to_the_seed_in_one_currency(tmp_path: Path, emulator: Ru
 def test_a_server_with_no_listed_price_is_red(tmp_path: Path, emulator: Running,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     _build(emulator, with_lb=False)
-    from casera.localcloud.hetzner import catalog
+    from casera_localcloud.hetzner import catalog
     cx33 = catalog.find(catalog.SERVER_TYPES, "cx33")
     assert cx33 is not None
     monkeypatch.setitem(cx33, "prices", [p for p in cx33["prices"] if p["location"] != "fsn1"])

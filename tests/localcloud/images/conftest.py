@@ -151,7 +151,7 @@ def postgres() -> Iterator[Postgres]:
 @pytest.fixture(scope="session")
 def postgres_for_nodes() -> Iterator[Postgres]:
     """The same, with PgBouncer also on the nodes' gateway (the bridge must exist first)."""
-    from casera.localcloud.registry import NODE_GATEWAY
+    from casera_localcloud.registry import NODE_GATEWAY
 
     yield from _start_postgres(NODE_GATEWAY)
 
@@ -206,7 +206,7 @@ def start_app(tmp_path: Path) -> Iterator[Any]:
             full_env["PORT"] = str(port)
         with open(log_path, "w") as out:
             process = subprocess.Popen(
-                [sys.executable, "-u", "-m", f"casera.localcloud.images.apps.{module}"],
+                [sys.executable, "-u", "-m", f"casera_localcloud.images.apps.{module}"],
                 env=full_env, stdout=out, stderr=subprocess.STDOUT, text=True)
         app = App(process, port, log_path, full_env)
         apps.append(app)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 
-from casera.localcloud.images.apps import asynq
+from casera_localcloud.images.apps import asynq
 
 
 def test_enqueue_writes_asynq_layout(r):

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from casera.localcloud.images import recipes
-from casera.localcloud.images.recipes import IMAGES_BY_NAME, PYTHON_BASE
+from casera_localcloud.images import recipes
+from casera_localcloud.images.recipes import IMAGES_BY_NAME, PYTHON_BASE
 
 # What a node downloads per image (compressed, shared base included). The python images
 # share one base layer, so a node pays for it once.
@@ -46,7 +46,7 @@ def test_tags_are_stable():
 
 @pytest.fixture(scope="module")
 def built() -> dict[str, object]:
-    from casera.localcloud import images
+    from casera_localcloud import images
 
     started = time.monotonic()
     first = images.up()
@@ -70,8 +70,8 @@ def test_second_up_rebuilds_nothing(built):
 
 @pytest.mark.localcloud
 def test_images_are_in_the_registry_and_small(built):
-    from casera.localcloud import registry
-    from casera.localcloud.images import pushed_size
+    from casera_localcloud import registry
+    from casera_localcloud.images import pushed_size
 
     for name, recipe in IMAGES_BY_NAME.items():
         assert recipe.tag() in registry.tags(f"casera/{name}")
@@ -82,8 +82,8 @@ def test_images_are_in_the_registry_and_small(built):
 
 @pytest.mark.localcloud
 def test_images_run_as_non_root(built):
-    from casera.localcloud import engine
-    from casera.localcloud.images import push_ref
+    from casera_localcloud import engine
+    from casera_localcloud.images import push_ref
 
     client = engine.client()
     for name, recipe in IMAGES_BY_NAME.items():
@@ -94,9 +94,9 @@ def test_images_run_as_non_root(built):
 @pytest.mark.localcloud
 def test_redis_image_keeps_aof_on_and_loads_a_restored_snapshot(built):
     """The failover runbook restores a lone dump.rdb; Redis with AOF on would ignore it."""
-    from casera.localcloud import engine
-    from casera.localcloud.images import push_ref
     from casera.progress import wait_for
+    from casera_localcloud import engine
+    from casera_localcloud.images import push_ref
 
     client = engine.client()
     ref = push_ref(IMAGES_BY_NAME["redis"])

@@ -11,7 +11,7 @@ import urllib.request
 import pytest
 import yaml
 
-from casera.localcloud import registry
+from casera_localcloud import registry
 
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -29,8 +29,8 @@ def test_reader_config_is_read_only_and_bound_to_the_gateway():
 
 @pytest.mark.localcloud
 def test_up_is_idempotent_and_both_listeners_serve_one_store():
-    from casera.localcloud import engine
-    from casera.localcloud.nodes import network
+    from casera_localcloud import engine
+    from casera_localcloud.nodes import network
 
     network.ensure_network(engine.client())  # the gateway the reader binds to
     registry.up()

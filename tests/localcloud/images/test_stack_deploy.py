@@ -28,14 +28,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fabric import Connection
 
-from casera.localcloud import engine, images, registry
-from casera.localcloud.images import local_stack_settings
-from casera.localcloud.nodes import Nodes, network
-from casera.localcloud.nodes.backend import container_name
 from casera.params import load_params
 from casera.progress import wait_for
 from casera.stack import DOZZLE_PORT, SECRETS, render_stack
 from casera.steps.stack import http_through_tunnel, tcp_probe
+from casera_localcloud import engine, images, registry
+from casera_localcloud.images import local_stack_settings
+from casera_localcloud.nodes import Nodes, network
+from casera_localcloud.nodes.backend import container_name
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from casera.localcloud.images.apps import common, dozzle
 from casera.progress import wait_for
+from casera_localcloud.images.apps import common, dozzle
 
 PLANTED_KEY = "planted-secret-key-" + os.urandom(6).hex()
 PLANTED_APNS = "planted-apns-" + os.urandom(6).hex()
@@ -169,15 +169,15 @@ def test_dozzle_demux_of_docker_log_frames():
 def test_dozzle_lists_containers_and_their_logs_from_the_docker_socket(port, start_app):
     import docker.errors
 
-    from casera.localcloud import engine
-    from casera.localcloud.images import IMAGES_BY_NAME, push_ref
+    from casera_localcloud import engine
+    from casera_localcloud.images import IMAGES_BY_NAME, push_ref
 
     engine.ensure_engine()
     client = engine.client()
     try:
         image = client.images.get(push_ref(IMAGES_BY_NAME["api"]))
     except docker.errors.ImageNotFound:
-        pytest.skip("the api image is not built (casera.localcloud.images.up())")
+        pytest.skip("the api image is not built (casera_localcloud.images.up())")
     marker = "hello-from-dozzle-test-" + os.urandom(4).hex()
     container = client.containers.run(image.id, ["python3", "-c", f"print('{marker}')"],
                                       detach=True, labels={"casera.test": "dozzle"})

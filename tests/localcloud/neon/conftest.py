@@ -2,7 +2,7 @@
 real secrets/local.env is untouched) and ports, so it runs beside an operator's local cloud.
 
 Allowlist tests need a client whose address is not loopback: every loopback client comes
-from 127.0.0.1, so the session makes a network namespace (``casera.localcloud.neon.netns``).
+from 127.0.0.1, so the session makes a network namespace (``casera_localcloud.neon.netns``).
 The local Neon listens on the namespace's host end because the session adds it to
 CASERA_NEON_LISTEN_EXTRA before ``up()``.
 """
@@ -25,9 +25,9 @@ from typing import Any
 
 import pytest
 
-from casera.localcloud.neon.netns import Netns
-from casera.localcloud.neon.netns import create as make_netns
-from casera.localcloud.neon.netns import remove as remove_netns
+from casera_localcloud.neon.netns import Netns
+from casera_localcloud.neon.netns import create as make_netns
+from casera_localcloud.neon.netns import remove as remove_netns
 
 
 def _free(port: int) -> bool:
@@ -135,8 +135,8 @@ def neon_session() -> Iterator[NeonEnv]:
         "CASERA_DB_PASSWORD": None,
         "CASERA_NEON_API_KEY": None,
     }
-    from casera.localcloud import neon
-    from casera.localcloud.secrets_file import read_local_secrets
+    from casera_localcloud import neon
+    from casera_localcloud.secrets_file import read_local_secrets
 
     try:
         with applied(environ):

@@ -65,7 +65,7 @@ def test_plain_text_connections_are_refused(neon_env, which):
 def test_direct_endpoint_takes_no_plain_text_even_from_loopback_with_an_allowlist(neon_env):
     # The pooler's plain link to its compute is the Unix socket: no TCP client, loopback
     # included, gets plain text or past the allowlist that way.
-    from casera.localcloud import neon
+    from casera_localcloud import neon
 
     neon.up(plan="scale")
     try:
@@ -106,7 +106,7 @@ def test_launch_plan_refuses_an_allowlist(neon_env):
 
 
 def test_allowlist_is_enforced_on_scale(neon_env):
-    from casera.localcloud import neon
+    from casera_localcloud import neon
 
     ns = neon_env.netns
     remote = {"pooler": neon_env.conninfo(neon_env.pooler_port, host=ns.host_ip),
@@ -230,7 +230,7 @@ def test_api_requires_the_bearer_token(neon_env):
 
 
 def test_second_up_is_quick_and_changes_nothing(neon_env):
-    from casera.localcloud import neon
+    from casera_localcloud import neon
 
     started = time.monotonic()
     lines = neon.up()
@@ -250,7 +250,7 @@ def _listening(address, port):
 
 
 def test_up_reapplies_listen_addresses(neon_env, monkeypatch):
-    from casera.localcloud import neon
+    from casera_localcloud import neon
 
     host_ip = neon_env.netns.host_ip
     assert _listening(host_ip, neon_env.pg_port) and _listening(host_ip, neon_env.pooler_port)
@@ -265,7 +265,7 @@ def test_up_reapplies_listen_addresses(neon_env, monkeypatch):
 
 
 def test_branches_and_settings_survive_down_and_up(neon_env):
-    from casera.localcloud import neon
+    from casera_localcloud import neon
 
     status, body = neon_env.api("POST", f"{PROJECT}/branches",
                                 {"endpoints": [{"type": "read_write"}]})
@@ -286,9 +286,9 @@ def test_branches_and_settings_survive_down_and_up(neon_env):
 
 
 def test_branch_before_the_newest_base_backup_uses_an_older_one(neon_env):
-    from casera.localcloud.neon import pitr
-    from casera.localcloud.neon.config import load_config
-    from casera.localcloud.neon.instances import main_instance
+    from casera_localcloud.neon import pitr
+    from casera_localcloud.neon.config import load_config
+    from casera_localcloud.neon.instances import main_instance
 
     info = neon_env.conninfo(neon_env.pooler_port)
     with connect(**info, autocommit=True) as conn:
@@ -318,9 +318,9 @@ def test_branch_before_the_newest_base_backup_uses_an_older_one(neon_env):
 
 def test_prune_keeps_what_the_history_window_needs(neon_env):
     # Runs last on purpose: it moves the start of the history the other tests branch from.
-    from casera.localcloud.neon import pitr
-    from casera.localcloud.neon.config import load_config
-    from casera.localcloud.neon.instances import main_instance
+    from casera_localcloud.neon import pitr
+    from casera_localcloud.neon.config import load_config
+    from casera_localcloud.neon.instances import main_instance
 
     cfg = load_config()
     pitr.take_base_backup(cfg, main_instance(cfg))

@@ -6,8 +6,8 @@ import base64
 import hashlib
 import hmac
 
-from casera.localcloud.neon.cluster import allowlist_networks, hba_client_lines
-from casera.localcloud.neon.service import scram_matches
+from casera_localcloud.neon.cluster import allowlist_networks, hba_client_lines
+from casera_localcloud.neon.service import scram_matches
 
 
 def test_allowlist_entries_become_cidrs():

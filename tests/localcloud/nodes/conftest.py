@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from nodes_harness import SshKey
 
-from casera.localcloud import engine
-from casera.localcloud.nodes import image, network
+from casera_localcloud import engine
+from casera_localcloud.nodes import image, network
 
 
 @pytest.fixture(scope="session")

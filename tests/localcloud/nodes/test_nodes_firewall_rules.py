@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from casera.errors import CaseraError
-from casera.localcloud.nodes import firewall
+from casera_localcloud.nodes import firewall
 
 
 def rule(protocol: str, port: str | None, sources: list[str], direction: str = "in",

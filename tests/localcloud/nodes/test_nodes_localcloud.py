@@ -16,10 +16,10 @@ import pytest
 from docker.models.containers import Container
 from nodes_harness import SshKey, ssh, wait_ssh
 
-from casera.localcloud import engine
-from casera.localcloud.nodes import Nodes, network, service
-from casera.localcloud.nodes.backend import CONTAINER_PREFIX, container_name
 from casera.progress import wait_for
+from casera_localcloud import engine
+from casera_localcloud.nodes import Nodes, network, service
+from casera_localcloud.nodes.backend import CONTAINER_PREFIX, container_name
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from casera.localcloud.nodes import service
+from casera_localcloud.nodes import service
 
 
 def test_kernel_limits_follow_the_kernel_config(monkeypatch) -> None:

@@ -1,5 +1,5 @@
 """The nodes driven the way the runbooks drive them: hcloud-python against the Hetzner
-emulator, whose backend is ``casera.localcloud.nodes.backend()``. Servers by label, a
+emulator, whose backend is ``casera_localcloud.nodes.backend()``. Servers by label, a
 firewall by label selector, power off/on, delete; checked on the real containers."""
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from hcloud.images.domain import Image
 from hcloud.server_types.domain import ServerType
 from nodes_harness import SshKey, ssh, wait_ssh
 
-from casera.localcloud import nodes as nodes_part
-from casera.localcloud.nodes import network
+from casera_localcloud import nodes as nodes_part
+from casera_localcloud.nodes import network
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
-hetzner_server = pytest.importorskip("casera.localcloud.hetzner.server")
+hetzner_server = pytest.importorskip("casera_localcloud.hetzner.server")
 
 TOKEN = "nodes-test-token"
 NAMES = ["casera-hz-1", "casera-hz-2", "casera-hz-3"]

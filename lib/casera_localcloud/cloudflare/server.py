@@ -1,0 +1,238 @@
+"""HTTP front of the emulator: Cloudflare's v4 URLs, bearer auth and response envelope.
+
+The ``cloudflare`` SDK builds ``base_url + path``, so with
+``base_url="http://127.0.0.1:18004/client/v4"`` every call arrives under ``/client/v4``.
+Answers always carry Content-Length: the SDK (httpx) keeps connections alive.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import math
+import re
+import signal
+import sys
+import urllib.parse
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from casera_localcloud.cloudflare import errors
+from casera_localcloud.cloudflare.api import CloudflareApi
+from casera_localcloud.cloudflare.store import Store
+
+log = logging.getLogger("casera_localcloud.cloudflare")
+
+API_PREFIX = "/client/v4"
+HEALTH_PATH = "/_casera/health"
+SERVICE_NAME = "casera-cloudflare-emulator"
+BEARER = re.compile(r"^Bearer ([A-Za-z0-9_-]+)$")
+ZONE_PATH = re.compile(r"^/zones/([^/]+)$")
+RECORDS_PATH = re.compile(r"^/zones/([^/]+)/dns_records$")
+RECORD_PATH = re.compile(r"^/zones/([^/]+)/dns_records/([^/]+)$")
+MAX_BODY = 1024 * 1024
+
+
+class EmulatorServer(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], api: CloudflareApi) -> None:
+        self.api = api
+        super().__init__(address, Handler)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: EmulatorServer
+    server_version = SERVICE_NAME
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
+        log.info("%s %s", self.address_string(), format % args)
+
+    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
+        self._dispatch()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    # No route takes these; routing still runs so that an unknown URI answers 7003/7000 and a
+    # known one 7001, as Cloudflare does (it answers a CORS preflight OPTIONS with 7001).
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    def do_OPTIONS(self) -> None:  # noqa: N802
+        self._dispatch()
+
+    def send_error(self, code: int, message: str | None = None,
+                   explain: str | None = None) -> None:
+        """http.server's own refusals (a malformed request line or header, a method without a
+        ``do_*``) would be an HTML page; a v4 client expects the JSON envelope."""
+        self.log_error("refused: %d %s", code, message)
+        self.close_connection = True  # the request could not be parsed: nothing to resume
+        if code == HTTPStatus.NOT_IMPLEMENTED:  # http.server's answer to an unknown method
+            error = errors.method_not_allowed(str(self.command))
+        else:
+            error = errors.malformed_request(f"{message or code}"
+                                             + (f" ({explain})" if explain else ""))
+        self._send_json(error.status, error.body())
+
+    def _send_json(self, status: int, payload: object) -> None:
+        data = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        if self.command != "HEAD":  # a HEAD answer carries the headers of the GET, no body
+            self.wfile.write(data)
+
+    def _dispatch(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY or self.headers.get("Transfer-Encoding"):
+            # The body cannot be skipped reliably: answer and drop the connection.
+            self.close_connection = True
+            self._send_json(400, errors.malformed_json().body())
+            return
+        # Read it all before answering, so that an error answer leaves the kept-alive
+        # connection positioned at the next request.
+        raw = self.rfile.read(length) if length else b""
+        try:
+            status, payload = self._route(raw)
+        except errors.CloudflareApiError as exc:
+            status, payload = exc.status, exc.body()
+        except Exception:  # noqa: BLE001 - a bug must answer 500, not kill the thread
+            log.exception("internal error on %s %s", self.command, self.path.split("?")[0])
+            status, payload = 500, errors.CloudflareApiError(
+                500, 10001, "emulator internal error").body()
+        self._send_json(status, payload)
+
+    def _authenticate(self) -> None:
+        header = self.headers.get("Authorization")
+        if header is None:
+            if self.headers.get("X-Auth-Key") or self.headers.get("X-Auth-Email"):
+                raise errors.invalid_token()  # global API keys do not exist here
+            raise errors.missing_auth()
+        match = BEARER.match(header.strip())
+        if not match:
+            raise errors.bad_auth_header()
+        token = match[1].encode()
+        if not any(hmac.compare_digest(token, known.encode())
+                   for known in self.server.api.store.tokens):
+            raise errors.invalid_token()
+
+    def _route(self, raw: bytes) -> tuple[int, dict[str, Any]]:
+        url = urllib.parse.urlsplit(self.path)
+        path = url.path
+        api = self.server.api
+        if path == HEALTH_PATH and self.command == "GET":
+            store = api.store
+            return 200, {"service": SERVICE_NAME, "stateDir": str(store.state_dir),
+                         "zones": sorted(z["name"] for z in store.zones.values()),
+                         "records": len(store.records)}
+        if path != API_PREFIX and not path.startswith(API_PREFIX + "/"):
+            raise errors.no_route(path)
+        self._authenticate()
+        query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
+        rest = path[len(API_PREFIX):].rstrip("/")
+        method = self.command
+
+        if rest == "/zones":
+            self._allow(method, "GET")
+            zones, info = api.list_zones(query)
+            return _ok(zones, info)
+        if match := ZONE_PATH.match(rest):
+            self._allow(method, "GET")
+            return _ok(api.get_zone(match[1], path))
+        if match := RECORDS_PATH.match(rest):
+            self._allow(method, "GET", "POST")
+            if method == "GET":
+                records, info = api.list_records(match[1], query, path)
+                return _ok(records, info)
+            return _ok(api.create_record(match[1], _json_object(raw), path))
+        if match := RECORD_PATH.match(rest):
+            self._allow(method, "GET", "PATCH", "PUT", "DELETE")
+            zone_id, record_id = match[1], match[2]
+            if method == "GET":
+                return _ok(api.get_record(zone_id, record_id, path))
+            if method == "DELETE":
+                return _ok(api.delete_record(zone_id, record_id, path))
+            return _ok(api.update_record(zone_id, record_id, _json_object(raw), path,
+                                         replace=method == "PUT"))
+        raise errors.no_route(path)
+
+    @staticmethod
+    def _allow(method: str, *allowed: str) -> None:
+        if method not in allowed:
+            raise errors.method_not_allowed(method)
+
+
+def _ok(result: object, info: dict[str, int] | None = None) -> tuple[int, dict[str, Any]]:
+    payload: dict[str, Any] = {"success": True, "errors": [], "messages": [], "result": result}
+    if info is not None:
+        payload["result_info"] = info
+    return 200, payload
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw or b"{}", parse_constant=_no_constant, parse_float=_finite_float)
+    except (ValueError, RecursionError):  # bad syntax or UTF-8, NaN, 1e400, absurd nesting
+        raise errors.malformed_json() from None
+    if not isinstance(body, dict):
+        raise errors.malformed_json()
+    return body
+
+
+def _no_constant(name: str) -> object:
+    # Python's json accepts NaN and Infinity, which are not JSON (RFC 8259, section 6).
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"number {text[:40]} is out of range")
+    return number
+
+
+def serve(port: int, state_dir: Path, host: str = "127.0.0.1", zones: list[str] | None = None,
+          tokens: list[str] | None = None, allow_private_proxied: bool = False) -> None:
+    """Run the emulator in the foreground until SIGINT or SIGTERM. ``zones`` and ``tokens``
+    are added to the state if missing (never removed)."""
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    store = Store(state_dir)
+    for token in tokens or []:
+        store.ensure_token(token)
+    for zone in zones or []:
+        store.ensure_zone(zone)
+    server = EmulatorServer((host, port), CloudflareApi(store, allow_private_proxied))
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    log.info("Cloudflare emulator on http://%s:%d%s, state in %s", host, port, API_PREFIX,
+             state_dir)
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+        log.info("Cloudflare emulator stopped")

@@ -1,0 +1,222 @@
+"""The load balancer's data plane: real TCP proxies with health checks, on one asyncio loop
+in a background thread. Implements ``backend.LoadBalancerBackend``.
+
+Each service listens on ``host:local_port`` and hands every new connection to the next
+healthy target in round-robin order, trying the following one if a connect fails. A target
+starts "unknown" and gets no traffic until a check passes, like Hetzner's LB; a healthy
+target turns unhealthy after ``retries`` consecutive failures beyond the first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from casera_localcloud.hetzner.backend import ProxyHealthCheck, ProxyService
+
+log = logging.getLogger(__name__)
+CONNECT_TIMEOUT_S = 5.0
+_CHUNK = 64 * 1024
+
+
+@dataclass
+class _TargetState:
+    status: str = "unknown"
+    failures: int = 0
+    task: asyncio.Task[None] | None = None
+
+
+@dataclass
+class _Listener:
+    service: ProxyService
+    server: asyncio.base_events.Server | None = None
+    error: str | None = None
+    targets: dict[str, _TargetState] = field(default_factory=dict)
+    next_index: int = 0
+
+    def healthy(self) -> list[str]:
+        return [ip for ip in self.service.target_ips
+                if ip in self.targets and self.targets[ip].status == "healthy"]
+
+
+class LoadBalancerProxies:
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="hetzner-lb-proxy")
+        self._thread.start()
+        self._lbs: dict[int, dict[int, _Listener]] = {}
+        # health() reads from other threads while the loop writes.
+        self._lock = threading.Lock()
+
+    # --- LoadBalancerBackend -------------------------------------------------------------
+    def configure(self, lb_id: int, services: list[ProxyService]) -> None:
+        self._call(self._configure(lb_id, services))
+
+    def remove(self, lb_id: int) -> None:
+        self._call(self._configure(lb_id, []))
+
+    def health(self, lb_id: int) -> dict[tuple[int, str], str]:
+        # A listener that could not bind serves nobody: the API should not say "healthy".
+        with self._lock:
+            return {(port, ip): "unhealthy" if listener.error else state.status
+                    for port, listener in self._lbs.get(lb_id, {}).items()
+                    for ip, state in listener.targets.items()}
+
+    def close(self) -> None:
+        if not self._loop.is_running():
+            return
+        with contextlib.suppress(Exception):
+            self._call(self._close_all())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    # --- inside the loop -----------------------------------------------------------------
+    def _call(self, coro: object, timeout: float = 10) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)  # type: ignore[arg-type]
+
+    async def _configure(self, lb_id: int, services: list[ProxyService]) -> None:
+        current = self._lbs.setdefault(lb_id, {})
+        wanted = {svc.local_port: svc for svc in services}
+        for port in [p for p in current if p not in wanted]:
+            await self._close_listener(current[port])
+            with self._lock:
+                del current[port]
+        for port, svc in wanted.items():
+            listener = current.get(port)
+            if listener is None:
+                listener = _Listener(service=svc)
+                with self._lock:
+                    current[port] = listener
+            if listener.server is None:  # new, or its port was taken last time: try again
+                try:
+                    listener.server = await asyncio.start_server(
+                        lambda r, w, lis=listener: self._handle(lis, r, w),
+                        svc.listen_host or self.host, port, reuse_address=True)
+                    listener.error = None
+                except OSError as exc:
+                    listener.error = (f"cannot listen on {svc.listen_host or self.host}:{port}: "
+                                      f"{exc}")
+                    log.warning(listener.error)
+            self._update_targets(listener, svc)
+        if not current:
+            with self._lock:
+                self._lbs.pop(lb_id, None)
+
+    def _update_targets(self, listener: _Listener, svc: ProxyService) -> None:
+        check_changed = (listener.service.health_check != svc.health_check
+                         or listener.service.destination_port != svc.destination_port)
+        listener.service = svc
+        with self._lock:
+            for ip in [ip for ip in listener.targets if ip not in svc.target_ips]:
+                task = listener.targets.pop(ip).task
+                if task:
+                    task.cancel()
+            for ip in svc.target_ips:
+                state = listener.targets.get(ip)
+                if state and check_changed and state.task:
+                    state.task.cancel()
+                    state = None
+                if state is None:
+                    state = listener.targets[ip] = _TargetState()
+                    state.task = self._loop.create_task(self._check_loop(listener, ip, state))
+
+    async def _close_listener(self, listener: _Listener) -> None:
+        for state in listener.targets.values():
+            if state.task:
+                state.task.cancel()
+        if listener.server:
+            listener.server.close()
+            # Not wait_closed(): it waits for open client connections to end.
+
+    async def _close_all(self) -> None:
+        for listeners in self._lbs.values():
+            for listener in listeners.values():
+                await self._close_listener(listener)
+        with self._lock:
+            self._lbs.clear()
+
+    # --- health checks -------------------------------------------------------------------
+    async def _check_loop(self, listener: _Listener, ip: str, state: _TargetState) -> None:
+        check = listener.service.health_check
+        while True:
+            try:
+                ok = await asyncio.wait_for(_probe(check, ip), timeout=check.timeout)
+            except (OSError, TimeoutError, ValueError):
+                ok = False
+            with self._lock:
+                if ok:
+                    state.status, state.failures = "healthy", 0
+                else:
+                    state.failures += 1
+                    if state.status != "healthy" or state.failures > check.retries:
+                        state.status = "unhealthy"
+            await asyncio.sleep(check.interval)
+
+    # --- forwarding ----------------------------------------------------------------------
+    async def _handle(self, listener: _Listener, reader: asyncio.StreamReader,
+                      writer: asyncio.StreamWriter) -> None:
+        svc = listener.service
+        with self._lock:
+            candidates = listener.healthy()
+            start = listener.next_index
+            listener.next_index += 1
+        upstream = None
+        for offset in range(len(candidates)):
+            ip = candidates[(start + offset) % len(candidates)]
+            try:
+                upstream = await asyncio.wait_for(
+                    asyncio.open_connection(ip, svc.destination_port), CONNECT_TIMEOUT_S)
+                break
+            except (OSError, TimeoutError):
+                continue
+        if upstream is None:
+            writer.close()  # no healthy target: Hetzner's LB also just drops the connection
+            return
+        up_reader, up_writer = upstream
+        if svc.proxyprotocol:
+            client = writer.get_extra_info("peername") or ("127.0.0.1", 0)
+            target = up_writer.get_extra_info("peername") or (ip, svc.destination_port)
+            up_writer.write(f"PROXY TCP4 {client[0]} {target[0]} {client[1]} "
+                            f"{target[1]}\r\n".encode())
+        try:
+            await asyncio.gather(_pipe(reader, up_writer), _pipe(up_reader, writer))
+        finally:
+            for w in (up_writer, writer):
+                w.close()
+
+
+async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy one direction; pass a half-close on so request/response protocols finish."""
+    with contextlib.suppress(OSError, RuntimeError):
+        while data := await reader.read(_CHUNK):
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+
+
+async def _probe(check: ProxyHealthCheck, ip: str) -> bool:
+    reader, writer = await asyncio.open_connection(ip, check.port)
+    try:
+        if check.protocol == "tcp":
+            return True
+        host = check.http_domain or ip
+        writer.write(f"GET {check.http_path} HTTP/1.1\r\nHost: {host}\r\n"
+                     f"User-Agent: casera-local-lb\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        raw = await reader.read()
+        head, _, body = raw.partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1].decode() if head.count(b" ") >= 1 else ""
+        if not any(fnmatch.fnmatchcase(status, pattern) for pattern in check.http_status_codes):
+            return False
+        return check.http_response.encode() in body
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()

@@ -1,0 +1,591 @@
+"""The subset of Neon's HTTP API v2 the runbooks use, on http://127.0.0.1:18002/api/v2.
+
+Shapes follow Neon's API reference: bearer auth (401 otherwise), errors as JSON
+``{"code": ..., "message": ...}``, changes answered with the operations they started, which
+run in the background and end ``finished`` or ``failed`` (poll ``GET .../operations/{id}``).
+
+Where Neon's exact refusal was seen in the wild it is copied (history retention over the plan
+maximum: 400, empty code, "requested history retention seconds exceeds allowed maximum; ...").
+The Launch-plan refusal of an IP allowlist follows the same pattern; its exact text is not
+published, so runbooks should key on the status and on ``plan``, not on the words. IP Allow
+is a Scale-plan feature (https://neon.com/docs/introduction/ip-allow, "available with the Neon
+Scale plan"; https://neon.com/docs/guides/protected-branches).
+
+Every error, bad input included, is Neon's ``GeneralError``: JSON with a string ``code`` and a
+``message`` (both required; OpenAPI v2 ``components.schemas.GeneralError``, copy in
+neondatabase/neon-api-python ``v2.json``), never an HTML page: unknown path 404, known path
+with another method 405 (with ``Allow``), a body that is not a JSON object or a field of the
+wrong type 400. Neon publishes no ``code`` values for these, so ``code`` stays empty rather
+than invented.
+
+Not Neon: ``POST /api/v2/_emulator/plan`` ``{"plan": "launch" | "scale"}`` moves the emulated
+account to another plan (the e2e and the step tests use it; the seed's Launch is the default).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlparse
+
+from casera.errors import CaseraError
+from casera_localcloud.neon import cluster, pitr, service, state
+from casera_localcloud.neon.config import (
+    DATABASE,
+    MAIN_BRANCH_ID,
+    RETENTION_MAX,
+    ROLE,
+    NeonConfig,
+    load_config,
+)
+from casera_localcloud.neon.views import (
+    branch_view,
+    connection_uri,
+    endpoint_view,
+    project_view,
+)
+from casera_localcloud.secrets_file import read_local_secrets
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, code: str = "",
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.code = status, message, code
+        self.headers = headers or {}
+
+
+def field(obj: dict[str, Any], name: str, kind: type | tuple[type, ...], where: str,
+          required: bool = False) -> Any:
+    """``obj[name]`` when it has the right JSON type; 400 naming the field otherwise."""
+    if name not in obj or obj[name] is None:
+        if required:
+            raise ApiError(400, f"{where}.{name} is required")
+        return None
+    value = obj[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    # JSON true/false are Python bools, which are ints too: never accept one for a number.
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        names = {str: "a string", int: "an integer", bool: "a boolean", dict: "an object",
+                 list: "an array"}
+        wanted = " or ".join(names.get(k, k.__name__) for k in kinds)
+        raise ApiError(400, f"{where}.{name} must be {wanted}, not {json.dumps(value)[:60]}")
+    return value
+
+
+# ---------------------------------------------------------------- operations
+
+
+KEEP_OPERATIONS = 500
+MAX_BODY = 1 << 20  # far above any request the runbooks send
+
+
+def new_operation(st: state.State, project_id: str, branch_id: str, action: str,
+                  status: str = "running") -> dict[str, Any]:
+    stamp = state.now_iso()
+    # The state file is read on every request: keep only the newest operations.
+    if len(st["operations"]) >= KEEP_OPERATIONS:
+        oldest = sorted(st["operations"].values(), key=lambda o: o["created_at"])
+        for old in oldest[: len(oldest) - KEEP_OPERATIONS + 1]:
+            if old["status"] not in ("running", "scheduling"):
+                st["operations"].pop(old["id"])
+    op = {"id": str(uuid.uuid4()), "project_id": project_id, "branch_id": branch_id,
+          "endpoint_id": st["branches"].get(branch_id, {}).get("endpoint_id"),
+          "action": action, "status": status, "failures_count": 0, "created_at": stamp,
+          "updated_at": stamp, "total_duration_ms": 0}
+    st["operations"][op["id"]] = op
+    return op
+
+
+def finish_operations(cfg: NeonConfig, op_ids: list[str], error: str | None,
+                      started: float) -> None:
+    with state.locked(cfg) as st:
+        for op_id in op_ids:
+            op = st["operations"][op_id]
+            op["status"] = "failed" if error else "finished"
+            op["updated_at"] = state.now_iso()
+            op["total_duration_ms"] = int((time.monotonic() - started) * 1000)
+            if error:
+                op["error"] = error
+                op["failures_count"] = 1
+
+
+def run_in_background(cfg: NeonConfig, op_ids: list[str], work: Callable[[], None],
+                      on_error: Callable[[], None] | None = None) -> None:
+    def runner() -> None:
+        started = time.monotonic()
+        try:
+            work()
+            finish_operations(cfg, op_ids, None, started)
+        except Exception as exc:  # noqa: BLE001 - the operation's failure is reported
+            traceback.print_exc()
+            if on_error:
+                on_error()
+            finish_operations(cfg, op_ids, f"{type(exc).__name__}: {exc}", started)
+
+    threading.Thread(target=runner, daemon=True).start()
+
+
+# ---------------------------------------------------------------- handlers
+
+
+def parse_timestamp(value: str) -> datetime:
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ApiError(400, f"invalid parent_timestamp {value!r}: {exc}") from exc
+    if when.tzinfo is None:
+        raise ApiError(400, f"parent_timestamp {value!r} needs a time zone (RFC 3339)")
+    return when.astimezone(UTC)
+
+
+class Api:
+    def __init__(self, cfg: NeonConfig) -> None:
+        self.cfg = cfg
+        # One branch change at a time: slots and PITR restores must not interleave.
+        self.branch_lock = threading.Lock()
+
+    def project(self, st: state.State, project_id: str) -> dict[str, Any]:
+        project = st["project"]
+        if project is None or project["id"] != project_id:
+            raise ApiError(404, f"project {project_id} not found")
+        return project
+
+    def branch(self, st: state.State, project_id: str, branch_id: str) -> dict[str, Any]:
+        self.project(st, project_id)
+        branch = st["branches"].get(branch_id)
+        if branch is None:
+            raise ApiError(404, f"branch {branch_id} not found")
+        return branch
+
+    # GET /projects
+    def list_projects(self) -> dict[str, Any]:
+        st = state.read(self.cfg)
+        return {"projects": [project_view(st["project"])] if st["project"] else []}
+
+    # GET /projects/{id}/endpoints
+    def list_endpoints(self, project_id: str) -> dict[str, Any]:
+        st = state.read(self.cfg)
+        self.project(st, project_id)
+        return {"endpoints": [endpoint_view(project_id, b)
+                              for b in st["branches"].values()]}
+
+    # GET /projects/{id}
+    def get_project(self, project_id: str) -> dict[str, Any]:
+        st = state.read(self.cfg)
+        return {"project": project_view(self.project(st, project_id))}
+
+    # PATCH /projects/{id}
+    def patch_project(self, project_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        changes = field(body, "project", dict, "body", required=True)
+        wanted = field(changes, "history_retention_seconds", int, "project")
+        settings = field(changes, "settings", dict, "project") or {}
+        allowed = field(settings, "allowed_ips", dict, "project.settings")
+        name = field(changes, "name", str, "project")
+        ips: list[str] = []
+        protected_only = False
+        if allowed is not None:
+            where = "project.settings.allowed_ips"
+            ips = field(allowed, "ips", list, where) or []
+            for i, ip in enumerate(ips):
+                if not isinstance(ip, str):
+                    raise ApiError(400, f"{where}.ips[{i}] must be a string, not "
+                                        f"{json.dumps(ip)[:60]}")
+            flags = [field(allowed, key, bool, where)
+                     for key in ("protected_branches_only", "primary_branch_only")]
+            protected_only = next((f for f in flags if f is not None), False)
+        with state.locked(self.cfg) as st:
+            project = self.project(st, project_id)
+            plan = project["plan"]
+            if wanted is not None:
+                if wanted < 0:
+                    raise ApiError(400, "project.history_retention_seconds must not be "
+                                        "negative")
+                if wanted > RETENTION_MAX[plan]:
+                    raise ApiError(400, "requested history retention seconds exceeds allowed "
+                                        f"maximum; requested_history_retention_seconds:"
+                                        f"\"{wanted}\", max:\"{RETENTION_MAX[plan]}\"")
+                project["history_retention_seconds"] = wanted
+            if allowed is not None:
+                if plan != "scale" and (ips or protected_only):
+                    raise ApiError(400, f"IP Allow is not available on the {plan.title()} "
+                                        "plan; it requires the Scale plan (or higher)")
+                problem = cluster.validate_allowlist(ips)
+                if problem:
+                    raise ApiError(400, f"invalid allowed_ips: {problem}")
+                project["settings"]["allowed_ips"] = {
+                    "ips": ips, "protected_branches_only": protected_only}
+            if name is not None:
+                project["name"] = name
+            project["updated_at"] = state.now_iso()
+            op = new_operation(st, project_id, MAIN_BRANCH_ID, "apply_config", "finished")
+            snapshot = {"project": dict(project), "branches": dict(st["branches"])}
+        # Applied before answering, so the next connection meets the new allowlist.
+        service.apply_allowlist(self.cfg, snapshot)
+        return {"project": project_view(snapshot["project"]), "operations": [op]}
+
+    # GET /projects/{id}/branches
+    def list_branches(self, project_id: str) -> dict[str, Any]:
+        st = state.read(self.cfg)
+        self.project(st, project_id)
+        return {"branches": [branch_view(project_id, b) for b in st["branches"].values()]}
+
+    # GET /projects/{id}/branches/{branch_id}
+    def get_branch(self, project_id: str, branch_id: str) -> dict[str, Any]:
+        st = state.read(self.cfg)
+        return {"branch": branch_view(project_id, self.branch(st, project_id, branch_id))}
+
+    # GET /projects/{id}/branches/{branch_id}/endpoints
+    def branch_endpoints(self, project_id: str, branch_id: str) -> dict[str, Any]:
+        st = state.read(self.cfg)
+        branch = self.branch(st, project_id, branch_id)
+        return {"endpoints": [endpoint_view(project_id, branch)]}
+
+    # POST /projects/{id}/branches
+    def create_branch(self, project_id: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        spec = field(body, "branch", dict, "body") or {}
+        field(body, "endpoints", list, "body")
+        for key in ("parent_id", "parent_timestamp", "parent_lsn", "name"):
+            field(spec, key, str, "branch")
+        if spec.get("parent_lsn"):
+            raise ApiError(400, "parent_lsn is not supported by the local Neon; use "
+                                "parent_timestamp")
+        with self.branch_lock, state.locked(self.cfg) as st:
+            project = self.project(st, project_id)
+            parent_id = spec.get("parent_id") or project["default_branch_id"]
+            if parent_id not in st["branches"]:
+                raise ApiError(404, f"branch {parent_id} not found")
+            if parent_id != MAIN_BRANCH_ID:
+                raise ApiError(400, "the local Neon branches from the default branch only")
+            now = datetime.now(UTC)
+            raw = spec.get("parent_timestamp")
+            target = parse_timestamp(raw) if raw else now
+            if target > now + timedelta(seconds=1):
+                raise ApiError(400, f"parent_timestamp {raw} is in the future")
+            retention = project["history_retention_seconds"]
+            if target < now - timedelta(seconds=retention):
+                raise ApiError(400, f"parent_timestamp {raw} is outside the history retention "
+                                    f"window of the project (history_retention_seconds: "
+                                    f"{retention}); the earliest point is "
+                                    f"{(now - timedelta(seconds=retention)).isoformat()}")
+            start = pitr.history_start(self.cfg)
+            if start is None or target <= start:
+                raise ApiError(400, f"parent_timestamp {raw} is before the history this local "
+                                    f"project holds (from "
+                                    f"{start.isoformat() if start else 'nothing yet'})")
+            used = {b.get("slot") for b in st["branches"].values()}
+            slot = next(i for i in range(1000) if i not in used)
+            suffix = uuid.uuid4().hex[:8]
+            branch_id = f"br-local-{suffix}"
+            stamp = state.now_iso()
+            branch = {"id": branch_id, "name": spec.get("name") or branch_id,
+                      "parent_id": parent_id,
+                      "parent_timestamp": target.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                      "endpoint_id": f"ep-local-{suffix}", "slot": slot,
+                      "current_state": "init", "default": False, "protected": False,
+                      "created_at": stamp, "updated_at": stamp}
+            st["branches"][branch_id] = branch
+            ops = [new_operation(st, project_id, branch_id, "create_branch"),
+                   new_operation(st, project_id, branch_id, "start_compute")]
+
+        def work() -> None:
+            with self.branch_lock:
+                service.create_branch_compute(self.cfg, branch_id, target)
+            with state.locked(self.cfg) as st2:
+                st2["branches"][branch_id]["current_state"] = "ready"
+                st2["branches"][branch_id]["updated_at"] = state.now_iso()
+
+        def failed() -> None:
+            with state.locked(self.cfg) as st2:
+                st2["branches"][branch_id]["current_state"] = "failed"
+
+        run_in_background(self.cfg, [op["id"] for op in ops], work, failed)
+        answer = {
+            "branch": branch_view(project_id, branch),
+            "endpoints": [endpoint_view(project_id, branch)],
+            "operations": ops,
+            "roles": [{"branch_id": branch_id, "name": ROLE, "protected": False}],
+            "databases": [{"branch_id": branch_id, "name": DATABASE, "owner_name": ROLE}],
+        }
+        password = read_local_secrets().get("CASERA_DB_PASSWORD")
+        if password:
+            uri = connection_uri(self.cfg, branch, DATABASE, ROLE, password, pooled=False)
+            answer["connection_uris"] = [{"connection_uri": uri}]
+        return 201, answer
+
+    # DELETE /projects/{id}/branches/{branch_id}
+    def delete_branch(self, project_id: str, branch_id: str) -> dict[str, Any]:
+        with state.locked(self.cfg) as st:
+            branch = self.branch(st, project_id, branch_id)
+            if branch.get("default"):
+                raise ApiError(400, "cannot delete the project's default branch")
+            if branch.get("protected"):
+                raise ApiError(400, "cannot delete a protected branch")
+            if branch["current_state"] == "init":
+                raise ApiError(423, "branch has running operations; retry when they finish",
+                               "LOCKED")
+            branch["current_state"] = "deleting"
+            ops = [new_operation(st, project_id, branch_id, "suspend_compute"),
+                   new_operation(st, project_id, branch_id, "delete_timeline")]
+            snapshot = dict(branch)
+
+        def work() -> None:
+            with self.branch_lock:
+                service.delete_branch_compute(self.cfg, snapshot)
+            with state.locked(self.cfg) as st2:
+                st2["branches"].pop(branch_id, None)
+
+        run_in_background(self.cfg, [op["id"] for op in ops], work)
+        return {"branch": branch_view(project_id, snapshot), "operations": ops}
+
+    # GET /projects/{id}/connection_uri
+    def get_connection_uri(self, project_id: str, query: dict[str, str]) -> dict[str, Any]:
+        st = state.read(self.cfg)
+        project = self.project(st, project_id)
+        for required in ("database_name", "role_name"):
+            if not query.get(required):
+                raise ApiError(400, f"missing required query parameter {required}")
+        branch = self.branch(st, project_id, query.get("branch_id")
+                             or project["default_branch_id"])
+        if query["role_name"] != ROLE:
+            raise ApiError(404, f"role {query['role_name']} not found")
+        if query["database_name"] != DATABASE:
+            raise ApiError(404, f"database {query['database_name']} not found")
+        password = read_local_secrets().get("CASERA_DB_PASSWORD")
+        if not password:
+            raise ApiError(500, "CASERA_DB_PASSWORD is missing from secrets/local.env")
+        pooled_raw = query.get("pooled", "false").lower()
+        if pooled_raw not in ("true", "false"):
+            raise ApiError(400, f"query parameter pooled must be true or false, not "
+                                f"{query['pooled']!r}")
+        pooled = pooled_raw == "true"
+        return {"uri": connection_uri(self.cfg, branch, query["database_name"],
+                                      query["role_name"], password, pooled)}
+
+    # GET /projects/{id}/operations/{op}
+    def get_operation(self, project_id: str, op_id: str) -> dict[str, Any]:
+        st = state.read(self.cfg)
+        self.project(st, project_id)
+        op = st["operations"].get(op_id)
+        if op is None:
+            raise ApiError(404, f"operation {op_id} not found")
+        return {"operation": op}
+
+    # POST /_emulator/plan (not Neon: the local account's plan, for tests and demos)
+    def set_plan(self, body: dict[str, Any]) -> dict[str, Any]:
+        plan = field(body, "plan", str, "body", required=True)
+        with state.locked(self.cfg) as st:
+            if st["project"] is None:
+                raise ApiError(404, "no project yet: run `casera local up`")
+            try:
+                lines = service.change_plan(st, plan)
+            except service.PlanRefused as exc:
+                raise ApiError(400, str(exc)) from exc
+            snapshot = {"project": dict(st["project"]), "branches": dict(st["branches"])}
+        return {"project": project_view(snapshot["project"]), "changes": lines}
+
+    # GET /users/me
+    def me(self) -> dict[str, Any]:
+        st = state.read(self.cfg)
+        plan = st["project"]["plan"] if st["project"] else "launch"
+        return {"id": "local-user", "email": "operator@casera.local", "name": "casera local",
+                "plan": plan, "projects_limit": 1}
+
+
+ROUTES: list[tuple[str, re.Pattern[str], str]] = [
+    (m, re.compile("^/api/v2" + p + "$"), h) for m, p, h in [
+        ("GET", r"/users/me", "me"),
+        ("GET", r"/projects", "list_projects"),
+        ("GET", r"/projects/(?P<project_id>[^/]+)/endpoints", "list_endpoints"),
+        ("GET", r"/projects/(?P<project_id>[^/]+)", "get_project"),
+        ("PATCH", r"/projects/(?P<project_id>[^/]+)", "patch_project"),
+        ("GET", r"/projects/(?P<project_id>[^/]+)/branches", "list_branches"),
+        ("POST", r"/projects/(?P<project_id>[^/]+)/branches", "create_branch"),
+        ("GET", r"/projects/(?P<project_id>[^/]+)/branches/(?P<branch_id>[^/]+)", "get_branch"),
+        ("DELETE", r"/projects/(?P<project_id>[^/]+)/branches/(?P<branch_id>[^/]+)",
+         "delete_branch"),
+        ("GET", r"/projects/(?P<project_id>[^/]+)/branches/(?P<branch_id>[^/]+)/endpoints",
+         "branch_endpoints"),
+        ("GET", r"/projects/(?P<project_id>[^/]+)/connection_uri", "get_connection_uri"),
+        ("GET", r"/projects/(?P<project_id>[^/]+)/operations/(?P<op_id>[^/]+)",
+         "get_operation"),
+        ("POST", r"/_emulator/plan", "set_plan"),
+    ]
+]
+
+
+def find_route(method: str, path: str) -> tuple[str, dict[str, Any]]:
+    allowed = []
+    for route_method, pattern, name in ROUTES:
+        match = pattern.match(path)
+        if match and route_method == method:
+            return name, dict(match.groupdict())
+        if match:
+            allowed.append(route_method)
+    if allowed:
+        raise ApiError(405, f"method {method} is not allowed on {path}; allowed: "
+                            f"{', '.join(allowed)}", headers={"Allow": ", ".join(allowed)})
+    raise ApiError(404, f"no route for {method} {path}: not part of Neon's API v2 as the "
+                        "local Neon serves it (see casera_localcloud.neon.api.ROUTES)")
+
+
+def read_body(raw: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"request body is not JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise ApiError(400, f"request body must be a JSON object, not {type(body).__name__}")
+    return body
+
+
+def make_handler(api: Api) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, fmt: str, *args: Any) -> None:
+            # Never the headers: they carry the bearer token.
+            print(f"{self.address_string()} {fmt % args}", flush=True)
+
+        def _send(self, status: int, payload: dict[str, Any],
+                  headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(data)
+
+        def send_error(self, code: int, message: str | None = None,
+                       explain: str | None = None) -> None:
+            """http.server's own refusals (bad request line, unknown method, oversized
+            headers) in Neon's JSON shape instead of its HTML page. A method http.server
+            has no handler for is a client error here (405), not a 501."""
+            if code == HTTPStatus.NOT_IMPLEMENTED:
+                code = HTTPStatus.METHOD_NOT_ALLOWED
+                message = f"method {self.command} is not allowed"
+            self.close_connection = True
+            try:
+                self._send(code, {"code": "", "message": message or HTTPStatus(code).phrase},
+                           {"Connection": "close"})
+            except OSError:
+                pass  # the client is gone; nothing to tell it
+
+        def _authorized(self) -> bool:
+            header = self.headers.get("Authorization", "")
+            if not header.startswith("Bearer "):
+                return False
+            expected = state.read(api.cfg).get("api_key_sha256")
+            return bool(expected) and service.api_key_hash(header[7:].strip()) == expected
+
+        def _read_raw(self) -> bytes:
+            text = self.headers.get("Content-Length") or "0"
+            if not text.isdigit():
+                self.close_connection = True  # the body's end is unknown
+                raise ApiError(400, f"Content-Length {text!r} is not a byte count")
+            length = int(text)
+            if length > MAX_BODY:
+                self.close_connection = True
+                raise ApiError(413, f"request body of {length} bytes is over {MAX_BODY}")
+            return self.rfile.read(length) if length else b""
+
+        def _dispatch(self, method: str) -> None:
+            url = urlparse(self.path)
+            try:
+                raw = self._read_raw()
+                if not self._authorized():
+                    raise ApiError(401, "authentication required")
+                name, kwargs = find_route(method, url.path)
+                if method in ("POST", "PATCH"):
+                    kwargs["body"] = read_body(raw)
+                if name == "get_connection_uri":
+                    kwargs["query"] = {k: v[0] for k, v in parse_qs(url.query).items()}
+                result = getattr(api, name)(**kwargs)
+                status, payload = result if isinstance(result, tuple) else (200, result)
+                self._send(status, payload)
+            except ApiError as exc:
+                self._send(exc.status, {"code": exc.code, "message": exc.message},
+                           exc.headers)
+            except CaseraError as exc:
+                self._send(500, {"code": "", "message": str(exc)})
+            except Exception as exc:  # noqa: BLE001 - a bug here is still answered as JSON
+                traceback.print_exc()
+                self._send(500, {"code": "", "message": f"internal error in the local Neon: "
+                                                       f"{type(exc).__name__} (see api.log)"})
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self._dispatch("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._dispatch("POST")
+
+        def do_PATCH(self) -> None:  # noqa: N802
+            self._dispatch("PATCH")
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            self._dispatch("DELETE")
+
+        # Methods Neon's API has no route for still get its error shape (405 or 404).
+        def do_PUT(self) -> None:  # noqa: N802
+            self._dispatch("PUT")
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._dispatch("HEAD")
+
+        def do_OPTIONS(self) -> None:  # noqa: N802
+            self._dispatch("OPTIONS")
+
+    return Handler
+
+
+def base_backup_loop(cfg: NeonConfig, stop: threading.Event) -> None:
+    """Keep base backups fresh while the API runs, so branch restores replay little WAL."""
+    while not stop.wait(600):
+        try:
+            st = state.read(cfg)
+            if st["project"]:
+                for line in service.maybe_base_backup(
+                        cfg, st["project"]["history_retention_seconds"]):
+                    print(line, flush=True)
+        except Exception:  # noqa: BLE001 - retried at the next turn; the log says why
+            traceback.print_exc()
+
+
+def fail_interrupted_work(cfg: NeonConfig) -> None:
+    """Operations a previous server left running can never finish: say so, as Neon would."""
+    with state.locked(cfg) as st:
+        for op in st["operations"].values():
+            if op["status"] in ("running", "scheduling"):
+                op.update(status="failed", error="the API server stopped while it ran",
+                          updated_at=state.now_iso())
+        for branch in st["branches"].values():
+            if branch["current_state"] in ("init", "deleting"):
+                branch["current_state"] = "failed"
+
+
+def serve(cfg: NeonConfig | None = None) -> None:
+    cfg = cfg or load_config()
+    fail_interrupted_work(cfg)
+    server = ThreadingHTTPServer(("127.0.0.1", cfg.api_port), make_handler(Api(cfg)))
+    server.daemon_threads = True
+    stop = threading.Event()
+    threading.Thread(target=base_backup_loop, args=(cfg, stop), daemon=True).start()
+    print(f"Neon API emulator on {cfg.api_url}", flush=True)
+    try:
+        server.serve_forever()
+    finally:
+        stop.set()
+        server.server_close()
+
