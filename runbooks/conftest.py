@@ -29,7 +29,7 @@ import nbval.plugin
 import pytest
 from papermill.parameterize import parameterize_notebook
 
-from casera.secrets import SECRET_SPECS, SecretStore
+from casera.operator_secrets import SECRET_SPECS, SecretStore
 
 PLANTED_PREFIX = "nbval-planted-"
 

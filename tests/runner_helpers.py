@@ -17,7 +17,7 @@ import nbformat
 from hcloud import Client
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from casera.secrets import SECRET_SPECS
+from casera.operator_secrets import SECRET_SPECS
 
 REPO = Path(__file__).resolve().parents[1]
 PLANTED = {spec.env_var: f"planted-{spec.name}-Zq8#v1&x" for spec in SECRET_SPECS}

@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from casera.errors import ParamsError
+from casera.operator_secrets import SecretStore
 from casera.params import REPLICA_RANGES, load_params, parse_override
-from casera.secrets import SecretStore
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -12,8 +12,8 @@ from urllib.parse import quote
 import pytest
 
 from casera.errors import SecretMissingError
+from casera.operator_secrets import MASK, Secret, SecretStore
 from casera.runner.scrub import LiveSecrets, find_leaks, scrub
-from casera.secrets import MASK, Secret, SecretStore
 
 VALUE = "s3cr3t-V@lue/with+chars="
 

@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from casera.operator_secrets import SecretStore
 from casera.params import Params, load_params
 from casera.result import JOURNAL_ENV
-from casera.secrets import SecretStore
 
 # Runs this process holds the env lock for (interactive sessions): released at exit.
 _HELD: dict[str, tuple[Any, str]] = {}

@@ -35,8 +35,8 @@ from pydantic import (
 )
 
 from casera.errors import ParamIssue, ParamsError
+from casera.operator_secrets import SECRET_SPECS, SecretStore
 from casera.paths import params_file
-from casera.secrets import SECRET_SPECS, SecretStore
 
 # The seed's replica ranges (casera-infrastructure-plan.txt, "Container Distribution").
 REPLICA_RANGES: dict[str, tuple[int, int]] = {

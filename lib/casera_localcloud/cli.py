@@ -18,7 +18,7 @@ from types import ModuleType
 
 from casera.errors import CaseraError
 from casera.paths import local_cloud_home
-from casera_localcloud.secrets_file import read_local_secrets, write_local_secret
+from casera_localcloud.local_credentials import read_local_secrets, write_local_secret
 
 # (name, module); order is start order.
 PARTS: tuple[tuple[str, str], ...] = (

@@ -41,10 +41,10 @@ import pytest
 from papermill.exceptions import PapermillExecutionError
 
 from casera.context import RunContext
+from casera.operator_secrets import Secret, SecretStore
 from casera.params import load_params
 from casera.paths import outputs_dir, runbook_file
 from casera.providers import b2
-from casera.secrets import Secret, SecretStore
 from casera.steps import storage
 from casera.steps.access import node_addresses
 from casera.steps.swarm import docker_clients

@@ -21,7 +21,7 @@ from hcloud import Client
 
 from casera.params import load_params
 from casera.paths import outputs_dir
-from casera_localcloud.secrets_file import read_local_secrets
+from casera_localcloud.local_credentials import read_local_secrets
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 HETZNER = "http://127.0.0.1:18001/v1"

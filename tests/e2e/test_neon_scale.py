@@ -18,8 +18,8 @@ import pytest
 import requests
 from test_bootstrap import PARAMS, casera, hcloud, latest_run
 
+from casera_localcloud.local_credentials import read_local_secrets
 from casera_localcloud.neon.netns import namespace
-from casera_localcloud.secrets_file import read_local_secrets
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 NEON = PARAMS.neon.api_endpoint

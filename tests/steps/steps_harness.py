@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from casera.context import RunContext
+from casera.operator_secrets import SecretStore
 from casera.params import load_params
-from casera.secrets import SecretStore
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_PARAMS = REPO / "params" / "local.yaml"
@@ -78,7 +78,7 @@ def local_neon(root: Path) -> Iterator[dict[str, Any]]:
     ports, with its own CASERA_LOCAL_HOME and project dir. Yields what a ctx needs: params
     overrides, the secrets' environment, and the ``environ`` to apply around ``neon.up``."""
     from casera_localcloud import neon
-    from casera_localcloud.secrets_file import read_local_secrets
+    from casera_localcloud.local_credentials import read_local_secrets
 
     os.chmod(root, 0o755)  # PostgreSQL runs as postgres and must walk down to its data
     base = _free_range((0, 1, 2, 3, 20, 21, 22, 23, 40))

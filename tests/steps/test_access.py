@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "localcloud" / "hetzner"))
 from hetzner_harness import TOKEN, Running, start, stop_and_check  # noqa: E402
 
 from casera.context import RunContext  # noqa: E402
+from casera.operator_secrets import SecretStore  # noqa: E402
 from casera.params import load_params  # noqa: E402
 from casera.providers import ssh  # noqa: E402
-from casera.secrets import SecretStore  # noqa: E402
 from casera.steps import access, compute  # noqa: E402
 from casera_localcloud.hetzner.fake_backend import FakeNodeBackend  # noqa: E402
 

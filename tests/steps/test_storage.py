@@ -10,9 +10,9 @@ import pytest
 from steps_harness import applied, free_port, make_ctx
 
 from casera.errors import ApprovalRefused, SecretMissingError, StepFailed
+from casera.operator_secrets import Secret
 from casera.providers import b2
-from casera.secrets import Secret
-from casera.steps import docker_secrets, storage
+from casera.steps import storage, swarm_secrets
 from casera_localcloud.b2 import service
 
 pytestmark = pytest.mark.localcloud
@@ -241,18 +241,18 @@ def test_unreadable_cluster_never_counts_as_unused(cloud):
     assert done.changed == 1 and old_id not in {k.key_id for k in b2.list_keys(master(cloud))}
 
 
-def test_docker_secrets_dry_run_plans_the_new_version_of_a_replaced_key(cloud):
+def test_swarm_secrets_dry_run_plans_the_new_version_of_a_replaced_key(cloud):
     environ = dict(cloud["environ"], CASERA_DB_PASSWORD="x" * 24, CASERA_SECRET_KEY="y" * 24,
                    CASERA_APNS_KEY="z" * 24)
     ctx = make_ctx({"b2.realm": cloud["realm"]}, environ, dry_run=True)
     store = storage.key_store("local")
     stored = store.load()
-    as_is = docker_secrets.stack_secret_values(ctx)
+    as_is = swarm_secrets.stack_secret_values(ctx)
     assert as_is["b2_uploads_key_id"].reveal() == stored["casera-local-api-uploads"][0]
     store.path.write_text("\n".join(
         ln for ln in store.path.read_text().splitlines()
         if not ln.startswith("casera-local-api-uploads_")) + "\n")
-    planned = docker_secrets.stack_secret_values(ctx)
+    planned = swarm_secrets.stack_secret_values(ctx)
     # The real run makes a new key: its id and secret differ from anything stored now.
     assert planned["b2_uploads_key_id"].reveal() != stored["casera-local-api-uploads"][0]
     assert planned["b2_uploads_key"].reveal() != stored["casera-local-api-uploads"][1].reveal()
@@ -320,10 +320,10 @@ def test_secret_users_reads_specs_rollback_targets_and_live_tasks():
     engine = _Engine(
         secrets=[_Secret("s1", "casera_b2_uploads_key_id_v1", {
                      "casera.secret": "b2_uploads_key_id",
-                     "casera.digest": docker_secrets.digest("b2_uploads_key_id", old)}),
+                     "casera.digest": swarm_secrets.digest("b2_uploads_key_id", old)}),
                  _Secret("s2", "casera_b2_uploads_key_id_v2", {
                      "casera.secret": "b2_uploads_key_id",
-                     "casera.digest": docker_secrets.digest("b2_uploads_key_id", new)})],
+                     "casera.digest": swarm_secrets.digest("b2_uploads_key_id", new)})],
         services=[_Service({"ID": "svc1", "Spec": {"Name": "casera_api",
                                                    "TaskTemplate": _mounts("s2")},
                             "PreviousSpec": {"Name": "casera_api", "TaskTemplate": _mounts("s1")},
@@ -334,8 +334,8 @@ def test_secret_users_reads_specs_rollback_targets_and_live_tasks():
                 "Status": {"State": "shutdown"}},
                {"ID": "t3" * 8, "ServiceID": "svc1", "Slot": 1, "Spec": _mounts("s2"),
                 "Status": {"State": "starting"}}])
-    assert docker_secrets.versions_holding(engine, "b2_uploads_key_id", old) == {"s1"}
-    users = docker_secrets.secret_users(engine, {"s1", "s2"})
+    assert swarm_secrets.versions_holding(engine, "b2_uploads_key_id", old) == {"s1"}
+    users = swarm_secrets.secret_users(engine, {"s1", "s2"})
     assert users["s2"] == ["service casera_api", "task casera_api.1 t3t3t3t3t3t3 (starting)"]
     # The old version: a rollback target while updating, and a running task (not the shut one).
     assert users["s1"] == ["service casera_api (updating: may roll back)",
@@ -347,4 +347,4 @@ def test_secret_users_reads_specs_rollback_targets_and_live_tasks():
         "UpdateStatus": {"State": "completed"}})]
     engine.api.tasks = lambda: [{"ID": "t1" * 8, "ServiceID": "svc1", "Slot": 1,
                                  "Spec": _mounts("s1"), "Status": {"State": "shutdown"}}]
-    assert docker_secrets.secret_users(engine, {"s1"}) == {"s1": []}
+    assert swarm_secrets.secret_users(engine, {"s1"}) == {"s1": []}

@@ -13,7 +13,7 @@ import requests
 from b2sdk.v2 import B2Api, BaseApplicationKey, Bucket, InMemoryAccountInfo
 from b2sdk.v2.exception import B2Error, MaxRetriesExceeded
 
-from casera.secrets import Secret
+from casera.operator_secrets import Secret
 
 
 @dataclass(frozen=True)

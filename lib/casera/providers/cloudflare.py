@@ -8,7 +8,7 @@ from typing import Any
 
 from cloudflare import Cloudflare
 
-from casera.secrets import Secret
+from casera.operator_secrets import Secret
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from hcloud import Client, exponential_backoff_function
 
-from casera.secrets import Secret
+from casera.operator_secrets import Secret
 
 
 def client(api_endpoint: str, token: Secret, timeout: float = 30.0) -> Client:

@@ -8,7 +8,7 @@ from typing import Any
 import requests
 
 from casera.errors import ProviderError
-from casera.secrets import Secret
+from casera.operator_secrets import Secret
 
 
 class NeonClient:

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 from psycopg import pq
 
-from casera.secrets import Secret
+from casera.operator_secrets import Secret
 
 # libpq's names for what PQsslAttribute reports
 # (https://www.postgresql.org/docs/15/libpq-status.html#LIBPQ-PQSSLATTRIBUTE).

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fabric import Connection
 
 from casera.errors import CaseraError
+from casera.operator_secrets import Secret
 from casera.paths import params_file
-from casera.secrets import Secret
 
 HEADER = ("# Host keys of this environment's servers (public halves only), written by the\n"
           "# bootstrap runbook when it creates a server and checked on every SSH connection.\n"

@@ -85,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
             print(audit.render_html(audit.find_run(args.run)))
             return 0
         if args.command == "lock":
+            from casera.operator_secrets import SecretStore
             from casera.params import load_params
-            from casera.secrets import SecretStore
 
             secrets = SecretStore(args.env)
             env_lock = lock.env_lock(args.env, load_params(args.env, secrets=secrets), secrets)

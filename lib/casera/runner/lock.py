@@ -32,8 +32,8 @@ from casera.errors import CaseraError, LockHeld, ProviderError
 if TYPE_CHECKING:
     from hcloud import Client
 
+    from casera.operator_secrets import SecretStore
     from casera.params import Params
-    from casera.secrets import SecretStore
 
 LOCK_PREFIX = "casera-lock-"
 LABEL_KEYS = ("run", "operator", "host", "pid", "runbook", "since")
@@ -250,8 +250,8 @@ def release_when_parent_exits(env: str, run_id: str, api_endpoint: str) -> None:
 def _watch(env: str, run_id: str, api_endpoint: str, parent: int) -> None:
     import time
 
+    from casera.operator_secrets import SecretStore
     from casera.providers import hetzner
-    from casera.secrets import SecretStore
 
     while os.getppid() == parent:
         time.sleep(0.2)

@@ -34,12 +34,12 @@ from papermill.exceptions import PapermillExecutionError
 
 import casera
 from casera.errors import CaseraError, LockHeld, ParamIssue, ParamsError, SecretLeakError
+from casera.operator_secrets import SecretStore
 from casera.params import load_params, parse_override
 from casera.paths import outputs_dir, project_dir, runbook_file
 from casera.result import JOURNAL_ENV
 from casera.runner import lock
 from casera.runner.scrub import LiveSecrets, SecretSource, find_leaks, scrub
-from casera.secrets import SecretStore
 
 # Exit codes, documented in the README.
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_TIMED_OUT, EXIT_LEAK = 0, 1, 2, 3, 4, 5

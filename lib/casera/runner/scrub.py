@@ -23,7 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote, quote_plus
 
-from casera.secrets import MASK
+from casera.operator_secrets import MASK
 
 MIN_SECRET_LEN = 4
 
@@ -114,7 +114,7 @@ class LiveSecrets:
     def __call__(self) -> list[str]:
         stamp = self._mtimes()
         if stamp != self._stamp:
-            from casera.secrets import SecretStore
+            from casera.operator_secrets import SecretStore
             from casera.steps.storage import stored_secret_values
 
             self._values = sorted(set(self._fixed + SecretStore(self.env).values()

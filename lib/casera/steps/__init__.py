@@ -10,14 +10,14 @@ from casera.steps import (
     compute,
     database,
     dns,
-    docker_secrets,
     load_balancer,
     preflight,
     stack,
     storage,
     summary,
     swarm,
+    swarm_secrets,
 )
 
-__all__ = ["access", "compute", "database", "dns", "docker_secrets", "load_balancer",
+__all__ = ["access", "compute", "database", "dns", "swarm_secrets", "load_balancer",
            "preflight", "stack", "storage", "summary", "swarm"]

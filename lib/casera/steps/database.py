@@ -21,10 +21,10 @@ import psycopg
 from casera.context import RunContext
 from casera.errors import StepFailed
 from casera.gate import confirm
+from casera.operator_secrets import Secret
 from casera.progress import wait_for
 from casera.providers import neon, postgres
 from casera.result import StepResult, timed
-from casera.secrets import Secret
 
 DAY = 86400
 

@@ -16,10 +16,10 @@ import subprocess
 from collections.abc import Callable
 
 from casera.context import RunContext
+from casera.operator_secrets import SECRET_SPECS
 from casera.paths import params_file
 from casera.providers import b2, cloudflare, docker_swarm, hetzner, neon, postgres, ssh
 from casera.result import StepResult, timed
-from casera.secrets import SECRET_SPECS
 
 LIBRARIES = ("papermill", "nbval", "jupyterlab", "ipywidgets", "hcloud", "docker", "fabric",
              "b2sdk", "psycopg", "redis", "cloudflare", "pydantic")

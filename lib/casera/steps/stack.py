@@ -22,15 +22,15 @@ from fabric import Connection
 
 from casera.context import RunContext
 from casera.errors import WaitTimeout
+from casera.operator_secrets import Secret
 from casera.params import Params
 from casera.progress import wait_for
 from casera.providers import docker_swarm, ssh
 from casera.result import StepResult, timed
-from casera.secrets import Secret
 from casera.stack import DOZZLE_PORT, SECRETS, render_stack, settings_from_params
 from casera.steps.access import node_addresses
-from casera.steps.docker_secrets import current_names
 from casera.steps.swarm import connect_cluster
+from casera.steps.swarm_secrets import current_names
 
 STACK = "casera"
 REMOTE_FILE = "casera-stack.yml"

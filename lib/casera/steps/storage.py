@@ -31,12 +31,12 @@ from b2sdk.v2.exception import DuplicateBucketName
 from casera.context import RunContext
 from casera.errors import SecretMissingError, StepFailed, WaitTimeout
 from casera.gate import confirm
+from casera.operator_secrets import Secret
 from casera.params import B2KeyParams, Params
 from casera.paths import secrets_file
 from casera.progress import wait_for
 from casera.providers import b2
 from casera.result import StepResult, timed
-from casera.secrets import Secret
 
 PROBE_PREFIX = ".casera-probe/"
 # Capabilities that would let a leaked app key act beyond its bucket's files.
@@ -378,8 +378,8 @@ KeyUsers = Callable[[RunContext, dict[str, B2KeyParams]], dict[str, list[str]]]
 def swarm_key_users(ctx: RunContext, keys: dict[str, B2KeyParams]) -> dict[str, list[str]]:
     """key id -> every service spec, rollback target and live task that mounts a Docker
     secret version holding that key id, read from Swarm. No servers: nothing can mount it."""
-    # Imported here: docker_secrets imports this module for the key values it versions.
-    from casera.steps import docker_secrets
+    # Imported here: swarm_secrets imports this module for the key values it versions.
+    from casera.steps import swarm_secrets
     from casera.steps.access import node_addresses
     from casera.steps.swarm import manager_client
 
@@ -388,10 +388,10 @@ def swarm_key_users(ctx: RunContext, keys: dict[str, B2KeyParams]) -> dict[str, 
     with ExitStack() as stack:
         # Raises when no manager answers: an unreadable cluster never counts as "unused".
         client = manager_client(ctx, stack)
-        holding = {key_id: docker_secrets.versions_holding(
-            client, docker_secrets.b2_secret_names(kp)[0], Secret("b2 key id", key_id))
+        holding = {key_id: swarm_secrets.versions_holding(
+            client, swarm_secrets.b2_secret_names(kp)[0], Secret("b2 key id", key_id))
             for key_id, kp in keys.items()}
-        users = docker_secrets.secret_users(client, set().union(*holding.values()))
+        users = swarm_secrets.secret_users(client, set().union(*holding.values()))
     return {key_id: sorted({use for secret_id in ids for use in users.get(secret_id, [])})
             for key_id, ids in holding.items()}
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from casera.errors import CaseraError
 from casera.paths import local_cloud_home
 from casera_localcloud import process
-from casera_localcloud.secrets_file import write_local_secret
+from casera_localcloud.local_credentials import write_local_secret
 
 DEFAULT_PORT = 18003
 KEY_ID_SECRET = "CASERA_B2_KEY_ID"

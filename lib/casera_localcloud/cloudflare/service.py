@@ -19,7 +19,7 @@ from casera.paths import local_cloud_home
 from casera_localcloud import process
 from casera_localcloud.cloudflare.server import API_PREFIX, HEALTH_PATH, SERVICE_NAME
 from casera_localcloud.cloudflare.store import new_token, read_state
-from casera_localcloud.secrets_file import write_local_secret
+from casera_localcloud.local_credentials import write_local_secret
 
 DEFAULT_PORT = 18004
 DEFAULT_ZONE = "casera.test"

@@ -20,7 +20,7 @@ from casera.errors import CaseraError
 from casera.paths import local_cloud_home
 from casera_localcloud import process
 from casera_localcloud.hetzner.backend import NodeBackend
-from casera_localcloud.secrets_file import read_local_secrets, write_local_secret
+from casera_localcloud.local_credentials import read_local_secrets, write_local_secret
 
 DEFAULT_PORT = 18001
 # Loopback addresses for load balancers (127.0.0.0/8 is all loopback): one per LB, so each

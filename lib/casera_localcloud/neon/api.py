@@ -38,6 +38,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from casera.errors import CaseraError
+from casera_localcloud.local_credentials import read_local_secrets
 from casera_localcloud.neon import cluster, pitr, service, state
 from casera_localcloud.neon.config import (
     DATABASE,
@@ -53,7 +54,6 @@ from casera_localcloud.neon.views import (
     endpoint_view,
     project_view,
 )
-from casera_localcloud.secrets_file import read_local_secrets
 
 
 class ApiError(Exception):

@@ -24,6 +24,7 @@ from psycopg import sql
 from casera.errors import CaseraError
 from casera.progress import wait_for
 from casera_localcloud import process
+from casera_localcloud.local_credentials import read_local_secrets, write_local_secret
 from casera_localcloud.neon import cluster, pgbouncer, pitr, state
 from casera_localcloud.neon.cluster import Instance, owned_dir
 from casera_localcloud.neon.config import (
@@ -46,7 +47,6 @@ from casera_localcloud.neon.instances import (
 )
 from casera_localcloud.neon.pgbouncer import Pooler
 from casera_localcloud.neon.tls import ensure_tls
-from casera_localcloud.secrets_file import read_local_secrets, write_local_secret
 
 # A new base backup when the newest is older than this: it bounds how much WAL a branch
 # must replay, which is what makes branch creation take seconds rather than minutes.

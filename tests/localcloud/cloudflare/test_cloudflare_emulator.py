@@ -15,8 +15,8 @@ import cloudflare
 import pytest
 from cloudflare import Cloudflare
 
+from casera.operator_secrets import Secret
 from casera.providers import cloudflare as provider
-from casera.secrets import Secret
 from casera_localcloud.cloudflare import service
 from casera_localcloud.cloudflare.store import read_state
 

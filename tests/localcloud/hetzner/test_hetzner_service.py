@@ -12,7 +12,7 @@ from hetzner_harness import free_port
 
 from casera_localcloud import hetzner
 from casera_localcloud.hetzner.service import TOKEN_ENV
-from casera_localcloud.secrets_file import read_local_secrets
+from casera_localcloud.local_credentials import read_local_secrets
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from hcloud.server_types.domain import ServerType
 from hetzner_harness import TOKEN, Running
 
 from casera.context import RunContext
+from casera.operator_secrets import SecretStore
 from casera.params import load_params
 from casera.result import ChecksFailed
-from casera.secrets import SecretStore
 from casera.steps import preflight, summary
 
 REPO = Path(__file__).resolve().parents[3]

@@ -136,7 +136,7 @@ def neon_session() -> Iterator[NeonEnv]:
         "CASERA_NEON_API_KEY": None,
     }
     from casera_localcloud import neon
-    from casera_localcloud.secrets_file import read_local_secrets
+    from casera_localcloud.local_credentials import read_local_secrets
 
     try:
         with applied(environ):

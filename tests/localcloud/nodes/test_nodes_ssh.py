@@ -20,10 +20,10 @@ import pytest
 from nodes_harness import SshKey
 
 from casera.context import RunContext
+from casera.operator_secrets import SecretStore
 from casera.params import load_params
 from casera.progress import wait_for
 from casera.providers import docker_swarm, ssh
-from casera.secrets import SecretStore
 from casera.steps import access
 from casera.steps.compute import render_user_data
 from casera_localcloud import engine

@@ -18,10 +18,10 @@ from typing import Any
 import docker
 
 from casera.context import RunContext
+from casera.operator_secrets import Secret
 from casera.params import B2KeyParams
 from casera.progress import wait_for
 from casera.result import StepResult, timed
-from casera.secrets import Secret
 from casera.steps import storage
 from casera.steps.access import node_addresses
 from casera.steps.swarm import manager_client
@@ -47,7 +47,7 @@ def versions(client: docker.DockerClient) -> dict[str, list[tuple[int, str, str]
     return {name: sorted(items) for name, items in found.items()}
 
 
-def ensure_docker_secrets(ctx: RunContext, values: dict[str, Secret]) -> StepResult:
+def ensure_swarm_secrets(ctx: RunContext, values: dict[str, Secret]) -> StepResult:
     """Each of ``values`` exists as its newest version with that value."""
     with timed(StepResult("docker secrets", f"{len(values)} secrets",
                           dry_run=ctx.dry_run)) as result, ExitStack() as stack:

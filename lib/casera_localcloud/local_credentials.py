@@ -1,6 +1,6 @@
 """Writes the local cloud's generated credentials into ``secrets/local.env``.
 
-The runbooks read secrets only through ``casera.secrets``; the local cloud is just another
+The runbooks read secrets only through ``casera.operator_secrets``; the local cloud is just another
 source of them, so it writes the same git-ignored file an operator would.
 """
 
