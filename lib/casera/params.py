@@ -38,7 +38,7 @@ from casera.errors import ParamIssue, ParamsError
 from casera.operator_secrets import SECRET_SPECS, SecretStore
 from casera.paths import params_file
 
-# The seed's replica ranges (casera-infrastructure-plan.txt, "Container Distribution").
+# The seed's replica ranges (the seed plan, "Container Distribution").
 REPLICA_RANGES: dict[str, tuple[int, int]] = {
     "api": (3, 6),
     "worker": (2, 3),
@@ -66,7 +66,7 @@ class HetznerParams(_Strict):
     @field_validator("api_endpoint")
     @classmethod
     def _ends_in_v1(cls, value: str) -> str:
-        # hcloud-python builds URLs as endpoint + path (notes/ops-facts.md).
+        # hcloud-python builds URLs as endpoint + path (docs/facts.md#hetzner).
         if not re.match(r"^https?://[^/]+(/.*)?/v1$", value):
             raise ValueError("must be an http(s) URL ending in /v1")
         return value

@@ -1,7 +1,7 @@
 """Waiting with visible progress and a stated timeout.
 
 tqdm writes to stdout, not tqdm.auto: the widget form freezes at 0% in notebooks executed
-by papermill (notes/ops-facts.md).
+by papermill (docs/facts.md#papermill-and-nbval).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Backblaze B2 through ``b2sdk``. ``realm`` is 'production' for Backblaze or the base URL of
-an emulator: b2sdk uses an unknown realm as the base URL (notes/ops-facts.md).
+an emulator: b2sdk uses an unknown realm as the base URL (docs/facts.md#backblaze-b2).
 
 Reads return plain data (:class:`BucketInfo`, :class:`KeyInfo`) or None; writes do one call
 each. Deciding what to create, replace or refuse is the steps' job (``casera.steps.storage``).

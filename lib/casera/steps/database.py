@@ -1,7 +1,7 @@
 """Neon: the restore window, the IP allowlist where the plan has one, and a real connection.
 
 The plan is read from the API (``project.owner.subscription_type``), never assumed: the seed
-counts on an IP allowlist on Launch, which Launch does not have (notes/ops-facts.md). On such a
+counts on an IP allowlist on Launch, which Launch does not have (docs/facts.md#neon). On such a
 plan the allowlist step says so and names what protects the database instead.
 
 Not reconciled here: roles, databases and passwords (the password is a secret handed to the
@@ -36,7 +36,7 @@ class PlanLimits:
     ip_allow: bool
 
 
-# Neon's plan table (2026-08, notes/ops-facts.md): Launch keeps 1 day of history by default
+# Neon's plan table (2026-08, docs/facts.md#neon): Launch keeps 1 day of history by default
 # and allows 7; IP Allow starts at Scale. Free's 6 hours is from Neon's 2025 pricing page.
 # subscription_type carries version suffixes (launch_v3, scale_v3): matched by family.
 PLAN_LIMITS: dict[str, PlanLimits] = {

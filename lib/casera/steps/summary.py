@@ -17,7 +17,7 @@ from casera.steps.compute import hcloud_client
 
 @dataclass(frozen=True)
 class SeedEstimate:
-    """The seed plan's Hetzner figures, kept here only: casera-infrastructure-plan.txt
+    """The seed plan's Hetzner figures, kept here only: infrastructure plan
     (February 2026), "Swarm Nodes" ($6.59/mo per CX33) and "At Scale" (Hetzner LB $5.99/mo),
     in US dollars, with no word on VAT."""
 

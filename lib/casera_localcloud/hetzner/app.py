@@ -51,7 +51,7 @@ class Emulator:
 
     def allocate_ip(self) -> str:
         """The lowest free address of the node pool, so a fresh project's nodes get .11,
-        .12, .13 as notes/local-engine.md assumes."""
+        .12, .13 as docs/facts.md#this-machine-the-local-cloud says."""
         used = {s["public_net"]["ipv4"]["ip"] for s in self.store.table("servers").values()
                 if s["public_net"]["ipv4"]}
         network = ipaddress.ip_network(self.node_network)

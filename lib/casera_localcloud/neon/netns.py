@@ -5,7 +5,7 @@ proving that the allowlist refuses an address needs a client with an address of 
 namespace gets ``10.78.N.2``, the host end ``10.78.N.1``; a host route for each target the
 client must reach (the local Neon's listen addresses) and nothing else, so the namespace has no
 way out of this machine. The client runs under ``nsenter --net`` (``ip netns exec`` remounts
-/sys, see notes/local-engine.md). Needs root, iproute2 and nsenter.
+/sys, see docs/facts.md#this-machine-the-local-cloud). Needs root, iproute2 and nsenter.
 """
 
 from __future__ import annotations

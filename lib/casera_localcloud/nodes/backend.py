@@ -2,7 +2,7 @@
 
 A node is a container of the node image on the local engine, running its own dockerd and
 sshd, on the ``casera-local`` bridge at a fixed address, with a named volume at
-/var/lib/docker. How it is started follows notes/local-engine.md: ``--privileged`` fails on
+/var/lib/docker. How it is started follows docs/facts.md#this-machine-the-local-cloud: ``--privileged`` fails on
 these machines, so every capability but SYS_RESOURCE is added instead.
 
 Only the addresses are kept on disk (``local_cloud_home()/nodes/leases.json``): everything

@@ -40,7 +40,7 @@ def _kernel_config() -> dict[str, str]:
 
 
 def kernel_limits() -> list[str]:
-    """What this machine's kernel cannot do for Swarm (notes/local-engine.md), said wherever
+    """What this machine's kernel cannot do for Swarm (docs/facts.md#this-machine-the-local-cloud), said wherever
     the local cloud reports on itself so that no output pretends otherwise."""
     config = _kernel_config()
     if not config:
