@@ -47,6 +47,9 @@ class RunContext:
     # What earlier steps of a dry run would have made (servers, the firewall), so that later
     # steps plan against that instead of the empty cloud, and the plan equals the run.
     planned: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    # What the steps of one run share instead of reading or opening again: open SSH and
+    # Docker connections (providers' pools, checked alive before each reuse).
+    shared: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def summary_lines(self) -> list[str]:
         p = self.params
