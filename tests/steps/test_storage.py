@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from steps_harness import applied, free_port, make_ctx
 
-from casera.errors import ApprovalRefused, SecretMissingError, StepFailed
+from casera import b2_keys
+from casera.errors import ApprovalRefused, ProviderError, SecretMissingError, StepFailed
 from casera.operator_secrets import Secret
 from casera.providers import b2
 from casera.steps import storage, swarm_secrets
@@ -48,7 +49,7 @@ def test_dry_run_on_an_empty_account_changes_nothing(cloud):
     assert any("+ bucket casera-uploads" in d for d in buckets.diff)
     assert list(master(cloud).list_buckets()) == []
     assert b2.list_keys(master(cloud)) == []
-    assert not storage.key_store("local").path.exists()
+    assert not b2_keys.key_store("local").path.exists()
 
 
 def test_first_run_creates_private_buckets_and_scoped_keys(cloud):
@@ -67,7 +68,7 @@ def test_first_run_creates_private_buckets_and_scoped_keys(cloud):
     assert listed["casera-local-certs-read"].bucket_id == certs.bucket_id
     assert set(listed["casera-local-certs-read"].capabilities) == {"listBuckets", "listFiles",
                                                                    "readFiles"}
-    store = storage.key_store("local")
+    store = b2_keys.key_store("local")
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
     values = storage.app_key_values(ctx)
     assert values["casera-local-certs-read"].key_id == listed["casera-local-certs-read"].key_id
@@ -78,7 +79,7 @@ def test_first_run_creates_private_buckets_and_scoped_keys(cloud):
     assert secret not in str(keys) + repr(values) + keys._repr_html_()
     # The write probe cleaned up after itself.
     uploads = b2.get_bucket(api, "casera-uploads")
-    assert uploads and not list(api.BUCKET_CLASS(api, uploads.bucket_id).ls(recursive=True))
+    assert uploads and b2.list_file_names(api, uploads.bucket_id, uploads.name) == []
 
 
 def test_second_run_changes_nothing(cloud):
@@ -139,8 +140,8 @@ def authorizes(cloud, key_id: str, secret) -> bool:
 
 
 def test_lost_secret_is_rotated_and_the_old_key_kept_until_retired(cloud):
-    store = storage.key_store("local")
-    old_store = storage.B2KeyStore(store.path.with_name("old-b2-keys.env"))
+    store = b2_keys.key_store("local")
+    old_store = b2_keys.B2KeyStore(store.path.with_name("old-b2-keys.env"))
     old_store.path.write_text(store.path.read_text())
     old = {k.name: k.key_id for k in b2.list_keys(master(cloud))}
     lines = [ln for ln in store.path.read_text().splitlines()
@@ -188,9 +189,9 @@ def test_lost_secret_is_rotated_and_the_old_key_kept_until_retired(cloud):
 
 def test_missing_key_store_rotates_every_key_and_waits_while_mounted(cloud):
     """A CI machine or a second operator: no key store at all."""
-    store = storage.key_store("local")
+    store = b2_keys.key_store("local")
     before = {k.key_id: k.name for k in b2.list_keys(master(cloud))}
-    saved = storage.B2KeyStore(store.path.with_name("saved-b2-keys.env"))
+    saved = b2_keys.B2KeyStore(store.path.with_name("saved-b2-keys.env"))
     saved.path.write_text(store.path.read_text())
     store.path.unlink()
     dry_secrets = storage.ensure_app_keys(ctx_for(cloud, dry_run=True))
@@ -223,7 +224,7 @@ def test_missing_key_store_rotates_every_key_and_waits_while_mounted(cloud):
 
 
 def test_unreadable_cluster_never_counts_as_unused(cloud):
-    store = storage.key_store("local")
+    store = b2_keys.key_store("local")
     current = store.load()
     store.path.write_text("\n".join(
         ln for ln in store.path.read_text().splitlines()
@@ -245,7 +246,7 @@ def test_swarm_secrets_dry_run_plans_the_new_version_of_a_replaced_key(cloud):
     environ = dict(cloud["environ"], CASERA_DB_PASSWORD="x" * 24, CASERA_SECRET_KEY="y" * 24,
                    CASERA_APNS_KEY="z" * 24)
     ctx = make_ctx({"b2.realm": cloud["realm"]}, environ, dry_run=True)
-    store = storage.key_store("local")
+    store = b2_keys.key_store("local")
     stored = store.load()
     as_is = swarm_secrets.stack_secret_values(ctx)
     assert as_is["b2_uploads_key_id"].reveal() == stored["casera-local-api-uploads"][0]
@@ -269,7 +270,7 @@ def test_key_with_the_wrong_scope_is_replaced(cloud):
     assert certs
     wide = b2.create_key(api, "casera-local-certs-read", ["listFiles", "readFiles",
                                                           "writeFiles"], certs.bucket_id)
-    storage.key_store("local").put(wide.info.name, wide.info.key_id, wide.secret)
+    b2_keys.key_store("local").put(wide.info.name, wide.info.key_id, wide.secret)
     b2.delete_key(api, stray.key_id)
     result = storage.ensure_app_keys(ctx_for(cloud))
     assert result.changed == 2 and result.ok, result
@@ -282,7 +283,7 @@ def test_key_with_the_wrong_scope_is_replaced(cloud):
 
 
 def test_key_store_file_is_plain_key_value_lines(cloud):
-    path: Path = storage.key_store("local").path
+    path: Path = b2_keys.key_store("local").path
     assert path.parent == Path(cloud["project"]) / "secrets"
     for line in path.read_text().splitlines():
         assert line.startswith("#") or "=" in line
@@ -348,3 +349,32 @@ def test_secret_users_reads_specs_rollback_targets_and_live_tasks():
     engine.api.tasks = lambda: [{"ID": "t1" * 8, "ServiceID": "svc1", "Slot": 1,
                                  "Spec": _mounts("s1"), "Status": {"State": "shutdown"}}]
     assert swarm_secrets.secret_users(engine, {"s1"}) == {"s1": []}
+
+
+def test_a_replayed_bucket_create_converges_on_the_bucket_made(cloud):
+    api = master(cloud)
+    made = b2.create_bucket(api, "casera-replayed", "allPrivate")
+    # The first answer lost, the create sent again: B2 says duplicate_bucket_name, the
+    # provider re-reads and hands back the same bucket.
+    again = b2.create_bucket(api, "casera-replayed", "allPrivate")
+    assert again == made
+
+
+def test_b2_errors_leave_the_provider_as_provider_errors(cloud):
+    with pytest.raises(ProviderError) as bad_name:
+        b2.create_bucket(master(cloud), "b2-reserved-prefix", "allPrivate")
+    assert bad_name.value.system == "b2" and "create bucket b2-reserved-prefix" in str(
+        bad_name.value)
+    with pytest.raises(ProviderError) as refused:
+        b2.authorize(cloud["realm"], "no-such-key-id", Secret("k", "not-a-key"))
+    assert refused.value.system == "b2"
+    assert "not-a-key" not in str(refused.value)
+
+
+def test_a_bucket_name_held_by_another_account_names_the_params_key(cloud, monkeypatch):
+    # The emulator has one account, so the other account's bucket is shown by hiding ours
+    # from the re-read that follows B2's duplicate_bucket_name answer.
+    api = master(cloud)
+    monkeypatch.setattr(b2, "get_bucket", lambda api, name: None)
+    with pytest.raises(StepFailed, match=r"params/local.yaml b2.buckets"):
+        storage._create_bucket(api, "local", "casera-replayed", "allPrivate")

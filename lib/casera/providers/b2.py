@@ -1,19 +1,32 @@
 """Backblaze B2 through ``b2sdk``. ``realm`` is 'production' for Backblaze or the base URL of
-an emulator: b2sdk uses an unknown realm as the base URL (docs/facts.md#backblaze-b2).
+an emulator: b2sdk uses an unknown realm as the base URL
+(b2sdk/_internal/session.py: ``realm_url = REALM_URLS.get(realm, realm)``).
 
-Reads return plain data (:class:`BucketInfo`, :class:`KeyInfo`) or None; writes do one call
-each. Deciding what to create, replace or refuse is the steps' job (``casera.steps.storage``).
+Reads return plain data (:class:`BucketInfo`, :class:`KeyInfo`, :class:`Grant`) or None;
+writes do one call each, except :func:`create_bucket`, which converges (create-or-get). Every
+b2sdk error leaves this module as :class:`casera.errors.ProviderError` (system ``b2``).
+Deciding what to create, replace or refuse is the steps' job (``casera.steps.storage``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import requests
 from b2sdk.v2 import B2Api, BaseApplicationKey, Bucket, InMemoryAccountInfo
-from b2sdk.v2.exception import B2Error, MaxRetriesExceeded
+from b2sdk.v2.exception import B2Error, DuplicateBucketName, MaxRetriesExceeded
 
+from casera.errors import ProviderError
 from casera.operator_secrets import Secret
+
+__all__ = ["B2Api", "BucketInfo", "CreatedKey", "Grant", "KeyInfo", "NAME_TAKEN"]
+
+# B2's code for a bucket name used by any account (names are global):
+# https://www.backblaze.com/apidocs/b2-create-bucket ("duplicate_bucket_name", HTTP 400),
+# which b2sdk raises as DuplicateBucketName (b2sdk/_internal/exception.py interpret_b2_error).
+NAME_TAKEN = "duplicate_bucket_name"
 
 
 @dataclass(frozen=True)
@@ -40,10 +53,40 @@ class CreatedKey:
     secret: Secret
 
 
+@dataclass(frozen=True)
+class Grant:
+    """What B2 granted a key when it authorized it: its real scope, whatever a listing says
+    (b2_authorize_account's ``allowed``; a None bucket means every bucket)."""
+
+    capabilities: tuple[str, ...]
+    bucket_id: str | None
+    bucket_name: str | None
+
+
+@contextmanager
+def _mapped(what: str) -> Iterator[None]:
+    """b2sdk's errors (and the transport's) as the project's ProviderError."""
+    try:
+        yield
+    except ProviderError:
+        raise
+    except DuplicateBucketName as exc:
+        raise ProviderError("b2", f"{what}: {exc}", code=NAME_TAKEN) from exc
+    except B2Error as exc:
+        raise ProviderError("b2", f"{what}: {type(exc).__name__}: {exc}",
+                            code=getattr(exc, "code", None) or type(exc).__name__,
+                            details={"status": getattr(exc, "status", None)}) from exc
+    except requests.RequestException as exc:
+        raise ProviderError("b2", f"{what}: {type(exc).__name__}: {exc}",
+                            code=type(exc).__name__) from exc
+
+
 def authorize(realm: str, key_id: Secret | str, key: Secret) -> B2Api:
-    api = B2Api(InMemoryAccountInfo())
     plain_id = key_id.reveal() if isinstance(key_id, Secret) else key_id
-    api.authorize_account(realm, plain_id, key.reveal())
+    api = B2Api(InMemoryAccountInfo())
+    # The key id is listed by B2 and shown in plans; the secret never enters a message.
+    with _mapped(f"authorize key {plain_id}"):
+        api.authorize_account(realm, plain_id, key.reveal())
     return api
 
 
@@ -53,17 +96,32 @@ def _bucket_info(bucket: Bucket) -> BucketInfo:
 
 
 def get_bucket(api: B2Api, name: str) -> BucketInfo | None:
-    found = api.list_buckets(bucket_name=name)
+    with _mapped(f"list bucket {name}"):
+        found = api.list_buckets(bucket_name=name)
     return _bucket_info(found[0]) if found else None
 
 
 def create_bucket(api: B2Api, name: str, bucket_type: str) -> BucketInfo:
-    return _bucket_info(api.create_bucket(name, bucket_type))
+    """Create the bucket, or find it made: a retried create of ours (the first answer lost)
+    is refused as a duplicate and shows up on re-read. A name another account holds stays
+    a ProviderError with code :data:`NAME_TAKEN`."""
+    try:
+        with _mapped(f"create bucket {name}"):
+            return _bucket_info(api.create_bucket(name, bucket_type))
+    except ProviderError as exc:
+        if exc.code != NAME_TAKEN:
+            raise
+        found = get_bucket(api, name)
+        if found is None:
+            raise ProviderError("b2", f"bucket name {name} is taken by another B2 account",
+                                code=NAME_TAKEN) from None
+        return found
 
 
 def set_bucket_type(api: B2Api, bucket_id: str, bucket_type: str) -> BucketInfo:
-    bucket = api.BUCKET_CLASS(api, bucket_id)
-    return _bucket_info(bucket.update(bucket_type=bucket_type))
+    with _mapped(f"update bucket {bucket_id}"):
+        bucket = api.BUCKET_CLASS(api, bucket_id)
+        return _bucket_info(bucket.update(bucket_type=bucket_type))
 
 
 def _key_info(key: BaseApplicationKey) -> KeyInfo:
@@ -73,21 +131,27 @@ def _key_info(key: BaseApplicationKey) -> KeyInfo:
 
 
 def list_keys(api: B2Api) -> list[KeyInfo]:
-    return [_key_info(key) for key in api.list_keys()]
+    with _mapped("list application keys"):
+        return [_key_info(key) for key in api.list_keys()]
 
 
 def create_key(api: B2Api, name: str, capabilities: list[str], bucket_id: str) -> CreatedKey:
-    created = api.create_key(capabilities, name, bucket_id=bucket_id)
+    with _mapped(f"create application key {name}"):
+        created = api.create_key(capabilities, name, bucket_id=bucket_id)
     return CreatedKey(_key_info(created), Secret(f"b2 key {name}", created.application_key))
 
 
 def delete_key(api: B2Api, key_id: str) -> None:
-    api.delete_key_by_id(key_id)
+    with _mapped(f"delete application key {key_id}"):
+        api.delete_key_by_id(key_id)
 
 
-def allowed(api: B2Api) -> dict[str, object]:
+def granted(api: B2Api) -> Grant:
     """What the key this ``api`` was authorized with may do, as B2 told it at authorization."""
-    return dict(api.account_info.get_allowed() or {})
+    allowed = dict(api.account_info.get_allowed() or {})
+    return Grant(capabilities=tuple(map(str, allowed.get("capabilities") or [])),
+                 bucket_id=allowed.get("bucketId") or None,
+                 bucket_name=allowed.get("bucketName") or None)
 
 
 def account_key_id(api: B2Api) -> str:
@@ -97,7 +161,8 @@ def account_key_id(api: B2Api) -> str:
 def upload_error(api: B2Api, bucket_id: str, bucket_name: str, file_name: str,
                  data: bytes) -> str | None:
     """Try a real upload; None when it worked, else the error B2 gave (b2sdk retries a
-    refused upload, in case its upload URL went stale, then reports every refusal)."""
+    refused upload, in case its upload URL went stale, then reports every refusal). A
+    refusal is the answer asked for here, so it is returned, not raised."""
     # Built directly: looking the bucket up by name needs listBuckets, which app keys lack.
     bucket = api.BUCKET_CLASS(api, bucket_id, name=bucket_name)
     try:
@@ -112,10 +177,18 @@ def upload_error(api: B2Api, bucket_id: str, bucket_name: str, file_name: str,
 
 def delete_file(api: B2Api, bucket_id: str, bucket_name: str, file_name: str) -> None:
     """Delete every version of ``file_name`` (used to clean up a probe)."""
-    bucket = api.BUCKET_CLASS(api, bucket_id, name=bucket_name)
-    for version in bucket.list_file_versions(file_name):
-        if version.file_name == file_name:
-            api.delete_file_version(version.id_, version.file_name)
+    with _mapped(f"delete {bucket_name}/{file_name}"):
+        bucket = api.BUCKET_CLASS(api, bucket_id, name=bucket_name)
+        for version in bucket.list_file_versions(file_name):
+            if version.file_name == file_name:
+                api.delete_file_version(version.id_, version.file_name)
+
+
+def list_file_names(api: B2Api, bucket_id: str, bucket_name: str) -> list[str]:
+    """Every file name in the bucket (latest versions)."""
+    with _mapped(f"list files of {bucket_name}"):
+        bucket = api.BUCKET_CLASS(api, bucket_id, name=bucket_name)
+        return [version.file_name for version, _ in bucket.ls(recursive=True)]
 
 
 def anonymous_download_status(api: B2Api, bucket_name: str, file_name: str,
@@ -123,4 +196,5 @@ def anonymous_download_status(api: B2Api, bucket_name: str, file_name: str,
     """HTTP status of an unauthenticated download from the bucket: what anyone on the
     internet gets. Private buckets answer 401 whether or not the file exists."""
     url = f"{api.account_info.get_download_url()}/file/{bucket_name}/{file_name}"
-    return requests.get(url, timeout=timeout).status_code
+    with _mapped(f"anonymous download from {bucket_name}"):
+        return requests.get(url, timeout=timeout).status_code

@@ -1,14 +1,40 @@
 """The Neon HTTP API v2. Neon's own Python client (``neon-api``) lacks calls the runbooks need
-(branch restore), so this is a thin ``requests`` wrapper with Neon's error shape kept."""
+(branch restore), so this is a thin ``requests`` wrapper with Neon's error shape kept.
+
+Facts come back as plain data (:class:`NeonProject`); a change waits for the operations it
+started (:meth:`NeonClient.update_project_and_wait`). Every failure, an HTTP error or the
+transport's, is a :class:`casera.errors.ProviderError` (system ``neon``).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import requests
 
 from casera.errors import ProviderError
 from casera.operator_secrets import Secret
+from casera.progress import wait_for
+
+# An operation's status is one of scheduling, running, finished, failed, error, cancelling,
+# cancelled, skipped (Neon's OpenAPI spec, Operation.status;
+# https://api-docs.neon.tech/reference/getprojectoperation).
+OPERATION_DONE = ("finished", "skipped", "cancelled")
+OPERATION_FAILED = ("failed", "error")
+
+
+@dataclass(frozen=True)
+class NeonProject:
+    """What the steps decide on. ``plan`` is the plan as Neon names it (``launch_v3`` ...):
+    the project owner's ``subscription_type``, else the API key user's ``plan``."""
+
+    id: str
+    name: str
+    plan: str
+    history_retention_seconds: int
+    allowed_ips: tuple[str, ...]
+    protected_branches_only: bool
 
 
 class NeonClient:
@@ -20,8 +46,12 @@ class NeonClient:
         self._timeout = timeout
 
     def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
-        response = self._session.request(method, self._base + path, timeout=self._timeout,
-                                         **kwargs)
+        try:
+            response = self._session.request(method, self._base + path,
+                                             timeout=self._timeout, **kwargs)
+        except requests.RequestException as exc:
+            raise ProviderError("neon", f"{method} {path}: {type(exc).__name__}: {exc}",
+                                code=type(exc).__name__) from exc
         if response.status_code >= 400:
             try:
                 body = response.json()
@@ -39,6 +69,24 @@ class NeonClient:
         """The API key's user; its ``plan`` is the account's plan."""
         return self.request("GET", "/users/me")
 
+    def project(self, project_id: str) -> NeonProject:
+        """The project's facts. The plan is read from ``owner.subscription_type`` first: it
+        is the plan of whoever owns the project (an organisation's, not the API key
+        user's); ``/users/me`` only when it is absent."""
+        found = self.get_project(project_id)
+        plan = str((found.get("owner") or {}).get("subscription_type") or "")
+        if not plan:
+            plan = str(self.get_current_user().get("plan") or "")
+        allowed = (found.get("settings") or {}).get("allowed_ips") or {}
+        return NeonProject(
+            id=str(found.get("id") or project_id), name=str(found.get("name") or project_id),
+            plan=plan or "unknown",
+            history_retention_seconds=int(found.get("history_retention_seconds") or 0),
+            allowed_ips=tuple(str(ip) for ip in allowed.get("ips") or []),
+            # primary_branch_only is the older name of the same switch.
+            protected_branches_only=bool(allowed.get(
+                "protected_branches_only", allowed.get("primary_branch_only", False))))
+
     def update_project(self, project_id: str, changes: dict[str, Any]) -> dict[str, Any]:
         """PATCH the project; the answer holds the project and the operations it started."""
         return self.request("PATCH", f"/projects/{project_id}", json={"project": changes})
@@ -46,3 +94,23 @@ class NeonClient:
     def get_operation(self, project_id: str, operation_id: str) -> dict[str, Any]:
         return self.request("GET", f"/projects/{project_id}/operations/{operation_id}"
                             )["operation"]
+
+    def update_project_and_wait(self, project_id: str, changes: dict[str, Any],
+                                timeout: float = 120) -> None:
+        """PATCH the project, then wait until every operation it started has finished."""
+        answer = self.update_project(project_id, changes)
+        pending = [op["id"] for op in answer.get("operations") or []]
+
+        def settled() -> list[str] | None:
+            states = [str(self.get_operation(project_id, op)["status"]) for op in pending]
+            done = all(s in OPERATION_DONE + OPERATION_FAILED for s in states)
+            return states if done else None
+
+        if not pending:
+            return
+        # A failed operation ends the wait at once (wait_for retries a probe that raises).
+        states = wait_for(f"Neon to apply the project change ({len(pending)} operation(s))",
+                          settled, timeout, interval=0.5)
+        if any(s in OPERATION_FAILED for s in states):
+            raise ProviderError("neon", f"operation(s) of project {project_id} failed: "
+                                f"{states}", code="operation_failed", details=states)

@@ -1,17 +1,26 @@
 """PostgreSQL (Neon) through ``psycopg``. TLS is never optional: sslmode comes from params and
-the schema allows only require/verify-ca/verify-full."""
+the schema allows only require/verify-ca/verify-full (the plain-text probe of
+``verify_database`` is the one ``disable``, and it must be refused).
+
+:func:`probe` connects, reads what the steps decide on (:class:`ConnectionFacts`: the server
+version and the client's own TLS session) and closes; a refused or failed connection is a
+:class:`casera.errors.ProviderError` (system ``postgres``) whose ``details["error"]`` is the
+server's or libpq's full text.
+"""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import re
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 
 import psycopg
 from psycopg import pq
 
+from casera.errors import ProviderError
 from casera.operator_secrets import Secret
 
 # libpq's names for what PQsslAttribute reports
@@ -81,3 +90,35 @@ def tls_attributes(conn: psycopg.Connection) -> dict[str, str] | None:
         if value is not None:
             found[name] = value.decode()
     return found
+
+
+@dataclass(frozen=True)
+class ConnectionFacts:
+    """One connection as the client saw it. ``tls`` is the client's own TLS session
+    (:data:`TLS_ATTRIBUTES`), empty when not encrypted, None when this platform's libpq
+    cannot be asked (``ssl_in_use`` still says whether it was encrypted)."""
+
+    server_version: str
+    ssl_in_use: bool
+    tls: dict[str, str] | None
+
+
+def probe(host: str, port: int, dbname: str, user: str, password: Secret, sslmode: str,
+          sslrootcert: str | None = None, hostaddr: str | None = None,
+          timeout: int = 5) -> ConnectionFacts:
+    """Connect as the app does, read the facts, close."""
+    try:
+        # Positional, as connect() is declared: tests replace connect() to steer one attempt.
+        with connect(host, port, dbname, user, password, sslmode, sslrootcert, hostaddr,
+                     timeout) as conn:
+            row = conn.execute("show server_version").fetchone()
+            in_use = bool(conn.pgconn.ssl_in_use)
+            return ConnectionFacts(server_version=str(row[0]) if row else "",
+                                   ssl_in_use=in_use,
+                                   tls=tls_attributes(conn) if in_use else {})
+    except psycopg.Error as exc:
+        text = str(exc).strip()
+        last = text.splitlines()[-1][:200] if text else type(exc).__name__
+        raise ProviderError("postgres", f"{host}:{port}/{dbname} (sslmode={sslmode}): {last}",
+                            code=exc.sqlstate or type(exc).__name__,
+                            details={"error": text or type(exc).__name__}) from exc

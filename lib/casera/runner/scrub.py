@@ -114,8 +114,8 @@ class LiveSecrets:
     def __call__(self) -> list[str]:
         stamp = self._mtimes()
         if stamp != self._stamp:
+            from casera.b2_keys import stored_secret_values
             from casera.operator_secrets import SecretStore
-            from casera.steps.storage import stored_secret_values
 
             self._values = sorted(set(self._fixed + SecretStore(self.env).values()
                                       + stored_secret_values(self.env)))
@@ -128,10 +128,11 @@ SecretSource = Callable[[], list[str]]
 
 def secret_files_of(env: str) -> list[Path]:
     """Where an environment's secrets live: ``secrets/<env>.env`` and the B2 keys made by runs
-    (``steps.storage.key_store``)."""
+    (``casera.b2_keys``)."""
+    from casera.b2_keys import key_store_path
     from casera.paths import secrets_file
 
-    return [secrets_file(env), secrets_file(env).with_name(f"{env}.b2-keys.env")]
+    return [secrets_file(env), key_store_path(env)]
 
 
 def install_kernel_scrub(secrets: SecretSource) -> bool:

@@ -4,14 +4,15 @@ Everything here talks to B2 with the master key (``b2_key_id``/``b2_application_
 only ever makes and checks the scoped keys: no service is handed the master key.
 
 B2 shows a key's secret once, in the answer that creates it. So the secrets of the keys made
-here live in a small git-ignored file, ``secrets/<env>.b2-keys.env`` (mode 0600), until the
-Docker-secrets step hands them on (:func:`app_key_values`). A key that exists in B2 but whose
-secret is not in that file (a CI machine, a second operator) is useless to this run, so it is
-replaced, as a rotation: :func:`ensure_app_keys` makes and stores the new key and records the
-old one as *retiring* (it deletes nothing); the Docker-secrets step makes a new secret version
-and the stack step rolls the services onto it; then :func:`retire_replaced_keys` deletes the
-old key, behind the approval gate, once Swarm shows that nothing mounts it any more. A run that
-stops anywhere in between leaves the services with a key that still works.
+here live in the operator's B2 key store (:mod:`casera.b2_keys`: the git-ignored
+``secrets/<env>.b2-keys.env``, mode 0600) until the Docker-secrets step hands them on
+(:func:`app_key_values`). A key that exists in B2 but whose secret is not in that file (a CI
+machine, a second operator) is useless to this run, so it is replaced, as a rotation:
+:func:`ensure_app_keys` makes and stores the new key and records the old one as *retiring*
+(it deletes nothing); the Docker-secrets step makes a new secret version and the stack step
+rolls the services onto it; then :func:`retire_replaced_keys` deletes the old key, behind the
+approval gate, once Swarm shows that nothing mounts it any more. A run that stops anywhere in
+between leaves the services with a key that still works.
 
 Not reconciled here: keys in the account whose names are not in params (left alone, they may
 be an operator's), bucket lifecycle rules, CORS, and the account's spending caps (web UI only).
@@ -19,21 +20,17 @@ be an operator's), bucket lifecycle rules, CORS, and the account's spending caps
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
 
-from b2sdk.v2 import B2Api
-from b2sdk.v2.exception import DuplicateBucketName
-
+from casera.b2_keys import B2KeyStore, key_store
 from casera.context import RunContext
-from casera.errors import SecretMissingError, StepFailed, WaitTimeout
-from casera.gate import confirm
+from casera.errors import ProviderError, SecretMissingError, StepFailed, WaitTimeout
 from casera.operator_secrets import Secret
 from casera.params import B2KeyParams, Params
-from casera.paths import secrets_file
+from casera.plan import Plan, apply
 from casera.progress import wait_for
 from casera.providers import b2
 from casera.result import StepResult, timed
@@ -44,7 +41,7 @@ ACCOUNT_CAPABILITIES = frozenset({"listKeys", "writeKeys", "deleteKeys", "writeB
                                   "deleteBuckets", "listAllBucketNames"})
 
 
-# ------------------------------------------------------------------ the key store
+# ------------------------------------------------------------------ the keys' secrets
 
 
 @dataclass(frozen=True)
@@ -56,98 +53,6 @@ class AppKey:
     secret: Secret
     bucket_name: str
     for_services: tuple[str, ...]
-
-
-class B2KeyStore:
-    """``<name>_KEY_ID=...`` / ``<name>_APPLICATION_KEY=...`` lines in a 0600 file.
-
-    The same KEY=VALUE form as ``secrets/<env>.env`` so an operator can read and repair it
-    with an editor; written atomically so a crash never leaves half a key.
-    """
-
-    ID_SUFFIX = "_KEY_ID"
-    SECRET_SUFFIX = "_APPLICATION_KEY"
-    # Ids of replaced keys not deleted yet: comma-separated, never secrets (B2 lists ids).
-    RETIRING_SUFFIX = "_RETIRING"
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def _lines(self) -> dict[str, str]:
-        values: dict[str, str] = {}
-        if not self.path.exists():
-            return values
-        for number, line in enumerate(self.path.read_text().splitlines(), start=1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            if "=" not in text:
-                # The line may hold a secret: name the line, never its content.
-                raise SecretMissingError(f"{self.path}:{number}: not KEY=VALUE; fix that line "
-                                         "(its content is not shown)")
-            key, _, value = text.partition("=")
-            values[key.strip()] = value.strip()
-        return values
-
-    def load(self) -> dict[str, tuple[str, Secret]]:
-        """key name -> (key id, secret) for every complete entry."""
-        lines = self._lines()
-        found = {}
-        for key, key_id in lines.items():
-            if key.endswith(self.ID_SUFFIX):
-                name = key.removesuffix(self.ID_SUFFIX)
-                secret = lines.get(name + self.SECRET_SUFFIX)
-                if secret:
-                    found[name] = (key_id, Secret(f"b2 key {name}", secret))
-        return found
-
-    def put(self, name: str, key_id: str, secret: Secret,
-            retiring: Iterable[str] | None = None) -> None:
-        """Store a key; ``retiring`` (when given) replaces the ids recorded as replaced, in
-        the same atomic write, so a crash never leaves a new key without its old one noted."""
-        lines = self._lines()
-        lines[name + self.ID_SUFFIX] = key_id
-        lines[name + self.SECRET_SUFFIX] = secret.reveal()
-        if retiring is not None:
-            self._set_retiring(lines, name, retiring)
-        self._write(lines)
-
-    def retiring(self) -> dict[str, list[str]]:
-        """key name -> ids of its replaced keys that are not deleted yet."""
-        return {key.removesuffix(self.RETIRING_SUFFIX): [i for i in value.split(",") if i]
-                for key, value in self._lines().items() if key.endswith(self.RETIRING_SUFFIX)}
-
-    def set_retiring(self, name: str, key_ids: Iterable[str]) -> None:
-        lines = self._lines()
-        self._set_retiring(lines, name, key_ids)
-        self._write(lines)
-
-    def _set_retiring(self, lines: dict[str, str], name: str, key_ids: Iterable[str]) -> None:
-        ids = sorted(set(key_ids))
-        if ids:
-            lines[name + self.RETIRING_SUFFIX] = ",".join(ids)
-        else:
-            lines.pop(name + self.RETIRING_SUFFIX, None)
-
-    def _write(self, lines: dict[str, str]) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        # Created 0600 from the start: a chmod after writing would leave a readable window.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write("# B2 application keys made by casera; B2 shows a secret only once, "
-                      "so losing this file means replacing the keys. Never commit it.\n")
-            out.writelines(f"{k}={v}\n" for k, v in sorted(lines.items()))
-        os.chmod(tmp, 0o600)
-        tmp.replace(self.path)
-
-    def values(self) -> list[str]:
-        """Every stored secret, for the runner's scrub and leak scan. Never print this."""
-        return [secret.reveal() for _, secret in self.load().values()]
-
-
-def key_store(env: str) -> B2KeyStore:
-    return B2KeyStore(secrets_file(env).with_name(f"{env}.b2-keys.env"))
 
 
 def app_key_values(ctx: RunContext) -> dict[str, AppKey]:
@@ -173,16 +78,10 @@ def stored_app_keys(ctx: RunContext) -> dict[str, AppKey]:
             for kp in ctx.params.b2.keys if kp.name in stored}
 
 
-def stored_secret_values(env: str) -> list[str]:
-    """The app keys' secrets, so the runner can scrub outputs of them too (they are made
-    during the run, after the runner read the environment's secrets)."""
-    return key_store(env).values()
-
-
 # ------------------------------------------------------------------ buckets
 
 
-def master_api(ctx: RunContext) -> B2Api:
+def master_api(ctx: RunContext) -> b2.B2Api:
     return b2.authorize(ctx.params.b2.realm, ctx.secrets.get("b2_key_id"),
                         ctx.secrets.get("b2_application_key"))
 
@@ -190,44 +89,43 @@ def master_api(ctx: RunContext) -> B2Api:
 def ensure_buckets(ctx: RunContext) -> StepResult:
     """``b2.buckets`` (uploads, certs) exist and are private. A missing bucket is created; a
     public one is made private behind the gate (its public URLs stop working)."""
-    p = ctx.params.b2
-    names = [bp.name for bp in p.buckets.values()]
+    p = ctx.params
+    names = [bp.name for bp in p.b2.buckets.values()]
     with timed(StepResult("b2 buckets", ", ".join(names), dry_run=ctx.dry_run)) as result:
         api = master_api(ctx)
-        found = {bp.name: b2.get_bucket(api, bp.name) for bp in p.buckets.values()}
-        missing = [bp for bp in p.buckets.values() if found[bp.name] is None]
-        wrong = [(bp, found[bp.name]) for bp in p.buckets.values()
-                 if found[bp.name] is not None and found[bp.name].bucket_type != bp.type]
-        result.diff += [f"+ bucket {bp.name} ({bp.type})" for bp in missing]
-        result.diff += [f"~ bucket {bp.name}: {have.bucket_type} -> {bp.type}"
-                        for bp, have in wrong if have]
-        result.changed = len(missing) + len(wrong)
-        if not result.changed:
-            result.reason = f"{len(names)} buckets exist and are private"
-            _verify_buckets(api, ctx.params, result)  # read-only: fine in a dry run too
-            return result
-        if ctx.dry_run:
-            return result
-        if wrong:
-            confirm(ctx, f"B2: make {len(wrong)} public bucket(s) private",
-                    [f"~ {bp.name}: {have.bucket_type} -> {bp.type}; its public download "
-                     "URLs stop working" for bp, have in wrong if have])
+        found = {bp.name: b2.get_bucket(api, bp.name) for bp in p.b2.buckets.values()}
+        missing = [bp for bp in p.b2.buckets.values() if found[bp.name] is None]
+        wrong = [(bp, have) for bp in p.b2.buckets.values()
+                 if (have := found[bp.name]) is not None and have.bucket_type != bp.type]
+        plan = Plan(gate_title=f"B2: make {len(wrong)} public bucket(s) private; their "
+                    "public download URLs stop working")
         for bp in missing:
-            try:
-                b2.create_bucket(api, bp.name, bp.type)
-            except DuplicateBucketName:
-                # Bucket names are global across B2 accounts. A retried create of ours
-                # shows up on re-read; anyone else's means a name change in params.
-                if b2.get_bucket(api, bp.name) is None:
-                    raise StepFailed(
-                        f"B2 bucket name {bp.name} is taken by another B2 account; choose "
-                        f"another name in params/{ctx.env}.yaml b2.buckets") from None
+            plan.add(f"+ bucket {bp.name} ({bp.type})",
+                     partial(_create_bucket, api, ctx.env, bp.name, bp.type))
         for bp, have in wrong:
-            if have:
-                b2.set_bucket_type(api, have.bucket_id, bp.type)
-        result.reason = f"{len(missing)} created, {len(wrong)} made private"
-        _verify_buckets(api, ctx.params, result)
+            plan.add(f"~ bucket {bp.name}: {have.bucket_type} -> {bp.type}",
+                     partial(b2.set_bucket_type, api, have.bucket_id, bp.type),
+                     destructive=True)
+        applied = apply(ctx, result, plan)
+        if not plan:
+            result.reason = f"{len(names)} buckets exist and are private"
+        elif applied.dry_run:
+            return result
+        else:
+            result.reason = f"{len(missing)} created, {len(wrong)} made private"
+        _verify_buckets(api, p, result)  # read-only: fine in a dry run that plans nothing
     return result
+
+
+def _create_bucket(api: b2.B2Api, env: str, name: str, bucket_type: str) -> b2.BucketInfo:
+    try:
+        return b2.create_bucket(api, name, bucket_type)
+    except ProviderError as exc:
+        if exc.code != b2.NAME_TAKEN:
+            raise
+        # Bucket names are global across B2 accounts; the provider already re-read ours.
+        raise StepFailed(f"B2 bucket name {name} is taken by another B2 account; choose "
+                         f"another name in params/{env}.yaml b2.buckets") from None
 
 
 def verify_buckets(ctx: RunContext) -> StepResult:
@@ -239,7 +137,7 @@ def verify_buckets(ctx: RunContext) -> StepResult:
     return result
 
 
-def _verify_buckets(api: B2Api, params: Params, result: StepResult) -> None:
+def _verify_buckets(api: b2.B2Api, params: Params, result: StepResult) -> None:
     for bp in params.b2.buckets.values():
         have = b2.get_bucket(api, bp.name)
         if have is None:
@@ -303,7 +201,7 @@ def _plan_keys(params: Params, buckets: dict[str, b2.BucketInfo | None],
     return plans
 
 
-def _key_plans(ctx: RunContext, api: B2Api) -> list[_KeyPlan]:
+def _key_plans(ctx: RunContext, api: b2.B2Api) -> list[_KeyPlan]:
     buckets = {role: b2.get_bucket(api, bp.name) for role, bp in ctx.params.b2.buckets.items()}
     return _plan_keys(ctx.params, buckets, b2.list_keys(api), key_store(ctx.env).load())
 
@@ -328,44 +226,52 @@ def ensure_app_keys(ctx: RunContext) -> StepResult:
     with timed(StepResult("b2 keys", ", ".join(k.name for k in p.b2.keys),
                           dry_run=ctx.dry_run)) as result:
         api = master_api(ctx)
-        plans = _key_plans(ctx, api)
+        decisions = _key_plans(ctx, api)
         recorded = store.retiring()
+        plan = Plan()
         made = noted = 0
-        for plan in plans:
-            described = _describe(plan.params, p.b2.buckets[plan.params.bucket].name)
-            if plan.keep is None:
+        for decision in decisions:
+            kp = decision.params
+            retire = set(recorded.get(kp.name, [])) | {k.key_id for k in decision.retire}
+            notes = [f"~ key {k.name} ({k.key_id}): retiring; deleted after the stack step, "
+                     "once no service mounts it"
+                     for k in decision.retire if k.key_id not in recorded.get(kp.name, [])]
+            noted += len(notes)
+            if decision.keep is None:
                 made += 1
-                result.diff.append(f"+ key {described}: {plan.why}")
-            for key in plan.retire:
-                if key.key_id not in recorded.get(key.name, []):
-                    noted += 1
-                    result.diff.append(f"~ key {key.name} ({key.key_id}): retiring; deleted "
-                                       "after the stack step, once no service mounts it")
-        result.changed = made + noted
-        if not result.changed:
-            result.reason = f"{len(plans)} keys exist with their scope and stored secrets"
-        if ctx.dry_run:
+                if decision.bucket is None and not ctx.dry_run:
+                    raise StepFailed(f"B2 key {kp.name}: bucket {p.b2.buckets[kp.bucket].name} "
+                                     "does not exist; run ensure_buckets first")
+                plan.add(f"+ key {_describe(kp, p.b2.buckets[kp.bucket].name)}: "
+                         f"{decision.why}", partial(_make_key, api, store, kp, decision.bucket,
+                                                    retire))
+                for line in notes:
+                    plan.add(line)  # recorded by the same write that stores the new key
+            else:
+                for number, line in enumerate(notes):
+                    plan.add(line, partial(store.set_retiring, kp.name, retire)
+                             if number == 0 else None)
+        applied = apply(ctx, result, plan)
+        if not plan:
+            result.reason = f"{len(decisions)} keys exist with their scope and stored secrets"
+        if applied.dry_run:
             if not made:
                 _verify_keys(ctx, api, result, probe_writes=False)
             return result
-        for plan in plans:
-            name = plan.params.name
-            retire = set(recorded.get(name, [])) | {k.key_id for k in plan.retire}
-            if plan.keep is None:
-                if plan.bucket is None:
-                    raise StepFailed(f"B2 key {name}: bucket "
-                                     f"{p.b2.buckets[plan.params.bucket].name} does not "
-                                     "exist; run ensure_buckets first")
-                created = b2.create_key(api, name, list(plan.params.capabilities),
-                                        plan.bucket.bucket_id)
-                store.put(name, created.info.key_id, created.secret, retiring=retire)
-            elif retire != set(recorded.get(name, [])):
-                store.set_retiring(name, retire)
-        if result.changed:
+        if plan:
             result.reason = (f"{made} key(s) made, {noted} recorded as retiring (the old keys "
                              "keep working until retire_replaced_keys deletes them)")
         _verify_keys(ctx, api, result, probe_writes=True)
     return result
+
+
+def _make_key(api: b2.B2Api, store: B2KeyStore, kp: B2KeyParams,
+              bucket: b2.BucketInfo | None, retire: set[str]) -> b2.KeyInfo:
+    if bucket is None:  # refused before the plan was applied; here for the type checker
+        raise StepFailed(f"B2 key {kp.name}: its bucket does not exist")
+    created = b2.create_key(api, kp.name, list(kp.capabilities), bucket.bucket_id)
+    store.put(kp.name, created.info.key_id, created.secret, retiring=retire)
+    return created.info
 
 
 # ------------------------------------------------------------------ retiring replaced keys
@@ -413,61 +319,62 @@ def retire_replaced_keys(ctx: RunContext, timeout: float = 600,
                           dry_run=ctx.dry_run)) as result:
         api = master_api(ctx)
         listed = {k.key_id for k in b2.list_keys(api)}
-        # The same plan ensure_app_keys follows: in a dry run it shows what that step would
-        # record; in a real run after it, exactly what it recorded (plus any key of that name
-        # made since, e.g. by a run that stopped between creating and storing a key).
-        plans = _key_plans(ctx, api)
-        candidates = {k.key_id: (plan.params, k) for plan in plans for k in plan.retire}
-        current = {plan.keep.key_id for plan in plans if plan.keep is not None}
+        # The same decisions ensure_app_keys follows: in a dry run they show what that step
+        # would record; in a real run after it, exactly what it recorded (plus any key of that
+        # name made since, e.g. by a run that stopped between creating and storing a key).
+        decisions = _key_plans(ctx, api)
+        candidates = {k.key_id: (d.params, k) for d in decisions for k in d.retire}
+        current = {d.keep.key_id for d in decisions if d.keep is not None}
         recorded = store.retiring()
         stale_records = sorted(i for ids in recorded.values() for i in ids
                                if i not in listed or i in current)
-        if stale_records:
-            # Deleted by hand or by another machine's run: only the note goes.
-            result.diff.append(f"  record of {len(stale_records)} retiring key(s) no longer "
-                               "in B2 dropped")
-        if not candidates:
-            result.reason = "no replaced key waits to be deleted"
-            if not ctx.dry_run and recorded:
-                for name in recorded:
-                    store.set_retiring(name, [])
-            return result
         keys = {key_id: kp for key_id, (kp, _) in candidates.items()}
-        users = key_users(ctx, keys)
-        result.changed = len(candidates)
-        for key_id, (_, key) in sorted(candidates.items(), key=lambda item: item[0]):
-            using = users.get(key_id, [])
-            result.diff.append(
-                f"- key {key.name} ({key_id}): " + (
-                    "no service or task mounts it" if not using else
-                    f"still mounted by {len(using)} ({'; '.join(using[:3])}"
-                    f"{'; ...' if len(using) > 3 else ''}); the run waits up to "
-                    f"{timeout:.0f} s for the services to roll onto the new key"))
-        if ctx.dry_run:
-            return result
+        users = key_users(ctx, keys) if candidates else {}
+        if any(users.values()) and not ctx.dry_run:
+            # Read-only: a rolling update onto the new key may still be under way.
+            def all_free() -> dict[str, list[str]] | None:
+                now = key_users(ctx, keys)
+                return None if any(now.values()) else now
 
-        def all_free() -> dict[str, list[str]] | None:
-            now = key_users(ctx, keys)
-            return None if any(now.values()) else now
-
-        if any(users.values()):
             try:
                 users = wait_for("the services to stop mounting the replaced B2 keys",
                                  all_free, timeout, interval=3)
             except WaitTimeout:
                 users = key_users(ctx, keys)
-        free = sorted(key_id for key_id in candidates if not users.get(key_id))
         held = sorted(key_id for key_id in candidates if users.get(key_id))
-        if free:
-            confirm(ctx, f"B2: delete {len(free)} replaced application key(s)", [
-                f"- {candidates[k][1].name} ({k}): replaced; no service spec, rollback target "
-                "or live task mounts it (read from Swarm just now)" for k in free])
-        for key_id in free:
-            b2.delete_key(api, key_id)
-        remaining = {k.key_id for k in b2.list_keys(api)}
+        plan = Plan(gate_title=f"B2: delete {len(candidates) - len(held)} replaced "
+                    "application key(s)")
+        if stale_records:
+            # Deleted by hand or by another machine's run: only the note goes.
+            plan.show(f"  record of {len(stale_records)} retiring key(s) no longer in B2 "
+                      "dropped")
+        for key_id, (_, key) in sorted(candidates.items(), key=lambda item: item[0]):
+            using = users.get(key_id, [])
+            mounts = (f"{len(using)} ({'; '.join(using[:3])}"
+                      f"{'; ...' if len(using) > 3 else ''})")
+            if not using:
+                plan.add(f"- key {key.name} ({key_id}): replaced; no service spec, rollback "
+                         "target or live task mounts it (read from Swarm just now)",
+                         partial(b2.delete_key, api, key_id), destructive=True)
+            elif ctx.dry_run:
+                # The run waits for the rolling update, then deletes it: a planned change.
+                plan.add(f"- key {key.name} ({key_id}): still mounted by {mounts}; the run "
+                         f"waits up to {timeout:.0f} s for the services to roll onto the new "
+                         "key", destructive=True)
+            else:
+                plan.show(f"  key {key.name} ({key_id}): still mounted by {mounts} after "
+                          f"{timeout:.0f} s; left in place")
+        applied = apply(ctx, result, plan)
+        if not candidates:
+            result.reason = "no replaced key waits to be deleted"
+        if applied.dry_run:
+            return result
         for name in {kp.name for kp, _ in candidates.values()} | set(recorded):
             store.set_retiring(name, [k for k in held if candidates[k][0].name == name])
-        result.changed = len(free)
+        if not candidates:
+            return result
+        free = sorted(key_id for key_id in candidates if key_id not in held)
+        remaining = {k.key_id for k in b2.list_keys(api)} if free else listed
         result.reason = (f"{len(free)} deleted" + (f", {len(held)} still in use" if held
                                                    else ""))
         for key_id in free:
@@ -490,7 +397,7 @@ def verify_app_keys(ctx: RunContext, probe_writes: bool = True) -> StepResult:
     return result
 
 
-def _verify_keys(ctx: RunContext, api: B2Api, result: StepResult, probe_writes: bool) -> None:
+def _verify_keys(ctx: RunContext, api: b2.B2Api, result: StepResult, probe_writes: bool) -> None:
     p = ctx.params
     buckets = {role: b2.get_bucket(api, bp.name) for role, bp in p.b2.buckets.items()}
     listed = b2.list_keys(api)
@@ -517,13 +424,13 @@ def _verify_keys(ctx: RunContext, api: B2Api, result: StepResult, probe_writes: 
                      f"{bucket_name if on_bucket else key.bucket_id or 'ALL buckets'}")
         # What B2 grants the stored secret is the real scope, whatever the listing says.
         app = b2.authorize(p.b2.realm, key_id, secret)
-        granted = b2.allowed(app)
-        caps = set(map(str, granted.get("capabilities") or []))
-        bucket_ok = bucket is not None and granted.get("bucketId") == bucket.bucket_id
+        grant = b2.granted(app)
+        caps = set(grant.capabilities)
+        bucket_ok = bucket is not None and grant.bucket_id == bucket.bucket_id
         result.check(f"{kp.name} granted scope",
                      bucket_ok and caps == set(kp.capabilities)
                      and not caps & ACCOUNT_CAPABILITIES,
-                     f"{','.join(sorted(caps))} on {granted.get('bucketName') or 'ALL buckets'}")
+                     f"{','.join(sorted(caps))} on {grant.bucket_name or 'ALL buckets'}")
         if not probe_writes or bucket is None:
             continue
         probe = f"{PROBE_PREFIX}{ctx.run_id}-{kp.name}"
