@@ -240,7 +240,7 @@ def test_a_secret_made_mid_run_is_masked_in_the_live_log_and_the_output(project:
     made = "midrun-B2-Secret-9f8e7d6c5b4a"
     write_runbook(project / "runbooks", "newkey", [(
         "2. Make a key and print it",
-        "from casera.operator_secrets import Secret\nfrom casera.steps.storage import key_store\n"
+        "from casera.operator_secrets import Secret\nfrom casera.b2_keys import key_store\n"
         f"value = {made[:6]!r} + {made[6:]!r}\n"
         "key_store(ctx.env).put('casera-local-api-uploads', 'k-001', Secret('k', value))\n"
         "print('made key', value)",

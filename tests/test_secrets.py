@@ -102,7 +102,7 @@ def test_scan_is_quiet_on_unrelated_text_and_names_no_value() -> None:
 
 def test_live_secrets_pick_up_a_key_stored_mid_run(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    from casera.steps.storage import key_store
+    from casera.b2_keys import key_store
 
     monkeypatch.setenv("CASERA_PROJECT_DIR", str(tmp_path))
     (tmp_path / "secrets").mkdir()

@@ -40,6 +40,7 @@ import papermill
 import pytest
 from papermill.exceptions import PapermillExecutionError
 
+from casera import b2_keys
 from casera.context import RunContext
 from casera.operator_secrets import Secret, SecretStore
 from casera.params import load_params
@@ -236,7 +237,7 @@ class B2Traffic(threading.Thread):
 @pytest.fixture(scope="module")
 def traffic() -> Any:
     ctx = local_ctx()
-    store = storage.key_store("local")
+    store = b2_keys.key_store("local")
     if not store.path.exists() or not node_addresses(ctx):
         pytest.fail("needs the local cloud as tests/e2e/test_bootstrap.py leaves it: run "
                     "pytest tests/e2e/test_bootstrap.py tests/e2e/test_b2_key_rotation.py")
@@ -257,7 +258,7 @@ def traffic() -> Any:
 
 def lose_the_key_store() -> dict[str, tuple[str, Secret]]:
     """What a CI machine sees: no key store. Returns what was in it (the keys in use)."""
-    store = storage.key_store("local")
+    store = b2_keys.key_store("local")
     old = store.load()
     assert set(old) == {kp.name for kp in load_params("local").b2.keys}
     assert listed_ids() == {key_id for key_id, _ in old.values()}, "not converged before"
@@ -273,7 +274,7 @@ def assert_rotated(traffic: B2Traffic, old: dict[str, tuple[str, Secret]]) -> No
     old_ids = {key_id for key_id, _ in old.values()}
     assert not old_ids & {k.key_id for k in new.values()}
     assert listed_ids() == {k.key_id for k in new.values()}
-    assert storage.key_store("local").retiring() == {}
+    assert b2_keys.key_store("local").retiring() == {}
     for name, (key_id, secret) in old.items():
         try:
             b2.authorize(ctx.params.b2.realm, key_id, secret)
@@ -294,7 +295,7 @@ def test_a_run_stopped_after_the_key_step_keeps_b2_working(traffic: B2Traffic,
     traffic.enter("stopped after the key step", rounds=3)
     # New keys made and stored, the old ones only recorded: still in B2, still working,
     # still what every running task mounts.
-    store = storage.key_store("local")
+    store = b2_keys.key_store("local")
     assert sorted(i for ids in store.retiring().values() for i in ids) == sorted(old_ids)
     assert old_ids < listed_ids()
     assert traffic.seen["stopped after the key step"] == old_ids
