@@ -8,10 +8,14 @@ Detached means a session of their own, so the exit of the notebook kernel that r
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
+import urllib.request
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from casera.errors import CaseraError, WaitTimeout
@@ -106,3 +110,82 @@ def stop(pidfile: Path, what: str, timeout: float, *, marker: str | None = None,
         terminate(pid, what, timeout, kill=kill)
     pidfile.unlink(missing_ok=True)
     return pid
+
+
+@dataclass(frozen=True)
+class HttpEmulator:
+    """An emulator that runs as ``python -m <module> --port N --state-dir DIR``, detached,
+    with ``emulator.pid`` and ``emulator.log`` in its state dir, and that says who it is at
+    ``health_path`` (JSON with ``"service": <service>`` and ``"stateDir"``). ``title`` names
+    it in what up/down/status say ("B2 emulator")."""
+
+    title: str
+    module: str
+    service: str
+    api_prefix: str = ""
+    health_path: str = "/_casera/health"
+
+    def endpoint(self, port: int) -> str:
+        """Where its API answers: what the vendor's SDK takes as base URL."""
+        return f"http://127.0.0.1:{port}{self.api_prefix}"
+
+    def pidfile(self, state_dir: Path) -> Path:
+        return state_dir / "emulator.pid"
+
+    def logfile(self, state_dir: Path) -> Path:
+        return state_dir / "emulator.log"
+
+    def running_pid(self, state_dir: Path) -> int | None:
+        return running_pid(self.pidfile(state_dir), self.module)
+
+    def health(self, port: int) -> dict[str, object] | None:
+        """Its own health answer, or None when nothing (or something else) answers."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}{self.health_path}",
+                                        timeout=2) as answer:
+                payload = json.loads(answer.read())
+        except (OSError, ValueError):
+            return None
+        if isinstance(payload, dict) and payload.get("service") == self.service:
+            return payload
+        return None
+
+    def serving(self, port: int, state_dir: Path, hint: str = "") -> dict[str, object] | None:
+        """The health answer of the emulator on ``port`` if it serves ``state_dir``, None if
+        none answers. One that serves another state dir holds other credentials: publishing
+        ours would lock the runbooks out, so that is refused rather than guessed at."""
+        running = self.health(port)
+        if running and Path(str(running.get("stateDir"))).resolve() != state_dir.resolve():
+            raise CaseraError(
+                f"a {self.title} on {self.endpoint(port)} serves {running.get('stateDir')}, "
+                f"not {state_dir}; stop it{hint} or use another port")
+        return running
+
+    def start(self, port: int, state_dir: Path, args: list[str], timeout: float, *,
+              show: bool = True, env: dict[str, str] | None = None) -> str:
+        """Start it detached on ``port`` with ``args`` after the port and state dir; wait
+        until its health answers."""
+        state_dir.mkdir(parents=True, exist_ok=True)
+        pid = start_detached(
+            f"the {self.title} on {self.endpoint(port)}",
+            [sys.executable, "-m", self.module, "--port", str(port), "--state-dir",
+             str(state_dir), *args],
+            self.pidfile(state_dir), self.logfile(state_dir),
+            lambda: self.health(port) is not None, timeout, interval=0.1, show=show, env=env)
+        return f"started the {self.title} on {self.endpoint(port)} (pid {pid}, state {state_dir})"
+
+    def stop(self, state_dir: Path, timeout: float) -> str:
+        pid = stop(self.pidfile(state_dir), f"the {self.title}", timeout, marker=self.module)
+        return f"stopped the {self.title} (pid {pid})" if pid else f"{self.title} not running"
+
+    def status(self, port: int, state_dir: Path,
+               describe: Callable[[dict[str, object]], str]) -> list[str]:
+        """Whether it answers on ``port``, whether this state dir's ``up`` started it, and
+        ``describe(health answer)``."""
+        answer = self.health(port)
+        if answer is None:
+            return [f"{self.title}: not answering on {self.endpoint(port)} (state {state_dir})"]
+        pid = self.running_pid(state_dir)
+        return [f"{self.title}: running on {self.endpoint(port)}"
+                + (f" (pid {pid})" if pid else " (not started by this state dir's up)"),
+                f"  {describe(answer)}"]

@@ -8,20 +8,23 @@ Host header the client used, so a client on a node (10.77.0.1) gets URLs it can 
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import re
 import sys
 import urllib.parse
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import BinaryIO
 
 from casera_localcloud.b2 import auth, errors
 from casera_localcloud.b2.operations import Call, Limits, Operations
 from casera_localcloud.b2.store import FileVersion, Store
+from casera_localcloud.http_server import (
+    BaseEmulatorServer,
+    JsonHandler,
+    serve_until_stopped,
+    strict_json,
+)
 
 log = logging.getLogger("casera_localcloud.b2")
 
@@ -76,19 +79,16 @@ class BodyReader:
         return self.left == 0
 
 
-class EmulatorServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class EmulatorServer(BaseEmulatorServer):
     def __init__(self, address: tuple[str, int], operations: Operations) -> None:
         self.operations = operations
         super().__init__(address, Handler)
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # b2sdk keeps connections alive; so do we
+class Handler(JsonHandler):
     server: EmulatorServer
     server_version = "casera-b2-emulator"
+    content_type = "application/json;charset=utf-8"
 
     # plumbing ---------------------------------------------------------------------------
 
@@ -110,76 +110,36 @@ class Handler(BaseHTTPRequestHandler):
         host = self.headers.get("Host") or f"{address[0]!s}:{address[1]}"
         return f"http://{host}"
 
-    def _send_json(self, status: int, payload: object) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json;charset=utf-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Cache-Control", "max-age=0, no-cache, no-store")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(data)
+    def answer_headers(self) -> dict[str, str]:
+        return {"Cache-Control": "max-age=0, no-cache, no-store"}
 
     def _send_error(self, error: errors.B2ApiError, body: BodyReader) -> None:
         if not body.drain():
             self.close_connection = True
-        if self.command == "HEAD":
-            # HEAD answers carry no body; b2sdk treats a bare 401 as "maybe expired".
-            self.send_response(error.status)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self._send_json(error.status, error.body())
+        # HEAD answers carry no body; b2sdk treats a bare 401 as "maybe expired".
+        self.send_json(error.status, None if self.command == "HEAD" else error.body())
 
     def _token(self, query: dict[str, str]) -> str | None:
         return self.headers.get("Authorization") or query.get("Authorization")
 
     # entry points -----------------------------------------------------------------------
+    # Methods no B2 URL takes still go through routing (JsonHandler), so that an unknown
+    # path answers 404 not_found and a known one 405 method_not_allowed, both as B2's JSON.
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-        self._dispatch()
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    # Methods no B2 URL takes still go through routing, so that an unknown path answers
-    # 404 not_found and a known one 405 method_not_allowed, both as B2's JSON error.
-    def do_PUT(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    def do_PATCH(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    def do_OPTIONS(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    def send_error(self, code: int, message: str | None = None,
-                   explain: str | None = None) -> None:
-        """http.server's own refusals (a malformed request line or header, a method without a
-        ``do_*``) would be an HTML page; a B2 client parses the JSON error structure."""
-        self.log_error("refused: %d %s", code, message)
-        self.close_connection = True  # the request could not be parsed: nothing to resume
+    def refusal(self, code: int, message: str | None,
+                explain: str | None) -> tuple[int, object]:
         if code == HTTPStatus.NOT_IMPLEMENTED:  # http.server's answer to an unknown method
             error = errors.method_not_allowed(str(self.command), JSON_CALL_METHODS)
         else:
             error = errors.bad_request(
                 f"malformed HTTP request: {message or code}" + (f" ({explain})" if explain else ""))
-        self._send_json(error.status, error.body())
+        return error.status, error.body()
 
-    def _dispatch(self) -> None:
+    def dispatch(self) -> None:
+        length = self.body_length()
+        body = BodyReader(self.rfile, length or 0)
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        body = BodyReader(self.rfile, max(length, 0))
-        try:
-            if length < 0 or self.headers.get("Transfer-Encoding"):
+            if length is None or self.headers.get("Transfer-Encoding"):
                 self.close_connection = True
                 raise errors.bad_request("a Content-Length header is required")
             self._route(body)
@@ -200,7 +160,7 @@ class Handler(BaseHTTPRequestHandler):
         if path == HEALTH_PATH:
             self._allow(HEALTH_METHODS)
             store = self.ops.store
-            self._send_json(200, {"service": "casera-b2-emulator",
+            self.send_json(200, {"service": "casera-b2-emulator",
                                   "accountId": store.account_id,
                                   "stateDir": str(store.state_dir),
                                   "buckets": len(store.list_buckets()),
@@ -219,19 +179,19 @@ class Handler(BaseHTTPRequestHandler):
         version_number, name, rest = int(match[1]), match[2], match[3]
         if name == "b2_authorize_account":
             self._allow(JSON_CALL_METHODS)
-            self._send_json(200, self.ops.authorize(self.headers.get("Authorization"),
+            self.send_json(200, self.ops.authorize(self.headers.get("Authorization"),
                                                     version_number, self._base_url()))
         elif name == "b2_upload_file" and rest:
             self._allow(UPLOAD_METHODS)
             principal = auth.authenticate(self.ops.store, self.headers.get("Authorization"),
                                           ("upload",))
-            self._send_json(200, self.ops.upload_file(principal, rest, self._plain_headers(),
+            self.send_json(200, self.ops.upload_file(principal, rest, self._plain_headers(),
                                                       body, body.left))
         elif name == "b2_upload_part" and rest:
             self._allow(UPLOAD_METHODS)
             principal = auth.authenticate(self.ops.store, self.headers.get("Authorization"),
                                           ("part",))
-            self._send_json(200, self.ops.upload_part(principal, rest, self._plain_headers(),
+            self.send_json(200, self.ops.upload_part(principal, rest, self._plain_headers(),
                                                       body, body.left))
         elif name == "b2_download_file_by_id":
             self._allow(DOWNLOAD_BY_ID_METHODS)
@@ -246,7 +206,7 @@ class Handler(BaseHTTPRequestHandler):
             principal = auth.authenticate(self.ops.store, self.headers.get("Authorization"),
                                           ("account",))
             params = {**query, **self._json_body(body)}
-            self._send_json(200, call(Call(principal, params, self._base_url())))
+            self.send_json(200, call(Call(principal, params, self._base_url())))
 
     def _allow(self, methods: tuple[str, ...]) -> None:
         if self.command not in methods:
@@ -260,8 +220,7 @@ class Handler(BaseHTTPRequestHandler):
             return {}
         raw = body.read()
         try:
-            parsed = json.loads(raw or b"{}", parse_constant=_no_constant,
-                                parse_float=_finite_float)
+            parsed = strict_json(raw or b"{}")
         except UnicodeDecodeError as exc:
             raise errors.bad_json("body is not UTF-8 encoded JSON") from exc
         except RecursionError as exc:
@@ -321,18 +280,6 @@ class Handler(BaseHTTPRequestHandler):
                 remaining -= len(chunk)
 
 
-def _no_constant(name: str) -> object:
-    # Python's json accepts NaN and Infinity, which are not JSON (RFC 8259, section 6).
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"number {text[:40]} is out of range")
-    return number
-
-
 def _parse_range(header: str, size: int) -> tuple[int, int]:
     match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
     if not match or not (match[1] or match[2]):
@@ -350,23 +297,13 @@ def _parse_range(header: str, size: int) -> tuple[int, int]:
 def serve(port: int, state_dir: Path, host: str = "127.0.0.1",
           limits: Limits | None = None) -> None:
     """Run the emulator in the foreground until interrupted (SIGINT or SIGTERM)."""
-    import signal
-
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     store = Store(state_dir)
     server = EmulatorServer((host, port), Operations(store, limits))
-
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     log.info("B2 emulator on http://%s:%d, state in %s", host, port, state_dir)
     try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
+        serve_until_stopped(server)
     finally:
-        server.server_close()
         store.close()
         log.info("B2 emulator stopped")

@@ -8,21 +8,23 @@ Answers always carry Content-Length: the SDK (httpx) keeps connections alive.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
-import math
 import re
-import signal
 import sys
 import urllib.parse
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from casera_localcloud.cloudflare import errors
 from casera_localcloud.cloudflare.api import CloudflareApi
 from casera_localcloud.cloudflare.store import Store
+from casera_localcloud.http_server import (
+    BaseEmulatorServer,
+    JsonHandler,
+    serve_until_stopped,
+    strict_json,
+)
 
 log = logging.getLogger("casera_localcloud.cloudflare")
 
@@ -36,77 +38,38 @@ RECORD_PATH = re.compile(r"^/zones/([^/]+)/dns_records/([^/]+)$")
 MAX_BODY = 1024 * 1024
 
 
-class EmulatorServer(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-
+class EmulatorServer(BaseEmulatorServer):
     def __init__(self, address: tuple[str, int], api: CloudflareApi) -> None:
         self.api = api
         super().__init__(address, Handler)
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class Handler(JsonHandler):
     server: EmulatorServer
     server_version = SERVICE_NAME
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib name
         log.info("%s %s", self.address_string(), format % args)
 
-    def do_GET(self) -> None:  # noqa: N802 - stdlib naming
-        self._dispatch()
+    # Every method goes through routing (JsonHandler), so that an unknown URI answers
+    # 7003/7000 and a known one 7001, as Cloudflare does (it answers a CORS preflight
+    # OPTIONS with 7001).
 
-    def do_POST(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    def do_PATCH(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    # No route takes these; routing still runs so that an unknown URI answers 7003/7000 and a
-    # known one 7001, as Cloudflare does (it answers a CORS preflight OPTIONS with 7001).
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    def do_OPTIONS(self) -> None:  # noqa: N802
-        self._dispatch()
-
-    def send_error(self, code: int, message: str | None = None,
-                   explain: str | None = None) -> None:
-        """http.server's own refusals (a malformed request line or header, a method without a
-        ``do_*``) would be an HTML page; a v4 client expects the JSON envelope."""
-        self.log_error("refused: %d %s", code, message)
-        self.close_connection = True  # the request could not be parsed: nothing to resume
+    def refusal(self, code: int, message: str | None,
+                explain: str | None) -> tuple[int, object]:
         if code == HTTPStatus.NOT_IMPLEMENTED:  # http.server's answer to an unknown method
             error = errors.method_not_allowed(str(self.command))
         else:
             error = errors.malformed_request(f"{message or code}"
                                              + (f" ({explain})" if explain else ""))
-        self._send_json(error.status, error.body())
+        return error.status, error.body()
 
-    def _send_json(self, status: int, payload: object) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if self.command != "HEAD":  # a HEAD answer carries the headers of the GET, no body
-            self.wfile.write(data)
-
-    def _dispatch(self) -> None:
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0 or length > MAX_BODY or self.headers.get("Transfer-Encoding"):
+    def dispatch(self) -> None:
+        length = self.body_length()
+        if length is None or length > MAX_BODY or self.headers.get("Transfer-Encoding"):
             # The body cannot be skipped reliably: answer and drop the connection.
             self.close_connection = True
-            self._send_json(400, errors.malformed_json().body())
+            self.send_json(400, errors.malformed_json().body())
             return
         # Read it all before answering, so that an error answer leaves the kept-alive
         # connection positioned at the next request.
@@ -119,7 +82,7 @@ class Handler(BaseHTTPRequestHandler):
             log.exception("internal error on %s %s", self.command, self.path.split("?")[0])
             status, payload = 500, errors.CloudflareApiError(
                 500, 10001, "emulator internal error").body()
-        self._send_json(status, payload)
+        self.send_json(status, payload)
 
     def _authenticate(self) -> None:
         header = self.headers.get("Authorization")
@@ -190,24 +153,12 @@ def _ok(result: object, info: dict[str, int] | None = None) -> tuple[int, dict[s
 
 def _json_object(raw: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(raw or b"{}", parse_constant=_no_constant, parse_float=_finite_float)
+        body = strict_json(raw or b"{}")
     except (ValueError, RecursionError):  # bad syntax or UTF-8, NaN, 1e400, absurd nesting
         raise errors.malformed_json() from None
     if not isinstance(body, dict):
         raise errors.malformed_json()
     return body
-
-
-def _no_constant(name: str) -> object:
-    # Python's json accepts NaN and Infinity, which are not JSON (RFC 8259, section 6).
-    raise ValueError(f"{name} is not a JSON value")
-
-
-def _finite_float(text: str) -> float:
-    number = float(text)
-    if not math.isfinite(number):
-        raise ValueError(f"number {text[:40]} is out of range")
-    return number
 
 
 def serve(port: int, state_dir: Path, host: str = "127.0.0.1", zones: list[str] | None = None,
@@ -222,17 +173,9 @@ def serve(port: int, state_dir: Path, host: str = "127.0.0.1", zones: list[str] 
     for zone in zones or []:
         store.ensure_zone(zone)
     server = EmulatorServer((host, port), CloudflareApi(store, allow_private_proxied))
-
-    def stop(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
     log.info("Cloudflare emulator on http://%s:%d%s, state in %s", host, port, API_PREFIX,
              state_dir)
     try:
-        server.serve_forever(poll_interval=0.2)
-    except KeyboardInterrupt:
-        pass
+        serve_until_stopped(server)
     finally:
-        server.server_close()
         log.info("Cloudflare emulator stopped")

@@ -9,7 +9,6 @@ import logging
 import re
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -38,6 +37,7 @@ from casera_localcloud.hetzner.faults import Faults
 from casera_localcloud.hetzner.lb_proxy import LoadBalancerProxies
 from casera_localcloud.hetzner.store import Store
 from casera_localcloud.hetzner.validation import validate_body
+from casera_localcloud.http_server import BaseEmulatorServer, JsonHandler
 
 log = logging.getLogger(__name__)
 BASE_PATH = "/v1"
@@ -138,9 +138,7 @@ def route(method: str, path: str) -> tuple[str, Handler, dict[str, str]]:
     raise ApiError("not_found", f"no such endpoint: {path}")
 
 
-class EmulatorHTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class EmulatorHTTPServer(BaseEmulatorServer):
     def __init__(self, app: Emulator, host: str, port: int, token: str,
                  on_response: ResponseHook | None = None) -> None:
         self.app, self.token, self.on_response = app, token, on_response
@@ -155,48 +153,26 @@ class EmulatorHTTPServer(ThreadingHTTPServer):
         self.app.proxies.close()
 
 
-class _RequestHandler(BaseHTTPRequestHandler):
+class _RequestHandler(JsonHandler):
     server: EmulatorHTTPServer
-    protocol_version = "HTTP/1.1"  # keep-alive, as hcloud's requests.Session expects
 
-    def do_GET(self) -> None:  # noqa: N802 - name fixed by BaseHTTPRequestHandler
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._dispatch("POST")
-
-    def do_PUT(self) -> None:  # noqa: N802
-        self._dispatch("PUT")
-
-    def do_DELETE(self) -> None:  # noqa: N802
-        self._dispatch("DELETE")
-
-    def do_PATCH(self) -> None:  # noqa: N802
-        self._dispatch("PATCH")
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._dispatch("HEAD")
-
-    def do_OPTIONS(self) -> None:  # noqa: N802
-        self._dispatch("OPTIONS")
-
-    def send_error(self, code: int, message: str | None = None,
-                   explain: str | None = None) -> None:
-        """What BaseHTTPRequestHandler answers by itself (an unknown method, a malformed
-        request line) in Hetzner's JSON error shape instead of its HTML page."""
-        self.close_connection = True
+    def refusal(self, code: int, message: str | None,
+                explain: str | None) -> tuple[int, object]:
+        """Hetzner's JSON error shape; its documented codes have no method_not_allowed, so
+        a method without a ``do_*`` (501) is an endpoint that does not exist."""
         error_code = {404: "not_found", 501: "not_found"}.get(code, "invalid_input")
         status = 404 if code == 501 else code
-        body = ApiError(error_code, message or explain or "bad request", status=status).body()
-        try:
-            self._answer(status, body)
-        except OSError:
-            pass  # the client is gone; nothing to answer
+        return status, ApiError(error_code, message or explain or "bad request",
+                                status=status).body()
+
+    def answer_headers(self) -> dict[str, str]:
+        return {"X-Correlation-Id": uuid.uuid4().hex[:16]}
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib name
         log.debug("%s " + format, self.address_string(), *args)
 
-    def _dispatch(self, method: str) -> None:
+    def dispatch(self) -> None:
+        method = self.command
         url = urlsplit(self.path)
         template: str | None = None
         try:
@@ -218,18 +194,19 @@ class _RequestHandler(BaseHTTPRequestHandler):
         except Exception as exc:  # noqa: BLE001 - answer like Hetzner, keep the traceback
             log.exception("%s %s failed", method, self.path)
             status, body = 500, ApiError("server_error", f"{type(exc).__name__}: {exc}").body()
-        self._answer(status, body)
+        self.send_json(status, body)
         if method != "GET":  # the log says what was changed, not what was read
             log.info("%s %s -> %d", method, url.path, status)
         if self.server.on_response:
             self.server.on_response(method, template, status, body)
 
     def _body(self) -> bytes:
-        length = self.headers.get("Content-Length") or "0"
-        if not length.isdigit():
+        length = self.body_length()
+        if length is None:
             self.close_connection = True  # the rest of the stream cannot be framed
-            raise ApiError("invalid_input", f"Content-Length {length!r} is not a number")
-        return self.rfile.read(int(length))
+            raise ApiError("invalid_input", f"Content-Length "
+                           f"{self.headers.get('Content-Length')!r} is not a number")
+        return self.rfile.read(length)
 
     def _authenticate(self) -> None:
         header = self.headers.get("Authorization", "")
@@ -249,17 +226,6 @@ class _RequestHandler(BaseHTTPRequestHandler):
         if not isinstance(body, dict):
             raise ApiError("json_error", "request body must be a JSON object")
         return body
-
-    def _answer(self, status: int, body: dict[str, Any] | None) -> None:
-        data = b"" if body is None else json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("X-Correlation-Id", uuid.uuid4().hex[:16])
-        if body is not None:
-            self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        if getattr(self, "command", None) != "HEAD":  # HEAD: the headers only (RFC 9110)
-            self.wfile.write(data)
 
 
 def create_app(state_dir: Path | None, nodes: NodeBackend,

@@ -33,11 +33,15 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 from casera.errors import CaseraError
+from casera_localcloud.http_server import (
+    BaseEmulatorServer,
+    JsonHandler,
+    serve_until_stopped,
+)
 from casera_localcloud.local_credentials import read_local_secrets
 from casera_localcloud.neon import cluster, pitr, service, state
 from casera_localcloud.neon.config import (
@@ -448,40 +452,20 @@ def read_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def make_handler(api: Api) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
+def make_handler(api: Api) -> type[JsonHandler]:
+    class Handler(JsonHandler):
         def log_message(self, fmt: str, *args: Any) -> None:
             # Never the headers: they carry the bearer token.
             print(f"{self.address_string()} {fmt % args}", flush=True)
 
-        def _send(self, status: int, payload: dict[str, Any],
-                  headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(payload).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            for name, value in (headers or {}).items():
-                self.send_header(name, value)
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(data)
-
-        def send_error(self, code: int, message: str | None = None,
-                       explain: str | None = None) -> None:
-            """http.server's own refusals (bad request line, unknown method, oversized
-            headers) in Neon's JSON shape instead of its HTML page. A method http.server
-            has no handler for is a client error here (405), not a 501."""
+        def refusal(self, code: int, message: str | None,
+                    explain: str | None) -> tuple[int, object]:
+            """Neon's JSON shape. A method http.server has no handler for is a client
+            error here (405), not a 501."""
             if code == HTTPStatus.NOT_IMPLEMENTED:
                 code = HTTPStatus.METHOD_NOT_ALLOWED
                 message = f"method {self.command} is not allowed"
-            self.close_connection = True
-            try:
-                self._send(code, {"code": "", "message": message or HTTPStatus(code).phrase},
-                           {"Connection": "close"})
-            except OSError:
-                pass  # the client is gone; nothing to tell it
+            return code, {"code": "", "message": message or HTTPStatus(code).phrase}
 
         def _authorized(self) -> bool:
             header = self.headers.get("Authorization", "")
@@ -491,17 +475,18 @@ def make_handler(api: Api) -> type[BaseHTTPRequestHandler]:
             return bool(expected) and service.api_key_hash(header[7:].strip()) == expected
 
         def _read_raw(self) -> bytes:
-            text = self.headers.get("Content-Length") or "0"
-            if not text.isdigit():
+            length = self.body_length()
+            if length is None:
                 self.close_connection = True  # the body's end is unknown
-                raise ApiError(400, f"Content-Length {text!r} is not a byte count")
-            length = int(text)
+                raise ApiError(400, f"Content-Length {self.headers.get('Content-Length')!r} "
+                                    "is not a byte count")
             if length > MAX_BODY:
                 self.close_connection = True
                 raise ApiError(413, f"request body of {length} bytes is over {MAX_BODY}")
             return self.rfile.read(length) if length else b""
 
-        def _dispatch(self, method: str) -> None:
+        def dispatch(self) -> None:
+            method = self.command
             url = urlparse(self.path)
             try:
                 raw = self._read_raw()
@@ -514,38 +499,17 @@ def make_handler(api: Api) -> type[BaseHTTPRequestHandler]:
                     kwargs["query"] = {k: v[0] for k, v in parse_qs(url.query).items()}
                 result = getattr(api, name)(**kwargs)
                 status, payload = result if isinstance(result, tuple) else (200, result)
-                self._send(status, payload)
+                self.send_json(status, payload)
             except ApiError as exc:
-                self._send(exc.status, {"code": exc.code, "message": exc.message},
-                           exc.headers)
+                self.send_json(exc.status, {"code": exc.code, "message": exc.message},
+                               exc.headers)
             except CaseraError as exc:
-                self._send(500, {"code": "", "message": str(exc)})
+                self.send_json(500, {"code": "", "message": str(exc)})
             except Exception as exc:  # noqa: BLE001 - a bug here is still answered as JSON
                 traceback.print_exc()
-                self._send(500, {"code": "", "message": f"internal error in the local Neon: "
-                                                       f"{type(exc).__name__} (see api.log)"})
-
-        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
-            self._dispatch("GET")
-
-        def do_POST(self) -> None:  # noqa: N802
-            self._dispatch("POST")
-
-        def do_PATCH(self) -> None:  # noqa: N802
-            self._dispatch("PATCH")
-
-        def do_DELETE(self) -> None:  # noqa: N802
-            self._dispatch("DELETE")
-
-        # Methods Neon's API has no route for still get its error shape (405 or 404).
-        def do_PUT(self) -> None:  # noqa: N802
-            self._dispatch("PUT")
-
-        def do_HEAD(self) -> None:  # noqa: N802
-            self._dispatch("HEAD")
-
-        def do_OPTIONS(self) -> None:  # noqa: N802
-            self._dispatch("OPTIONS")
+                self.send_json(500, {"code": "", "message": f"internal error in the local "
+                                                            f"Neon: {type(exc).__name__} "
+                                                            "(see api.log)"})
 
     return Handler
 
@@ -578,14 +542,11 @@ def fail_interrupted_work(cfg: NeonConfig) -> None:
 def serve(cfg: NeonConfig | None = None) -> None:
     cfg = cfg or load_config()
     fail_interrupted_work(cfg)
-    server = ThreadingHTTPServer(("127.0.0.1", cfg.api_port), make_handler(Api(cfg)))
-    server.daemon_threads = True
+    server = BaseEmulatorServer(("127.0.0.1", cfg.api_port), make_handler(Api(cfg)))
     stop = threading.Event()
     threading.Thread(target=base_backup_loop, args=(cfg, stop), daemon=True).start()
     print(f"Neon API emulator on {cfg.api_url}", flush=True)
     try:
-        server.serve_forever()
+        serve_until_stopped(server)
     finally:
         stop.set()
-        server.server_close()
-

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import json
 import socket
 from collections.abc import Iterator
@@ -21,16 +20,11 @@ from pathlib import Path
 import pytest
 from b2sdk.v2 import B2Api, InMemoryAccountInfo
 from b2sdk.v2.exception import BadJson, BadRequest, DuplicateBucketName, interpret_b2_error
+from localcloud_harness import free_port, raw_request
 
 from casera_localcloud.b2 import service
 
 KEEP_BUCKET = "casera-keep"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -64,13 +58,7 @@ class Emulator:
              headers: dict[str, str] | None = None, token: bool = True) -> Answer:
         sent = {"Authorization": self.token} if token else {}
         sent.update(headers or {})
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            connection.request(method, path, body=body, headers=sent)
-            answer = connection.getresponse()
-            return Answer(answer.status, answer.getheader("Content-Type") or "", answer.read())
-        finally:
-            connection.close()
+        return Answer(*raw_request(self.port, method, path, body, sent))
 
     def call(self, name: str, params: dict[str, object]) -> dict[str, object]:
         answer = self.send("POST", f"/b2api/v4/{name}", json.dumps(params).encode())

@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import os
-import socket
 import sqlite3
 import time
 import urllib.error
@@ -27,6 +26,7 @@ from b2sdk.v2.exception import (
     RestrictedBucket,
     Unauthorized,
 )
+from localcloud_harness import free_port
 
 from casera_localcloud.b2 import service
 
@@ -34,12 +34,6 @@ PART = 128 * 1024
 MIN_PART = 32 * 1024
 READ_ONLY = ["listBuckets", "listFiles", "readFiles"]
 READ_WRITE = ["listBuckets", "listFiles", "readFiles", "writeFiles", "deleteFiles"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def start(port: int, state_dir: Path) -> None:

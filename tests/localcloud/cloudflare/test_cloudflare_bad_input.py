@@ -8,7 +8,6 @@ this module's own (free port, temp state), so the shared local cloud is never to
 
 from __future__ import annotations
 
-import http.client
 import json
 import socket
 from collections.abc import Iterator
@@ -18,18 +17,13 @@ from pathlib import Path
 import cloudflare
 import pytest
 from cloudflare import Cloudflare
+from localcloud_harness import free_port, raw_request
 
 from casera_localcloud.cloudflare import service
 
 ZONE = "casera.test"
 TOKEN = "casera-bad-input-token_0123456789abcdefg"
 UNKNOWN_RECORD = "0123456789abcdef0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -62,13 +56,7 @@ class Emulator:
     def send(self, method: str, path: str, body: bytes | None = None,
              headers: dict[str, str] | None = None) -> Answer:
         sent = {"Authorization": f"Bearer {TOKEN}", **(headers or {})}
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            connection.request(method, path, body=body, headers=sent)
-            answer = connection.getresponse()
-            return Answer(answer.status, answer.getheader("Content-Type") or "", answer.read())
-        finally:
-            connection.close()
+        return Answer(*raw_request(self.port, method, path, body, sent))
 
     def snapshot(self) -> dict[str, object]:
         """Everything a bad request could have changed, as the API shows it."""
@@ -198,15 +186,11 @@ def test_head_refusal_has_no_body(emulator: Emulator) -> None:
 
 def test_missing_and_wrong_auth(emulator: Emulator) -> None:
     before = emulator.snapshot()
-    connection = http.client.HTTPConnection("127.0.0.1", emulator.port, timeout=10)
-    try:  # no Authorization header at all (send() always adds one)
-        connection.request("POST", f"/client/v4/zones/{emulator.zone_id}/dns_records",
-                           body=json.dumps(RECORD), headers={"Content-Type": "application/json"})
-        response = connection.getresponse()
-        missing = Answer(response.status, response.getheader("Content-Type") or "",
-                         response.read())
-    finally:
-        connection.close()
+    # No Authorization header at all (send() always adds one).
+    missing = Answer(*raw_request(emulator.port, "POST",
+                                  f"/client/v4/zones/{emulator.zone_id}/dns_records",
+                                  json.dumps(RECORD).encode(),
+                                  {"Content-Type": "application/json"}))
     assert (missing.status, missing.codes()) == (400, [9106])
     wrong = emulator.send("DELETE", f"/client/v4/zones/{emulator.zone_id}/dns_records/"
                                     f"{emulator.record_id}",

@@ -7,13 +7,13 @@ up/down tests start their own so that stopping them cannot disturb the others.
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.request
 
 import cloudflare
 import pytest
 from cloudflare import Cloudflare
+from localcloud_harness import free_port
 
 from casera.operator_secrets import Secret
 from casera.providers import cloudflare as provider
@@ -22,12 +22,6 @@ from casera_localcloud.cloudflare.store import read_state
 
 ZONE = "casera.test"
 TOKEN = "casera-test-token_0123456789abcdefghijklmn"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def client(port: int, token: str = TOKEN) -> Cloudflare:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import os
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
-from .common import exit_on_sigterm, log
+from .common import AppHandler, serve
 
 PAGE = (Path(__file__).with_name("admin.html")).read_bytes()
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(AppHandler):
     server_version = "casera-admin-standin"
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
@@ -25,25 +23,11 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.send_error(HTTPStatus.NOT_FOUND)
             return
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature
-        log("request", path=self.path.split("?", 1)[0], status=args[1] if len(args) > 1 else None)
+        self.send_body(HTTPStatus.OK, body, kind)
 
 
 def main() -> None:
-    exit_on_sigterm()
-    port = int(os.environ.get("PORT", "3000"))
-    server = ThreadingHTTPServer((os.environ.get("BIND", "0.0.0.0"), port), Handler)
-    log("listening", port=port)
-    try:
-        server.serve_forever()
-    except (KeyboardInterrupt, SystemExit):
-        log("stopping")
+    serve(Handler, os.environ.get("BIND", "0.0.0.0"), int(os.environ.get("PORT", "3000")))
 
 
 if __name__ == "__main__":

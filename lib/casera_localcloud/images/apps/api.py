@@ -16,18 +16,18 @@ import os
 import socket
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from . import asynq
 from .common import (
     ITEMS_DDL,
+    AppHandler,
     error_text,
-    exit_on_sigterm,
     log,
     pg_connect,
     redis_client,
     secret_sources,
+    serve,
 )
 
 QUEUE = os.environ.get("CASERA_QUEUE", "default")
@@ -89,73 +89,53 @@ def get_item(item_id: int) -> dict[str, Any] | None:
             for name, value in zip(names, row, strict=True)}
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(AppHandler):
     server_version = "casera-api-standin"
-
-    def _send(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body, default=str).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
-            self._send(HTTPStatus.OK, {"status": "ok", "host": socket.gethostname()})
+            self.send_json(HTTPStatus.OK, {"status": "ok", "host": socket.gethostname()})
         elif path == "/readyz":
             ready, checks = readiness()
-            self._send(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
+            self.send_json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
                        {"ready": ready, "checks": checks, "host": socket.gethostname()})
         elif path == "/secret-sources":
-            self._send(HTTPStatus.OK, {"secrets": secret_sources()})
+            self.send_json(HTTPStatus.OK, {"secrets": secret_sources()})
         elif path.startswith("/items/") and path[len("/items/"):].isdigit():
             try:
                 item = get_item(int(path[len("/items/"):]))
             except Exception as exc:  # noqa: BLE001
-                self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": error_text(exc)})
+                self.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": error_text(exc)})
                 return
             if item is None:
-                self._send(HTTPStatus.NOT_FOUND, {"error": "no such item"})
+                self.send_json(HTTPStatus.NOT_FOUND, {"error": "no such item"})
             else:
-                self._send(HTTPStatus.OK, item)
+                self.send_json(HTTPStatus.OK, item)
         else:
-            self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
+            self.send_json(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
     def do_POST(self) -> None:  # noqa: N802
         if self.path.split("?", 1)[0] != "/items":
-            self._send(HTTPStatus.NOT_FOUND, {"error": "not found"})
+            self.send_json(HTTPStatus.NOT_FOUND, {"error": "not found"})
             return
         try:
             length = int(self.headers.get("Content-Length") or 0)
             body = json.loads(self.rfile.read(length) or b"{}")
             name = str(body.get("name") or "item")
         except (ValueError, AttributeError):
-            self._send(HTTPStatus.BAD_REQUEST, {"error": "body must be a JSON object"})
+            self.send_json(HTTPStatus.BAD_REQUEST, {"error": "body must be a JSON object"})
             return
         try:
-            self._send(HTTPStatus.CREATED, create_item(name))
+            self.send_json(HTTPStatus.CREATED, create_item(name))
         except Exception as exc:  # noqa: BLE001
             log("item_failed", error=error_text(exc))
-            self._send(HTTPStatus.SERVICE_UNAVAILABLE, {"error": error_text(exc)})
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature
-        # Paths only: a query string could carry anything a client chose to put there.
-        log("request", method=self.command, path=self.path.split("?", 1)[0],
-            status=args[1] if len(args) > 1 else None, client=self.client_address[0])
+            self.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": error_text(exc)})
 
 
 def main() -> None:
-    exit_on_sigterm()
-    port = int(os.environ.get("PORT", "8080"))
-    server = ThreadingHTTPServer((os.environ.get("BIND", "0.0.0.0"), port), Handler)
-    server.daemon_threads = True
-    log("listening", port=port, secrets=secret_sources())
-    try:
-        server.serve_forever()
-    except (KeyboardInterrupt, SystemExit):
-        log("stopping")
+    serve(Handler, os.environ.get("BIND", "0.0.0.0"), int(os.environ.get("PORT", "8080")),
+          secrets=secret_sources())
 
 
 if __name__ == "__main__":

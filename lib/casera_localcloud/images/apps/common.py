@@ -1,4 +1,5 @@
-"""What every stand-in app shares: secrets, logging, and its Postgres and Redis connections.
+"""What every stand-in app shares: secrets, logging, its Postgres and Redis connections, and
+the HTTP serve loop of the ones that answer HTTP (admin, api, dozzle).
 
 The apps run in images on Debian bookworm's python3 (3.11) with python3-psycopg 3.1 and
 python3-redis 4.3, so they use only what those versions have.
@@ -12,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +147,36 @@ def exit_on_sigterm() -> None:
         raise SystemExit(0)
 
     signal.signal(signal.SIGTERM, handler)
+
+
+class AppHandler(BaseHTTPRequestHandler):
+    """A stand-in's request handler: whole answers with Content-Length, one log line each."""
+
+    def send_body(self, status: int, body: bytes, kind: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def send_json(self, status: int, body: object) -> None:
+        self.send_body(status, json.dumps(body, default=str).encode(), "application/json")
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature
+        # Paths only: a query string could carry anything a client chose to put there.
+        log("request", method=getattr(self, "command", None),
+            path=getattr(self, "path", "").split("?", 1)[0],
+            status=args[1] if len(args) > 1 else None, client=self.client_address[0])
+
+
+def serve(handler: type[BaseHTTPRequestHandler], host: str, port: int, **fields: Any) -> None:
+    """Serve until SIGTERM (see exit_on_sigterm). Daemon threads: a slow client must not hold
+    the task past Docker's grace period."""
+    exit_on_sigterm()
+    server = ThreadingHTTPServer((host, port), handler)
+    server.daemon_threads = True
+    log("listening", port=port, **fields)
+    try:
+        server.serve_forever()
+    except (KeyboardInterrupt, SystemExit):
+        log("stopping")

@@ -18,11 +18,10 @@ import json
 import os
 import socket
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
 
-from .common import error_text, exit_on_sigterm, log
+from .common import AppHandler, error_text, serve
 
 DOCKER_SOCKET = os.environ.get("DOCKER_SOCKET", "/var/run/docker.sock")
 
@@ -75,15 +74,8 @@ def logs(container_id: str, tail: int = 50) -> str:
                             f"?stdout=1&stderr=1&timestamps=1&tail={tail}"))
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(AppHandler):
     server_version = "casera-dozzle-standin"
-
-    def _send(self, status: int, body: bytes, kind: str) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         url = urlsplit(self.path)
@@ -91,40 +83,30 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if url.path in ("/healthz", "/healthcheck"):
                 docker_get("/_ping")
-                self._send(HTTPStatus.OK, b'{"status": "ok"}', "application/json")
+                self.send_body(HTTPStatus.OK, b'{"status": "ok"}', "application/json")
             elif url.path == "/api/containers":
-                self._send(HTTPStatus.OK, json.dumps(containers()).encode(), "application/json")
+                self.send_body(HTTPStatus.OK, json.dumps(containers()).encode(), "application/json")
             elif url.path.startswith("/api/logs/"):
                 text = logs(url.path[len("/api/logs/"):], tail)
-                self._send(HTTPStatus.OK, text.encode(), "text/plain; charset=utf-8")
+                self.send_body(HTTPStatus.OK, text.encode(), "text/plain; charset=utf-8")
             elif url.path == "/":
                 parts = []
                 for c in containers():
                     parts.append(f"== {c['name']} ({c['id']}, {c['image']}): {c['status']}\n")
                     parts.append(logs(c["id"], tail))
-                self._send(HTTPStatus.OK, "".join(parts).encode(), "text/plain; charset=utf-8")
+                self.send_body(HTTPStatus.OK, "".join(parts).encode(), "text/plain; charset=utf-8")
             else:
-                self._send(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+                self.send_body(HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
         except OSError as exc:
-            self._send(HTTPStatus.SERVICE_UNAVAILABLE,
+            self.send_body(HTTPStatus.SERVICE_UNAVAILABLE,
                        json.dumps({"error": error_text(exc), "socket": DOCKER_SOCKET}).encode(),
                        "application/json")
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature
-        log("request", path=self.path.split("?", 1)[0], status=args[1] if len(args) > 1 else None)
-
 
 def main() -> None:
-    exit_on_sigterm()
     # DOZZLE_ADDR is real Dozzle's setting, so the stack file sets the same for both.
     host, _, port_text = os.environ.get("DOZZLE_ADDR", ":9999").rpartition(":")
-    port = int(port_text)
-    server = ThreadingHTTPServer((host or "0.0.0.0", port), Handler)
-    log("listening", port=port, socket=DOCKER_SOCKET)
-    try:
-        server.serve_forever()
-    except (KeyboardInterrupt, SystemExit):
-        log("stopping")
+    serve(Handler, host or "0.0.0.0", int(port_text), socket=DOCKER_SOCKET)
 
 
 if __name__ == "__main__":
