@@ -24,7 +24,7 @@ from casera.context import RunContext  # noqa: E402
 from casera.operator_secrets import SecretStore  # noqa: E402
 from casera.params import load_params  # noqa: E402
 from casera.providers import ssh  # noqa: E402
-from casera.steps import access, compute  # noqa: E402
+from casera.steps import access, servers, ssh_key  # noqa: E402
 from casera_localcloud.hetzner.fake_backend import FakeNodeBackend  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -110,7 +110,7 @@ def _ctx(tmp_path: Path, endpoint: str = "http://127.0.0.1:9/v1") -> RunContext:
 def test_user_data_carries_the_host_key_and_moves_the_socket(tmp_path: Path) -> None:
     ctx = _ctx(tmp_path)
     host_key = ssh.new_host_key("casera-local-1")
-    text = compute.render_user_data(ctx.params, "ssh-ed25519 AAAAoperator op", host_key)
+    text = servers.render_user_data(ctx.params, "ssh-ed25519 AAAAoperator op", host_key)
     data = yaml.safe_load(text)
     assert data["ssh_keys"]["ed25519_private"].strip() == host_key.private.reveal().strip()
     assert data["ssh_keys"]["ed25519_public"] == host_key.public
@@ -174,13 +174,13 @@ def _write(path: Path, text: str) -> str:
 def test_servers_step_pins_the_key_it_hands_over(tmp_path: Path, project: Path,
                                                  emulator: Running) -> None:
     ctx = _ctx(tmp_path, emulator.url)
-    compute.ensure_ssh_key(ctx)
-    plan = compute.ensure_servers(replace(ctx, dry_run=True))
+    ssh_key.ensure_ssh_key(ctx)
+    plan = servers.ensure_servers(replace(ctx, dry_run=True))
     assert all("pinned in local.known_hosts" in line for line in plan.diff)
     assert not access.known_hosts(ctx).path.exists()
     # Rate limits make hcloud replay creates: the replayed body carries the same key.
     emulator.set_faults(rate_limit_share=0.3)
-    result = compute.ensure_servers(ctx)
+    result = servers.ensure_servers(ctx)
     emulator.set_faults(rate_limit_share=0.0)
     assert result.ok and result.changed == 3
     emulator.idle()
@@ -190,7 +190,7 @@ def test_servers_step_pins_the_key_it_hands_over(tmp_path: Path, project: Path,
     api = emulator.client()
     api.servers.delete(api.servers.get_by_name("casera-local-2")).wait_until_finished()
     emulator.idle()
-    assert compute.ensure_servers(ctx).changed == 1
+    assert servers.ensure_servers(ctx).changed == 1
     emulator.idle()
     after = access.known_hosts(ctx).path.read_text()
     changed = set(after.splitlines()) ^ set(before.splitlines())

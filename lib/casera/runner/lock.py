@@ -23,17 +23,19 @@ from __future__ import annotations
 import os
 import re
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from casera.errors import CaseraError, LockHeld, ProviderError
 
 if TYPE_CHECKING:
-    from hcloud import Client
-
     from casera.operator_secrets import SecretStore
     from casera.params import Params
+    from casera.providers.hetzner import Firewall, Hetzner
+
+T = TypeVar("T")
 
 LOCK_PREFIX = "casera-lock-"
 LABEL_KEYS = ("run", "operator", "host", "pid", "runbook", "since")
@@ -115,49 +117,39 @@ class LockHolder:
 
 
 class EnvLock:
-    """The lock of one environment, in the Hetzner project ``api`` talks to."""
+    """The lock of one environment, in the Hetzner project ``hz`` talks to."""
 
-    def __init__(self, env: str, api: Client, where: str = "") -> None:
-        self.env, self.api, self.name = env, api, lock_name(env)
-        self.where = where or "the env's Hetzner project"
+    def __init__(self, env: str, hz: Hetzner) -> None:
+        self.env, self.hz, self.name = env, hz, lock_name(env)
+        self.where = hz.where or "the env's Hetzner project"
 
-    def _call(self, what: str, call: object) -> object:
-        from hcloud import APIException, HCloudException
+    def _read(self) -> Firewall | None:
+        return self._call(lambda: self.hz.firewalls.get(self.name))
 
+    def _call(self, call: Callable[[], T]) -> T:
+        # The provider names the call and the endpoint; the lock says it was the lock's.
         try:
-            return call()  # type: ignore[operator]
-        except APIException as exc:
-            raise ProviderError("hetzner", f"env lock: {what}: {exc.message}",
-                                str(exc.code)) from None
-        except (HCloudException, OSError) as exc:
-            raise ProviderError("hetzner", f"env lock: {what} at {self.where}: "
-                                f"{type(exc).__name__}: {exc}") from None
+            return call()
+        except ProviderError as exc:
+            text = str(exc).removeprefix(f"{exc.system}: ").removesuffix(f" (code {exc.code})")
+            raise ProviderError(exc.system, f"env lock: {text}", exc.code, exc.details) from None
 
     def holder(self) -> LockHolder | None:
-        found = self._call("read", lambda: self.api.firewalls.get_by_name(self.name))
-        return LockHolder.from_labels(found.labels or {}) if found else None  # type: ignore[attr-defined]
+        found = self._read()
+        return LockHolder.from_labels(found.labels) if found else None
 
     def acquire(self, holder: LockHolder, break_stale: bool = False,
                 grace_s: float = 10.0) -> None:
         """Take the lock or raise :class:`LockHeld` naming its holder. Re-entrant for the same
         run id (a kernel that runs its first cell again keeps the lock it has)."""
-        from hcloud import APIException
-
         for _ in range(4):
-            try:
-                self.api.firewalls.create(name=self.name, labels=holder.labels())  # type: ignore[arg-type]
+            if self._call(lambda: self.hz.firewalls.create_unique(self.name,
+                                                                  holder.labels())):
                 return
-            except APIException as exc:
-                if exc.code != "uniqueness_error":
-                    raise ProviderError("hetzner", f"env lock: create {self.name} at "
-                                        f"{self.where}: {exc.message}", str(exc.code)) from None
-            except OSError as exc:
-                raise ProviderError("hetzner", f"env lock: create {self.name} at {self.where}:"
-                                    f" {type(exc).__name__}: {exc}") from None
-            found = self._call("read", lambda: self.api.firewalls.get_by_name(self.name))
+            found = self._read()
             if found is None:
                 continue  # released between our create and read: try again
-            current = LockHolder.from_labels(found.labels or {})  # type: ignore[attr-defined]
+            current = LockHolder.from_labels(found.labels)
             if current.run_id == holder.run_id and current.host == holder.host:
                 return
             if current.alive() is False and grace_s > 0 and not break_stale:
@@ -167,7 +159,7 @@ class EnvLock:
             if break_stale and current.alive() is not True:
                 # Deleting by id: if someone else broke and retook it meanwhile, that is a new
                 # firewall with a new id, and our create below meets it as held.
-                self._delete(found)
+                self._call(lambda f=found: self.hz.firewalls.delete(f))  # type: ignore[misc]
                 continue
             if current.alive() is True and break_stale:
                 hint = " Its process still runs on this host: --break-lock does not break it."
@@ -185,31 +177,20 @@ class EnvLock:
 
         deadline = time.monotonic() + seconds
         while time.monotonic() < deadline:
-            if self._call("read", lambda: self.api.firewalls.get_by_name(self.name)) is None:
+            if self._read() is None:
                 break
             time.sleep(0.5)
         return 0.0
 
-    def _delete(self, found: object) -> None:
-        from hcloud import APIException
-
-        try:
-            self.api.firewalls.delete(found)  # type: ignore[arg-type]
-        except APIException as exc:
-            if exc.code != "not_found":
-                raise ProviderError("hetzner", f"env lock: delete {self.name}: {exc.message}",
-                                    str(exc.code)) from None
-
     def release(self, run_id: str) -> bool:
         """Delete the lock if this run holds it; True when it did."""
-        found = self._call("read", lambda: self.api.firewalls.get_by_name(self.name))
+        found = self._read()
         if found is None:
             return False
-        current = LockHolder.from_labels(found.labels or {})  # type: ignore[attr-defined]
+        current = LockHolder.from_labels(found.labels)
         if current.run_id != label_value(run_id):
             return False
-        self._delete(found)
-        return True
+        return self._call(lambda: self.hz.firewalls.delete(found))
 
 
 def env_lock(env: str, params: Params, secrets: SecretStore) -> EnvLock:
@@ -222,8 +203,7 @@ def env_lock(env: str, params: Params, secrets: SecretStore) -> EnvLock:
             secrets.get("hcloud_token")
         except CaseraError as exc:
             raise CaseraError(f"the env lock lives in Hetzner: {exc}") from None
-    api = hetzner.client(params.hetzner.api_endpoint, secrets.get("hcloud_token"), timeout=15.0)
-    return EnvLock(env, api, params.hetzner.api_endpoint)
+    return EnvLock(env, hetzner.for_env(params, secrets, timeout=15.0))
 
 
 # Set by the runner for the kernel it starts: ``start_run`` then knows the runner holds the
@@ -255,8 +235,8 @@ def _watch(env: str, run_id: str, api_endpoint: str, parent: int) -> None:
 
     while os.getppid() == parent:
         time.sleep(0.2)
-    api = hetzner.client(api_endpoint, SecretStore(env).get("hcloud_token"), timeout=15.0)
-    EnvLock(env, api, api_endpoint).release(run_id)
+    hz = hetzner.connect(api_endpoint, SecretStore(env).get("hcloud_token"), timeout=15.0)
+    EnvLock(env, hz).release(run_id)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ says which system a step touches.
 
 from casera.steps import (
     access,
-    compute,
     database,
     dns,
+    firewall,
     load_balancer,
     preflight,
+    servers,
+    ssh_key,
     stack,
     storage,
     summary,
@@ -19,5 +21,5 @@ from casera.steps import (
     swarm_secrets,
 )
 
-__all__ = ["access", "compute", "database", "dns", "swarm_secrets", "load_balancer",
-           "preflight", "stack", "storage", "summary", "swarm"]
+__all__ = ["access", "database", "dns", "firewall", "swarm_secrets", "load_balancer",
+           "preflight", "servers", "ssh_key", "stack", "storage", "summary", "swarm"]

@@ -24,7 +24,7 @@ from casera.gate import confirm
 from casera.progress import wait_for
 from casera.providers import ssh
 from casera.result import StepResult, timed
-from casera.steps.compute import hcloud_client, server_ips
+from casera.steps.servers import reset_server, server_addresses
 
 EXPECTED_SSHD = {"permitrootlogin": "no", "passwordauthentication": "no",
                  "kbdinteractiveauthentication": "no"}
@@ -41,8 +41,7 @@ def known_hosts(ctx: RunContext) -> ssh.KnownHosts:
 
 def node_addresses(ctx: RunContext) -> dict[str, str]:
     """name -> IPv4 for the environment's servers, in params order."""
-    ips = server_ips(hcloud_client(ctx), ctx.params)
-    return {name: ips[name] for name in ctx.params.server_names() if name in ips}
+    return server_addresses(ctx)
 
 
 def _admin_ssh_ok(ctx: RunContext, name: str, ip: str) -> str | ssh.HostKeyError | None:
@@ -96,8 +95,7 @@ def wait_for_ssh(ctx: RunContext, patience: float = 120, timeout: float = 300) -
                     continue
                 confirm(ctx, f"Reset server {name}", [f"~ {name} ({ip}): hard reset, like "
                                                       "pulling the plug; data on disk stays"])
-                api = hcloud_client(ctx)
-                api.servers.reset(api.servers.get_by_name(name)).wait_until_finished()
+                reset_server(ctx, name)
                 answer = _wait_admin(ctx, f"{what} after a reset", name, ip, timeout)
             status, _, groups = answer.partition("\n")
             result.check(f"{name} cloud-init done", "error" not in status,

@@ -9,31 +9,16 @@ from __future__ import annotations
 
 import urllib.request
 
-from hcloud.load_balancer_types import LoadBalancerType
-from hcloud.load_balancers import (
-    LoadBalancerHealtCheckHttp,
-    LoadBalancerHealthCheck,
-    LoadBalancerService,
-    LoadBalancerTarget,
-    LoadBalancerTargetLabelSelector,
-)
-from hcloud.locations import Location
-
 from casera.context import RunContext
+from casera.errors import WaitTimeout
+from casera.plan import Plan, apply
 from casera.progress import wait_for
+from casera.providers import hetzner
+from casera.providers.hetzner import LBService
 from casera.result import StepResult, timed
-from casera.steps.compute import hcloud_client
 
 HEALTH_PATH = "/readyz"
-
-
-def _service(listen_port: int, destination_port: int) -> LoadBalancerService:
-    return LoadBalancerService(
-        protocol="tcp", listen_port=listen_port, destination_port=destination_port,
-        proxyprotocol=False,
-        health_check=LoadBalancerHealthCheck(
-            protocol="http", port=destination_port, interval=10, timeout=5, retries=3,
-            http=LoadBalancerHealtCheckHttp(path=HEALTH_PATH, status_codes=["2??"], tls=False)))
+WAIT_S = 300.0
 
 
 def ensure_load_balancer(ctx: RunContext) -> StepResult:
@@ -42,57 +27,56 @@ def ensure_load_balancer(ctx: RunContext) -> StepResult:
         if not lb_params.enabled:
             result.reason = f"off in params/{ctx.env}.yaml (load_balancer.enabled: false)"
             return result
-        api = hcloud_client(ctx)
-        found = api.load_balancers.get_by_name(lb_params.name)
+        hz = hetzner.for_env(ctx.params, ctx.secrets)
+        found = hz.load_balancers.get(lb_params.name)
         selector = ctx.params.cluster_label
-        wanted = {(s.listen_port, s.destination_port) for s in lb_params.services}
+        wanted = sorted({(s.listen_port, s.destination_port) for s in lb_params.services})
+        services = [LBService(lp, dp, HEALTH_PATH) for lp, dp in wanted]
+        plan = Plan(gate_title=f"Load balancer {lb_params.name}: delete service(s)")
         if found is None:
-            result.changed = 1 + len(wanted) + 1
-            result.diff = [f"+ load balancer {lb_params.name} ({lb_params.type}, "
-                           f"{ctx.params.hetzner.location})", f"+ targets: label {selector}"]
-            result.diff += [f"+ tcp {lp} -> {dp}, health GET {HEALTH_PATH}"
-                            for lp, dp in sorted(wanted)]
-            if ctx.dry_run:
-                return result
-            response = api.load_balancers.create(
-                name=lb_params.name, load_balancer_type=LoadBalancerType(name=lb_params.type),
-                location=Location(name=ctx.params.hetzner.location),
-                services=[_service(lp, dp) for lp, dp in sorted(wanted)],
-                targets=[LoadBalancerTarget(type="label_selector", label_selector=(
-                    LoadBalancerTargetLabelSelector(selector=selector)))],
-                labels=dict(ctx.params.hetzner.labels))
-            response.action.wait_until_finished()
+            plan.add(f"+ load balancer {lb_params.name} ({lb_params.type}, "
+                     f"{ctx.params.hetzner.location})",
+                     lambda: hz.load_balancers.create_or_get(
+                         lb_params.name, lb_params.type, ctx.params.hetzner.location, services,
+                         selector, dict(ctx.params.hetzner.labels))[1])
+            plan.add(f"+ targets: label {selector}")  # made with it
+            for lp, dp in wanted:
+                plan.add(f"+ tcp {lp} -> {dp}, health GET {HEALTH_PATH}")
         else:
-            have = {(s.listen_port, s.destination_port): s for s in found.services or []}
-            targets = {t.label_selector.selector for t in found.targets or []
-                       if t.type == "label_selector" and t.label_selector}
-            add = sorted(wanted - set(have))
-            remove = sorted(set(have) - wanted)
-            result.diff += [f"+ tcp {lp} -> {dp}" for lp, dp in add]
-            result.diff += [f"- tcp {lp} -> {dp}" for lp, dp in remove]
-            if selector not in targets:
-                result.diff.append(f"+ targets: label {selector}")
-            result.changed = len(add) + len(remove) + (selector not in targets)
-            if not result.changed:
+            have = {(s.listen_port, s.destination_port) for s in found.services}
+            for service in services:
+                if (service.listen_port, service.destination_port) not in have:
+                    plan.add(f"+ tcp {service.listen_port} -> {service.destination_port}",
+                             lambda s=service: [hz.load_balancers.add_service(found, s)])  # type: ignore[misc]
+            for lp, dp in sorted(have - set(wanted)):
+                # Deleting a service stops the traffic on its port: asked at the gate.
+                plan.add(f"- tcp {lp} -> {dp}",
+                         lambda lp=lp: [hz.load_balancers.delete_service(found, lp)],  # type: ignore[misc]
+                         destructive=True)
+            if selector not in found.target_labels:
+                plan.add(f"+ targets: label {selector}",
+                         lambda: [hz.load_balancers.add_label_target(found, selector)])
+            if not plan:
                 result.reason = "services and targets as params say"
-            if not ctx.dry_run:
-                for lp, dp in add:
-                    found.add_service(_service(lp, dp)).wait_until_finished()
-                for key in remove:
-                    found.delete_service(have[key]).wait_until_finished()
-                if selector not in targets:
-                    found.add_target(LoadBalancerTarget(
-                        type="label_selector", label_selector=LoadBalancerTargetLabelSelector(
-                            selector=selector))).wait_until_finished()
-        if ctx.dry_run:
+        applied = apply(ctx, result, plan)
+        if applied.dry_run:
             return result
-        lb = api.load_balancers.get_by_name(lb_params.name)
-        ip = lb.public_net.ipv4.ip
-        for listen_port, _ in sorted(wanted):
+        hetzner.wait_for([a for actions in applied.made for a in actions],
+                         f"load balancer {lb_params.name}", WAIT_S)
+        lb = hz.load_balancers.get(lb_params.name)
+        ip = lb.ipv4 if lb else None
+        if not result.check("public IPv4", ip is not None,
+                            ip or f"load balancer {lb_params.name} has no public IPv4"):
+            return result
+        for listen_port, _ in wanted:
             url = f"http://{ip}:{listen_port}{HEALTH_PATH}"
-            body = wait_for(f"{url} to answer through the load balancer",
-                            lambda u=url: _get(u), 180)
-            result.check(f"GET {HEALTH_PATH} via LB :{listen_port}", True, body[:80])
+            try:
+                body = wait_for(f"{url} to answer through the load balancer",
+                                lambda u=url: _get(u), 180)  # type: ignore[misc]
+                result.check(f"GET {HEALTH_PATH} via LB :{listen_port}", True, body[:80])
+            except WaitTimeout as exc:
+                # No 200 through the LB in time: red, with the last answer it gave.
+                result.check(f"GET {HEALTH_PATH} via LB :{listen_port}", False, str(exc)[:160])
     return result
 
 
@@ -104,12 +88,10 @@ def _get(url: str) -> str | None:
 def public_address(ctx: RunContext) -> str | None:
     """Where public traffic enters: the LB's address, or the first server's without an LB;
     None when neither exists yet (a dry run on a fresh environment)."""
-    api = hcloud_client(ctx)
+    hz = hetzner.for_env(ctx.params, ctx.secrets)
     if ctx.params.load_balancer.enabled:
-        lb = api.load_balancers.get_by_name(ctx.params.load_balancer.name)
-        if lb and lb.public_net and lb.public_net.ipv4:
-            return lb.public_net.ipv4.ip
-    first = api.servers.get_by_name(ctx.params.server_names()[0])
-    if first is None or not first.public_net.ipv4:
-        return None
-    return first.public_net.ipv4.ip
+        lb = hz.load_balancers.get(ctx.params.load_balancer.name)
+        if lb is not None and lb.ipv4:
+            return lb.ipv4
+    first = hz.servers.get(ctx.params.server_names()[0])
+    return first.ipv4 if first is not None else None

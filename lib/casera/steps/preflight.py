@@ -93,9 +93,9 @@ def verify_endpoints(ctx: RunContext, include_nodes: bool = True) -> StepResult:
         servers: list[str] = []
 
         def hetzner_api() -> str:
-            api = hetzner.client(p.hetzner.api_endpoint, s.get("hcloud_token"), PROBE_TIMEOUT_S)
-            found = api.servers.get_all(label_selector=ctx.params.cluster_label)
-            servers.extend(srv.public_net.ipv4.ip for srv in found if srv.public_net.ipv4)
+            hz = hetzner.for_env(p, s, PROBE_TIMEOUT_S)
+            found = hz.servers.list(ctx.params.cluster_label)
+            servers.extend(srv.ipv4 for srv in found if srv.ipv4)
             return f"{p.hetzner.api_endpoint}: {len(found)} server(s) labelled {p.cluster_label}"
 
         _probe(result, "hetzner api", hetzner_api)
@@ -157,13 +157,10 @@ def verify_server_type_offered(ctx: RunContext) -> StepResult:
     p = ctx.params.hetzner
     with timed(StepResult("server type", f"{p.server_type} in {p.location}",
                           dry_run=ctx.dry_run)) as result:
-        api = hetzner.client(p.api_endpoint, ctx.secrets.get("hcloud_token"), PROBE_TIMEOUT_S)
-        types = api.server_types.get_all()
-        offered = sorted(t.name for t in types
-                         if any(loc.location.name == p.location for loc in t.locations or []))
+        types = hetzner.for_env(ctx.params, ctx.secrets, PROBE_TIMEOUT_S).catalog.server_types()
+        offered = sorted(t.name for t in types if t.at(p.location) is not None)
         wanted = next((t for t in types if t.name == p.server_type), None)
-        here = next((loc for loc in (wanted.locations or []) if loc.location.name == p.location),
-                    None) if wanted else None
+        here = wanted.at(p.location) if wanted else None
         fix = (f"set hetzner.server_type to one offered in {p.location} "
                f"({', '.join(offered) or 'none'}) or hetzner.location to one that offers "
                f"{p.server_type}")
@@ -171,7 +168,7 @@ def verify_server_type_offered(ctx: RunContext) -> StepResult:
             result.check("offered", False, f"Hetzner has no server type {p.server_type!r}. "
                          f"Fix: {fix}")
         elif here is None:
-            where = sorted(loc.location.name for loc in wanted.locations or [])
+            where = sorted(offer.location for offer in wanted.offers)
             result.check("offered", False,
                          f"{p.server_type} is not offered in {p.location} (only in "
                          f"{', '.join(where) or 'no location'}). Fix: {fix}")
@@ -182,9 +179,9 @@ def verify_server_type_offered(ctx: RunContext) -> StepResult:
                          "in stock" if here.available is not False else
                          f"{p.server_type} is out of stock in {p.location} for now. Fix: retry "
                          f"later or {fix}")
-            if here.deprecation is not None:
+            if here.unavailable_after is not None:
                 result.note("deprecation", f"{p.server_type} in {p.location} is deprecated; "
-                            f"no new servers after {here.deprecation.unavailable_after}")
+                            f"no new servers after {here.unavailable_after}")
     return result
 
 

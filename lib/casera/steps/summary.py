@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from casera.context import RunContext
+from casera.providers import hetzner
 from casera.result import JOURNAL_ENV, StepResult, timed
-from casera.steps.compute import hcloud_client
 
 
 @dataclass(frozen=True)
@@ -58,17 +58,16 @@ def monthly_cost(ctx: RunContext) -> StepResult:
     servers and load balancer this env has, each next to the seed's figure."""
     p = ctx.params
     with timed(StepResult("monthly cost", p.hetzner.location, dry_run=ctx.dry_run)) as result:
-        api = hcloud_client(ctx)
-        pricing = api.request("GET", "/pricing")["pricing"]
+        hz = hetzner.for_env(p, ctx.secrets)
+        pricing = hz.catalog.pricing()
         currency = str(pricing["currency"])
         result.note("currency", f"{currency} (the API's; VAT {pricing['vat_rate']} % in gross)")
-        servers = api.servers.get_all(label_selector=p.cluster_label)
+        servers = hz.servers.list(p.cluster_label)
         # Price what exists, by its own type and location, not what the params ask for.
         total_net = total_gross = Decimal(0)
         by_kind: dict[tuple[str, str], int] = {}
         for server in servers:
-            key = (server.server_type.name, server.location.name if server.location else
-                   p.hetzner.location)
+            key = (server.server_type, server.location or p.hetzner.location)
             by_kind[key] = by_kind.get(key, 0) + 1
         server_prices = {st["name"]: st["prices"] for st in pricing["server_types"]}
         for (type_name, location), count in sorted(by_kind.items()):
@@ -85,11 +84,10 @@ def monthly_cost(ctx: RunContext) -> StepResult:
             assert price is not None
             total_net += count * price[0]
             total_gross += count * price[1]
-        lb = api.load_balancers.get_by_name(p.load_balancer.name) \
-            if p.load_balancer.enabled else None
+        lb = hz.load_balancers.get(p.load_balancer.name) if p.load_balancer.enabled else None
         if lb is not None:
             lb_prices = {lt["name"]: lt["prices"] for lt in pricing["load_balancer_types"]}
-            lb_type, lb_location = lb.load_balancer_type.name, lb.location.name
+            lb_type, lb_location = lb.type, lb.location
             price = _monthly(_location_price(lb_prices.get(lb_type, []), lb_location))
             if result.check(f"load balancer {lb_type} in {lb_location}", price is not None,
                             f"the API lists no price for {lb_type} in {lb_location}"
@@ -143,8 +141,8 @@ def inventory(ctx: RunContext) -> StepResult:
             else:
                 result.check(name, ok, detail)
 
-        api = hcloud_client(ctx)
-        servers = {s.name: s for s in api.servers.get_all(label_selector=p.cluster_label)}
+        servers = {s.name: s for s in
+                   hetzner.for_env(p, ctx.secrets).servers.list(p.cluster_label)}
         roles: dict[str, str] = {}
         services: dict[str, Any] = {}
         try:
@@ -157,7 +155,7 @@ def inventory(ctx: RunContext) -> StepResult:
             result.diff.append(f"  swarm not readable: {type(exc).__name__}: {exc}")
         for name in p.server_names():
             server = servers.get(name)
-            ip = server.public_net.ipv4.ip if server and server.public_net.ipv4 else "-"
+            ip = (server.ipv4 if server else None) or "-"
             report(f"server {name}", server is not None and server.status == "running",
                          f"{server.status if server else 'missing'}, {ip}, "
                          f"{roles.get(name, 'not in the swarm')}")

@@ -25,7 +25,7 @@ from casera.params import load_params
 from casera.progress import wait_for
 from casera.providers import docker_swarm, ssh
 from casera.steps import access
-from casera.steps.compute import render_user_data
+from casera.steps.servers import render_user_data
 from casera_localcloud import engine
 from casera_localcloud.nodes import Nodes
 
