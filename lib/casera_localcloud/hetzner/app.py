@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from casera_localcloud.hetzner.errors import ApiError
-from casera_localcloud.hetzner.labels import parse_selector
+from casera_localcloud.hetzner.errors import ApiError, uniqueness
+from casera_localcloud.hetzner.labels import parse_selector, validate_labels
 
 if TYPE_CHECKING:
     from casera_localcloud.hetzner.actions import ActionRunner
@@ -159,3 +159,22 @@ def require(body: dict[str, Any], field_name: str, kind: type | tuple[type, ...]
         raise ApiError("invalid_input", f"invalid input in field '{field_name}'",
                        {"fields": [{"name": field_name, "messages": ["is required"]}]})
     return value
+
+
+def update_name_and_labels(app: Emulator, kind: str, obj: dict[str, Any], body: dict[str, Any],
+                           check_name: Callable[[str], None] | None = None) -> bool:
+    """What every ``PUT /<kind>/{id}`` takes: a name, unique within its kind (Hetzner answers
+    uniqueness_error), and labels. Hold the store's lock. True when labels were given, since
+    label selectors may now match other resources."""
+    if "name" in body:
+        name = require(body, "name")
+        if check_name:
+            check_name(name)
+        other = app.store.find_by_name(kind, name)
+        if other and other is not obj:
+            raise uniqueness("name")
+        obj["name"] = name
+    if "labels" in body:
+        obj["labels"] = validate_labels(body["labels"])
+        return True
+    return False

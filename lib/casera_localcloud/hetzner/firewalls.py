@@ -23,6 +23,7 @@ from casera_localcloud.hetzner.app import (
     page,
     require,
     sorted_by_request,
+    update_name_and_labels,
 )
 from casera_localcloud.hetzner.errors import ApiError, invalid_field, uniqueness
 from casera_localcloud.hetzner.labels import matches, parse_selector, validate_labels
@@ -211,13 +212,7 @@ def get_firewall(app: Emulator, req: ApiRequest) -> Response:
 def update_firewall(app: Emulator, req: ApiRequest) -> Response:
     with app.store.lock:
         firewall = app.store.get("firewalls", req.path_params["id"])
-        if "name" in req.body:
-            other = app.store.find_by_name("firewalls", require(req.body, "name"))
-            if other and other is not firewall:
-                raise uniqueness("name")
-            firewall["name"] = req.body["name"]
-        if "labels" in req.body:
-            firewall["labels"] = validate_labels(req.body["labels"])
+        update_name_and_labels(app, "firewalls", firewall, req.body)
         body = {"firewall": render(app, firewall)}
     app.store.save()
     return 200, body

@@ -9,6 +9,7 @@ reported on the service object and in ``casera local status``; ``public_net.ipv4
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 from typing import Any
 
 from casera_localcloud.hetzner import catalog
@@ -21,6 +22,7 @@ from casera_localcloud.hetzner.app import (
     page,
     require,
     sorted_by_request,
+    update_name_and_labels,
 )
 from casera_localcloud.hetzner.backend import ProxyHealthCheck, ProxyService
 from casera_localcloud.hetzner.errors import ApiError, invalid_field, not_found, uniqueness
@@ -293,13 +295,7 @@ def get_load_balancer(app: Emulator, req: ApiRequest) -> Response:
 def update_load_balancer(app: Emulator, req: ApiRequest) -> Response:
     with app.store.lock:
         lb = _get(app, req)
-        if "name" in req.body:
-            other = app.store.find_by_name("load_balancers", require(req.body, "name"))
-            if other and other is not lb:
-                raise uniqueness("name")
-            lb["name"] = req.body["name"]
-        if "labels" in req.body:
-            lb["labels"] = validate_labels(req.body["labels"])
+        update_name_and_labels(app, "load_balancers", lb, req.body)
         body = {"load_balancer": render(app, lb)}
     app.store.save()
     return 200, body
@@ -333,53 +329,51 @@ def _add_target(app: Emulator, lb: dict[str, Any], raw: object, where: str) -> N
     lb["targets"].append(target)
 
 
-def add_service(app: Emulator, req: ApiRequest) -> Response:
+def _action(app: Emulator, req: ApiRequest, command: str,
+            change: Callable[[dict[str, Any]], None]) -> Response:
+    """POST /load_balancers/{id}/actions/<command>: ``change`` the LB under the lock (it
+    raises before changing anything when the request is wrong), then apply and answer."""
     with app.store.lock:
         lb = _get(app, req)
-        _add_service(app, lb, req.body, "service")
-        result = _changed(app, lb, "add_service")
+        change(lb)
+        result = _changed(app, lb, command)
     app.store.save()
     return result
+
+
+def _service_index(lb: dict[str, Any], port: object) -> int:
+    index = next((i for i, s in enumerate(lb["services"]) if s["listen_port"] == port), None)
+    if index is None:
+        raise not_found("service with listen_port", port)
+    return index
+
+
+def add_service(app: Emulator, req: ApiRequest) -> Response:
+    return _action(app, req, "add_service",
+                   lambda lb: _add_service(app, lb, req.body, "service"))
 
 
 def update_service(app: Emulator, req: ApiRequest) -> Response:
-    with app.store.lock:
-        lb = _get(app, req)
-        port = req.body.get("listen_port")
-        index = next((i for i, s in enumerate(lb["services"]) if s["listen_port"] == port),
-                     None)
-        if index is None:
-            raise not_found("service with listen_port", port)
+    def change(lb: dict[str, Any]) -> None:
+        index = _service_index(lb, req.body.get("listen_port"))
         lb["services"][index] = _service(app, req.body, "service", lb["services"][index])
-        result = _changed(app, lb, "update_service")
-    app.store.save()
-    return result
+
+    return _action(app, req, "update_service", change)
 
 
 def delete_service(app: Emulator, req: ApiRequest) -> Response:
-    with app.store.lock:
-        lb = _get(app, req)
-        port = req.body.get("listen_port")
-        if not any(s["listen_port"] == port for s in lb["services"]):
-            raise not_found("service with listen_port", port)
-        lb["services"] = [s for s in lb["services"] if s["listen_port"] != port]
-        result = _changed(app, lb, "delete_service")
-    app.store.save()
-    return result
+    def change(lb: dict[str, Any]) -> None:
+        del lb["services"][_service_index(lb, req.body.get("listen_port"))]
+
+    return _action(app, req, "delete_service", change)
 
 
 def add_target(app: Emulator, req: ApiRequest) -> Response:
-    with app.store.lock:
-        lb = _get(app, req)
-        _add_target(app, lb, req.body, "target")
-        result = _changed(app, lb, "add_target")
-    app.store.save()
-    return result
+    return _action(app, req, "add_target", lambda lb: _add_target(app, lb, req.body, "target"))
 
 
 def remove_target(app: Emulator, req: ApiRequest) -> Response:
-    with app.store.lock:
-        lb = _get(app, req)
+    def change(lb: dict[str, Any]) -> None:
         if not isinstance(req.body, dict) or req.body.get("type") not in (
                 "server", "label_selector", "ip"):
             raise invalid_field("type", "must be 'server', 'label_selector' or 'ip'")
@@ -389,6 +383,5 @@ def remove_target(app: Emulator, req: ApiRequest) -> Response:
         if not any(_target_key(t) == key for t in lb["targets"]):
             raise not_found("load balancer target", key[1])
         lb["targets"] = [t for t in lb["targets"] if _target_key(t) != key]
-        result = _changed(app, lb, "remove_target")
-    app.store.save()
-    return result
+
+    return _action(app, req, "remove_target", change)

@@ -20,6 +20,7 @@ from casera_localcloud.hetzner.app import (
     page,
     require,
     sorted_by_request,
+    update_name_and_labels,
 )
 from casera_localcloud.hetzner.errors import ApiError, invalid_field, uniqueness
 from casera_localcloud.hetzner.firewalls import (
@@ -59,8 +60,7 @@ def _lookup(items: list[dict[str, Any]], ref: object, field: str) -> dict[str, A
 
 def _validate_create(app: Emulator, body: dict[str, Any]) -> dict[str, Any]:
     name = require(body, "name")
-    if not _HOSTNAME.match(name):
-        raise invalid_field("name", "must be a valid hostname (RFC 1123)")
+    _check_hostname(name)
     for unsupported in ("networks", "volumes", "placement_group"):
         if body.get(unsupported):
             raise invalid_field(unsupported, "not supported by the local cloud")
@@ -199,19 +199,16 @@ def get_server(app: Emulator, req: ApiRequest) -> Response:
         return 200, {"server": render(app, app.store.get("servers", req.path_params["id"]))}
 
 
+def _check_hostname(name: str) -> None:
+    if not _HOSTNAME.match(name):
+        raise invalid_field("name", "must be a valid hostname (RFC 1123)")
+
+
 def update_server(app: Emulator, req: ApiRequest) -> Response:
     with app.store.lock:
         server = app.store.get("servers", req.path_params["id"])
-        if "name" in req.body:
-            name = require(req.body, "name")
-            if not _HOSTNAME.match(name):
-                raise invalid_field("name", "must be a valid hostname (RFC 1123)")
-            other = app.store.find_by_name("servers", name)
-            if other and other is not server:
-                raise uniqueness("name")
-            server["name"] = name  # the node keeps its name, see app.node_name
-        if "labels" in req.body:
-            server["labels"] = validate_labels(req.body["labels"])
+        # A renamed server's node keeps its name, see app.node_name.
+        if update_name_and_labels(app, "servers", server, req.body, _check_hostname):
             sync_firewalls(app)
             sync_load_balancers(app)
         body = {"server": render(app, server)}

@@ -15,6 +15,7 @@ from casera_localcloud.hetzner.app import (
     page,
     require,
     sorted_by_request,
+    update_name_and_labels,
 )
 from casera_localcloud.hetzner.errors import ApiError, invalid_field, uniqueness
 from casera_localcloud.hetzner.labels import validate_labels
@@ -68,13 +69,7 @@ def get_ssh_key(app: Emulator, req: ApiRequest) -> Response:
 def update_ssh_key(app: Emulator, req: ApiRequest) -> Response:
     with app.store.lock:
         key = app.store.get("ssh_keys", req.path_params["id"])
-        if "name" in req.body:
-            other = app.store.find_by_name("ssh_keys", require(req.body, "name"))
-            if other and other is not key:
-                raise uniqueness("name")
-            key["name"] = req.body["name"]
-        if "labels" in req.body:
-            key["labels"] = validate_labels(req.body["labels"])
+        update_name_and_labels(app, "ssh_keys", key, req.body)
     app.store.save()
     return 200, {"ssh_key": public(key)}
 
