@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 from steps_harness import free_port, make_ctx
 
-from casera.errors import ApprovalRefused, StepFailed
+from casera.errors import ApprovalRefused, ProviderError, StepFailed
+from casera.operator_secrets import Secret
 from casera.providers import cloudflare
 from casera.steps import dns
 from casera_localcloud.cloudflare import service
@@ -126,3 +127,30 @@ def test_a_refused_private_proxied_target_says_why(emulator):
     with pytest.raises(StepFailed, match="needs a public target"):
         dns.ensure_dns_record(ctx, "10.77.0.11")
     assert records(emulator, "private.casera.test") == []
+
+
+def test_cloudflare_errors_leave_the_provider_as_provider_errors(emulator):
+    cf = dns.cloudflare_client(ctx_for(emulator))
+    with pytest.raises(ProviderError) as unknown_zone:
+        cloudflare.list_records(cf, "0" * 32, "api.casera.test")
+    assert unknown_zone.value.system == "cloudflare"
+    assert isinstance(unknown_zone.value.details, dict)
+    assert unknown_zone.value.details["status"] >= 400, unknown_zone.value.details
+    assert TOKEN not in str(unknown_zone.value)
+    bad_token = cloudflare.client(Secret("token", "not-a-token-" + "x" * 30), emulator)
+    with pytest.raises(ProviderError) as refused:
+        cloudflare.find_zone_id(bad_token, ZONE)
+    assert refused.value.details["status"] in (400, 401, 403), refused.value.details
+
+
+def test_a_dry_run_plans_what_the_run_then_does(emulator):
+    ctx = ctx_for(emulator, {"cloudflare.record": "plan"})
+    cf = dns.cloudflare_client(ctx)
+    zone_id = cloudflare.find_zone_id(cf, ZONE) or ""
+    for ip in (OLD_IP, NODE_IP):
+        cloudflare.create_record(cf, zone_id, "plan.casera.test", "A", ip, True)
+    dry = dns.ensure_dns_record(ctx_for(emulator, {"cloudflare.record": "plan"},
+                                        dry_run=True), LB_IP)
+    run = dns.ensure_dns_record(ctx, LB_IP)
+    assert (dry.diff, dry.changed) == (run.diff, run.changed) and run.changed == 2, run
+    assert [r.content for r in records(emulator, "plan.casera.test")] == [LB_IP]

@@ -154,6 +154,10 @@ def granted(api: B2Api) -> Grant:
                  bucket_name=allowed.get("bucketName") or None)
 
 
+def account_id(api: B2Api) -> str:
+    return str(api.account_info.get_account_id())
+
+
 def account_key_id(api: B2Api) -> str:
     return str(api.account_info.get_application_key_id())
 

@@ -45,11 +45,6 @@ def connect(host: str, port: int, dbname: str, user: str, password: Secret, sslm
     return psycopg.connect(**kwargs, prepare_threshold=None)
 
 
-def server_version(conn: psycopg.Connection) -> str:
-    row = conn.execute("select version()").fetchone()
-    return str(row[0]) if row else "?"
-
-
 @cache
 def _loaded_libpq() -> ctypes.CDLL | None:
     """The libpq this process already runs psycopg on, or None when it cannot be told.

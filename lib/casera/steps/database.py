@@ -14,15 +14,12 @@ import ipaddress
 import re
 import socket
 from dataclasses import dataclass
-from typing import Any
-
-import psycopg
+from functools import partial
 
 from casera.context import RunContext
-from casera.errors import StepFailed
-from casera.gate import confirm
+from casera.errors import ProviderError, StepFailed
 from casera.operator_secrets import Secret
-from casera.progress import wait_for
+from casera.plan import Plan, apply
 from casera.providers import neon, postgres
 from casera.result import StepResult, timed
 
@@ -65,19 +62,10 @@ def neon_client(ctx: RunContext) -> neon.NeonClient:
     return neon.NeonClient(ctx.params.neon.api_endpoint, ctx.secrets.get("neon_api_key"))
 
 
-def plan_of(project: dict[str, Any],
-            api: neon.NeonClient | None = None) -> tuple[str, PlanLimits | None]:
-    """(the plan as Neon reports it, its limits or None when unknown here).
-
-    The project's ``owner.subscription_type`` first: it is the plan of whoever owns the
-    project (an organisation's, not the API key user's). ``/users/me`` only when it is absent.
-    """
-    raw = str((project.get("owner") or {}).get("subscription_type") or "")
-    if not raw and api is not None:
-        raw = str(api.get_current_user().get("plan") or "")
-    raw = raw or "unknown"
-    family = re.sub(r"_v\d+$", "", raw.lower())
-    return raw, PLAN_LIMITS.get(family)
+def plan_of(project: neon.NeonProject) -> tuple[str, PlanLimits | None]:
+    """(the plan as Neon reports it, its limits or None when unknown here)."""
+    family = re.sub(r"_v\d+$", "", project.plan.lower())
+    return project.plan, PLAN_LIMITS.get(family)
 
 
 def _days(seconds: int) -> str:
@@ -91,22 +79,6 @@ def _unknown_plan(result: StepResult, raw: str) -> StepResult:
     return result
 
 
-def _wait_operations(api: neon.NeonClient, project_id: str, answer: dict[str, Any],
-                     timeout: float = 120) -> None:
-    pending = [op["id"] for op in answer.get("operations") or []]
-
-    def finished() -> bool:
-        states = [api.get_operation(project_id, op)["status"] for op in pending]
-        failed = [s for s in states if s in ("failed", "error")]
-        if failed:
-            raise StepFailed(f"Neon operation(s) of project {project_id} failed: {states}")
-        return all(s in ("finished", "skipped", "cancelled") for s in states)
-
-    if pending:
-        wait_for(f"Neon to apply the project change ({len(pending)} operation(s))", finished,
-                 timeout, interval=0.5)
-
-
 def ensure_restore_window(ctx: RunContext) -> StepResult:
     """``history_retention_seconds`` raised to ``neon.history_retention_days``, capped at the
     plan's maximum. Never lowered here: shrinking the window deletes restore history, so an
@@ -114,29 +86,30 @@ def ensure_restore_window(ctx: RunContext) -> StepResult:
     p = ctx.params.neon
     with timed(StepResult("neon restore window", p.project_id, dry_run=ctx.dry_run)) as result:
         api = neon_client(ctx)
-        project = api.get_project(p.project_id)
-        raw, limits = plan_of(project, api)
+        project = api.project(p.project_id)
+        raw, limits = plan_of(project)
         if limits is None:
             return _unknown_plan(result, raw)
         wanted = p.history_retention_days * DAY
         target = min(wanted, limits.retention_max_s)
-        current = int(project.get("history_retention_seconds") or 0)
+        current = project.history_retention_seconds
         capped = (f"; params ask {_days(wanted)}, the {limits.title} plan allows at most "
                   f"{_days(limits.retention_max_s)}" if target < wanted else "")
-        if current >= target:
+        plan = Plan()
+        if current < target:
+            plan.add(f"~ history_retention_seconds: {current} ({_days(current)}) -> "
+                     f"{target} ({_days(target)}){capped}",
+                     partial(api.update_project_and_wait, p.project_id,
+                             {"history_retention_seconds": target}))
+        if apply(ctx, result, plan).dry_run and plan:
+            return result
+        if plan:
+            result.reason = f"raised from {_days(current)} to {_days(target)}"
+        else:
             result.reason = (f"{_days(current)} already" + capped if current == target else
                              f"{_days(current)}, more than params' {_days(target)}; not lowered "
                              "(that deletes restore history)")
-            return _verify_window(api, ctx, result, target)
-        result.changed = 1
-        result.diff.append(f"~ history_retention_seconds: {current} ({_days(current)}) -> "
-                           f"{target} ({_days(target)}){capped}")
-        if ctx.dry_run:
-            return result
-        answer = api.update_project(p.project_id, {"history_retention_seconds": target})
-        _wait_operations(api, p.project_id, answer)
-        result.reason = f"raised from {_days(current)} to {_days(target)}"
-        return _verify_window(api, ctx, result, target)
+        _verify_window(api, ctx, result, target)
     return result
 
 
@@ -145,7 +118,7 @@ def verify_restore_window(ctx: RunContext) -> StepResult:
     p = ctx.params.neon
     with timed(StepResult("neon restore window", p.project_id, dry_run=ctx.dry_run)) as result:
         api = neon_client(ctx)
-        raw, limits = plan_of(api.get_project(p.project_id), api)
+        raw, limits = plan_of(api.project(p.project_id))
         if limits is None:
             return _unknown_plan(result, raw)
         target = min(p.history_retention_days * DAY, limits.retention_max_s)
@@ -155,9 +128,9 @@ def verify_restore_window(ctx: RunContext) -> StepResult:
 
 def _verify_window(api: neon.NeonClient, ctx: RunContext, result: StepResult,
                    target: int) -> StepResult:
-    project = api.get_project(ctx.params.neon.project_id)
-    raw, limits = plan_of(project, api)
-    have = int(project.get("history_retention_seconds") or 0)
+    project = api.project(ctx.params.neon.project_id)
+    raw, limits = plan_of(project)
+    have = project.history_retention_seconds
     result.check("plan", limits is not None,
                  f"{limits.title} ({raw}): restore window up to "
                  f"{_days(limits.retention_max_s)}" if limits else raw)
@@ -170,13 +143,6 @@ def _verify_window(api: neon.NeonClient, ctx: RunContext, result: StepResult,
 def _normalise(entries: list[str]) -> set[str]:
     """Neon accepts addresses and CIDRs; compare them as networks so 1.2.3.4 == 1.2.3.4/32."""
     return {str(ipaddress.ip_network(e.strip(), strict=False)) for e in entries}
-
-
-def _allowlist(project: dict[str, Any]) -> tuple[list[str], bool]:
-    allowed = (project.get("settings") or {}).get("allowed_ips") or {}
-    protected_only = bool(allowed.get("protected_branches_only",
-                                      allowed.get("primary_branch_only", False)))
-    return list(allowed.get("ips") or []), protected_only
 
 
 @dataclass(frozen=True)
@@ -269,8 +235,8 @@ def ensure_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
     with timed(StepResult("neon ip allowlist", p.neon.project_id,
                           dry_run=ctx.dry_run)) as result:
         api = neon_client(ctx)
-        project = api.get_project(p.neon.project_id)
-        raw, limits = plan_of(project, api)
+        project = api.project(p.neon.project_id)
+        raw, limits = plan_of(project)
         if limits is None:
             return _unknown_plan(result, raw)
         if not limits.ip_allow:
@@ -278,40 +244,38 @@ def ensure_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
             return result
         for ip in node_ips:
             ipaddress.ip_address(ip)  # a typo here would lock the app out: fail loudly
-        operators = operator_addresses(ctx)
-        operator_nets = {o.network: o for o in operators}
-        wanted = _normalise(node_ips) | set(operator_nets)
-        ips, protected_only = _allowlist(project)
-        have = _normalise(ips)
-        added, removed = sorted(wanted - have), sorted(have - wanted)
-        result.diff += [f"+ {ip} " + (f"(operator: {operator_nets[ip].source})"
-                                      if ip in operator_nets else "(node)") for ip in added]
-        result.diff += [f"- {ip}" for ip in removed]
-        if protected_only:
-            result.diff.append("~ applies to every branch, not only protected ones")
-        result.changed = len(added) + len(removed) + int(protected_only)
-        if not node_ips:
-            if ctx.dry_run:
-                result.diff.append("  (the nodes' IPs follow once the servers exist)")
-                return result
+        if not node_ips and not ctx.dry_run:
             raise StepFailed("ensure_ip_allowlist got no node IPs: an allowlist of the "
                              "operators alone would lock the app out; run it after the "
                              "servers exist, with their IPs")
-        if not result.changed:
-            result.reason = (f"{len(wanted)} entries: {len(node_ips)} nodes, "
-                             f"{len(operators)} operator address(es)")
-            return _verify_allowlist(api, ctx, result, wanted)
-        if ctx.dry_run:
+        operators = operator_addresses(ctx)
+        operator_nets = {o.network: o for o in operators}
+        wanted = _normalise(node_ips) | set(operator_nets)
+        have = _normalise(project.allowed_ips)
+        added, removed = sorted(wanted - have), sorted(have - wanted)
+        plan = Plan(gate_title=f"Neon {p.neon.project_id}: remove {len(removed)} address(es) "
+                    "from the IP allowlist; their next connections are refused")
+        # One PATCH sets the whole list: the first line carries it, the others come with it.
+        write = partial(api.update_project_and_wait, p.neon.project_id, {"settings": {
+            "allowed_ips": {"ips": sorted(wanted), "protected_branches_only": False}}})
+        lines = [(f"+ {ip} " + (f"(operator: {operator_nets[ip].source})"
+                                if ip in operator_nets else "(node)"), False) for ip in added]
+        lines += [(f"- {ip}", True) for ip in removed]
+        if project.protected_branches_only:
+            lines.append(("~ applies to every branch, not only protected ones", False))
+        for number, (line, destructive) in enumerate(lines):
+            plan.add(line, write if number == 0 else None, destructive=destructive)
+        if not node_ips:
+            plan.show("  (the nodes' IPs follow once the servers exist)")
+        applied = apply(ctx, result, plan)
+        if applied.dry_run and plan:
             return result
-        if removed:
-            confirm(ctx, f"Neon {p.neon.project_id}: remove {len(removed)} address(es) from "
-                    "the IP allowlist; their next connections are refused",
-                    [f"- {ip}" for ip in removed])
-        answer = api.update_project(p.neon.project_id, {"settings": {"allowed_ips": {
-            "ips": sorted(wanted), "protected_branches_only": False}}})
-        _wait_operations(api, p.neon.project_id, answer)
-        result.reason = f"{len(added)} added, {len(removed)} removed"
-        return _verify_allowlist(api, ctx, result, wanted)
+        result.reason = (f"{len(added)} added, {len(removed)} removed" if plan else
+                         f"{len(wanted)} entries: {len(node_ips)} nodes, "
+                         f"{len(operators)} operator address(es)")
+        if not node_ips:
+            return result  # a dry run before the servers exist: nothing to verify against
+        _verify_allowlist(api, ctx, result, wanted)
     return result
 
 
@@ -322,8 +286,8 @@ def verify_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
     with timed(StepResult("neon ip allowlist", p.neon.project_id,
                           dry_run=ctx.dry_run)) as result:
         api = neon_client(ctx)
-        project = api.get_project(p.neon.project_id)
-        raw, limits = plan_of(project, api)
+        project = api.project(p.neon.project_id)
+        raw, limits = plan_of(project)
         if limits is None:
             return _unknown_plan(result, raw)
         if not limits.ip_allow:
@@ -335,10 +299,10 @@ def verify_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
 
 
 def _say_no_ip_allow(result: StepResult, limits: PlanLimits, raw: str,
-                     project: dict[str, Any]) -> None:
+                     project: neon.NeonProject) -> None:
     """The plain statement, as a check that can be red: a plan without IP Allow must not
     show an allowlist either, since nothing would enforce it (left from a downgrade)."""
-    ips, _ = _allowlist(project)
+    ips = project.allowed_ips
     result.reason = f"IP Allow is not part of the {limits.title} plan"
     result.check("no IP allowlist on this plan", not ips,
                  f"none: IP Allow is a Scale-plan feature and this project is on "
@@ -350,13 +314,13 @@ def _say_no_ip_allow(result: StepResult, limits: PlanLimits, raw: str,
 
 def _verify_allowlist(api: neon.NeonClient, ctx: RunContext, result: StepResult,
                       wanted: set[str]) -> StepResult:
-    ips, protected_only = _allowlist(api.get_project(ctx.params.neon.project_id))
-    have = _normalise(ips)
+    project = api.project(ctx.params.neon.project_id)
+    have = _normalise(project.allowed_ips)
     result.check("allowlist as planned", have == wanted,
                  f"{len(have)} entries: {', '.join(sorted(have))}" if have == wanted else
                  f"missing {sorted(wanted - have)}, extra {sorted(have - wanted)}")
-    result.check("every branch covered", not protected_only,
-                 "applies to all branches" if not protected_only else
+    result.check("every branch covered", not project.protected_branches_only,
+                 "applies to all branches" if not project.protected_branches_only else
                  "protected branches only: restore branches are open to all")
     return result
 
@@ -376,9 +340,9 @@ def verify_database(ctx: RunContext) -> StepResult:
     with timed(StepResult("neon connection", target, dry_run=ctx.dry_run)) as result:
         password = ctx.secrets.get("db_password")
         try:
-            conn = postgres.connect(n.pooler_host, n.pooler_port, n.database, n.role, password,
-                                    n.sslmode, n.sslrootcert, n.hostaddr)
-        except psycopg.OperationalError as exc:
+            facts = postgres.probe(n.pooler_host, n.pooler_port, n.database, n.role, password,
+                                   n.sslmode, n.sslrootcert, n.hostaddr)
+        except ProviderError as exc:
             text = _error_text(exc)
             if "authentication failed" in text:
                 text += f" (is db_password, {ctx.secrets.source('db_password')}, current?)"
@@ -388,28 +352,24 @@ def verify_database(ctx: RunContext) -> StepResult:
                          "when this machine is behind NAT)")
             result.check("connect through the pooler", False, text)
             return result
-        with conn:
-            result.check("connect through the pooler", True,
-                         f"as {n.role}, sslmode={n.sslmode}")
-            version = conn.execute("show server_version").fetchone()
-            result.check("server version", version is not None,
-                         f"PostgreSQL {version[0] if version else '?'}")
-            _check_client_tls(result, conn, n.sslmode, n.sslrootcert)
+        result.check("connect through the pooler", True, f"as {n.role}, sslmode={n.sslmode}")
+        result.check("server version", bool(facts.server_version),
+                     f"PostgreSQL {facts.server_version or '?'}")
+        _check_client_tls(result, facts, n.sslmode, n.sslrootcert)
         _check_plaintext_refused(result, n.pooler_host, n.pooler_port, n.database, n.role,
                                  password, n.hostaddr)
     return result
 
 
-def _check_client_tls(result: StepResult, conn: psycopg.Connection, sslmode: str,
+def _check_client_tls(result: StepResult, facts: postgres.ConnectionFacts, sslmode: str,
                       sslrootcert: str | None) -> None:
-    in_use = bool(conn.pgconn.ssl_in_use)
-    attrs = postgres.tls_attributes(conn) if in_use else {}
-    if not in_use:
+    if not facts.ssl_in_use:
         result.check("TLS to the pooler", False, "NOT encrypted")
         return
+    attrs = facts.tls
     if attrs is None:
         # PQsslInUse alone: this platform's libpq could not be reached for the details.
-        result.check("TLS to the pooler", in_use,
+        result.check("TLS to the pooler", facts.ssl_in_use,
                      f"encrypted (protocol not readable on this platform); "
                      f"{_certificate_words(sslmode, sslrootcert)}")
         return
@@ -424,17 +384,15 @@ def _check_client_tls(result: StepResult, conn: psycopg.Connection, sslmode: str
 def _check_plaintext_refused(result: StepResult, host: str, port: int, database: str,
                              role: str, password: Secret, hostaddr: str | None) -> None:
     try:
-        plain = postgres.connect(host, port, database, role, password, "disable", None,
-                                 hostaddr)
-    except psycopg.OperationalError as exc:
+        postgres.probe(host, port, database, role, password, "disable", None, hostaddr)
+    except ProviderError as exc:
         text = _error_text(exc)
         # The TLS connection just worked, so any other failure (a timeout, a reset) would
         # prove nothing about plain text: only the server's own refusal counts.
-        refused = any(words in str(exc) for words in PLAINTEXT_REFUSALS)
+        refused = any(words in _full_text(exc) for words in PLAINTEXT_REFUSALS)
         result.check("plaintext refused", refused, text if refused else
                      f"failed, but not with a plain-text refusal: {text}")
     else:
-        plain.close()
         result.check("plaintext refused", False, "a connection without TLS was ACCEPTED")
 
 
@@ -447,6 +405,12 @@ def _certificate_words(sslmode: str, sslrootcert: str | None) -> str:
     return "certificate NOT verified (sslmode=require without sslrootcert)"
 
 
-def _error_text(exc: Exception) -> str:
-    text = str(exc).strip().splitlines()
+def _full_text(exc: ProviderError) -> str:
+    """The server's or libpq's whole message, as the postgres provider keeps it."""
+    details = exc.details if isinstance(exc.details, dict) else {}
+    return str(details.get("error") or exc)
+
+
+def _error_text(exc: ProviderError) -> str:
+    text = _full_text(exc).strip().splitlines()
     return text[-1][:200] if text else type(exc).__name__

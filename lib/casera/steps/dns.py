@@ -9,13 +9,12 @@ AAAA records (reported, left alone: with ``proxied`` Cloudflare answers IPv6 its
 from __future__ import annotations
 
 import ipaddress
-
-from cloudflare import BadRequestError, Cloudflare
+from functools import partial
 
 from casera.context import RunContext
-from casera.errors import StepFailed
-from casera.gate import confirm
+from casera.errors import ProviderError, StepFailed
 from casera.params import Params
+from casera.plan import Plan, apply
 from casera.providers import cloudflare
 from casera.result import StepResult, timed
 
@@ -30,12 +29,12 @@ def record_name(params: Params) -> str:
     return record if record.endswith("." + zone) else f"{record}.{zone}"
 
 
-def cloudflare_client(ctx: RunContext) -> Cloudflare:
+def cloudflare_client(ctx: RunContext) -> cloudflare.Cloudflare:
     return cloudflare.client(ctx.secrets.get("cloudflare_api_token"),
                              ctx.params.cloudflare.api_base)
 
 
-def _zone_id(cf: Cloudflare, params: Params) -> str:
+def _zone_id(cf: cloudflare.Cloudflare, params: Params) -> str:
     zone_id = cloudflare.find_zone_id(cf, params.cloudflare.zone)
     if zone_id is None:
         raise StepFailed(f"Cloudflare zone {params.cloudflare.zone} is not visible to this API "
@@ -56,14 +55,16 @@ def ensure_dns_record(ctx: RunContext, target_ip: str | None) -> StepResult:
     p = ctx.params
     name = record_name(p)
     proxied = p.cloudflare.proxied
+    how = " (proxied)" if proxied else " (DNS only)"
     with timed(StepResult("dns record", name, dry_run=ctx.dry_run)) as result:
         if target_ip is None:
             # Only a dry run on a fresh environment gets here: the LB and servers are planned.
             if not ctx.dry_run:
                 raise StepFailed("no load balancer and no server to point DNS at: run the "
                                  "servers and load balancer steps first")
-            result.changed = 1
-            result.diff = [f"+ A {name} -> (the LB's address, once it exists)"]
+            plan = Plan()
+            plan.add(f"+ A {name} -> (the LB's address, once it exists)")
+            apply(ctx, result, plan)
             return result
         if ipaddress.ip_address(target_ip).version != 4:
             raise StepFailed(f"an A record needs an IPv4 address, not {target_ip}")
@@ -79,43 +80,48 @@ def ensure_dns_record(ctx: RunContext, target_ip: str | None) -> StepResult:
         keep = next((r for r in a_records if r.content == target_ip), None) or (
             a_records[0] if a_records else None)
         extra = [r for r in a_records if r is not keep]
-        result.diff += [f"! {_show(r)} left alone" for r in records if r.type == "AAAA"]
-        differs = keep is not None and (keep.content != target_ip or keep.proxied != proxied)
+        plan = Plan(gate_title=f"Cloudflare {name}: delete {len(extra)} other A record(s)")
+        for record in records:
+            if record.type == "AAAA":
+                plan.show(f"! {_show(record)} left alone")
+        write = partial(_write_record, ctx, cf, zone_id, name, target_ip, proxied)
         if keep is None:
-            result.diff.append(f"+ A {name} -> {target_ip}"
-                               + (" (proxied)" if proxied else " (DNS only)"))
-        elif differs:
-            result.diff.append(f"~ {_show(keep)}  =>  A {name} -> {target_ip}"
-                               + (" (proxied)" if proxied else " (DNS only)"))
-        result.diff += [f"- {_show(r)}" for r in extra]
-        result.changed = int(keep is None or differs) + len(extra)
-        if not result.changed:
-            result.reason = f"points at {target_ip}, " + ("proxied" if proxied else "DNS only")
-            return _verify(cf, zone_id, p, target_ip, result)
-        if ctx.dry_run:
-            return result
-        if extra:
-            confirm(ctx, f"Cloudflare {name}: delete {len(extra)} other A record(s)",
-                    [f"- {_show(r)}" for r in extra])
-        try:
-            if keep is None:
-                cloudflare.create_record(cf, zone_id, name, "A", target_ip, proxied,
-                                         AUTOMATIC_TTL)
-            elif differs:
-                cloudflare.update_record(cf, zone_id, keep.id, name, "A", target_ip, proxied,
-                                         AUTOMATIC_TTL)
-        except BadRequestError as exc:
-            # Most often a proxied record to a private address, which Cloudflare refuses.
-            raise StepFailed(f"Cloudflare refused A {name} -> {target_ip} (proxied: {proxied})"
-                             f": {exc.message}. A proxied record needs a public target; "
-                             f"check the target or cloudflare.proxied in "
-                             f"params/{ctx.env}.yaml") from None
+            plan.add(f"+ A {name} -> {target_ip}{how}", write)
+        elif keep.content != target_ip or keep.proxied != proxied:
+            plan.add(f"~ {_show(keep)}  =>  A {name} -> {target_ip}{how}",
+                     partial(write, keep.id))
         for record in extra:
-            cloudflare.delete_record(cf, zone_id, record.id)
-        result.reason = ("created" if keep is None else "updated") + (
-            f", {len(extra)} other A record(s) deleted" if extra else "")
-        return _verify(cf, zone_id, p, target_ip, result)
+            plan.add(f"- {_show(record)}", partial(cloudflare.delete_record, cf, zone_id,
+                                                   record.id), destructive=True)
+        applied = apply(ctx, result, plan)
+        if applied.dry_run and plan:
+            return result
+        if not plan:
+            result.reason = f"points at {target_ip}, " + ("proxied" if proxied else "DNS only")
+        else:
+            result.reason = ("created" if keep is None else "updated") + (
+                f", {len(extra)} other A record(s) deleted" if extra else "")
+        _verify(cf, zone_id, p, target_ip, result)
     return result
+
+
+def _write_record(ctx: RunContext, cf: cloudflare.Cloudflare, zone_id: str, name: str,
+                  target_ip: str, proxied: bool,
+                  record_id: str | None = None) -> cloudflare.DnsRecord:
+    """Create the A record, or update ``record_id`` in place."""
+    try:
+        if record_id is None:
+            return cloudflare.create_record(cf, zone_id, name, "A", target_ip, proxied,
+                                            AUTOMATIC_TTL)
+        return cloudflare.update_record(cf, zone_id, record_id, name, "A", target_ip, proxied,
+                                        AUTOMATIC_TTL)
+    except ProviderError as exc:
+        if not cloudflare.refused_as_bad_request(exc):
+            raise
+        # Most often a proxied record to a private address, which Cloudflare refuses.
+        raise StepFailed(f"Cloudflare refused A {name} -> {target_ip} (proxied: {proxied}): "
+                         f"{exc}. A proxied record needs a public target; check the target "
+                         f"or cloudflare.proxied in params/{ctx.env}.yaml") from None
 
 
 def verify_dns_record(ctx: RunContext, target_ip: str | None = None) -> StepResult:
@@ -128,7 +134,7 @@ def verify_dns_record(ctx: RunContext, target_ip: str | None = None) -> StepResu
     return result
 
 
-def _verify(cf: Cloudflare, zone_id: str, params: Params, target_ip: str | None,
+def _verify(cf: cloudflare.Cloudflare, zone_id: str, params: Params, target_ip: str | None,
             result: StepResult) -> StepResult:
     name = record_name(params)
     a_records = [r for r in cloudflare.list_records(cf, zone_id, name) if r.type == "A"]

@@ -116,21 +116,22 @@ def verify_endpoints(ctx: RunContext, include_nodes: bool = True) -> StepResult:
             result.note("ssh + docker", "no servers yet, so no SSH or Docker endpoint to try")
         elif include_nodes:
             _probe(result, "ssh + docker", ssh_and_docker)
-        _probe(result, "b2", lambda: "authorized, account " + b2.authorize(
-            p.b2.realm, s.get("b2_key_id"), s.get("b2_application_key")
-        ).account_info.get_account_id()[:6] + "…")
-        _probe(result, "neon api", lambda: "project {name}, plan {plan}".format(**{
-            "name": (project := neon.NeonClient(p.neon.api_endpoint, s.get("neon_api_key"),
-                                                PROBE_TIMEOUT_S).get_project(p.neon.project_id))
-            .get("name", p.neon.project_id), "plan": project.get("plan", "?")}))
+        _probe(result, "b2", lambda: "authorized, account " + b2.account_id(b2.authorize(
+            p.b2.realm, s.get("b2_key_id"), s.get("b2_application_key")))[:6] + "…")
+
+        def neon_api() -> str:
+            project = neon.NeonClient(p.neon.api_endpoint, s.get("neon_api_key"),
+                                      PROBE_TIMEOUT_S).project(p.neon.project_id)
+            return f"project {project.name}, plan {project.plan}"
+
+        _probe(result, "neon api", neon_api)
 
         def postgres_pooler() -> str:
-            with postgres.connect(p.neon.pooler_host, p.neon.pooler_port, p.neon.database,
-                                  p.neon.role, s.get("db_password"), p.neon.sslmode,
-                                  p.neon.sslrootcert, p.neon.hostaddr,
-                                  int(PROBE_TIMEOUT_S)) as conn:
-                return (f"{p.neon.pooler_host} sslmode={p.neon.sslmode}: "
-                        f"{postgres.server_version(conn)[:40]}")
+            facts = postgres.probe(p.neon.pooler_host, p.neon.pooler_port, p.neon.database,
+                                   p.neon.role, s.get("db_password"), p.neon.sslmode,
+                                   p.neon.sslrootcert, p.neon.hostaddr, int(PROBE_TIMEOUT_S))
+            return (f"{p.neon.pooler_host} sslmode={p.neon.sslmode}: "
+                    f"PostgreSQL {facts.server_version[:40]}")
 
         _probe(result, "postgres (pooler)", postgres_pooler)
 
