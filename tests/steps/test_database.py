@@ -15,9 +15,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from steps_harness import applied, local_neon, make_ctx
+from steps_harness import applied, free_port, local_neon, make_ctx
 
-from casera.errors import ApprovalRefused, StepFailed
+from casera.errors import ApprovalRefused, ProviderError, StepFailed
+from casera.operator_secrets import Secret
+from casera.providers import neon, postgres
 from casera.result import StepResult
 from casera.steps import database
 
@@ -136,8 +138,6 @@ def test_verify_database_proves_tls_from_the_client_side(cloud):
 
 
 def test_the_pooler_really_ends_tls_so_pg_stat_ssl_would_have_been_red(cloud):
-    from casera.providers import postgres
-
     ctx = ctx_for(cloud)
     n = ctx.params.neon
     with postgres.connect(n.pooler_host, n.pooler_port, n.database, n.role,
@@ -152,8 +152,6 @@ def test_the_pooler_really_ends_tls_so_pg_stat_ssl_would_have_been_red(cloud):
 def test_verify_database_is_red_when_plaintext_fails_for_another_reason(cloud, monkeypatch):
     # A plain attempt that fails without the server's refusal (here: nothing listens)
     # proves nothing about TLS, so the check must not turn green on it.
-    from casera.providers import postgres
-
     real = postgres.connect
 
     def plain_to_nowhere(host, port, *args, **kwargs):
@@ -308,3 +306,34 @@ def test_operator_address_toward_a_public_neon(monkeypatch, source, expected, wo
     assert [o.network for o in found] == expected
     assert all(words in o.source for o in found)
     assert all(ipaddress.ip_network(o.network) for o in found)
+
+
+# ---------------------------------------------------------------- the providers' errors
+
+
+def test_neon_transport_errors_are_provider_errors():
+    api = neon.NeonClient(f"http://127.0.0.1:{free_port()}/api/v2", Secret("k", "neon-key-9"),
+                          timeout=2)
+    with pytest.raises(ProviderError) as refused:
+        api.project("casera-local")
+    assert refused.value.system == "neon" and "GET /projects/casera-local" in str(refused.value)
+    assert "neon-key-9" not in str(refused.value)
+
+
+def test_project_facts_are_plain_data(cloud):
+    facts = database.neon_client(ctx_for(cloud)).project("casera-local")
+    raw = project(cloud)
+    assert facts.plan == raw["owner"]["subscription_type"]
+    assert facts.history_retention_seconds == raw["history_retention_seconds"]
+    assert list(facts.allowed_ips) == raw["settings"]["allowed_ips"]["ips"]
+    assert database.plan_of(facts)[1] is database.PLAN_LIMITS["launch"]
+
+
+def test_a_refused_connection_is_a_postgres_provider_error(cloud):
+    n = ctx_for(cloud).params.neon
+    with pytest.raises(ProviderError) as refused:
+        postgres.probe(n.pooler_host, n.pooler_port, n.database, n.role,
+                       Secret("pw", "wrong-password-1"), n.sslmode, n.sslrootcert, n.hostaddr)
+    assert refused.value.system == "postgres"
+    assert "authentication failed" in refused.value.details["error"]  # type: ignore[index]
+    assert "wrong-password-1" not in str(refused.value) + str(refused.value.details)
