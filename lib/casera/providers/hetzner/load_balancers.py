@@ -12,8 +12,8 @@ from hcloud.load_balancers import (
     LoadBalancer as HLoadBalancer,
 )
 from hcloud.load_balancers import (
-    LoadBalancerHealtCheckHttp,
     LoadBalancerHealthCheck,
+    LoadBalancerHealthCheckHttp,
     LoadBalancerService,
     LoadBalancerTarget,
     LoadBalancerTargetLabelSelector,
@@ -37,7 +37,7 @@ class LBService:
     def _sdk(self) -> LoadBalancerService:
         check = None if self.health_path is None else LoadBalancerHealthCheck(
             protocol="http", port=self.destination_port, interval=10, timeout=5, retries=3,
-            http=LoadBalancerHealtCheckHttp(path=self.health_path, status_codes=["2??"],
+            http=LoadBalancerHealthCheckHttp(path=self.health_path, status_codes=["2??"],
                                             tls=False))
         return LoadBalancerService(protocol=self.protocol, listen_port=self.listen_port,
                                    destination_port=self.destination_port,
