@@ -42,6 +42,17 @@ def raw_request(port: int, method: str, path: str, body: bytes | None = None,
         connection.close()
 
 
+def raw_exchange(port: int, request: bytes, host: str = "127.0.0.1") -> bytes:
+    """All a server answers to ``request`` sent as bytes, until it closes the connection:
+    for requests no HTTP client library would send (a malformed line, a huge header)."""
+    with socket.create_connection((host, port), timeout=10) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    return answer
+
+
 def port_free(port: int) -> bool:
     with socket.socket() as sock:
         try:

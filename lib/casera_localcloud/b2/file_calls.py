@@ -37,13 +37,19 @@ HIDE_MARKER_TYPE = "application/x-bz-hide-marker"
 class FileCalls(CallsBase):
     # listing and file info --------------------------------------------------------------
 
-    def b2_list_file_names(self, call: Call) -> dict[str, object]:
+    def _listing(self, call: Call) -> tuple[Bucket, str, int]:
+        """The bucket, name prefix and page size of a listing call, once the key may list
+        there (a key restricted to a name prefix only lists under it)."""
         bucket = self._bucket(str_field(call.params, "bucketId"))
         prefix = str_field(call.params, "prefix", required=False) or ""
         auth.require(call.principal, "listFiles", bucket.bucket_id,
                      prefix=prefix if call.principal.key.name_prefix else None)
         count = int_field(call.params, "maxFileCount", DEFAULT_FILE_COUNT, 0, MAX_FILE_COUNT,
                           range_code="out_of_range") or DEFAULT_FILE_COUNT
+        return bucket, prefix, count
+
+    def b2_list_file_names(self, call: Call) -> dict[str, object]:
+        bucket, prefix, count = self._listing(call)
         start = str_field(call.params, "startFileName", required=False) or ""
         visible = [v for v in self.store.latest_versions(bucket.bucket_id, prefix, start)
                    if v.action == "upload"]
@@ -53,12 +59,7 @@ class FileCalls(CallsBase):
                 "nextFileName": following}
 
     def b2_list_file_versions(self, call: Call) -> dict[str, object]:
-        bucket = self._bucket(str_field(call.params, "bucketId"))
-        prefix = str_field(call.params, "prefix", required=False) or ""
-        auth.require(call.principal, "listFiles", bucket.bucket_id,
-                     prefix=prefix if call.principal.key.name_prefix else None)
-        count = int_field(call.params, "maxFileCount", DEFAULT_FILE_COUNT, 0, MAX_FILE_COUNT,
-                          range_code="out_of_range") or DEFAULT_FILE_COUNT
+        bucket, prefix, count = self._listing(call)
         start_name = str_field(call.params, "startFileName", required=False) or ""
         start_id = str_field(call.params, "startFileId", required=False)
         if start_id and not start_name:

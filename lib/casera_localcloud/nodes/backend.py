@@ -2,8 +2,9 @@
 
 A node is a container of the node image on the local engine, running its own dockerd and
 sshd, on the ``casera-local`` bridge at a fixed address, with a named volume at
-/var/lib/docker. How it is started follows docs/facts.md#this-machine-the-local-cloud: ``--privileged`` fails on
-these machines, so every capability but SYS_RESOURCE is added instead.
+/var/lib/docker. How it is started follows docs/facts.md#this-machine-the-local-cloud:
+``--privileged`` fails on these machines, so every capability but SYS_RESOURCE is added
+instead.
 
 Only the addresses are kept on disk (``local_cloud_home()/nodes/leases.json``): everything
 else is read back from Docker (labels), so this state cannot drift from what really runs.

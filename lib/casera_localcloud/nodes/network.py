@@ -46,9 +46,10 @@ def _forward_rule() -> list[str]:
 
 
 def ensure_forwarding() -> str:
-    """Once any dockerd has run, the host's FORWARD policy is DROP (docs/facts.md#this-machine-the-local-cloud).
-    Docker adds a node-to-node ACCEPT for its own bridges today; this rule in DOCKER-USER (the
-    chain Docker leaves to us and evaluates first) keeps nodes talking if that ever changes."""
+    """Once any dockerd has run, the host's FORWARD policy is DROP
+    (docs/facts.md#this-machine-the-local-cloud). Docker adds a node-to-node ACCEPT for its own
+    bridges today; this rule in DOCKER-USER (the chain Docker leaves to us and evaluates
+    first) keeps nodes talking if that ever changes."""
     check = subprocess.run(["iptables", "-w", "5", "-C", *_forward_rule()],
                            capture_output=True, check=False)
     if check.returncode == 0:

@@ -40,8 +40,9 @@ def _kernel_config() -> dict[str, str]:
 
 
 def kernel_limits() -> list[str]:
-    """What this machine's kernel cannot do for Swarm (docs/facts.md#this-machine-the-local-cloud), said wherever
-    the local cloud reports on itself so that no output pretends otherwise."""
+    """What this machine's kernel cannot do for Swarm
+    (docs/facts.md#this-machine-the-local-cloud), said wherever the local cloud reports on
+    itself so that no output pretends otherwise."""
     config = _kernel_config()
     if not config:
         return ["limit: kernel config unreadable; IPVS (Swarm VIPs, routing mesh) and ESP "

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 from b2sdk.v2 import B2Api, InMemoryAccountInfo
 from b2sdk.v2.exception import BadJson, BadRequest, DuplicateBucketName, interpret_b2_error
-from localcloud_harness import free_port, raw_request
+from localcloud_harness import free_port, raw_exchange, raw_request
 
 from casera_localcloud.b2 import service
 
@@ -309,12 +308,8 @@ def test_bad_uploads_are_refused_and_store_nothing(emulator: Emulator) -> None:
 
 def test_malformed_http_gets_json_not_html(emulator: Emulator) -> None:
     # http.server's own refusals were HTML pages; a header line over its 64 KiB limit is one.
-    with socket.create_connection(("127.0.0.1", emulator.port), timeout=10) as sock:
-        sock.sendall(b"GET /b2api/v4/b2_list_buckets HTTP/1.1\r\nHost: x\r\nX-Long: "
-                     + b"a" * 70_000 + b"\r\n\r\n")
-        raw = b""
-        while chunk := sock.recv(65536):
-            raw += chunk
+    raw = raw_exchange(emulator.port, b"GET /b2api/v4/b2_list_buckets HTTP/1.1\r\nHost: x\r\n"
+                       b"X-Long: " + b"a" * 70_000 + b"\r\n\r\n")
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400"), head
     assert b"application/json" in head

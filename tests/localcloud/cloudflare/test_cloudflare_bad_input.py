@@ -9,7 +9,6 @@ this module's own (free port, temp state), so the shared local cloud is never to
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import cloudflare
 import pytest
 from cloudflare import Cloudflare
-from localcloud_harness import free_port, raw_request
+from localcloud_harness import free_port, raw_exchange, raw_request
 
 from casera_localcloud.cloudflare import service
 
@@ -201,12 +200,8 @@ def test_missing_and_wrong_auth(emulator: Emulator) -> None:
 
 def test_malformed_http_gets_the_envelope_not_html(emulator: Emulator) -> None:
     # http.server's own refusals were HTML pages; a header line over its 64 KiB limit is one.
-    with socket.create_connection(("127.0.0.1", emulator.port), timeout=10) as sock:
-        sock.sendall(b"GET /client/v4/zones HTTP/1.1\r\nHost: x\r\nX-Long: "
-                     + b"a" * 70_000 + b"\r\n\r\n")
-        raw = b""
-        while chunk := sock.recv(65536):
-            raw += chunk
+    raw = raw_exchange(emulator.port, b"GET /client/v4/zones HTTP/1.1\r\nHost: x\r\nX-Long: "
+                       + b"a" * 70_000 + b"\r\n\r\n")
     head, _, body = raw.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400"), head
     assert Answer(400, "application/json", body).codes()[0] == 6003

@@ -1,6 +1,6 @@
 """The stand-ins' Asynq key layout against a real redis-server: the structure the runbooks'
-integrity checks read (docs/facts.md#redis-and-asynq: every pending/active id has a t: hash in that state, every
-active id is leased, every queue is in asynq:queues)."""
+integrity checks read (docs/facts.md#redis-and-asynq: every pending/active id has a t: hash in
+that state, every active id is leased, every queue is in asynq:queues)."""
 
 from __future__ import annotations
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import http.client
 import json
-import socket
 from urllib.parse import urlparse
 
 import pytest
+from localcloud_harness import raw_exchange
 
 pytestmark = pytest.mark.localcloud
 
@@ -144,12 +144,7 @@ def test_a_content_length_that_is_not_a_number_is_400(neon_env):
 
 def _raw_exchange(env, request: bytes) -> bytes:
     url = urlparse(env.api_url)
-    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        sock.sendall(request)
-        answer = b""
-        while chunk := sock.recv(65536):
-            answer += chunk
-    return answer
+    return raw_exchange(url.port, request, url.hostname)
 
 
 def test_a_malformed_request_line_gets_json_not_html(neon_env):
