@@ -22,18 +22,22 @@ from typing import Any
 
 import docker
 import docker.errors
+import paramiko
 import pytest
 from docker.transport import UnixHTTPAdapter
 from docker.utils import version_lt
 
+from casera.errors import ProviderError
 from casera.providers import docker_swarm
-from casera.providers.ssh import KnownHosts
+from casera.providers.ssh import HostKeyError, KnownHosts
 
 LIB = Path(__file__).resolve().parents[2] / "lib"
 
 # GET /version of each engine (the fields negotiation reads; values as the engines report).
 DOCKER_29 = {"Version": "29.0.4", "ApiVersion": "1.52", "MinAPIVersion": "1.44"}
 DEBIAN_20_10 = {"Version": "20.10.24+dfsg1", "ApiVersion": "1.41", "MinAPIVersion": "1.12"}
+NOT_A_MANAGER = ("This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm "
+                 "join\" to connect this node to swarm and try again.")
 
 
 class FakeEngine(socketserver.ThreadingUnixStreamServer):
@@ -84,6 +88,10 @@ class _Handler(BaseHTTPRequestHandler):
                                               "ControlAvailable": True,
                                               "Cluster": {"ID": "c1"}, "Managers": 3,
                                               "Nodes": 3, "Error": ""}})
+        if path == "/nodes":
+            # A node outside any swarm: moby daemon/cluster/helpers.go errNoManager, served as
+            # 503 (errdefs.Unavailable).
+            return self._send(503, {"message": NOT_A_MANAGER})
         return self._send(404, {"message": f"page not found: {path}"})
 
 
@@ -139,6 +147,43 @@ def test_connect_negotiates_before_any_call(engine: FakeEngine,
         assert all(p.startswith(f"/v{client.api.api_version}/") for p in engine.paths[1:])
     finally:
         client.close()
+
+
+def test_engine_errors_become_provider_errors_with_the_engine_s_words(
+        engine: FakeEngine, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(docker_swarm, "_KeyedSSHAdapter", lambda *args, **kwargs:
+                        UnixHTTPAdapter(f"http+unix://{engine.server_address}"))
+    client = docker_swarm.connect("10.0.0.9", 22, "casera", "/nonexistent/key",
+                                  known_hosts=KnownHosts(Path("/nonexistent/known_hosts")))
+    try:
+        with pytest.raises(ProviderError) as caught:
+            docker_swarm.nodes(client)
+        assert caught.value.system == "docker" and caught.value.code == "503"
+        assert "not a swarm manager" in str(caught.value) and "nodes" in str(caught.value)
+        assert isinstance(caught.value.__cause__, docker.errors.APIError)
+        with pytest.raises(ProviderError, match="page not found") as caught:
+            docker_swarm.tasks(client)
+        assert caught.value.code == "404"
+    finally:
+        client.close()
+
+
+def test_a_failed_transport_is_an_ssh_provider_error() -> None:
+    @docker_swarm.mapped
+    def dial() -> None:
+        raise paramiko.SSHException("Error reading SSH protocol banner")
+
+    with pytest.raises(ProviderError, match="Error reading SSH protocol banner") as caught:
+        dial()
+    assert caught.value.system == "ssh"
+
+    @docker_swarm.mapped
+    def pinned() -> None:
+        raise HostKeyError("HOST KEY CHANGED for node casera-1")
+
+    # The project's own errors pass through as themselves: a changed key must stop the run.
+    with pytest.raises(HostKeyError):
+        pinned()
 
 
 @pytest.mark.parametrize("version, message", [

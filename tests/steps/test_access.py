@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "localcloud" / "hetzner"))
 from hetzner_harness import TOKEN, Running, start, stop_and_check  # noqa: E402
 
 from casera.context import RunContext  # noqa: E402
+from casera.errors import ProviderError  # noqa: E402
 from casera.operator_secrets import SecretStore  # noqa: E402
 from casera.params import load_params  # noqa: E402
 from casera.providers import ssh  # noqa: E402
@@ -142,8 +143,41 @@ def test_probe_port_tells_open_from_refused() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         port = listener.getsockname()[1]
-        assert access.probe_port("127.0.0.1", port, 1)[0] is True
-    assert access.probe_port("127.0.0.1", port, 1) == (False, "refused")
+        assert ssh.probe_port("127.0.0.1", port, 1)[0] is True
+    assert ssh.probe_port("127.0.0.1", port, 1) == (False, "refused")
+
+
+@pytest.mark.parametrize("attempt, ok, said", [
+    (ssh.PasswordAttempt("refused_by_method", ("publickey",)), True,
+     "refused by method: sshd offers only publickey"),
+    (ssh.PasswordAttempt("refused_by_method", ("publickey", "keyboard-interactive")), False,
+     "still offers keyboard-interactive"),
+    (ssh.PasswordAttempt("wrong_password"), False, "ASKED for casera's password"),
+    (ssh.PasswordAttempt("accepted"), False, "was ACCEPTED"),
+])
+def test_only_a_refusal_by_method_is_green(attempt: ssh.PasswordAttempt, ok: bool,
+                                           said: str) -> None:
+    found, detail = access.password_check(attempt, "casera")
+    assert found is ok and said in detail, detail
+
+
+def test_ssh_failures_are_provider_errors_naming_the_node(tmp_path: Path) -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        port = listener.getsockname()[1]
+    known = ssh.KnownHosts(tmp_path / "none.known_hosts")
+    conn = ssh.connect("127.0.0.1", port, "casera", str(tmp_path / "no-key"), 2,
+                       known_hosts=known, node="casera-1")
+    with pytest.raises(ProviderError, match=f"casera@127.0.0.1:{port}") as caught:
+        ssh.run(conn, "true")
+    assert caught.value.system == "ssh"
+    with pytest.raises(ProviderError, match=f"127.0.0.1:{port}"):
+        ssh.password_attempt(known, "127.0.0.1", port, "casera", 2, "casera-1")
+    with pytest.raises(ProviderError, match=f"casera@127.0.0.1:{port}"):
+        ssh.Pool().get("127.0.0.1", port, "casera", str(tmp_path / "no-key"), 2,
+                       known_hosts=known, node="casera-1")
+    assert ssh.key_login(known, "127.0.0.1", port, "root", str(tmp_path / "no-key"), 2)[0] \
+        == "error"
 
 
 @pytest.fixture

@@ -11,22 +11,34 @@ docker-ce app installs) refuses every client below API 1.44 ("client version 1.4
 Minimum supported API version is 1.44", moby/moby#51186; docs.docker.com/reference/api/engine:
 "API version: 1.52 (minimum version 1.44)" for 29.0.4), while Debian bookworm's docker.io 20.10
 on the local nodes speaks at most 1.41. No single pin serves both.
+
+Facts come back as plain data (dicts and lists, the Engine API's own field names where the
+steps read a spec), operations are functions of a client; the SDK's errors (``docker.errors``)
+and the SSH transport's (paramiko, sockets) become :class:`~casera.errors.ProviderError` with
+``system="docker"`` or ``"ssh"``. ``docker stack deploy`` is a CLI feature (the Engine API has
+no stacks): :func:`stack_deploy` runs it on a manager over SSH through :func:`cli`.
 """
 
 from __future__ import annotations
 
+import functools
 import os
-from collections.abc import Mapping
-from typing import Any
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any, ParamSpec, TypeVar
 
 import docker
+import docker.errors
 import paramiko
 from docker.constants import DEFAULT_DOCKER_API_VERSION, MINIMUM_DOCKER_API_VERSION
 from docker.transport.sshconn import SSHHTTPAdapter
 from docker.utils import version_lt
 
-from casera.errors import CaseraError
+from casera.errors import CaseraError, ProviderError
 from casera.providers import ssh
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 # The newest Engine API this SDK release is written against (docker-py 7.1: 1.44). Speaking a
 # newer one would send requests whose semantics the SDK does not know.
@@ -74,6 +86,29 @@ def negotiate(client: docker.DockerClient, host: str = "the engine") -> str:
     return chosen
 
 
+def mapped(call: Callable[P, T]) -> Callable[P, T]:
+    """Raise the SDK's and the transport's errors as :class:`ProviderError`; the project's
+    own errors (a changed host key, no common API version) pass through as themselves."""
+
+    @functools.wraps(call)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return call(*args, **kwargs)
+        except CaseraError:
+            raise
+        except docker.errors.APIError as exc:
+            raise ProviderError("docker", f"{call.__name__}: {exc.explanation or exc}",
+                                code=str(exc.status_code) if exc.status_code else None
+                                ) from exc
+        except docker.errors.DockerException as exc:
+            raise ProviderError("docker", f"{call.__name__}: {exc}") from exc
+        except ssh.SSH_ERRORS as exc:  # requests' connection errors are OSErrors too
+            raise ProviderError("ssh", f"{call.__name__} (docker over SSH): "
+                                f"{type(exc).__name__}: {exc}"[:400]) from exc
+
+    return wrapper
+
+
 class _KeyedSSHAdapter(SSHHTTPAdapter):
     def __init__(self, base_url: str, key_file: str, timeout: float,
                  host_key_policy: paramiko.MissingHostKeyPolicy) -> None:
@@ -98,6 +133,7 @@ class _KeyedSSHAdapter(SSHHTTPAdapter):
         self.ssh_client.set_missing_host_key_policy(self._host_key_policy)
 
 
+@mapped
 def connect(host: str, port: int, user: str, key_file: str, timeout: float = 10.0, *,
             known_hosts: ssh.KnownHosts, node: str | None = None) -> docker.DockerClient:
     """A DockerClient for the engine on ``host``, reached as ``user`` over SSH on ``port``,
@@ -127,6 +163,9 @@ def cli(command: str) -> str:
     return f"env -u DOCKER_API_VERSION docker {command}"
 
 
+# --- facts -----------------------------------------------------------------------------------
+
+@mapped
 def swarm_state(client: docker.DockerClient) -> dict[str, Any]:
     """The node's view of the swarm: LocalNodeState, NodeID, ControlAvailable, Cluster id."""
     info = client.info().get("Swarm", {})
@@ -137,11 +176,13 @@ def swarm_state(client: docker.DockerClient) -> dict[str, Any]:
             "error": info.get("Error", "")}
 
 
+@mapped
 def join_tokens(client: docker.DockerClient) -> dict[str, str]:
     """Only managers can read them; never print: a manager token lets anyone join."""
     return dict(client.swarm.attrs["JoinTokens"])
 
 
+@mapped
 def nodes(client: docker.DockerClient) -> list[dict[str, Any]]:
     """Swarm nodes as plain data: hostname, id, role, state, availability, leader, address,
     labels, reachability."""
@@ -158,3 +199,182 @@ def nodes(client: docker.DockerClient) -> list[dict[str, Any]]:
             "version": attrs.get("Version", {}).get("Index"),
         })
     return out
+
+
+@mapped
+def services(client: docker.DockerClient, label: str | None = None) -> list[dict[str, Any]]:
+    """Services (all, or those carrying ``label``, ``key`` or ``key=value``) as plain data:
+    id, name, spec (the Engine API's ServiceSpec), previous_spec, update_state."""
+    found = (client.services.list(filters={"label": label}) if label
+             else client.services.list())
+    out = []
+    for service in found:
+        attrs = service.attrs
+        out.append({"id": attrs["ID"], "name": service.name, "spec": attrs.get("Spec") or {},
+                    "previous_spec": attrs.get("PreviousSpec"),
+                    "update_state": (attrs.get("UpdateStatus") or {}).get("State", "")})
+    return out
+
+
+@mapped
+def tasks(client: docker.DockerClient, filters: dict[str, Any] | None = None
+          ) -> list[dict[str, Any]]:
+    """Swarm tasks as the Engine API lists them (``GET /tasks``), optionally filtered
+    (``service``, ``desired-state``, ``node``, ``label``)."""
+    return list(client.api.tasks(filters=filters) if filters else client.api.tasks())
+
+
+@mapped
+def secrets(client: docker.DockerClient, label: str) -> list[dict[str, Any]]:
+    """Docker secrets carrying ``label``: id, name, labels (values are never readable)."""
+    return [{"id": s.id, "name": s.name, "labels": s.attrs["Spec"].get("Labels") or {}}
+            for s in client.secrets.list(filters={"label": label})]
+
+
+@mapped
+def network(client: docker.DockerClient, name: str) -> dict[str, Any] | None:
+    """The network named exactly ``name`` (the API's name filter matches substrings),
+    inspected: Id, Name, Driver, Options, Labels; None when there is none."""
+    for found in client.api.networks(names=[name]):
+        if found.get("Name") == name:
+            return dict(client.api.inspect_network(found["Id"]))
+    return None
+
+
+@mapped
+def volume_names(client: docker.DockerClient) -> list[str]:
+    return [v["Name"] for v in client.api.volumes().get("Volumes") or []]
+
+
+@mapped
+def container_ids(client: docker.DockerClient, label: str) -> list[str]:
+    """Running containers on this engine carrying ``label`` (``key=value``)."""
+    return [c["Id"] for c in client.api.containers(filters={"label": label})]
+
+
+# --- operations --------------------------------------------------------------------------------
+
+@mapped
+def swarm_init(client: docker.DockerClient, address: str) -> str:
+    """Make this node the first manager of a new swarm, advertised and listening on
+    ``address``; returns its node id."""
+    return str(client.swarm.init(advertise_addr=address, listen_addr=f"{address}:2377"))
+
+
+@mapped
+def swarm_join(client: docker.DockerClient, manager_address: str, token: str,
+               address: str) -> None:
+    client.swarm.join(remote_addrs=[f"{manager_address}:2377"], join_token=token,
+                      advertise_addr=address, listen_addr=f"{address}:2377")
+
+
+@mapped
+def remove_node(client: docker.DockerClient, node_id: str, demote: bool) -> None:
+    """Remove a node's entry from the swarm; a manager is demoted first (a manager entry
+    cannot be removed, and a down manager still counts towards the quorum)."""
+    node = client.nodes.get(node_id)
+    if demote:
+        node.update(dict(node.attrs["Spec"], Role="worker"))
+        node.reload()
+    node.remove(force=True)
+
+
+@mapped
+def set_node_labels(client: docker.DockerClient, node_id: str, labels: dict[str, str]) -> None:
+    """Replace the node's labels with ``labels`` (the rest of its spec as it is)."""
+    node = client.nodes.get(node_id)
+    node.update(dict(node.attrs["Spec"], Labels=labels))
+
+
+@mapped
+def create_overlay(client: docker.DockerClient, name: str, encrypted: bool,
+                   labels: dict[str, str]) -> str:
+    """An attachable swarm-scoped overlay network; returns its id."""
+    created = client.networks.create(name, driver="overlay", attachable=True, scope="swarm",
+                                     labels=labels,
+                                     options={"encrypted": "true"} if encrypted else None)
+    return str(created.id)
+
+
+@mapped
+def create_secret(client: docker.DockerClient, name: str, data: bytes,
+                  labels: dict[str, str]) -> str:
+    return str(client.secrets.create(name=name, data=data, labels=labels).id)
+
+
+@mapped
+def create_global_probe(client: docker.DockerClient, image: str, name: str,
+                        command: list[str], network_id: str, labels: dict[str, str],
+                        user: str) -> str:
+    """A global service (one task per node) that is never restarted, on ``network_id``, with
+    DNS round robin (no virtual IP needed); returns its id."""
+    service = client.services.create(
+        image, name=name, mode=docker.types.ServiceMode("global"), command=command,
+        networks=[network_id], endpoint_spec=docker.types.EndpointSpec(mode="dnsrr"),
+        labels=labels, user=user, restart_policy=docker.types.RestartPolicy(condition="none"))
+    return str(service.id)
+
+
+@mapped
+def remove_service(client: docker.DockerClient, service_id: str) -> None:
+    client.api.remove_service(service_id)
+
+
+@mapped
+def exec_exit_code(client: docker.DockerClient, container_id: str, command: list[str]) -> int:
+    """Run ``command`` in a running container and return its exit code (output discarded)."""
+    exec_id = client.api.exec_create(container_id, command)["Id"]
+    client.api.exec_start(exec_id)
+    return int(client.api.exec_inspect(exec_id)["ExitCode"])
+
+
+def stack_deploy(conn: ssh.Connection, stack_file: str, stack: str,
+                 timeout: float = 300) -> None:
+    """``docker stack deploy`` of the file already on the manager, run there over SSH."""
+    ssh.run(conn, cli(f"stack deploy --with-registry-auth -c {stack_file} {stack}"),
+            timeout=timeout)
+
+
+class Pool:
+    """The Docker clients one run keeps open, one per engine, so its steps do not open an SSH
+    transport and negotiate the API again for every call. A client is reused only while it
+    answers ``GET /_ping`` (a restarted node's is replaced)."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, int, str, str, str], docker.DockerClient] = {}
+        self._lock = threading.Lock()
+
+    def get(self, host: str, port: int, user: str, key_file: str, timeout: float = 10.0, *,
+            known_hosts: ssh.KnownHosts, node: str | None = None) -> docker.DockerClient:
+        key = (host, port, user, key_file, str(known_hosts.path))
+        with self._lock:
+            client = self._open.pop(key, None)
+        if client is not None and _alive(client):
+            with self._lock:
+                self._open[key] = client
+            return client
+        if client is not None:
+            client.close()
+        client = connect(host, port, user, key_file, timeout, known_hosts=known_hosts,
+                         node=node)
+        with self._lock:
+            self._open[key] = client
+        return client
+
+    def close(self) -> None:
+        with self._lock:
+            clients, self._open = list(self._open.values()), {}
+        for client in clients:
+            client.close()
+
+
+def _alive(client: docker.DockerClient) -> bool:
+    adapter = getattr(client.api, "_custom_adapter", None)
+    transport = adapter.ssh_client.get_transport() if adapter is not None and getattr(
+        adapter, "ssh_client", None) else None
+    if transport is None or not transport.is_active():
+        return False
+    try:
+        return bool(client.ping())
+    except Exception:  # noqa: BLE001 - any failure means: make a new client
+        return False

@@ -5,23 +5,36 @@ hands it over in the cloud-init user data (``ssh_keys``), so the public half is 
 the first contact; it is kept in a per-environment known_hosts file beside the params
 (``params/<env>.known_hosts``, OpenSSH's format, public keys only) and every connection is
 checked against it. A key that differs stops the connection with a message naming the node.
+
+Besides connections and commands, this module owns the probes the access and stack steps make
+from outside a node (a TCP connect, a login that must be refused, a password attempt, an HTTP
+GET through a tunnel): each returns what it found as plain data, and paramiko's and fabric's
+errors become :class:`~casera.errors.ProviderError` (``system="ssh"``). A
+:class:`HostKeyError` always passes through as itself: it names the node and must stop the run.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
+import io
 import os
+import secrets
+import socket
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fabric import Connection
+from invoke.exceptions import CommandTimedOut, UnexpectedExit
 
-from casera.errors import CaseraError
+from casera.errors import CaseraError, ProviderError
 from casera.operator_secrets import Secret
 from casera.paths import params_file
 
@@ -233,7 +246,189 @@ def connect(host: str, port: int, user: str, key_file: str, timeout: float = 10.
     return conn
 
 
+# What paramiko and the socket layer raise when a connection or a channel fails.
+SSH_ERRORS = (paramiko.SSHException, OSError, EOFError)
+
+
+def _failed(where: str, exc: BaseException) -> ProviderError:
+    return ProviderError("ssh", f"{where}: {type(exc).__name__}: {exc}"[:400])
+
+
 def run(conn: Connection, command: str, timeout: float = 60.0) -> str:
-    """Run a command; raises on a non-zero exit. Returns stdout, stripped."""
-    result = conn.run(command, hide=True, warn=False, timeout=timeout, in_stream=False)
+    """Run a command; returns stdout, stripped. A non-zero exit, a timeout or a failed
+    connection raises :class:`ProviderError` naming the node and the command."""
+    where = f"{conn.user}@{conn.host}:{conn.port}"
+    try:
+        result = conn.run(command, hide=True, warn=False, timeout=timeout, in_stream=False)
+    except UnexpectedExit as exc:
+        output = (exc.result.stderr or exc.result.stdout).strip()[-300:]
+        raise ProviderError("ssh", f"{where}: `{command}` exited {exc.result.exited}: {output}",
+                            code=str(exc.result.exited)) from None
+    except CommandTimedOut:
+        raise ProviderError("ssh", f"{where}: `{command}` did not finish within "
+                            f"{timeout:.0f} s") from None
+    except SSH_ERRORS as exc:
+        raise _failed(where, exc) from exc
     return result.stdout.strip()
+
+
+def put_text(conn: Connection, text: str, remote_path: str) -> None:
+    """Write ``text`` to ``remote_path`` (relative: the login user's home) over SFTP."""
+    try:
+        conn.put(io.StringIO(text), remote_path)
+    except SSH_ERRORS as exc:
+        raise _failed(f"{conn.host}:{conn.port}: writing {remote_path}", exc) from exc
+
+
+class Pool:
+    """The SSH connections one run keeps open, by address, user and key, so its steps do not
+    log in again for every command. A connection is made (and its host key checked against
+    the pins) on first use and made again when its transport has died (a restarted node)."""
+
+    def __init__(self) -> None:
+        self._open: dict[tuple[str, int, str, str, str], Connection] = {}
+        self._lock = threading.Lock()
+
+    def get(self, host: str, port: int, user: str, key_file: str, timeout: float = 10.0, *,
+            known_hosts: KnownHosts, node: str | None = None) -> Connection:
+        key = (host, port, user, key_file, str(known_hosts.path))
+        with self._lock:
+            conn = self._open.pop(key, None)
+        if conn is not None and conn.is_connected:
+            with self._lock:
+                self._open[key] = conn
+            return conn
+        if conn is not None:
+            conn.close()
+        conn = connect(host, port, user, key_file, timeout, known_hosts=known_hosts, node=node)
+        try:
+            conn.open()
+        except HostKeyError:
+            conn.close()
+            raise
+        except SSH_ERRORS as exc:
+            conn.close()
+            raise _failed(f"{user}@{host}:{port}", exc) from exc
+        with self._lock:
+            self._open[key] = conn
+        return conn
+
+    def close(self) -> None:
+        with self._lock:
+            conns, self._open = list(self._open.values()), {}
+        for conn in conns:
+            conn.close()
+
+
+def probe_port(ip: str, port: int, timeout: float) -> tuple[bool, str]:
+    """(answers, what happened) for a TCP connect from here. Answering with anything counts
+    as open; "refused" (nothing listens) and "no answer" (a firewall drops it, as Hetzner's
+    does) both count as closed, and the detail says which."""
+    try:
+        with socket.create_connection((ip, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            try:
+                banner = sock.recv(64).decode(errors="replace").strip()
+            except OSError:
+                banner = ""
+            return True, f"OPEN{': ' + banner if banner else ''}"
+    except ConnectionRefusedError:
+        return False, "refused"
+    except TimeoutError:
+        return False, f"no answer in {timeout:.0f} s (filtered)"
+    except OSError as exc:
+        if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+            return False, f"unreachable ({exc.strerror})"
+        raise ProviderError("ssh", f"TCP probe of {ip}:{port}: {type(exc).__name__}: {exc}"
+                            ) from exc
+
+
+def key_login(known: KnownHosts, ip: str, port: int, user: str, key_file: str,
+              timeout: float, node: str | None = None) -> tuple[Literal["refused", "accepted",
+                                                                         "error"], str]:
+    """Try to log in as ``user`` with ``key_file`` on a fresh connection (the host key checked
+    against the pins) and close it at once: ("refused", ...) when sshd turns the key down,
+    ("accepted", ...) when it lets the login in, ("error", what) when it did neither."""
+    client = pinned_client(known, ip, port, node)
+    try:
+        client.connect(ip, port=port, username=user, key_filename=os.path.expanduser(key_file),
+                       allow_agent=False, look_for_keys=False, timeout=timeout,
+                       banner_timeout=timeout, auth_timeout=timeout)
+    except paramiko.AuthenticationException:
+        return "refused", f"{user} with the key: authentication refused"
+    except SSH_ERRORS as exc:
+        return "error", f"unexpected {type(exc).__name__}: {exc}"
+    finally:
+        client.close()
+    return "accepted", f"{user} with the key: login ACCEPTED"
+
+
+@dataclass(frozen=True)
+class PasswordAttempt:
+    """What sshd answered to one password login with a random password: ``refused_by_method``
+    (passwords are not an allowed method at all; ``offered`` lists what is), ``wrong_password``
+    (sshd would take the right one) or ``accepted``."""
+
+    outcome: Literal["refused_by_method", "wrong_password", "accepted"]
+    offered: tuple[str, ...] = ()
+
+
+def password_attempt(known: KnownHosts, ip: str, port: int, user: str, timeout: float,
+                     node: str | None = None) -> PasswordAttempt:
+    """Try a real password login as ``user`` with a random password, over a fresh transport
+    whose host key is checked against the pins first."""
+    try:
+        sock = socket.create_connection((ip, port), timeout=timeout)
+    except OSError as exc:
+        raise _failed(f"{ip}:{port}", exc) from exc
+    with sock:
+        transport = paramiko.Transport(sock)
+        try:
+            transport.start_client(timeout=timeout)
+            check_transport(known, transport, ip, port, node)
+            try:
+                transport.auth_password(user, secrets.token_urlsafe(18))
+            except paramiko.BadAuthenticationType as exc:
+                return PasswordAttempt("refused_by_method", tuple(exc.allowed_types))
+            except paramiko.AuthenticationException:
+                return PasswordAttempt("wrong_password")
+            return PasswordAttempt("accepted")
+        except SSH_ERRORS as exc:
+            raise _failed(f"password attempt as {user} on {ip}:{port}", exc) from exc
+        finally:
+            transport.close()
+
+
+def http_through_tunnel(conn: Connection, port: int, path: str,
+                        timeout: float = 10.0) -> tuple[int, str]:
+    """GET ``path`` from the node's own 127.0.0.1:``port`` over the SSH connection's
+    direct-tcpip channel: exactly what ``ssh -L`` does for an operator. Returns the status
+    and the first line of the body."""
+    where = f"{conn.host}:{conn.port} -> 127.0.0.1:{port}{path}"
+    try:
+        conn.open()
+        transport = conn.client.get_transport()
+        if transport is None:
+            raise ProviderError("ssh", f"{where}: the SSH connection has no transport")
+        channel = transport.open_channel("direct-tcpip", ("127.0.0.1", port),
+                                         ("127.0.0.1", 0), timeout=timeout)
+        try:
+            channel.settimeout(timeout)
+            channel.sendall(f"GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n".encode())
+            raw = b""
+            while len(raw) < 65536:
+                chunk = channel.recv(4096)
+                if not chunk:
+                    break
+                raw += chunk
+        finally:
+            channel.close()
+    except SSH_ERRORS as exc:
+        raise _failed(where, exc) from exc
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
+    parts = status_line.split()
+    if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
+        raise ProviderError("ssh", f"{where}: not an HTTP answer: {status_line[:80]!r}")
+    first_line = next(iter(body.decode(errors="replace").strip().splitlines()), "")
+    return int(parts[1]), first_line[:80]

@@ -9,18 +9,14 @@ port sshd was seen to listen on. Every connection checks the node's pinned host 
 
 from __future__ import annotations
 
-import errno
-import os
 import re
-import secrets
-import socket
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-
-import paramiko
+from typing import Any, TypeVar
 
 from casera.context import RunContext
 from casera.errors import WaitTimeout
-from casera.gate import confirm
+from casera.plan import Plan, apply
 from casera.progress import wait_for
 from casera.providers import ssh
 from casera.result import StepResult, timed
@@ -44,9 +40,31 @@ def node_addresses(ctx: RunContext) -> dict[str, str]:
     return server_addresses(ctx)
 
 
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+def parallel(call: Callable[[T], U], items: list[T]) -> list[U]:
+    """``call`` on every item at once (one thread each: the work is waiting on the network),
+    results in the order of ``items``; the first exception is raised."""
+    if not items:
+        return []
+    with ThreadPoolExecutor(min(16, len(items))) as pool:
+        return list(pool.map(call, items))
+
+
+def node_ssh(ctx: RunContext, name: str, ip: str) -> ssh.Connection:
+    """The run's open SSH connection to ``name`` as the admin user (made on first use, the
+    host key checked against the pins; later steps of the run reuse it)."""
+    s = ctx.params.ssh
+    pool: ssh.Pool = ctx.shared.setdefault("ssh", ssh.Pool())
+    return pool.get(ip, s.port, s.admin_user, s.private_key_file, s.connect_timeout_s,
+                    known_hosts=known_hosts(ctx), node=name)
+
+
 def _admin_ssh_ok(ctx: RunContext, name: str, ip: str) -> str | ssh.HostKeyError | None:
-    """cloud-init's status and the admin's groups; a HostKeyError is returned, not raised,
-    so that wait_for (which retries on exceptions) stops at once on it."""
+    """cloud-init's status and the admin's groups, over a fresh connection; a HostKeyError is
+    returned, not raised, so that waiting (which retries on other errors) stops at once."""
     s = ctx.params.ssh
     try:
         with ssh.connect(ip, s.port, s.admin_user, s.private_key_file, s.connect_timeout_s,
@@ -61,11 +79,37 @@ def _admin_ssh_ok(ctx: RunContext, name: str, ip: str) -> str | ssh.HostKeyError
         return exc
 
 
-def _wait_admin(ctx: RunContext, what: str, name: str, ip: str, timeout: float) -> str:
-    answer = wait_for(what, lambda: _admin_ssh_ok(ctx, name, ip), timeout)
-    if isinstance(answer, ssh.HostKeyError):
-        raise answer
-    return answer
+def _wait_admins(ctx: RunContext, nodes: dict[str, str], what: str,
+                 timeout: float) -> tuple[dict[str, str], dict[str, str]]:
+    """(name -> the admin's answer, for each of ``nodes`` that answered within ``timeout``;
+    name -> the last error of each that did not). Every node is tried at once, under one
+    progress bar. A changed host key raises at once."""
+    answers: dict[str, str] = {}
+    last: dict[str, str] = {name: "no answer yet" for name in nodes}
+
+    def attempt(name: str) -> str | ssh.HostKeyError | None:
+        try:
+            return _admin_ssh_ok(ctx, name, nodes[name])
+        except Exception as exc:  # noqa: BLE001 - not answering yet is what we wait through
+            last[name] = f"{type(exc).__name__}: {exc}"[:200]
+            return None
+
+    def probe() -> bool | ssh.HostKeyError | None:
+        pending = [name for name in nodes if name not in answers]
+        for name, answer in zip(pending, parallel(attempt, pending), strict=True):
+            if isinstance(answer, ssh.HostKeyError):
+                return answer
+            if answer:
+                answers[name] = answer
+        return len(answers) == len(nodes) or None
+
+    try:
+        stopped = wait_for(what, probe, timeout)
+    except WaitTimeout:
+        stopped = None
+    if isinstance(stopped, ssh.HostKeyError):
+        raise stopped
+    return answers, {name: error for name, error in last.items() if name not in answers}
 
 
 def wait_for_ssh(ctx: RunContext, patience: float = 120, timeout: float = 300) -> StepResult:
@@ -83,21 +127,31 @@ def wait_for_ssh(ctx: RunContext, patience: float = 120, timeout: float = 300) -
         if ctx.dry_run and not nodes:
             result.reason = "no servers yet: nothing to reach"
             return result
+        answers, errors = _wait_admins(ctx, nodes, f"SSH as {s.admin_user} on {len(nodes)} node(s) "
+                               f"(:{s.port})", 60 if ctx.dry_run else patience)
+        silent = [name for name in nodes if name not in answers]
+        plan = Plan(gate_title=f"Reset {', '.join(silent)}: a hard reset is like pulling the "
+                    "plug; data on disk stays")
+        for name in silent:
+            plan.add(f"~ server {name}: hard reset (no SSH for {patience:.0f} s)",
+                     lambda n=name: reset_server(ctx, n), destructive=True)
+        if apply(ctx, result, plan).dry_run:
+            for name in silent:
+                result.check(f"{name} ssh", False, f"not answering ({errors[name]}); a real "
+                             "run resets it")
+        elif silent:
+            back, errors = _wait_admins(ctx, {n: nodes[n] for n in silent},
+                                f"SSH on {', '.join(silent)} after a reset", timeout)
+            for name in silent:
+                if name not in back:
+                    raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for SSH as "
+                                      f"{s.admin_user} on {name} ({nodes[name]}:{s.port}) "
+                                      f"after a hard reset; last answer: {errors[name]}")
+            answers.update(back)
         for name, ip in nodes.items():
-            what = f"SSH as {s.admin_user} on {name} ({ip}:{s.port})"
-            try:
-                answer = _wait_admin(ctx, what, name, ip, 60 if ctx.dry_run else patience)
-            except WaitTimeout:
-                result.changed += 1
-                result.diff.append(f"~ server {name}: hard reset (no SSH for {patience:.0f} s)")
-                if ctx.dry_run:
-                    result.check(f"{name} ssh", False, "not answering; a real run resets it")
-                    continue
-                confirm(ctx, f"Reset server {name}", [f"~ {name} ({ip}): hard reset, like "
-                                                      "pulling the plug; data on disk stays"])
-                reset_server(ctx, name)
-                answer = _wait_admin(ctx, f"{what} after a reset", name, ip, timeout)
-            status, _, groups = answer.partition("\n")
+            if name not in answers:
+                continue
+            status, _, groups = answers[name].partition("\n")
             result.check(f"{name} cloud-init done", "error" not in status,
                          f"{ip}:{s.port}, pinned host key, {status.strip()}")
             result.check(f"{name} admin in docker group", "docker" in groups.split(),
@@ -105,69 +159,18 @@ def wait_for_ssh(ctx: RunContext, patience: float = 120, timeout: float = 300) -
     return result
 
 
-def _password_refused(known: ssh.KnownHosts, name: str, ip: str, port: int, user: str,
-                      timeout: float) -> tuple[bool, str]:
-    """Try a real password login with a random password. Refused *by method* is the good
-    outcome: sshd answers that passwords are not allowed at all, whereas a "wrong password"
-    answer means it would take the right one."""
-    with socket.create_connection((ip, port), timeout=timeout) as sock:
-        transport = paramiko.Transport(sock)
-        try:
-            transport.start_client(timeout=timeout)
-            ssh.check_transport(known, transport, ip, port, name)
-            try:
-                transport.auth_password(user, secrets.token_urlsafe(18))
-            except paramiko.BadAuthenticationType as exc:
-                offered = list(exc.allowed_types)
-                bad = PASSWORD_METHODS & set(offered)
-                if bad:
-                    return False, f"sshd still offers {', '.join(sorted(bad))} to {user}"
-                return True, (f"password for {user} refused by method: sshd offers only "
-                              f"{', '.join(offered)}")
-            except paramiko.AuthenticationException:
-                return False, f"sshd ASKED for {user}'s password (wrong one refused only)"
-            return False, f"a random password for {user} was ACCEPTED"
-        finally:
-            transport.close()
-
-
-def _login_refused(known: ssh.KnownHosts, name: str, ip: str, port: int, user: str,
-                   timeout: float, key_file: str) -> str | None:
-    """None when a login with a valid key is refused (the good outcome); else what happened."""
-    client = ssh.pinned_client(known, ip, port, name)
-    try:
-        client.connect(ip, port=port, username=user, key_filename=key_file, allow_agent=False,
-                       look_for_keys=False, timeout=timeout, banner_timeout=timeout,
-                       auth_timeout=timeout)
-    except paramiko.AuthenticationException:
-        return None
-    except (OSError, paramiko.SSHException) as exc:
-        return f"unexpected {type(exc).__name__}: {exc}"
-    finally:
-        client.close()
-    return "login ACCEPTED"
-
-
-def probe_port(ip: str, port: int, timeout: float) -> tuple[bool, str]:
-    """(answers, what happened) for a TCP connect from here. Answering with anything counts
-    as open; "refused" (nothing listens) and "no answer" (a firewall drops it, as Hetzner's
-    does) both count as closed, and the detail says which."""
-    try:
-        with socket.create_connection((ip, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            try:
-                banner = sock.recv(64).decode(errors="replace").strip()
-            except OSError:
-                banner = ""
-            return True, f"OPEN{': ' + banner if banner else ''}"
-    except ConnectionRefusedError:
-        return False, "refused"
-    except TimeoutError:
-        return False, f"no answer in {timeout:.0f} s (filtered)"
-    except OSError as exc:
-        if exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-            return False, f"unreachable ({exc.strerror})"
-        raise
+def password_check(attempt: ssh.PasswordAttempt, user: str) -> tuple[bool, str]:
+    """Refused *by method* is the good outcome: sshd answers that passwords are not allowed
+    at all, whereas a "wrong password" answer means it would take the right one."""
+    if attempt.outcome == "refused_by_method":
+        bad = PASSWORD_METHODS & set(attempt.offered)
+        if bad:
+            return False, f"sshd still offers {', '.join(sorted(bad))} to {user}"
+        return True, (f"password for {user} refused by method: sshd offers only "
+                      f"{', '.join(attempt.offered)}")
+    if attempt.outcome == "wrong_password":
+        return False, f"sshd ASKED for {user}'s password (wrong one refused only)"
+    return False, f"a random password for {user} was ACCEPTED"
 
 
 def sshd_ports(sshd_t: str) -> set[int]:
@@ -192,10 +195,13 @@ def listening_ports(ss_output: str, process: str = "sshd") -> set[int]:
 def verify_ssh_hardening(ctx: RunContext) -> StepResult:
     """sshd's settings say no root, no passwords; sshd listens on ``ssh.port`` and nothing
     else; and from here: port 22 and every other port sshd had do not answer, a root login
-    with the operator's valid key is refused, and a password login is refused by method."""
+    with the operator's valid key is refused, and a password login is refused by method.
+
+    Two rounds, each over every node at once: what sshd says inside each node, then every
+    probe from outside (a firewall drops rather than refuses, so each closed port costs its
+    whole timeout: waiting probe by probe would add up)."""
     s = ctx.params.ssh
     known = known_hosts(ctx)
-    key_file = os.path.expanduser(s.private_key_file)
     probe_timeout = min(s.connect_timeout_s, 3.0)
     with timed(StepResult("ssh hardening", f"{len(ctx.params.server_names())} nodes",
                           dry_run=ctx.dry_run)) as result:
@@ -203,21 +209,34 @@ def verify_ssh_hardening(ctx: RunContext) -> StepResult:
         if ctx.dry_run and not nodes:
             result.reason = "no servers yet: nothing to check"
             return result
-        inside: dict[str, tuple[str, str]] = {}
+
+        def inside(name: str) -> tuple[str, str]:
+            conn = node_ssh(ctx, name, nodes[name])
+            return ssh.run(conn, "sudo sshd -T"), ssh.run(conn, LISTENERS_COMMAND)
+
+        seen = dict(zip(nodes, parallel(inside, list(nodes)), strict=True))
+        # Every port sshd is configured for or was seen on, plus 22.
+        to_probe = sorted((name, port) for name, (sshd_t, ss_out) in seen.items()
+                          for port in (sshd_ports(sshd_t) | listening_ports(ss_out) | {22})
+                          - {s.port})
+        users = list(dict.fromkeys((s.admin_user, "root")))
+        calls: list[Callable[[], Any]] = [
+            lambda n=name, port=port: ssh.probe_port(nodes[n], port, probe_timeout)
+            for name, port in to_probe]
+        # Hetzner puts the operator's key in root's authorized_keys: only sshd's
+        # PermitRootLogin stands between that key and a root shell.
+        calls += [lambda n=name: ssh.key_login(known, nodes[n], s.port, "root",
+                                               s.private_key_file, s.connect_timeout_s, n)
+                  for name in nodes]
+        calls += [lambda n=name, u=user: ssh.password_attempt(known, nodes[n], s.port, u,
+                                                              s.connect_timeout_s, n)
+                  for name in nodes for user in users]
+        found = iter(parallel(lambda call: call(), calls))
+        probes = {pair: next(found) for pair in to_probe}
+        root = {name: next(found) for name in nodes}
+        passwords = {(name, user): next(found) for name in nodes for user in users}
         for name, ip in nodes.items():
-            with ssh.connect(ip, s.port, s.admin_user, s.private_key_file, s.connect_timeout_s,
-                             known_hosts=known, node=name) as conn:
-                inside[name] = (ssh.run(conn, "sudo sshd -T"), ssh.run(conn, LISTENERS_COMMAND))
-        # Every port sshd is configured for or was seen on, plus 22, probed from here at once:
-        # a firewall drops rather than refuses, and waiting node by node would add up.
-        to_probe = {(name, port) for name, (sshd_t, ss_out) in inside.items()
-                    for port in (sshd_ports(sshd_t) | listening_ports(ss_out) | {22}) - {s.port}}
-        with ThreadPoolExecutor(max(1, min(8, len(to_probe)))) as pool:
-            probes = dict(zip(sorted(to_probe), pool.map(
-                lambda np: probe_port(nodes[np[0]], np[1], probe_timeout), sorted(to_probe)),
-                strict=True))
-        for name, ip in nodes.items():
-            sshd_t, ss_out = inside[name]
+            sshd_t, ss_out = seen[name]
             configured, listening = sshd_ports(sshd_t), listening_ports(ss_out)
             result.check(f"{name} sshd ports", configured == {s.port},
                          f"sshd -T: port {', '.join(map(str, sorted(configured))) or 'none'}")
@@ -230,18 +249,15 @@ def verify_ssh_hardening(ctx: RunContext) -> StepResult:
             result.check(f"{name} sshd settings", not wrong,
                          ", ".join(f"{k} {v}" for k, v in EXPECTED_SSHD.items())
                          if not wrong else f"expected no, got {wrong}")
-            for (node, port), (answers, detail) in sorted(probes.items()):
+            for (node, port), (answers, detail) in probes.items():
                 if node == name:
                     result.check(f"{name} port {port} closed from outside", not answers,
                                  f"{ip}:{port} {detail}")
-            # Hetzner puts the operator's key in root's authorized_keys: only sshd's
-            # PermitRootLogin stands between that key and a root shell.
-            root = _login_refused(known, name, ip, s.port, "root", s.connect_timeout_s,
-                                  key_file)
-            result.check(f"{name} root login refused", root is None,
-                         root or "root with the operator's valid key: refused")
-            for user in dict.fromkeys((s.admin_user, "root")):
-                refused, detail = _password_refused(known, name, ip, s.port, user,
-                                                    s.connect_timeout_s)
+            outcome, detail = root[name]
+            result.check(f"{name} root login refused", outcome == "refused",
+                         "root with the operator's valid key: refused"
+                         if outcome == "refused" else detail)
+            for user in users:
+                refused, detail = password_check(passwords[name, user], user)
                 result.check(f"{name} password login refused ({user})", refused, detail)
     return result

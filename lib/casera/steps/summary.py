@@ -145,11 +145,13 @@ def inventory(ctx: RunContext) -> StepResult:
                    hetzner.for_env(p, ctx.secrets).servers.list(p.cluster_label)}
         roles: dict[str, str] = {}
         services: dict[str, Any] = {}
+        running_now: dict[str, list[Any]] = {}
         try:
             manager = swarm.manager_client(ctx, exits)
             for entry in docker_swarm.nodes(manager):
                 roles[entry["hostname"]] = (f"{entry['role']}, {entry['state']}"
                                             + (", leader" if entry["leader"] else ""))
+            running_now = stack.running_tasks(manager)
             services = stack.stack_services(manager)
         except Exception as exc:  # noqa: BLE001 - an inventory reports what it cannot see
             result.diff.append(f"  swarm not readable: {type(exc).__name__}: {exc}")
@@ -160,10 +162,9 @@ def inventory(ctx: RunContext) -> StepResult:
                          f"{server.status if server else 'missing'}, {ip}, "
                          f"{roles.get(name, 'not in the swarm')}")
         for name, service in sorted(services.items()):
-            spec = service.attrs["Spec"]
+            spec = service["spec"]
             wanted = spec.get("Mode", {}).get("Replicated", {}).get("Replicas", "-")
-            running = sum(1 for t in service.tasks(filters={"desired-state": "running"})
-                          if t["Status"]["State"] == "running")
+            running = len(running_now.get(service["id"], []))
             image = spec["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0]
             report(f"service {name}", running == wanted,
                          f"{running}/{wanted} running, {image}")

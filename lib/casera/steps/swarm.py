@@ -8,40 +8,52 @@ before the new server joins, so the manager count stays what params say.
 
 from __future__ import annotations
 
+import functools
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-import docker
-
 from casera.context import RunContext
 from casera.errors import StepFailed, WaitTimeout
-from casera.gate import confirm
+from casera.plan import Plan, apply
 from casera.progress import wait_for
-from casera.providers import docker_swarm, ssh
+from casera.providers import docker_swarm
 from casera.result import StepResult, timed
-from casera.steps.access import node_addresses
+from casera.steps.access import known_hosts, node_addresses, parallel
 
 REDIS_LABEL = "casera.redis"
 DOZZLE_LABEL = "casera.dozzle"
 
+# A Docker client (docker.DockerClient); steps hold it and hand it back to the provider.
+DockerClient = Any
+
+
+def docker_pool(ctx: RunContext) -> docker_swarm.Pool:
+    """The run's open Docker clients: every step of a run reuses them."""
+    return ctx.shared.setdefault("docker", docker_swarm.Pool())
+
+
+def _clients(ctx: RunContext, nodes: dict[str, str], connect: Any) -> dict[str, DockerClient]:
+    s = ctx.params.ssh
+    known = known_hosts(ctx)
+    made = parallel(lambda item: connect(item[1], s.port, s.admin_user, s.private_key_file,
+                                         s.connect_timeout_s, known_hosts=known, node=item[0]),
+                    list(nodes.items()))
+    return dict(zip(nodes, made, strict=True))
+
 
 def docker_clients(ctx: RunContext, stack: ExitStack,
-                   nodes: dict[str, str] | None = None) -> dict[str, docker.DockerClient]:
-    """name -> Docker client over SSH, closed when ``stack`` closes."""
-    s = ctx.params.ssh
-    clients = {}
-    for name, ip in (nodes or node_addresses(ctx)).items():
-        client = docker_swarm.connect(ip, s.port, s.admin_user, s.private_key_file,
-                                      s.connect_timeout_s, node=name,
-                                      known_hosts=ssh.KnownHosts.for_env(ctx.params.env))
+                   nodes: dict[str, str] | None = None) -> dict[str, DockerClient]:
+    """name -> a Docker client of the caller's own (not the run's shared one, so a thread may
+    use it alone), closed when ``stack`` closes."""
+    clients = _clients(ctx, nodes if nodes is not None else node_addresses(ctx),
+                       docker_swarm.connect)
+    for client in clients.values():
         stack.callback(client.close)
-        clients[name] = client
     return clients
 
 
-def manager_name(clients: dict[str, docker.DockerClient],
-                 states: dict[str, dict[str, Any]]) -> str | None:
+def manager_name(states: dict[str, dict[str, Any]]) -> str | None:
     """A node that is an active manager of the swarm (the first in params order)."""
     for name, state in states.items():
         if state["state"] == "active" and state["manager"]:
@@ -55,52 +67,69 @@ class Cluster:
     state, and an active manager (None before the swarm exists)."""
 
     nodes: dict[str, str]
-    clients: dict[str, docker.DockerClient]
+    clients: dict[str, DockerClient]
     states: dict[str, dict[str, Any]]
     leader: str | None
 
     @property
-    def manager(self) -> docker.DockerClient:
+    def manager(self) -> DockerClient:
         if self.leader is None:
             raise StepFailed("no swarm manager answers: run the swarm step first")
         return self.clients[self.leader]
 
 
-def connect_cluster(ctx: RunContext, stack: ExitStack,
-                    nodes: dict[str, str] | None = None) -> Cluster:
+def connect_cluster(ctx: RunContext, nodes: dict[str, str] | None = None) -> Cluster:
+    """Every server's engine (the run's shared clients, opened at once) and its swarm state."""
     nodes = nodes if nodes is not None else node_addresses(ctx)
-    clients = docker_clients(ctx, stack, nodes)
-    states = {name: docker_swarm.swarm_state(client) for name, client in clients.items()}
-    return Cluster(nodes, clients, states, manager_name(clients, states))
+    clients = _clients(ctx, nodes, docker_pool(ctx).get)
+    states = dict(zip(clients, parallel(docker_swarm.swarm_state, list(clients.values())),
+                      strict=True))
+    return Cluster(nodes, clients, states, manager_name(states))
 
 
-def manager_client(ctx: RunContext, stack: ExitStack) -> docker.DockerClient:
-    """A Docker client on an active manager; raises when no swarm answers."""
-    return connect_cluster(ctx, stack).manager
+def cluster_or_reason(ctx: RunContext, need_swarm: bool = True) -> tuple[Cluster | None, str]:
+    """The connected cluster, or why there is none: "no servers yet" or, when ``need_swarm``,
+    "no swarm yet". Only a dry run gets the reason (it plans on what its earlier steps would
+    make, see ``ctx.planned``); a run raises, naming the step to run first."""
+    nodes = node_addresses(ctx)
+    if nodes:
+        cluster = connect_cluster(ctx, nodes)
+        if cluster.leader is not None or not need_swarm:
+            return cluster, ""
+        reason = "no swarm yet"
+    else:
+        reason = "no servers yet"
+    if not ctx.dry_run:
+        raise StepFailed(f"{reason}: run the servers and swarm steps of the bootstrap first")
+    return None, f"{reason}: planned on what the earlier steps would make"
+
+
+def manager_client(ctx: RunContext, stack: ExitStack | None = None) -> DockerClient:
+    """The run's Docker client on an active manager; raises when no swarm answers. (``stack``
+    is not used: the client stays open for the rest of the run.)"""
+    return connect_cluster(ctx).manager
 
 
 def ensure_swarm(ctx: RunContext, timeout: float = 120) -> StepResult:
     """One swarm, every server a manager, initialised on the first server when none exists."""
     with timed(StepResult("swarm", f"{len(ctx.params.server_names())} managers",
-                          dry_run=ctx.dry_run)) as result, ExitStack() as stack:
-        nodes = node_addresses(ctx)
-        if ctx.dry_run and not nodes:
-            result.changed = len(ctx.params.server_names())
-            result.diff = [f"+ swarm init on {ctx.params.server_names()[0]}"] + [
-                f"+ {n} joins as manager" for n in ctx.params.server_names()[1:]]
+                          dry_run=ctx.dry_run)) as result:
+        plan = Plan(gate_title="Remove swarm entries of replaced servers")
+        cluster, result.reason = cluster_or_reason(ctx, need_swarm=False)
+        if cluster is None:
+            first, *others = ctx.params.server_names()
+            plan.add(f"+ swarm init on {first}")
+            for name in others:
+                plan.add(f"+ {name} joins as manager")
+            apply(ctx, result, plan)
             return result
-        cluster = connect_cluster(ctx, stack, nodes)
-        clients, states, leader = cluster.clients, cluster.states, cluster.leader
+        nodes, clients, states, leader = (cluster.nodes, cluster.clients, cluster.states,
+                                          cluster.leader)
         if leader is None:
-            first = next(iter(nodes))
-            result.diff.append(f"+ swarm init on {first} (advertise {nodes[first]})")
-            result.changed += 1
-            if not ctx.dry_run:
-                clients[first].swarm.init(advertise_addr=nodes[first],
-                                          listen_addr=f"{nodes[first]}:2377")
-                states[first] = docker_swarm.swarm_state(clients[first])
-            leader = first
-        cluster_id = states[leader]["cluster_id"]
+            leader = next(iter(nodes))
+            plan.add(f"+ swarm init on {leader} (advertise {nodes[leader]})",
+                     functools.partial(docker_swarm.swarm_init, clients[leader], nodes[leader]))
+        cluster_id = states[leader]["cluster_id"]  # None until the init above
         foreign = [n for n, st in states.items() if st["state"] == "active"
                    and st["cluster_id"] not in (None, cluster_id)]
         if foreign:
@@ -108,33 +137,28 @@ def ensure_swarm(ctx: RunContext, timeout: float = 120) -> StepResult:
                              "take them over. Check which swarm is the real one, then "
                              "`docker swarm leave --force` on the others by hand")
         joining = [n for n, st in states.items() if st["state"] == "inactive" and n != leader]
-        # In a dry run on a fresh cluster the leader is only planned: nothing to clean yet.
-        active = states[leader]["state"] == "active"
-        stale = _stale_entries(clients[leader], joining) if active else []
-        result.diff += [f"- stale swarm entry {e['hostname']} ({e['id'][:12]}, {e['state']})"
-                        for e in stale]
-        result.diff += [f"+ {n} joins as manager via {leader}" for n in joining]
-        result.changed += len(stale) + len(joining)
-        if not result.changed:
+        # Before the init there is nothing to clean yet.
+        if states[leader]["state"] == "active":
+            for entry in _stale_entries(clients[leader], joining):
+                plan.add(f"- stale swarm entry {entry['hostname']} ({entry['id'][:12]}, "
+                         f"{entry['state']})", functools.partial(
+                             docker_swarm.remove_node, clients[leader], entry["id"],
+                             demote=entry["role"] == "manager"), destructive=True)
+        # Read after the init (made first): only then does the new swarm have a token.
+        token = functools.cache(lambda: docker_swarm.join_tokens(clients[leader])["Manager"])
+        for name in joining:
+            plan.add(f"+ {name} joins as manager via {leader}", functools.partial(
+                lambda n: docker_swarm.swarm_join(clients[n], nodes[leader], token(), nodes[n]),
+                name))
+        if not plan:
             result.reason = "every server is already a manager of this swarm"
-        if ctx.dry_run:
+        if apply(ctx, result, plan).dry_run:
             return result
-        if stale:
-            confirm(ctx, "Remove swarm entries of replaced servers",
-                    [f"- {e['hostname']} {e['id'][:12]} ({e['state']})" for e in stale])
-            for entry in stale:
-                _remove_node(clients[leader], entry)
-        if joining:
-            token = docker_swarm.join_tokens(clients[leader])["Manager"]
-            for name in joining:
-                clients[name].swarm.join(remote_addrs=[f"{nodes[leader]}:2377"],
-                                         join_token=token, advertise_addr=nodes[name],
-                                         listen_addr=f"{nodes[name]}:2377")
-        _verify_managers(ctx, clients[leader], nodes, result, timeout)
+        _verify_managers(clients[leader], nodes, result, timeout)
     return result
 
 
-def _stale_entries(client: docker.DockerClient, joining: list[str]) -> list[dict[str, Any]]:
+def _stale_entries(client: DockerClient, joining: list[str]) -> list[dict[str, Any]]:
     """Entries of hostnames about to (re)join, or that are down while another entry of the
     same hostname is ready: both are what a replaced server leaves behind."""
     entries = docker_swarm.nodes(client)
@@ -143,17 +167,8 @@ def _stale_entries(client: docker.DockerClient, joining: list[str]) -> list[dict
             (e["hostname"] in joining or e["hostname"] in ready)]
 
 
-def _remove_node(client: docker.DockerClient, entry: dict[str, Any]) -> None:
-    node = client.nodes.get(entry["id"])
-    if entry["role"] == "manager":
-        spec = dict(node.attrs["Spec"], Role="worker")
-        node.update(spec)
-        node.reload()
-    node.remove(force=True)
-
-
-def _verify_managers(ctx: RunContext, client: docker.DockerClient, nodes: dict[str, str],
-                     result: StepResult, timeout: float) -> None:
+def _verify_managers(client: DockerClient, nodes: dict[str, str], result: StepResult,
+                     timeout: float) -> None:
     wanted = set(nodes)
 
     def converged() -> list[dict[str, Any]] | None:
@@ -175,23 +190,22 @@ def _verify_managers(ctx: RunContext, client: docker.DockerClient, nodes: dict[s
 
 def verify_swarm(ctx: RunContext) -> StepResult:
     """Seen from every node: the same swarm, every server a ready, reachable manager."""
-    with timed(StepResult("swarm health", "all nodes", dry_run=ctx.dry_run)) as result, \
-            ExitStack() as stack:
-        nodes = node_addresses(ctx)
-        if ctx.dry_run and not nodes:
-            result.reason = "no servers yet"
+    with timed(StepResult("swarm health", "all nodes", dry_run=ctx.dry_run)) as result:
+        cluster, result.reason = cluster_or_reason(ctx, need_swarm=False)
+        if cluster is None or (ctx.dry_run and cluster.leader is None):
+            # A dry run before the swarm exists: nothing to check yet.
+            result.reason = result.reason or "no swarm yet: nothing to check in a dry run"
             return result
-        cluster = connect_cluster(ctx, stack, nodes)
         states = cluster.states
         clusters = {st["cluster_id"] for st in states.values()}
         result.check("one swarm", len(clusters) == 1 and None not in clusters,
-                     f"{len(clusters)} cluster id(s) among {len(nodes)} nodes")
+                     f"{len(clusters)} cluster id(s) among {len(cluster.nodes)} nodes")
         for name, state in states.items():
             result.check(f"{name} manager", state["manager"],
                          f"{state['state']}, sees {state['managers']} managers"
                          + (f", error {state['error']}" if state["error"] else ""))
         if cluster.leader:
-            _verify_managers(ctx, cluster.manager, nodes, result, 30)
+            _verify_managers(cluster.manager, cluster.nodes, result, 30)
     return result
 
 
@@ -211,21 +225,18 @@ def desired_node_labels(ctx: RunContext, names: list[str]) -> dict[str, dict[str
 def ensure_node_labels(ctx: RunContext) -> StepResult:
     """Our labels exactly as params say; labels we do not own are left alone."""
     with timed(StepResult("node labels", f"{REDIS_LABEL}, {DOZZLE_LABEL}",
-                          dry_run=ctx.dry_run)) as result, ExitStack() as stack:
-        nodes = node_addresses(ctx)
-        cluster = connect_cluster(ctx, stack, nodes) if nodes else None
-        if cluster is None or cluster.leader is None:
-            if not ctx.dry_run:
-                result.reason = "no swarm yet"
-                return result
+                          dry_run=ctx.dry_run)) as result:
+        cluster, result.reason = cluster_or_reason(ctx)
+        if cluster is None:
             # The dry run's swarm step planned the swarm: every node will join unlabelled, so
             # the plan is each desired label on each server, as the run will then set them.
-            result.reason = "planned on the swarm the earlier step would make"
             entries = [{"hostname": name, "state": "ready", "labels": {}, "id": None}
                        for name in ctx.params.server_names()]
         else:
             entries = docker_swarm.nodes(cluster.manager)
-        desired = desired_node_labels(ctx, list(nodes) or ctx.params.server_names())
+        desired = desired_node_labels(ctx, list(cluster.nodes) if cluster
+                                      else ctx.params.server_names())
+        plan = Plan()
         for entry in entries:
             if entry["hostname"] not in desired or entry["state"] != "ready":
                 continue
@@ -234,46 +245,36 @@ def ensure_node_labels(ctx: RunContext) -> StepResult:
             want.update(desired[entry["hostname"]])
             if want == current:
                 continue
-            for key in sorted(set(want) | set(current)):
-                if want.get(key) != current.get(key):
-                    sign = "-" if key not in want else "+" if key not in current else "~"
-                    result.diff.append(f"{sign} {entry['hostname']} {key}="
-                                       f"{want.get(key, current.get(key))}")
-            result.changed += 1
-            if not ctx.dry_run:
-                node = cluster.manager.nodes.get(entry["id"])
-                node.update(dict(node.attrs["Spec"], Labels=want))
-        if not result.changed:
+            lines = [f"{'-' if key not in want else '+' if key not in current else '~'} "
+                     f"{entry['hostname']} {key}={want.get(key, current.get(key))}"
+                     for key in sorted(set(want) | set(current))
+                     if want.get(key) != current.get(key)]
+            # One change per node (one update of its spec), however many labels it moves.
+            plan.add(lines[0], functools.partial(docker_swarm.set_node_labels,
+                                                 cluster.manager if cluster else None,
+                                                 entry["id"], want))
+            for line in lines[1:]:
+                plan.show(line)
+        if not plan and cluster is not None:
             result.reason = "labels as params say"
-        if not ctx.dry_run:
-            client = cluster.manager
-            now = {e["hostname"]: e["labels"] for e in docker_swarm.nodes(client)}
-            redis_nodes = [h for h, lab in now.items() if lab.get(REDIS_LABEL) == "true"]
-            result.check("redis pinned to one node", len(redis_nodes) == 1,
-                         ", ".join(redis_nodes) or "none")
+        if apply(ctx, result, plan).dry_run:
+            return result
+        now = {e["hostname"]: e["labels"] for e in docker_swarm.nodes(cluster.manager)}
+        redis_nodes = [h for h, lab in now.items() if lab.get(REDIS_LABEL) == "true"]
+        result.check("redis pinned to one node", len(redis_nodes) == 1,
+                     ", ".join(redis_nodes) or "none")
     return result
 
 
 def ensure_overlay_network(ctx: RunContext) -> StepResult:
     """The attachable overlay network, encrypted when params say so (never silently not)."""
     sw = ctx.params.swarm
-    with timed(StepResult("overlay network", sw.overlay_network, dry_run=ctx.dry_run)) as result, \
-            ExitStack() as stack:
-        nodes = node_addresses(ctx)
-        if ctx.dry_run and not nodes:
-            result.changed, result.diff = 1, [f"+ overlay {sw.overlay_network} encrypted="
-                                              f"{sw.overlay_encrypted}"]
-            return result
-        cluster = connect_cluster(ctx, stack, nodes)
-        if cluster.leader is None:
-            result.changed, result.reason = 1, "no swarm yet"
-            return result
-        client = cluster.manager
-        found = [n for n in client.networks.list(names=[sw.overlay_network])
-                 if n.name == sw.overlay_network]
-        if found:
-            options = found[0].attrs.get("Options") or {}
-            encrypted = "encrypted" in options
+    with timed(StepResult("overlay network", sw.overlay_network, dry_run=ctx.dry_run)) as result:
+        cluster, result.reason = cluster_or_reason(ctx)
+        found = docker_swarm.network(cluster.manager, sw.overlay_network) if cluster else None
+        plan = Plan()
+        if found is not None:
+            encrypted = "encrypted" in (found.get("Options") or {})
             if encrypted != sw.overlay_encrypted:
                 raise StepFailed(
                     f"network {sw.overlay_network} exists with encrypted={encrypted}, params say "
@@ -281,20 +282,18 @@ def ensure_overlay_network(ctx: RunContext) -> StepResult:
                     "remove the stack, `docker network rm` it, and re-run")
             result.reason = "exists as params say"
         else:
-            result.changed = 1
-            result.diff.append(f"+ overlay {sw.overlay_network} (attachable, "
-                               f"encrypted={sw.overlay_encrypted})")
-            if not ctx.dry_run:
-                client.networks.create(sw.overlay_network, driver="overlay", attachable=True,
-                                       scope="swarm", labels={"casera.env": ctx.env},
-                                       options={"encrypted": "true"} if sw.overlay_encrypted
-                                       else None)
-        if not ctx.dry_run:
-            network = client.networks.get(sw.overlay_network)
-            encrypted = "encrypted" in (network.attrs.get("Options") or {})
-            result.check("encryption as params say", encrypted == sw.overlay_encrypted,
+            plan.add(f"+ overlay {sw.overlay_network} (attachable, "
+                     f"encrypted={sw.overlay_encrypted})", functools.partial(
+                         docker_swarm.create_overlay, cluster.manager if cluster else None,
+                         sw.overlay_network, sw.overlay_encrypted, {"casera.env": ctx.env}))
+        applied = apply(ctx, result, plan)
+        if not applied.dry_run:
+            network = docker_swarm.network(cluster.manager, sw.overlay_network) or {}
+            encrypted = "encrypted" in (network.get("Options") or {})
+            result.check("encryption as params say", bool(network) and
+                         encrypted == sw.overlay_encrypted,
                          f"network option encrypted {'set' if encrypted else 'absent'}, params "
-                         f"say {sw.overlay_encrypted}")
+                         f"say {sw.overlay_encrypted}" if network else "network not found")
         result.note("encryption",
                     "ON: IPsec (ESP) between nodes" if sw.overlay_encrypted else
                     f"OFF, as params/{ctx.env}.yaml says (swarm.overlay_encrypted: false): "
@@ -308,20 +307,16 @@ _FETCH = ("import sys, urllib.request; "
           "urllib.request.urlopen(sys.argv[1], timeout=3).read(); print('ok')")
 
 
-def _probe_tasks(service: Any, network_id: str) -> dict[str, str] | None:
+def _probe_tasks(tasks: list[dict[str, Any]], network_id: str) -> dict[str, str] | None:
     """node id -> task address on the overlay, once every probe task runs."""
     addresses: dict[str, str] = {}
-    for task in service.tasks(filters={"desired-state": "running"}):
+    for task in tasks:
         if task["Status"]["State"] != "running":
             return None
         for attachment in task.get("NetworksAttachments") or []:
             if attachment["Network"]["ID"] == network_id and attachment.get("Addresses"):
                 addresses[task["NodeID"]] = attachment["Addresses"][0].split("/")[0]
     return addresses
-
-
-def _fetches(container: Any, url: str) -> bool:
-    return container.exec_run(["python3", "-c", _FETCH, url]).exit_code == 0
 
 
 def verify_overlay_traffic(ctx: RunContext, timeout: float = 120) -> StepResult:
@@ -334,46 +329,59 @@ def verify_overlay_traffic(ctx: RunContext, timeout: float = 120) -> StepResult:
         if ctx.dry_run:
             result.reason = "probe not run in a dry run"
             return result
-        cluster = connect_cluster(ctx, stack)
+        cluster = connect_cluster(ctx)
         nodes, clients, manager = cluster.nodes, cluster.clients, cluster.manager
-        for old in manager.services.list(filters={"name": PROBE_SERVICE}):
-            old.remove()
-        network = manager.networks.get(sw.overlay_network)
-        service = manager.services.create(
-            sw.probe_image, name=PROBE_SERVICE, mode=docker.types.ServiceMode("global"),
-            command=["python3", "-m", "http.server", str(PROBE_PORT)],
-            networks=[network.id], endpoint_spec=docker.types.EndpointSpec(mode="dnsrr"),
-            labels={"casera.probe": "overlay"}, user="65534:65534",
-            restart_policy=docker.types.RestartPolicy(condition="none"))
-        stack.callback(service.remove)
+        for old in docker_swarm.services(manager, label="casera.probe"):
+            if old["name"] == PROBE_SERVICE:
+                docker_swarm.remove_service(manager, old["id"])
+        network = docker_swarm.network(manager, sw.overlay_network)
+        if network is None:
+            raise StepFailed(f"no network {sw.overlay_network}: run the overlay network step")
+        service_id = docker_swarm.create_global_probe(
+            manager, sw.probe_image, PROBE_SERVICE,
+            ["python3", "-m", "http.server", str(PROBE_PORT)], network["Id"],
+            {"casera.probe": "overlay"}, "65534:65534")
+        stack.callback(docker_swarm.remove_service, manager, service_id)
         ids = {e["hostname"]: e["id"] for e in docker_swarm.nodes(manager)
                if e["state"] == "ready"}
 
         def every_node_has_a_task() -> dict[str, str] | None:
-            found = _probe_tasks(service, network.id)
+            found = _probe_tasks(docker_swarm.tasks(manager, {
+                "service": service_id, "desired-state": "running"}), network["Id"])
             return found if found and all(ids.get(n) in found for n in nodes) else None
 
         addresses = wait_for(f"a probe task on each of {len(nodes)} nodes",
                              every_node_has_a_task, timeout)
         label = f"com.docker.swarm.service.name={PROBE_SERVICE}"
-        for source, client in clients.items():
-            container = wait_for(f"the probe container on {source}", lambda c=client: next(
-                iter(c.containers.list(filters={"label": label})), None), 30)
+
+        def from_node(source: str) -> list[tuple[str, bool, str]]:
+            """Every fetch from ``source``'s probe task; the nodes are probed at once, each
+            pair waited for on its own (a pair that fails costs its 20 s, not everyone's)."""
+            client = clients[source]
+            container = wait_for(f"the probe container on {source}", lambda: next(
+                iter(docker_swarm.container_ids(client, label)), None), 30, show=False)
+            found = []
             for target in nodes:
                 if target == source:
                     continue
                 url = f"http://{addresses[ids[target]]}:{PROBE_PORT}/"
                 try:
                     fetched = wait_for(f"{source} -> {target} over {sw.overlay_network}",
-                                       lambda u=url, c=container: _fetches(c, u), 20,
-                                       show=False)
-                    result.check(f"{source} -> {target}", fetched is True, f"HTTP to {url}")
+                                       lambda u=url: docker_swarm.exec_exit_code(
+                                           client, container, ["python3", "-c", _FETCH, u]
+                                       ) == 0, 20, show=False)
+                    found.append((f"{source} -> {target}", fetched is True, f"HTTP to {url}"))
                 except WaitTimeout:
-                    result.check(f"{source} -> {target}", False,
-                                 f"no answer from {url} within 20 s"
-                                 + ("; the overlay is encrypted: does the firewall pass ESP "
-                                    "(IP protocol 50) between the nodes?"
-                                    if sw.overlay_encrypted else ""))
+                    found.append((f"{source} -> {target}", False,
+                                  f"no answer from {url} within 20 s"
+                                  + ("; the overlay is encrypted: does the firewall pass ESP "
+                                     "(IP protocol 50) between the nodes?"
+                                     if sw.overlay_encrypted else "")))
+            return found
+
+        for pairs in parallel(from_node, list(clients)):
+            for name, ok, detail in pairs:
+                result.check(name, ok, detail)
         result.reason = ("encrypted overlay carries traffic" if sw.overlay_encrypted else
                          "traffic crosses the overlay UNENCRYPTED (params: "
                          "swarm.overlay_encrypted false)")

@@ -10,21 +10,20 @@ reveals nothing useful.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
-from contextlib import ExitStack
 from typing import Any
-
-import docker
 
 from casera.context import RunContext
 from casera.operator_secrets import Secret
 from casera.params import B2KeyParams
+from casera.plan import Plan, apply
 from casera.progress import wait_for
+from casera.providers import docker_swarm
 from casera.result import StepResult, timed
 from casera.steps import storage
-from casera.steps.access import node_addresses
-from casera.steps.swarm import manager_client
+from casera.steps.swarm import DockerClient, cluster_or_reason
 
 PREFIX = "casera"
 VERSIONED = re.compile(rf"^{PREFIX}_(?P<name>[a-z0-9_]+)_v(?P<version>\d+)$")
@@ -34,29 +33,26 @@ def digest(name: str, value: Secret) -> str:
     return hashlib.sha256(f"{name}\0{value.reveal()}".encode()).hexdigest()[:24]
 
 
-def versions(client: docker.DockerClient) -> dict[str, list[tuple[int, str, str]]]:
+def versions(client: DockerClient) -> dict[str, list[tuple[int, str, str]]]:
     """name -> [(version, docker secret name, digest)], oldest first."""
     found: dict[str, list[tuple[int, str, str]]] = {}
-    for secret in client.secrets.list(filters={"label": f"{PREFIX}.secret"}):
-        match = VERSIONED.match(secret.name)
+    for secret in docker_swarm.secrets(client, f"{PREFIX}.secret"):
+        match = VERSIONED.match(secret["name"])
         if not match:
             continue
-        labels = secret.attrs["Spec"].get("Labels") or {}
         found.setdefault(match["name"], []).append(
-            (int(match["version"]), secret.name, labels.get(f"{PREFIX}.digest", "")))
+            (int(match["version"]), secret["name"], secret["labels"].get(f"{PREFIX}.digest", "")))
     return {name: sorted(items) for name, items in found.items()}
 
 
 def ensure_swarm_secrets(ctx: RunContext, values: dict[str, Secret]) -> StepResult:
     """Each of ``values`` exists as its newest version with that value."""
     with timed(StepResult("docker secrets", f"{len(values)} secrets",
-                          dry_run=ctx.dry_run)) as result, ExitStack() as stack:
-        if ctx.dry_run and not node_addresses(ctx):
-            result.changed = len(values)
-            result.diff = [f"+ {PREFIX}_{name}_v1" for name in sorted(values)]
-            return result
-        client = manager_client(ctx, stack)
-        existing = versions(client)
+                          dry_run=ctx.dry_run)) as result:
+        cluster, result.reason = cluster_or_reason(ctx)
+        client = cluster.manager if cluster else None
+        existing = versions(client) if cluster else {}
+        plan = Plan()
         for name, value in sorted(values.items()):
             history = existing.get(name, [])
             wanted = digest(name, value)
@@ -64,16 +60,14 @@ def ensure_swarm_secrets(ctx: RunContext, values: dict[str, Secret]) -> StepResu
                 continue
             version = history[-1][0] + 1 if history else 1
             secret_name = f"{PREFIX}_{name}_v{version}"
-            result.diff.append(f"+ {secret_name}" + (" (value changed)" if history else ""))
-            result.changed += 1
-            if not ctx.dry_run:
-                client.secrets.create(name=secret_name, data=value.reveal().encode(),
-                                      labels={f"{PREFIX}.secret": name,
-                                              f"{PREFIX}.version": str(version),
-                                              f"{PREFIX}.digest": wanted})
-        if not result.changed:
+            # The value is revealed only inside the call that sends it to the manager.
+            plan.add(f"+ {secret_name}" + (" (value changed)" if history else ""),
+                     functools.partial(_create, client, secret_name, value, {
+                         f"{PREFIX}.secret": name, f"{PREFIX}.version": str(version),
+                         f"{PREFIX}.digest": wanted}))
+        if not plan and cluster is not None:
             result.reason = "every secret's newest version holds the current value"
-        if ctx.dry_run:
+        if apply(ctx, result, plan).dry_run:
             return result
         now = wait_for("the new secrets to be listed", lambda: (
             lambda v: v if all(name in v for name in values) else None)(versions(client)), 30)
@@ -82,6 +76,10 @@ def ensure_swarm_secrets(ctx: RunContext, values: dict[str, Secret]) -> StepResu
             result.check(name, latest[2] == digest(name, values[name]),
                          f"{latest[1]} ({len(now[name])} version(s)); value not shown")
     return result
+
+
+def _create(client: DockerClient, name: str, value: Secret, labels: dict[str, str]) -> str:
+    return docker_swarm.create_secret(client, name, value.reveal().encode(), labels)
 
 
 # Task states in which a task has, or will get, its secrets mounted: everything before a
@@ -96,12 +94,12 @@ UNSETTLED_UPDATE_STATES = frozenset({"updating", "paused", "rollback_started",
                                      "rollback_paused"})
 
 
-def versions_holding(client: docker.DockerClient, name: str, value: Secret) -> set[str]:
+def versions_holding(client: DockerClient, name: str, value: Secret) -> set[str]:
     """Ids of the versions of secret ``name`` whose digest label says they hold ``value``."""
     wanted = digest(name, value)
-    return {secret.id for secret in client.secrets.list(filters={"label": f"{PREFIX}.secret"})
-            if (secret.attrs["Spec"].get("Labels") or {}).get(f"{PREFIX}.secret") == name
-            and (secret.attrs["Spec"].get("Labels") or {}).get(f"{PREFIX}.digest") == wanted}
+    return {secret["id"] for secret in docker_swarm.secrets(client, f"{PREFIX}.secret")
+            if secret["labels"].get(f"{PREFIX}.secret") == name
+            and secret["labels"].get(f"{PREFIX}.digest") == wanted}
 
 
 def _mounted(spec: dict[str, Any] | None) -> set[str]:
@@ -109,7 +107,7 @@ def _mounted(spec: dict[str, Any] | None) -> set[str]:
     return {ref.get("SecretID", "") for ref in container.get("Secrets") or []}
 
 
-def secret_users(client: docker.DockerClient, secret_ids: set[str]) -> dict[str, list[str]]:
+def secret_users(client: DockerClient, secret_ids: set[str]) -> dict[str, list[str]]:
     """secret id -> what can still read it: a service whose spec mounts it (its next tasks
     get it), a service mid-update whose previous spec mounts it (a rollback brings it back),
     and every task not yet in a terminal state that mounts it (a running container keeps the
@@ -118,16 +116,15 @@ def secret_users(client: docker.DockerClient, secret_ids: set[str]) -> dict[str,
     if not secret_ids:
         return users
     names = {}
-    for service in client.services.list():
-        attrs = service.attrs
-        names[attrs["ID"]] = service.name
-        for secret_id in _mounted(attrs.get("Spec")) & secret_ids:
-            users[secret_id].append(f"service {service.name}")
-        update = (attrs.get("UpdateStatus") or {}).get("State", "")
+    for service in docker_swarm.services(client):
+        names[service["id"]] = service["name"]
+        for secret_id in _mounted(service["spec"]) & secret_ids:
+            users[secret_id].append(f"service {service['name']}")
+        update = service["update_state"]
         if update in UNSETTLED_UPDATE_STATES:
-            for secret_id in _mounted(attrs.get("PreviousSpec")) & secret_ids:
-                users[secret_id].append(f"service {service.name} ({update}: may roll back)")
-    for task in client.api.tasks():
+            for secret_id in _mounted(service["previous_spec"]) & secret_ids:
+                users[secret_id].append(f"service {service['name']} ({update}: may roll back)")
+    for task in docker_swarm.tasks(client):
         state = (task.get("Status") or {}).get("State", "")
         if state not in LIVE_TASK_STATES:
             continue
@@ -143,7 +140,7 @@ def b2_secret_names(kp: B2KeyParams) -> tuple[str, str]:
     return f"b2_{kp.bucket}_key_id", f"b2_{kp.bucket}_key"
 
 
-def current_names(client: docker.DockerClient, names: list[str]) -> dict[str, str]:
+def current_names(client: DockerClient, names: list[str]) -> dict[str, str]:
     """name -> the newest versioned Docker secret name, for the stack file."""
     existing = versions(client)
     missing = [n for n in names if n not in existing]

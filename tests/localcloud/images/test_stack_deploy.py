@@ -30,8 +30,8 @@ from fabric import Connection
 
 from casera.params import load_params
 from casera.progress import wait_for
+from casera.providers.ssh import http_through_tunnel, probe_port
 from casera.stack import DOZZLE_PORT, SECRETS, render_stack
-from casera.steps.stack import http_through_tunnel, tcp_probe
 from casera_localcloud import engine, images, registry
 from casera_localcloud.images import local_stack_settings
 from casera_localcloud.nodes import Nodes, network
@@ -218,7 +218,7 @@ def test_stack_deploys_converges_and_serves(cluster: Cluster, postgres_for_nodes
     assert (status, body) == (200, '{"status": "ok"}')
     # From outside the node, 9999 is refused: from this machine, on every node ...
     for name, node_ip in cluster.ips.items():
-        assert tcp_probe(node_ip, DOZZLE_PORT) == "refused", name
+        assert probe_port(node_ip, DOZZLE_PORT, 3) == (False, "refused"), name
     # ... and from another node of the cluster, to Dozzle's node.
     peer = next(n for n in NAMES if n != dozzle_node)
     code, out = cluster.nodes.run(peer, (
