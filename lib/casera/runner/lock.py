@@ -159,7 +159,7 @@ class EnvLock:
             if break_stale and current.alive() is not True:
                 # Deleting by id: if someone else broke and retook it meanwhile, that is a new
                 # firewall with a new id, and our create below meets it as held.
-                self._call(lambda f=found: self.hz.firewalls.delete(f))  # type: ignore[misc]
+                self._call(lambda f=found: self.hz.firewalls.delete(f))
                 continue
             if current.alive() is True and break_stale:
                 hint = " Its process still runs on this host: --break-lock does not break it."

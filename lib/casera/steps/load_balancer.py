@@ -47,11 +47,11 @@ def ensure_load_balancer(ctx: RunContext) -> StepResult:
             for service in services:
                 if (service.listen_port, service.destination_port) not in have:
                     plan.add(f"+ tcp {service.listen_port} -> {service.destination_port}",
-                             lambda s=service: [hz.load_balancers.add_service(found, s)])  # type: ignore[misc]
+                             lambda s=service: [hz.load_balancers.add_service(found, s)])
             for lp, dp in sorted(have - set(wanted)):
                 # Deleting a service stops the traffic on its port: asked at the gate.
                 plan.add(f"- tcp {lp} -> {dp}",
-                         lambda lp=lp: [hz.load_balancers.delete_service(found, lp)],  # type: ignore[misc]
+                         lambda lp=lp: [hz.load_balancers.delete_service(found, lp)],
                          destructive=True)
             if selector not in found.target_labels:
                 plan.add(f"+ targets: label {selector}",
@@ -72,7 +72,7 @@ def ensure_load_balancer(ctx: RunContext) -> StepResult:
             url = f"http://{ip}:{listen_port}{HEALTH_PATH}"
             try:
                 body = wait_for(f"{url} to answer through the load balancer",
-                                lambda u=url: _get(u), 180)  # type: ignore[misc]
+                                lambda u=url: _get(u), 180)
                 result.check(f"GET {HEALTH_PATH} via LB :{listen_port}", True, body[:80])
             except WaitTimeout as exc:
                 # No 200 through the LB in time: red, with the last answer it gave.

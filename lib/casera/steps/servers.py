@@ -124,10 +124,10 @@ def ensure_servers(ctx: RunContext, timeout: float = 600) -> StepResult:
         for name in missing:
             plan.add(f"+ server {name} ({p.hetzner.server_type}, {p.hetzner.image}, "
                      f"{p.hetzner.location}), its new host key pinned in {known.path.name}",
-                     lambda n=name: _create_server(hz, p, n, public_key, known))  # type: ignore[misc]
+                     lambda n=name: _create_server(hz, p, n, public_key, known))
         for server in stopped:
             plan.add(f"~ server {server.name}: power on (was off)",
-                     lambda s=server: hz.servers.power_on(s))  # type: ignore[misc]
+                     lambda s=server: hz.servers.power_on(s))
         for name in extra:
             plan.show(f"! server {name} has the label but is beyond server_count; left alone")
         if not plan:

@@ -64,7 +64,7 @@ def test_a_replayed_create_converges_and_facts_are_plain_frozen_data(
     assert server is not None and server.status == "running" and server.ipv4
     assert _plain(server) and _plain(key)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        server.status = "off"  # type: ignore[misc]
+        server.status = "off"
     assert hz.servers.get("n2") is None and hz.ssh_keys.get("other") is None
 
 
@@ -81,7 +81,7 @@ def test_firewalls_create_or_get_set_rules_apply_and_the_unique_create(
     assert [r.key for r in read.rules] == [ssh.key] and read.applied_to_labels == ("cluster=t",)
     esp = FirewallRule("in", "esp", None, ("10.0.0.1/32",), "esp")
     hetzner.wait_for(hz.firewalls.set_rules(read, [ssh, esp]), "rules", 60)
-    assert {r.protocol for r in hz.firewalls.get("fw").rules} == {"tcp", "esp"}  # type: ignore[union-attr]
+    assert {r.protocol for r in hz.firewalls.get("fw").rules} == {"tcp", "esp"}
     # The lock's test-and-set: a taken name is an answer, not a convergence.
     lock = hz.firewalls.create_unique("lock", {"who": "me"})
     assert lock is not None and lock.labels == {"who": "me"}

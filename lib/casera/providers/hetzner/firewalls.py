@@ -86,7 +86,7 @@ class Firewalls:
         try:
             with hetzner_errors(f"create firewall {name}", self._where):
                 response = self._api.firewalls.create(
-                    name=name, rules=[r._sdk() for r in rules], labels=dict(labels),  # type: ignore[arg-type]
+                    name=name, rules=[r._sdk() for r in rules], labels=dict(labels),
                     resources=resources)
             return Firewall.of(response.firewall), actions_of(response.actions)
         except ProviderError as exc:
@@ -102,7 +102,7 @@ class Firewalls:
         atomic test-and-set. Unlike :meth:`create_or_get`, a taken name is an answer here."""
         try:
             with hetzner_errors(f"create firewall {name}", self._where):
-                response = self._api.firewalls.create(name=name, labels=dict(labels))  # type: ignore[arg-type]
+                response = self._api.firewalls.create(name=name, labels=dict(labels))
         except ProviderError as exc:
             if exc.code == "uniqueness_error":
                 return None
