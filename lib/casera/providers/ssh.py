@@ -294,7 +294,7 @@ class Pool:
         key = (host, port, user, key_file, str(known_hosts.path))
         with self._lock:
             conn = self._open.pop(key, None)
-        if conn is not None and conn.is_connected:
+        if conn is not None and _alive(conn, timeout):
             with self._lock:
                 self._open[key] = conn
             return conn
@@ -318,6 +318,19 @@ class Pool:
             conns, self._open = list(self._open.values()), {}
         for conn in conns:
             conn.close()
+
+
+def _alive(conn: Connection, timeout: float) -> bool:
+    """The connection still carries a session: one round trip (a channel opened and closed).
+    A transport can look active long after its node was restarted; only traffic tells."""
+    transport = conn.client.get_transport() if conn.is_connected else None
+    if transport is None:
+        return False
+    try:
+        transport.open_session(timeout=timeout).close()
+    except SSH_ERRORS:
+        return False
+    return True
 
 
 def probe_port(ip: str, port: int, timeout: float) -> tuple[bool, str]:

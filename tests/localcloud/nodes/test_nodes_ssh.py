@@ -20,6 +20,7 @@ import pytest
 from nodes_harness import SshKey
 
 from casera.context import RunContext
+from casera.errors import ProviderError
 from casera.operator_secrets import SecretStore
 from casera.params import load_params
 from casera.progress import wait_for
@@ -153,13 +154,28 @@ def test_runbook_user_data_passes_the_hardening_checks(env: Env) -> None:
     assert not _answers_ssh(ip, 22)
 
 
+def test_a_run_reuses_its_connection_and_a_failed_command_says_where(env: Env) -> None:
+    ip = env.ips[RUNBOOK]
+    conn = access.node_ssh(env.ctx, RUNBOOK, ip)
+    assert access.node_ssh(env.ctx, RUNBOOK, ip) is conn  # the step after reuses it
+    with pytest.raises(ProviderError, match=rf"casera@{ip}:{PORT}: `sh -c 'exit 3'` exited 3"
+                       ) as caught:
+        ssh.run(conn, "sh -c 'exit 3'")
+    assert caught.value.system == "ssh" and caught.value.code == "3"
+    assert ssh.run(conn, "echo still open") == "still open"
+
+
 def test_a_killed_node_comes_back_on_the_port_with_the_same_key(env: Env) -> None:
+    before = access.node_ssh(env.ctx, RUNBOOK, env.ips[RUNBOOK])
     env.nodes.kill_node(RUNBOOK)
     env.nodes.start_node(RUNBOOK)
     # At boot the generator reads the Port cloud-init wrote on the first boot.
     assert env.nodes.run(RUNBOOK, "cat /run/casera/ssh.socket.listen")[1].split() == [str(PORT)]
     assert access.wait_for_ssh(env.ctx, patience=60).ok
     assert not _answers_ssh(env.ips[RUNBOOK], 22)
+    # The run's connection died with the node: the pool notices and logs in again.
+    after = access.node_ssh(env.ctx, RUNBOOK, env.ips[RUNBOOK])
+    assert after is not before and ssh.run(after, "id -un") == env.ctx.params.ssh.admin_user
 
 
 def test_a_swapped_host_key_is_refused_on_every_path(env: Env) -> None:
