@@ -158,16 +158,23 @@ def test_allowlist_is_enforced_on_scale(neon_env):
         neon.up(plan="launch")
 
 
-def test_branch_at_time_holds_only_what_was_committed_before(neon_env):
-    info = neon_env.conninfo(neon_env.pooler_port)
+def _committed_around(info: dict, table: str, before: str, after: str) -> datetime:
+    """A moment with a row ``before`` committed just ahead of it and ``after`` just past it,
+    far enough apart on each side (0.3 s) for a restore target between the two."""
     with connect(**info, autocommit=True) as conn:
-        conn.execute("create table if not exists pitr_probe (label text)")
-        conn.execute("insert into pitr_probe values ('before')")
+        conn.execute(f"create table if not exists {table} (label text)")
+        conn.execute(f"insert into {table} values ('{before}')")
     time.sleep(0.3)
     at = datetime.now(UTC)
     time.sleep(0.3)
     with connect(**info, autocommit=True) as conn:
-        conn.execute("insert into pitr_probe values ('after')")
+        conn.execute(f"insert into {table} values ('{after}')")
+    return at
+
+
+def test_branch_at_time_holds_only_what_was_committed_before(neon_env):
+    info = neon_env.conninfo(neon_env.pooler_port)
+    at = _committed_around(info, "pitr_probe", "before", "after")
 
     started = time.monotonic()
     status, body = neon_env.api("POST", f"{PROJECT}/branches", {
@@ -291,14 +298,7 @@ def test_branch_before_the_newest_base_backup_uses_an_older_one(neon_env):
     from casera_localcloud.neon.instances import main_instance
 
     info = neon_env.conninfo(neon_env.pooler_port)
-    with connect(**info, autocommit=True) as conn:
-        conn.execute("create table if not exists backup_probe (label text)")
-        conn.execute("insert into backup_probe values ('old')")
-    time.sleep(0.3)
-    at = datetime.now(UTC)
-    time.sleep(0.3)
-    with connect(**info, autocommit=True) as conn:
-        conn.execute("insert into backup_probe values ('new')")
+    at = _committed_around(info, "backup_probe", "old", "new")
     cfg = load_config()
     pitr.take_base_backup(cfg, main_instance(cfg))
     assert pitr.backups(cfg)[-1][0] > at
