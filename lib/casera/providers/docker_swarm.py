@@ -337,8 +337,8 @@ def stack_deploy(conn: ssh.Connection, stack_file: str, stack: str,
 
 class Pool:
     """The Docker clients one run keeps open, one per engine, so its steps do not open an SSH
-    transport and negotiate the API again for every call. A client is reused only while it
-    answers ``GET /_ping`` (a restarted node's is replaced)."""
+    transport and negotiate the API again for every call. A client is reused only while its
+    SSH transport still carries a session (a restarted node's is replaced)."""
 
     def __init__(self) -> None:
         self._open: dict[tuple[str, int, str, str, str], docker.DockerClient] = {}
@@ -349,7 +349,7 @@ class Pool:
         key = (host, port, user, key_file, str(known_hosts.path))
         with self._lock:
             client = self._open.pop(key, None)
-        if client is not None and _alive(client):
+        if client is not None and _alive(client, timeout):
             with self._lock:
                 self._open[key] = client
             return client
@@ -368,13 +368,7 @@ class Pool:
             client.close()
 
 
-def _alive(client: docker.DockerClient) -> bool:
+def _alive(client: docker.DockerClient, timeout: float) -> bool:
     adapter = getattr(client.api, "_custom_adapter", None)
-    transport = adapter.ssh_client.get_transport() if adapter is not None and getattr(
-        adapter, "ssh_client", None) else None
-    if transport is None or not transport.is_active():
-        return False
-    try:
-        return bool(client.ping())
-    except Exception:  # noqa: BLE001 - any failure means: make a new client
-        return False
+    ssh_client = getattr(adapter, "ssh_client", None)
+    return ssh_client is not None and ssh.transport_alive(ssh_client.get_transport(), timeout)

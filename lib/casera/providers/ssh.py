@@ -321,10 +321,14 @@ class Pool:
 
 
 def _alive(conn: Connection, timeout: float) -> bool:
-    """The connection still carries a session: one round trip (a channel opened and closed).
-    A transport can look active long after its node was restarted; only traffic tells."""
-    transport = conn.client.get_transport() if conn.is_connected else None
-    if transport is None:
+    return transport_alive(conn.client.get_transport() if conn.is_connected else None, timeout)
+
+
+def transport_alive(transport: paramiko.Transport | None, timeout: float) -> bool:
+    """The transport still carries a session: one round trip (a channel opened and closed).
+    A transport can look active long after its node was restarted; only traffic tells, and
+    a node that stopped answering costs ``timeout``, not the TCP stack's minutes."""
+    if transport is None or not transport.is_active():
         return False
     try:
         transport.open_session(timeout=timeout).close()

@@ -25,7 +25,7 @@ from casera.operator_secrets import SecretStore
 from casera.params import load_params
 from casera.progress import wait_for
 from casera.providers import docker_swarm, ssh
-from casera.steps import access
+from casera.steps import access, swarm
 from casera.steps.servers import render_user_data
 from casera_localcloud import engine
 from casera_localcloud.nodes import Nodes
@@ -163,6 +163,14 @@ def test_a_run_reuses_its_connection_and_a_failed_command_says_where(env: Env) -
         ssh.run(conn, "sh -c 'exit 3'")
     assert caught.value.system == "ssh" and caught.value.code == "3"
     assert ssh.run(conn, "echo still open") == "still open"
+    # Docker too: one client per engine for the whole run.
+    engines = swarm.docker_pool(env.ctx)
+    s = env.ctx.params.ssh
+    client = engines.get(ip, PORT, s.admin_user, s.private_key_file, 3, known_hosts=env.known,
+                         node=RUNBOOK)
+    assert engines.get(ip, PORT, s.admin_user, s.private_key_file, 3, known_hosts=env.known,
+                       node=RUNBOOK) is client
+    assert docker_swarm.swarm_state(client)["state"] == "inactive"
 
 
 def test_a_killed_node_comes_back_on_the_port_with_the_same_key(env: Env) -> None:
@@ -176,6 +184,11 @@ def test_a_killed_node_comes_back_on_the_port_with_the_same_key(env: Env) -> Non
     # The run's connection died with the node: the pool notices and logs in again.
     after = access.node_ssh(env.ctx, RUNBOOK, env.ips[RUNBOOK])
     assert after is not before and ssh.run(after, "id -un") == env.ctx.params.ssh.admin_user
+    s = env.ctx.params.ssh
+    client = swarm.docker_pool(env.ctx).get(env.ips[RUNBOOK], PORT, s.admin_user,
+                                            s.private_key_file, 3, known_hosts=env.known,
+                                            node=RUNBOOK)
+    assert docker_swarm.swarm_state(client)["state"] == "inactive"
 
 
 def test_a_swapped_host_key_is_refused_on_every_path(env: Env) -> None:
