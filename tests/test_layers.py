@@ -77,3 +77,16 @@ def test_casera_local_is_a_plugin_command_of_the_local_cloud() -> None:
 
     local = [ep for ep in entry_points(group="casera.commands") if ep.name == "local"]
     assert [ep.value for ep in local] == ["casera_localcloud.cli:main"]
+
+
+def test_steps_never_import_an_official_client() -> None:
+    """Providers own every call to a real system; a step only decides (docs/architecture.md)."""
+    assert offenders(STEPS, SDKS) == {}
+
+
+def test_the_runner_and_the_top_level_reach_hetzner_only_through_the_provider() -> None:
+    """The env lock and the context talk to Hetzner too; they use the provider as steps do."""
+    top = {p for p in PRODUCT.glob("*.py")} | set((PRODUCT / "runner").glob("*.py"))
+    bad = {p.name: sorted(m for m in imported_modules(p) if m.split(".")[0] in SDKS)
+           for p in top}
+    assert {name: mods for name, mods in bad.items() if mods} == {}

@@ -89,8 +89,9 @@ def test_a_red_check_raises_after_journaling_and_a_note_cannot_fail(
 
 
 def test_preflight_keeps_a_scrubbed_output_with_full_metadata(project: Path) -> None:
-    # Nothing but the scratch Hetzner answers here (planted credentials, no servers), so the
-    # endpoints step is red: the run fails and says which checks, and keeps everything else.
+    # Nothing but the scratch Hetzner answers here (planted credentials, no servers: "ssh +
+    # docker" is a note), so B2 and the other endpoints are red: the run fails, names the checks,
+    # and keeps everything else.
     done = casera("run", "preflight", "--env", "local")
     assert done.returncode == 1, done.stderr
     [kept] = outputs(project, "local", "preflight")
@@ -103,12 +104,13 @@ def test_preflight_keeps_a_scrubbed_output_with_full_metadata(project: Path) -> 
     assert [s["step"] for s in m["steps"]] == ["params", "secrets", "versions", "endpoints"]
     assert m["parameters"]["params"]["hetzner"]["server_count"] == 3
     red = {(c["step"], c["check"]) for c in m["failed_checks"]}
-    assert ("endpoints", "ssh + docker") in red and ("endpoints", "hetzner api") not in red
-    assert "failed check: endpoints env local: ssh + docker" in done.stderr
+    assert ("endpoints", "b2") in red and ("endpoints", "hetzner api") not in red
+    assert ("endpoints", "ssh + docker") not in red
+    assert "failed check: endpoints env local: b2" in done.stderr
     # The secrets were all present (planted) and the output says so by name only.
     secrets_step = next(s for s in m["steps"] if s["step"] == "secrets")
     assert all(check["ok"] for check in secrets_step["checks"])
-    assert "FAILED" in banner(kept).source and "ssh + docker" in banner(kept).source
+    assert "FAILED" in banner(kept).source and "endpoints" in banner(kept).source
     assert_no_planted_secret(kept)
     assert not any(value in done.stdout + done.stderr for value in PLANTED.values())
 
@@ -466,7 +468,7 @@ def test_runs_lists_the_trail_and_show_renders_html(project: Path) -> None:
     shown = casera("show", meta(kept)["run_id"])
     assert shown.returncode == 0, shown.stderr
     html = Path(shown.stdout.strip()).read_text()
-    assert "failed" in html and "Preflight" in html and "ssh + docker" in html
+    assert "failed" in html and "Preflight" in html and "b2" in html
     assert_no_planted_secret(Path(shown.stdout.strip()))
 
 
