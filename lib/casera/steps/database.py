@@ -235,12 +235,8 @@ def ensure_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
     with timed(StepResult("neon ip allowlist", p.neon.project_id,
                           dry_run=ctx.dry_run)) as result:
         api = neon_client(ctx)
-        project = api.project(p.neon.project_id)
-        raw, limits = plan_of(project)
-        if limits is None:
-            return _unknown_plan(result, raw)
-        if not limits.ip_allow:
-            _say_no_ip_allow(result, limits, raw, project)
+        project = _project_with_ip_allow(api, ctx, result)
+        if project is None:
             return result
         for ip in node_ips:
             ipaddress.ip_address(ip)  # a typo here would lock the app out: fail loudly
@@ -263,10 +259,12 @@ def ensure_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
         lines += [(f"- {ip}", True) for ip in removed]
         if project.protected_branches_only:
             lines.append(("~ applies to every branch, not only protected ones", False))
+        # Servers an earlier step of this dry run planned join the list too, in the same PATCH
+        # the run makes: counted, their addresses known after apply.
+        lines += [(f"+ <{name}: address known after apply> (node)", False)
+                  for name in (ctx.planned.get("servers", []) if ctx.dry_run else [])]
         for number, (line, destructive) in enumerate(lines):
             plan.add(line, write if number == 0 else None, destructive=destructive)
-        if not node_ips:
-            plan.show("  (the nodes' IPs follow once the servers exist)")
         applied = apply(ctx, result, plan)
         if applied.dry_run and plan:
             return result
@@ -286,16 +284,26 @@ def verify_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
     with timed(StepResult("neon ip allowlist", p.neon.project_id,
                           dry_run=ctx.dry_run)) as result:
         api = neon_client(ctx)
-        project = api.project(p.neon.project_id)
-        raw, limits = plan_of(project)
-        if limits is None:
-            return _unknown_plan(result, raw)
-        if not limits.ip_allow:
-            _say_no_ip_allow(result, limits, raw, project)
+        if _project_with_ip_allow(api, ctx, result) is None:
             return result
         _verify_allowlist(api, ctx, result, _normalise(node_ips) | {
             o.network for o in operator_addresses(ctx)})
     return result
+
+
+def _project_with_ip_allow(api: neon.NeonClient, ctx: RunContext,
+                           result: StepResult) -> neon.NeonProject | None:
+    """The project when its plan has IP Allow; otherwise the reason is on ``result`` (a red
+    check for a plan casera does not know, the plain statement for a plan without it)."""
+    project = api.project(ctx.params.neon.project_id)
+    raw, limits = plan_of(project)
+    if limits is None:
+        _unknown_plan(result, raw)
+        return None
+    if not limits.ip_allow:
+        _say_no_ip_allow(result, limits, raw, project)
+        return None
+    return project
 
 
 def _say_no_ip_allow(result: StepResult, limits: PlanLimits, raw: str,
