@@ -45,11 +45,12 @@ def _monthly(entry: dict[str, Any] | None) -> tuple[Decimal, Decimal] | None:
 def _versus_seed(live_net: Decimal, currency: str, seed: Decimal) -> str:
     """The difference to the seed's figure, when there is one to take: the seed quotes
     dollars, and no exchange rate is assumed here."""
-    if currency != SEED.currency:
-        return (f"seed {seed:.2f} {SEED.currency}; no difference taken across currencies "
-                f"({currency} vs {SEED.currency})")
     delta = live_net - seed
     share = f", {delta / seed:+.1%}" if seed else ""
+    if currency != SEED.currency:
+        # Shown as quoted, never converted: an exchange rate would be a typed-in figure.
+        return (f"seed {seed:.2f} {SEED.currency}, difference {delta:+.2f}{share} in figures "
+                f"as quoted ({currency} vs {SEED.currency}: no exchange rate assumed)")
     return f"seed {seed:.2f} {SEED.currency}, difference {delta:+.2f}{share}"
 
 

@@ -79,7 +79,8 @@ def test_monthly_cost_reads_eur_prices_from_the_api(tmp_path: Path, emulator: Ru
     nodes = checks["3 x cx33 in fsn1"]
     assert nodes.kind == "check"
     assert nodes.detail.startswith("6.49 net / 7.72 gross EUR each, 19.47 net a month; "
-                                   "seed 19.77 USD; no difference taken across currencies")
+                                   "seed 19.77 USD, difference -0.30, -1.5% in figures as "
+                                   "quoted (EUR vs USD: no exchange rate assumed)")
     lb = checks["load balancer lb11 in fsn1"]
     assert lb.detail.startswith("5.39 net / 6.41 gross EUR; seed 5.99 USD")
     total = checks["Hetzner total"]
