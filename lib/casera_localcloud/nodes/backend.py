@@ -36,7 +36,9 @@ from casera_localcloud import engine
 from casera_localcloud.nodes import firewall, image, network
 
 CONTAINER_PREFIX = "casera-node-"
-NODE_LABEL = "casera_localcloud.node"
+# Label keys are data kept in the engine across sessions: they keep the name they had before
+# the package was renamed, so `down` still finds what an older checkout made.
+NODE_LABEL = "casera.localcloud.node"
 # Docker 20.10 refuses BPF, PERFMON and CHECKPOINT_RESTORE by name, and this machine's bounding
 # set lacks SYS_RESOURCE (which is why --privileged fails).
 CAPABILITIES = (
@@ -183,13 +185,13 @@ class Nodes:
             labels = container.labels
             nodes.append(NodeInfo(
                 name=labels.get(NODE_LABEL, container.name),
-                ip=labels.get("casera_localcloud.ip", "?"),
+                ip=labels.get("casera.localcloud.ip", "?"),
                 state=container.status, container=container.name,
                 partitioned=self._is_partitioned(container)))
         return sorted(nodes, key=lambda n: ipaddress.ip_address(n.ip) if n.ip != "?" else 0)
 
     def node_ip(self, name: str) -> str:
-        return self._require(name).labels["casera_localcloud.ip"]
+        return self._require(name).labels["casera.localcloud.ip"]
 
     @staticmethod
     def _is_partitioned(container: Container) -> bool:
@@ -208,7 +210,7 @@ class Nodes:
                 existing.remove(force=True)
             else:
                 self.start_node(name)
-                return existing.labels["casera_localcloud.ip"]
+                return existing.labels["casera.localcloud.ip"]
         proposed = ((server.get("public_net") or {}).get("ipv4") or {}).get("ip")
         ip = self._allocate(name, proposed)
         node_image = image.build_image(self.client).image
@@ -218,8 +220,8 @@ class Nodes:
             node_image,
             name=container_name(name),
             hostname=name,
-            labels={image.LABEL: "nodes", NODE_LABEL: name, "casera_localcloud.ip": ip,
-                    "casera_localcloud.server-id": str(server.get("id", ""))},
+            labels={image.LABEL: "nodes", NODE_LABEL: name, "casera.localcloud.ip": ip,
+                    "casera.localcloud.server-id": str(server.get("id", ""))},
             cap_add=list(CAPABILITIES),
             security_opt=["seccomp=unconfined", "apparmor=unconfined"],
             cgroupns="host",

@@ -51,7 +51,7 @@ BASE_REPO = "casera-node-base"
 IMAGE_REPO = "casera-node"
 FILES = ("Dockerfile", "entrypoint.sh", "casera-service.sh", "systemctl.sh", "service.sh",
          "daemon.json", "cloud-casera.yaml", "sshd-hostkeys.conf", "power.sh")
-LABEL = "casera_localcloud.part"
+LABEL = "casera.localcloud.part"
 _thread_lock = threading.Lock()
 
 

@@ -18,7 +18,7 @@ BRIDGE = "casera-local"  # the host interface too, so iptables rules can name it
 SUBNET = "10.77.0.0/24"
 GATEWAY = "10.77.0.1"
 FIRST_HOST = 11
-LABEL = "casera_localcloud.part"
+LABEL = "casera.localcloud.part"
 
 
 def ensure_network(client: docker.DockerClient) -> str:
