@@ -123,7 +123,9 @@ def test_second_run_changes_nothing_and_is_faster() -> None:
     changed = {s["step"]: s["changed"] for s in meta["steps"] if s["changed"]}
     assert meta["changes"] == 0 and not changed, changed
     first = float((outputs_dir("local") / "first-run-seconds").read_text())
-    print(f"first bootstrap {first:.0f} s, second {second:.0f} s")
+    # Reported, never asserted (a timing, not a behaviour): scripts/bench_bootstrap.py too.
+    print(f"first bootstrap {first:.0f} s, 0-change re-run {second:.0f} s: "
+          f"{second / first:.0%} of the first (goal <= 15 %)")
 
 
 def test_a_killed_node_converges_back_to_three_managers() -> None:
