@@ -12,3 +12,13 @@ FIRST = "test_bootstrap.py"
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     # sort is stable: within each group the tests keep their file and definition order.
     items.sort(key=lambda item: item.path.name != FIRST)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Figures the tests measured (`record_property("measured", ...)`), shown in the CI log:
+    reported, never asserted."""
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for name, value in getattr(report, "user_properties", []):
+                if name == "measured" and getattr(report, "when", "") == "call":
+                    terminalreporter.write_line(f"measured: {value}")
