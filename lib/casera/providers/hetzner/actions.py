@@ -10,16 +10,15 @@ a creation takes tens of seconds, and polling every second would spend the proje
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from hcloud import exponential_backoff_function
-from tqdm import tqdm
 
 from casera.errors import ProviderError, WaitTimeout
+from casera.progress import Progress
 from casera.providers.hetzner.errors import SYSTEM, hetzner_errors
 
 POLL_INTERVAL = exponential_backoff_function(base=1.0, multiplier=2, cap=5.0, jitter=True)
@@ -51,8 +50,8 @@ def wait_for(actions: Sequence[Action | None], what: str, timeout: float) -> Non
         return
     deadline = time.monotonic() + timeout
     polls = 0
-    with tqdm(total=len(pending), desc=f"waiting for {what}", file=sys.stdout,
-              leave=False) as bar:
+    finished = 0
+    with Progress(what, len(pending), unit="actions", leave=False) as bar:
         while True:
             running = []
             for action in pending:
@@ -62,7 +61,8 @@ def wait_for(actions: Sequence[Action | None], what: str, timeout: float) -> Non
                 if bound.status == "running":
                     running.append(action)
                     continue
-                bar.update(1)
+                finished += 1
+                bar.update(finished)
                 if bound.status == "error":
                     error = bound.error or {}
                     raise ProviderError(SYSTEM, f"{what}: {action.command} (action "
