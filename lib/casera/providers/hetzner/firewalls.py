@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hcloud import Client
 from hcloud.firewalls import (
     Firewall as HFirewall,
 )
@@ -22,6 +21,7 @@ from hcloud.firewalls import (
 from casera.errors import ProviderError
 from casera.providers.hetzner.actions import Action, actions_of
 from casera.providers.hetzner.errors import hetzner_errors
+from casera.providers.hetzner.resource import ResourceClient
 
 
 @dataclass(frozen=True)
@@ -68,14 +68,11 @@ def _selector(label_selector: str) -> FirewallResource:
         FirewallResourceLabelSelector(selector=label_selector)))
 
 
-class Firewalls:
-    def __init__(self, api: Client, where: str) -> None:
-        self._api, self._where = api, where
+class Firewalls(ResourceClient[Firewall]):
+    noun, sdk_name = "firewall", "firewalls"
 
-    def get(self, name: str) -> Firewall | None:
-        with hetzner_errors(f"read firewall {name}", self._where):
-            found = self._api.firewalls.get_by_name(name)
-        return Firewall.of(found) if found is not None else None
+    def _fact(self, bound: Any) -> Firewall:
+        return Firewall.of(bound)
 
     def create_or_get(self, name: str, rules: Sequence[FirewallRule], labels: dict[str, str],
                       apply_to_label: str | None = None) -> tuple[Firewall, list[Action]]:

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hcloud import Client
 from hcloud.load_balancer_types import LoadBalancerType
 from hcloud.load_balancers import (
     LoadBalancer as HLoadBalancer,
@@ -23,6 +22,7 @@ from hcloud.locations import Location
 from casera.errors import ProviderError
 from casera.providers.hetzner.actions import Action
 from casera.providers.hetzner.errors import hetzner_errors
+from casera.providers.hetzner.resource import ResourceClient
 
 
 @dataclass(frozen=True)
@@ -76,14 +76,11 @@ def _label_target(label_selector: str) -> LoadBalancerTarget:
         LoadBalancerTargetLabelSelector(selector=label_selector)))
 
 
-class LoadBalancers:
-    def __init__(self, api: Client, where: str) -> None:
-        self._api, self._where = api, where
+class LoadBalancers(ResourceClient[LoadBalancer]):
+    noun, sdk_name = "load balancer", "load_balancers"
 
-    def get(self, name: str) -> LoadBalancer | None:
-        with hetzner_errors(f"read load balancer {name}", self._where):
-            found = self._api.load_balancers.get_by_name(name)
-        return LoadBalancer.of(found) if found is not None else None
+    def _fact(self, bound: Any) -> LoadBalancer:
+        return LoadBalancer.of(bound)
 
     def create_or_get(self, name: str, type_name: str, location: str,
                       services: Sequence[LBService], target_label: str,

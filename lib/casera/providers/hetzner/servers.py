@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hcloud import Client
 from hcloud.images import Image
 from hcloud.locations import Location
 from hcloud.server_types import ServerType
@@ -15,6 +14,7 @@ from hcloud.ssh_keys import SSHKey
 from casera.errors import ProviderError
 from casera.providers.hetzner.actions import Action
 from casera.providers.hetzner.errors import hetzner_errors
+from casera.providers.hetzner.resource import ResourceClient
 
 
 @dataclass(frozen=True)
@@ -58,19 +58,16 @@ class Created:
     existed: bool
 
 
-class Servers:
-    def __init__(self, api: Client, where: str) -> None:
-        self._api, self._where = api, where
+class Servers(ResourceClient[Server]):
+    noun, sdk_name = "server", "servers"
+
+    def _fact(self, bound: Any) -> Server:
+        return Server.of(bound)
 
     def list(self, label_selector: str) -> list[Server]:
         with hetzner_errors(f"list servers labelled {label_selector}", self._where):
             return [Server.of(s) for s in
                     self._api.servers.get_all(label_selector=label_selector)]
-
-    def get(self, name: str) -> Server | None:
-        with hetzner_errors(f"read server {name}", self._where):
-            found = self._api.servers.get_by_name(name)
-        return Server.of(found) if found is not None else None
 
     def create_or_get(self, spec: ServerSpec) -> Created:
         """Create the server; a replayed POST that had already succeeded (hcloud-python

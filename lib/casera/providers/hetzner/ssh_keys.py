@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from hcloud import Client
-
 from casera.errors import ProviderError
 from casera.providers.hetzner.errors import hetzner_errors
+from casera.providers.hetzner.resource import ResourceClient
 
 
 @dataclass(frozen=True)
@@ -25,14 +24,11 @@ class SSHKey:
                    public_key=bound.public_key or "", labels=dict(bound.labels or {}))
 
 
-class SSHKeys:
-    def __init__(self, api: Client, where: str) -> None:
-        self._api, self._where = api, where
+class SSHKeys(ResourceClient[SSHKey]):
+    noun, sdk_name = "ssh key", "ssh_keys"
 
-    def get(self, name: str) -> SSHKey | None:
-        with hetzner_errors(f"read ssh key {name}", self._where):
-            found = self._api.ssh_keys.get_by_name(name)
-        return SSHKey.of(found) if found is not None else None
+    def _fact(self, bound: Any) -> SSHKey:
+        return SSHKey.of(bound)
 
     def create_or_get(self, name: str, public_key: str, labels: dict[str, str]) -> SSHKey:
         """Create the key; a replayed POST that had already succeeded (hcloud-python retries
