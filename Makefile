@@ -8,16 +8,17 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 VBIN := $(VENV)/bin
 # Debian packages the runbooks, the local cloud and the tests use (python3-venv: Debian's
-# python3 cannot make a venv without it).
+# python3 cannot make a venv without it; chromium: the browser tests drive it through
+# Playwright, whose own browser download cannot work offline).
 DEBS := docker.io debootstrap postgresql-15 pgbouncer redis-server openssh-client \
         openssh-server iptables iproute2 docker-registry openssl git ca-certificates \
-        python3-venv
+        python3-venv chromium
 
 .PHONY: install demo test test-quick nbval lint local-up local-down bench
 
 PYSTAMP := .make/python$(subst /,_,$(PYTHON))
 
-install: .make/debs $(PYSTAMP)
+install: .make/debs $(PYSTAMP) .make/nbstripout
 
 .make/debs: Makefile
 	@mkdir -p .make
@@ -39,6 +40,21 @@ $(PYSTAMP): pyproject.toml localcloud/pyproject.toml .make/debs
 	@# The product, and beside it the local cloud (its own distribution, see localcloud/).
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[dev]' -e ./localcloud
 	@rm -f .make/python*; touch $@
+
+# A save from JupyterLab writes outputs into runbooks/: this git filter keeps them out of
+# commits (nbstripout's manual filter installation, https://pypi.org/project/nbstripout/0.2.4/).
+# Only runbooks/: outputs/<env>/ are committed with their outputs as the audit trail.
+# tests/test_runbooks_stripped.py fails on a source runbook that still has outputs.
+.make/nbstripout: $(PYSTAMP)
+	@if git rev-parse --git-dir >/dev/null 2>&1; then \
+	  git config filter.nbstripout.clean '"$(abspath $(VPY))" -m nbstripout'; \
+	  git config filter.nbstripout.smudge cat; \
+	  git config filter.nbstripout.required true; \
+	  attrs=$$(git rev-parse --git-path info/attributes); mkdir -p "$$(dirname "$$attrs")"; \
+	  grep -qxF 'runbooks/*.ipynb filter=nbstripout' "$$attrs" 2>/dev/null || \
+	    echo 'runbooks/*.ipynb filter=nbstripout' >> "$$attrs"; \
+	fi
+	@touch $@
 
 # The main job on the embedded default: the local cloud, then the bootstrap runbook on it.
 demo: install
