@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import functools
 import os
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
@@ -335,37 +334,16 @@ def stack_deploy(conn: ssh.Connection, stack_file: str, stack: str,
             timeout=timeout)
 
 
-class Pool:
+class Pool(ssh.ConnectionPool[docker.DockerClient]):
     """The Docker clients one run keeps open, one per engine, so its steps do not open an SSH
-    transport and negotiate the API again for every call. A client is reused only while its
-    SSH transport still carries a session (a restarted node's is replaced)."""
+    transport and negotiate the API again for every call."""
 
-    def __init__(self) -> None:
-        self._open: dict[tuple[str, int, str, str, str], docker.DockerClient] = {}
-        self._lock = threading.Lock()
+    def _connect(self, host: str, port: int, user: str, key_file: str, timeout: float,
+                 known_hosts: ssh.KnownHosts, node: str | None) -> docker.DockerClient:
+        return connect(host, port, user, key_file, timeout, known_hosts=known_hosts, node=node)
 
-    def get(self, host: str, port: int, user: str, key_file: str, timeout: float = 10.0, *,
-            known_hosts: ssh.KnownHosts, node: str | None = None) -> docker.DockerClient:
-        key = (host, port, user, key_file, str(known_hosts.path))
-        with self._lock:
-            client = self._open.pop(key, None)
-        if client is not None and _alive(client, timeout):
-            with self._lock:
-                self._open[key] = client
-            return client
-        if client is not None:
-            client.close()
-        client = connect(host, port, user, key_file, timeout, known_hosts=known_hosts,
-                         node=node)
-        with self._lock:
-            self._open[key] = client
-        return client
-
-    def close(self) -> None:
-        with self._lock:
-            clients, self._open = list(self._open.values()), {}
-        for client in clients:
-            client.close()
+    def _alive(self, client: docker.DockerClient, timeout: float) -> bool:
+        return _alive(client, timeout)
 
 
 def _alive(client: docker.DockerClient, timeout: float) -> bool:

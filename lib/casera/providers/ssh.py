@@ -26,7 +26,7 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Generic, Literal, Protocol, TypeVar
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
@@ -280,35 +280,42 @@ def put_text(conn: Connection, text: str, remote_path: str) -> None:
         raise _failed(f"{conn.host}:{conn.port}: writing {remote_path}", exc) from exc
 
 
-class Pool:
-    """The SSH connections one run keeps open, by address, user and key, so its steps do not
-    log in again for every command. A connection is made (and its host key checked against
-    the pins) on first use and made again when its transport has died (a restarted node)."""
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+Conn = TypeVar("Conn", bound=_Closable)
+
+
+class ConnectionPool(Generic[Conn]):
+    """What one run keeps open per node, keyed by address, user, key and pins, so its steps
+    do not log in again for every call. An entry is made (and its host key checked against
+    the pins) on first use, and made again when its SSH transport no longer carries a
+    session (a restarted node). Subclasses say how to open one and how to tell it is alive."""
 
     def __init__(self) -> None:
-        self._open: dict[tuple[str, int, str, str, str], Connection] = {}
+        self._open: dict[tuple[str, int, str, str, str], Conn] = {}
         self._lock = threading.Lock()
 
+    def _connect(self, host: str, port: int, user: str, key_file: str, timeout: float,
+                 known_hosts: KnownHosts, node: str | None) -> Conn:
+        raise NotImplementedError
+
+    def _alive(self, conn: Conn, timeout: float) -> bool:
+        raise NotImplementedError
+
     def get(self, host: str, port: int, user: str, key_file: str, timeout: float = 10.0, *,
-            known_hosts: KnownHosts, node: str | None = None) -> Connection:
+            known_hosts: KnownHosts, node: str | None = None) -> Conn:
         key = (host, port, user, key_file, str(known_hosts.path))
         with self._lock:
             conn = self._open.pop(key, None)
-        if conn is not None and _alive(conn, timeout):
+        if conn is not None and self._alive(conn, timeout):
             with self._lock:
                 self._open[key] = conn
             return conn
         if conn is not None:
             conn.close()
-        conn = connect(host, port, user, key_file, timeout, known_hosts=known_hosts, node=node)
-        try:
-            conn.open()
-        except HostKeyError:
-            conn.close()
-            raise
-        except SSH_ERRORS as exc:
-            conn.close()
-            raise _failed(f"{user}@{host}:{port}", exc) from exc
+        conn = self._connect(host, port, user, key_file, timeout, known_hosts, node)
         with self._lock:
             self._open[key] = conn
         return conn
@@ -318,6 +325,26 @@ class Pool:
             conns, self._open = list(self._open.values()), {}
         for conn in conns:
             conn.close()
+
+
+class Pool(ConnectionPool[Connection]):
+    """The run's SSH connections (fabric), opened at once so a bad host key fails here."""
+
+    def _connect(self, host: str, port: int, user: str, key_file: str, timeout: float,
+                 known_hosts: KnownHosts, node: str | None) -> Connection:
+        conn = connect(host, port, user, key_file, timeout, known_hosts=known_hosts, node=node)
+        try:
+            conn.open()
+        except HostKeyError:
+            conn.close()
+            raise
+        except SSH_ERRORS as exc:
+            conn.close()
+            raise _failed(f"{user}@{host}:{port}", exc) from exc
+        return conn
+
+    def _alive(self, conn: Connection, timeout: float) -> bool:
+        return _alive(conn, timeout)
 
 
 def _alive(conn: Connection, timeout: float) -> bool:
