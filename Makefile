@@ -17,8 +17,12 @@ DEBS := docker.io debootstrap postgresql-15 pgbouncer redis-server openssh-clien
 .PHONY: install demo test test-quick nbval lint local-up local-down bench
 
 PYSTAMP := .make/python$(subst /,_,$(PYTHON))
+# The widget manager the HTML reports inline (see its rule below).
+HTML_MANAGER := 1.0.15
+HTML_MANAGER_SHA256 := 2b9d65cb7913e1c7d671757a10008b32c9c2448d4429513371e55c07d6107638
+WIDGET_BUNDLE := lib/casera/runner/vendor/html-manager-embed.js
 
-install: .make/debs $(PYSTAMP) .make/nbstripout
+install: .make/debs $(PYSTAMP) .make/nbstripout $(WIDGET_BUNDLE)
 
 .make/debs: Makefile
 	@mkdir -p .make
@@ -40,6 +44,20 @@ $(PYSTAMP): pyproject.toml localcloud/pyproject.toml .make/debs
 	@# The product, and beside it the local cloud (its own distribution, see localcloud/).
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[dev]' -e ./localcloud
 	@rm -f .make/python*; touch $@
+
+# The widget manager `casera show` inlines so a report renders its widgets offline: the
+# bundle that needs no require.js, from npm, checked against the hash it had when pinned.
+$(WIDGET_BUNDLE): | .make/debs
+	@mkdir -p .make/npm $(dir $@)
+	@# Debian's npm conflicts with a nodejs that brings its own npm: only when there is none.
+	@command -v npm >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm
+	cd .make/npm && npm pack --silent @jupyter-widgets/html-manager@$(HTML_MANAGER) >/dev/null
+	@echo "$(HTML_MANAGER_SHA256)  .make/npm/jupyter-widgets-html-manager-$(HTML_MANAGER).tgz" \
+	  | sha256sum -c --quiet
+	tar -xzf .make/npm/jupyter-widgets-html-manager-$(HTML_MANAGER).tgz -O \
+	  package/dist/embed.js.LICENSE.txt > $(dir $@)html-manager-embed.js.LICENSE.txt
+	tar -xzf .make/npm/jupyter-widgets-html-manager-$(HTML_MANAGER).tgz -O \
+	  package/dist/embed.js > $@.tmp && mv $@.tmp $@
 
 # A save from JupyterLab writes outputs into runbooks/: this git filter keeps them out of
 # commits (nbstripout's manual filter installation, https://pypi.org/project/nbstripout/0.2.4/).

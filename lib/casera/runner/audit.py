@@ -1,5 +1,5 @@
 """The audit trail: every kept run under outputs/<env>/<runbook>/, read back from its
-``metadata.casera``; and an HTML rendering for reviewers."""
+``metadata.casera``. What reviewers read (reports, the index, diffs) is in ``report``."""
 
 from __future__ import annotations
 
@@ -65,20 +65,7 @@ def find_run(ref: str) -> RunRecord:
 
 
 def render_html(record: RunRecord) -> Path:
-    """Write <run>.html beside the notebook with nbconvert, a summary of the run on top."""
-    import nbformat
-    from nbconvert import HTMLExporter
+    """The run's self-contained report beside its notebook (casera.runner.report)."""
+    from casera.runner.report import render_report
 
-    nb = nbformat.read(record.path, as_version=4)
-    m = record.meta
-    summary = (f"# Run {m.get('run_id')}: {m.get('runbook')} on {m.get('env')} — "
-               f"**{m.get('status')}**\n\n"
-               f"operator {m.get('operator')} on {m.get('host')}, {m.get('start')} → "
-               f"{m.get('end')} ({m.get('duration_s')} s), commit {m.get('git_commit')}"
-               f"{' (dirty)' if m.get('git_dirty') else ''}, {m.get('changes', 0)} changes"
-               + (f"\n\nfailed step: {m.get('failed_step')}" if m.get("failed_step") else ""))
-    nb.cells.insert(0, nbformat.v4.new_markdown_cell(summary))
-    body, _ = HTMLExporter().from_notebook_node(nb)
-    out = record.path.with_suffix(".html")
-    out.write_text(body)
-    return out
+    return render_report(record)[0]

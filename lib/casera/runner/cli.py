@@ -8,7 +8,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 
 from casera.errors import CaseraError, SecretLeakError
-from casera.runner import audit, lock
+from casera.runner import audit, lock, report
 from casera.runner.run import EXIT_BAD_INPUT, EXIT_LEAK, RunRequest, run
 
 
@@ -34,9 +34,16 @@ def _parser() -> argparse.ArgumentParser:
 
     p_runs = sub.add_parser("runs", help="list the audit trail")
     p_runs.add_argument("--env", default=None)
+    p_runs.add_argument("--html", action="store_true",
+                        help="write outputs/index.html (every run, linking to its report)")
 
-    p_show = sub.add_parser("show", help="render a run to HTML for reviewers")
+    p_show = sub.add_parser("show", help="render a run to one self-contained HTML file for "
+                            "reviewers (works offline)")
     p_show.add_argument("run", help="run id (or prefix) or path of an output notebook")
+
+    p_diff = sub.add_parser("diff", help="what differs between two runs of one runbook")
+    p_diff.add_argument("run_a", help="the earlier run: id (or prefix) or path")
+    p_diff.add_argument("run_b", help="the later run: id (or prefix) or path")
 
     p_lock = sub.add_parser("lock", help="show who holds an environment's lock (a firewall "
                             "casera-lock-ENV in its Hetzner project)")
@@ -79,10 +86,22 @@ def main(argv: list[str] | None = None) -> int:
             print(outcome.message, file=stream)
             return outcome.exit_code
         if args.command == "runs":
+            if args.html:
+                index, warnings = report.write_index(args.env)
+                for warning in warnings:
+                    print(f"casera: {warning}", file=sys.stderr)
+                print(index)
+                return 0
             print(audit.format_table(audit.list_runs(args.env)))
             return 0
         if args.command == "show":
-            print(audit.render_html(audit.find_run(args.run)))
+            shown, warnings = report.render_report(audit.find_run(args.run))
+            for warning in warnings:
+                print(f"casera: {warning}", file=sys.stderr)
+            print(shown)
+            return 0
+        if args.command == "diff":
+            print(report.diff_runs(audit.find_run(args.run_a), audit.find_run(args.run_b)))
             return 0
         if args.command == "lock":
             from casera.operator_secrets import SecretStore
