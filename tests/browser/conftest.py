@@ -1,0 +1,34 @@
+"""A real browser for the tests: Debian's chromium driven by Playwright (its own browser
+download cannot work here; ../shared/notes/browser-testing.md has the measured recipe)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # report_fixtures, helpers
+
+CHROMIUM = os.environ.get("CASERA_CHROMIUM", "/usr/bin/chromium")
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `make install` installs Debian's chromium "
+                    f"(or set CASERA_CHROMIUM to a Chromium binary)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("playwright is missing: `make install` installs the dev extras")
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()
