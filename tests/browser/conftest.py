@@ -32,3 +32,20 @@ def browser() -> Iterator[Any]:
             yield launched
         finally:
             launched.close()
+
+
+@pytest.fixture()
+def screenshot(tmp_path: Path) -> Any:
+    """Save a screenshot in the test's folder and, when CASERA_SCREENSHOTS names a folder
+    (the README's images: `CASERA_SCREENSHOTS=docs/img pytest tests/browser`), there too."""
+    import shutil
+
+    def save(page: Any, name: str, full_page: bool = False) -> Path:
+        path = tmp_path / f"{name}.png"
+        page.screenshot(path=str(path), full_page=full_page)
+        if os.environ.get("CASERA_SCREENSHOTS"):
+            target = Path(os.environ["CASERA_SCREENSHOTS"])
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, target / path.name)
+        return path
+    return save

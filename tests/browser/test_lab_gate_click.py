@@ -102,7 +102,7 @@ def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         log.close()
 
 
-def test_approve_then_cancel_in_jupyterlab(lab: tuple[str, Path], browser,
+def test_approve_then_cancel_in_jupyterlab(lab: tuple[str, Path], browser, screenshot,
                                            tmp_path: Path) -> None:
     url, work = lab
     approved, cancelled = work / "approved.txt", work / "cancelled.txt"
@@ -149,7 +149,7 @@ def test_approve_then_cancel_in_jupyterlab(lab: tuple[str, Path], browser,
     assert f"replace <b>{approved}</b>" in gate_text
     assert f"- file {approved} & <old>" in gate_text
     assert not approved.exists()
-    page.screenshot(path=str(tmp_path / "gate-waiting.png"))
+    screenshot(page, "gate-waiting")
     clicked = time.monotonic()
     approve.first.click()
     page.locator(".jp-OutputArea-output", has_text="APPROVED STEP RAN").wait_for(timeout=30_000)
@@ -175,7 +175,7 @@ def test_approve_then_cancel_in_jupyterlab(lab: tuple[str, Path], browser,
     assert "APPROVED STEP RAN" in printed and "NOT REACHED" not in printed
     # Both gates are closed: their buttons disabled, each saying how it ended.
     assert all(b.is_disabled() for b in page.locator(".widget-button").all())
-    page.screenshot(path=str(tmp_path / "gate-answered.png"), full_page=True)
+    screenshot(page, "gate-answered", full_page=True)
     print(f"JupyterLab gate test: {time.monotonic() - started:.1f}s in the browser, click to "
           f"output {click_to_output:.1f}s; screenshots in {tmp_path}")
     page.close()

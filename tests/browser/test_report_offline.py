@@ -13,7 +13,7 @@ from casera.runner import report
 from casera.runner.audit import find_run
 
 
-def test_report_renders_offline(browser, tmp_path: Path,
+def test_report_renders_offline(browser, screenshot, tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CASERA_PROJECT_DIR", str(tmp_path))
     keep(executed_notebook(), tmp_path, meta("0ff11e00"))
@@ -48,8 +48,8 @@ def test_report_renders_offline(browser, tmp_path: Path,
     assert page.locator(".widget-readout").first.inner_text().strip() == "7"
     assert "replicas" in slider.first.inner_text()
     took = time.monotonic() - started
-    page.screenshot(path=str(tmp_path / "report-offline.png"), full_page=True)
-    print(f"report rendered offline in {took:.1f}s; screenshot {tmp_path / 'report-offline.png'}")
+    shot = screenshot(page, "report-offline", full_page=True)
+    print(f"report rendered offline in {took:.1f}s; screenshot {shot}")
     assert errors == [], errors
     # Nothing tried to reach the network (a CDN fallback would show here).
     assert blocked == [], blocked
