@@ -57,7 +57,10 @@ def running_pid(pidfile: Path, marker: str | None = None) -> int | None:
             args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
         except OSError:
             return None
-        if marker.encode() not in args:
+        # An emulator an older checkout started runs under the package's former name: it is
+        # still ours to find and stop, or the next `up` meets its port taken.
+        former = marker.replace("casera_localcloud.", "casera.localcloud.", 1)
+        if marker.encode() not in args and former.encode() not in args:
             return None
     return pid
 
