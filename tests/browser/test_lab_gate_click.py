@@ -14,19 +14,13 @@ the replay never receives its click and times out as refused (nothing is changed
 
 from __future__ import annotations
 
-import json
-import os
-import secrets
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import nbformat
 import pytest
+from lab_harness import Lab, jupyterlab, open_notebook, run_cell, wait_cell
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -52,59 +46,15 @@ def gated(marker):
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture()
-def lab(tmp_path: Path) -> Iterator[tuple[str, Path]]:
-    """JupyterLab on 127.0.0.1 with a token, isolated config, in ``tmp_path/work``."""
-    work, home = tmp_path / "work", tmp_path / "jupyter"
-    work.mkdir()
-    settings = home / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
-    settings.mkdir(parents=True)
-    # The news pop-up would cover the notebook; --LabApp.news_url= does not silence it.
-    (settings / "notification.jupyterlab-settings").write_text(
-        json.dumps({"fetchNews": "false", "checkForUpdates": False}))
-    token, port = secrets.token_hex(16), _free_port()
-    env = dict(os.environ,
-               JUPYTER_CONFIG_DIR=str(home / "config"), JUPYTER_DATA_DIR=str(home / "data"),
-               JUPYTER_RUNTIME_DIR=str(home / "runtime"), IPYTHONDIR=str(home / "ipython"),
-               JUPYTER_PATH=str(Path(sys.prefix) / "share" / "jupyter"),
-               CASERA_APPROVAL_TIMEOUT_S="90")
-    log = (tmp_path / "lab.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root",
-         "--ip=127.0.0.1", f"--port={port}", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={work}", "--ServerApp.port_retries=0"],
-        env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("JupyterLab did not start: "
-                                         + (tmp_path / "lab.log").read_text()[-2000:]) from None
-                time.sleep(0.3)
-        yield f"{base}/lab/tree/gate.ipynb?token={token}", work
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+def lab(tmp_path: Path) -> Iterator[Lab]:
+    with jupyterlab(tmp_path, {"CASERA_APPROVAL_TIMEOUT_S": "90"}) as running:
+        yield running
 
 
-def test_approve_then_cancel_in_jupyterlab(lab: tuple[str, Path], browser, screenshot,
+def test_approve_then_cancel_in_jupyterlab(lab: Lab, browser, screenshot,
                                            tmp_path: Path) -> None:
-    url, work = lab
+    work = lab.work
     approved, cancelled = work / "approved.txt", work / "cancelled.txt"
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
@@ -116,27 +66,9 @@ def test_approve_then_cancel_in_jupyterlab(lab: tuple[str, Path], browser, scree
 
     started = time.monotonic()
     page = browser.new_page(viewport={"width": 1300, "height": 1000})
-    page.goto(url)
-    page.locator('.jp-NotebookPanel .jp-Notebook-ExecutionIndicator[data-status="idle"]'
-                 ).wait_for(timeout=60_000)
-    page.locator(".jp-NotebookPanel .jp-KernelName", has_text="Python 3").wait_for(
-        timeout=60_000)
-    # The status bar names the kernel once it is connected (before that, Run All opens a
-    # kernel picker or does nothing).
-    page.locator(".jp-StatusBar-Widget", has_text="Python 3 (ipykernel) | Idle").wait_for(
-        timeout=60_000)
-    # Step through as an operator does: run a cell, wait for it, then the next. (Cells
-    # queued behind a waiting gate, as Run All queues them, are replayed by jupyter-ui-poll
-    # after it and their own gate never sees a click: measured here, see the module doc.)
-    cells = page.locator(".jp-Notebook .jp-Cell")
-
-    def run_cell(index: int) -> None:
-        cells.nth(index).locator(".jp-InputPrompt").click()
-        page.keyboard.press("Shift+Enter")
-
-    run_cell(0)
-    cells.nth(0).locator(".jp-InputPrompt", has_text="[1]").wait_for(timeout=60_000)
-    run_cell(1)
+    open_notebook(page, lab.url("gate.ipynb"))
+    run_cell(page, 0)
+    run_cell(page, 1, wait_s=None)  # waits at the gate
     outputs = page.locator(".jp-Cell .jp-OutputArea-output")
     approve = page.locator(".jp-OutputArea-output .widget-button", has_text="Approve")
     try:
@@ -156,8 +88,8 @@ def test_approve_then_cancel_in_jupyterlab(lab: tuple[str, Path], browser, scree
     click_to_output = time.monotonic() - clicked
     assert approved.read_text() == "made"
 
-    cells.nth(1).locator(".jp-InputPrompt", has_text="[2]").wait_for(timeout=30_000)
-    run_cell(2)
+    wait_cell(page, 1)  # a cell queued behind a running gate would miss its click
+    run_cell(page, 2, wait_s=None)
     cancel = page.locator(".jp-OutputArea-output .widget-button", has_text="Cancel")
     cancel.nth(1).wait_for(timeout=30_000)
     cancel.nth(1).click()
