@@ -111,3 +111,26 @@ def wait_cell(page: Any, index: int, wait_s: float = 60) -> None:
     cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
     cell.locator(".jp-InputPrompt").filter(has_text=re.compile(r"\[\d+\]")).wait_for(
         timeout=wait_s * 1000)
+
+
+CHROMIUM = os.environ.get("CASERA_CHROMIUM", "/usr/bin/chromium")
+
+
+@contextmanager
+def chromium() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright (its own browser download cannot work here)."""
+    if not Path(CHROMIUM).exists():
+        raise AssertionError(f"{CHROMIUM} is missing: `make install` installs Debian's "
+                             f"chromium (or set CASERA_CHROMIUM to a Chromium binary)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        raise AssertionError("playwright is missing: `make install` installs the dev "
+                             "extras") from None
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                     args=["--no-sandbox"])
+        try:
+            yield launched
+        finally:
+            launched.close()

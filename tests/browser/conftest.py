@@ -4,6 +4,7 @@ download cannot work here; ../shared/notes/browser-testing.md has the measured r
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,34 +12,21 @@ from typing import Any
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # report_fixtures, helpers
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # report_fixtures, lab_harness
 
-CHROMIUM = os.environ.get("CASERA_CHROMIUM", "/usr/bin/chromium")
+from lab_harness import chromium  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Any]:
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `make install` installs Debian's chromium "
-                    f"(or set CASERA_CHROMIUM to a Chromium binary)")
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.fail("playwright is missing: `make install` installs the dev extras")
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                                     args=["--no-sandbox"])
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with chromium() as launched:
+        yield launched
 
 
 @pytest.fixture()
 def screenshot(tmp_path: Path) -> Any:
     """Save a screenshot in the test's folder and, when CASERA_SCREENSHOTS names a folder
     (the README's images: `CASERA_SCREENSHOTS=docs/img pytest tests/browser`), there too."""
-    import shutil
 
     def save(page: Any, name: str, full_page: bool = False) -> Path:
         path = tmp_path / f"{name}.png"
