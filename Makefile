@@ -87,8 +87,9 @@ demo: install
 PYTEST := $(VPY) -m pytest -q -rs -p no:cacheprovider
 test: install
 	$(VBIN)/ruff check lib tests runbooks scripts
-	@# Start from an empty local cloud: what an earlier session left must not change results.
-	$(VBIN)/casera local down
+	@# Start from an empty local cloud: what an earlier session left must not change results
+	@# (--purge: the emulators' accounts too; the image caches stay).
+	$(VBIN)/casera local down --purge
 	$(PYTEST) tests --ignore=tests/e2e
 	$(PYTEST) tests/e2e
 	$(PYTEST) --nbval-lax runbooks

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import secrets as random_secrets
 import subprocess
 import sys
@@ -69,11 +70,16 @@ def up() -> int:
     return 0
 
 
-def down() -> int:
+def down(purge: bool = False) -> int:
+    """Take every part down. ``purge`` also removes what the SaaS emulators keep like a real
+    account would (B2 buckets and keys, Cloudflare records, the Neon project and its
+    history), so the next `up` is an empty cloud; the image caches stay either way."""
     failures = 0
     for name, path in reversed(PARTS):
         try:
-            _print(name, _module(path).down())
+            part_down = _module(path).down
+            takes_purge = "purge" in inspect.signature(part_down).parameters
+            _print(name, part_down(purge=True) if purge and takes_purge else part_down())
         except Exception as exc:  # noqa: BLE001 - take down the rest, then report
             failures += 1
             print(f"[{name}] could not be taken down: {exc}", file=sys.stderr)
@@ -101,7 +107,10 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="casera local")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start everything params/local.yaml points at (idempotent)")
-    sub.add_parser("down", help="remove every node, network, volume and process up made")
+    p_down = sub.add_parser("down", help="remove every node, network, volume and process up "
+                            "made")
+    p_down.add_argument("--purge", action="store_true",
+                        help="also remove the emulators' account state (an empty cloud)")
     sub.add_parser("status", help="what runs, and this kernel's limits")
     for fault in ("kill-node", "partition", "heal"):
         sub.add_parser(fault).add_argument("name", help="server name, e.g. casera-local-2")
@@ -110,7 +119,7 @@ def main(argv: list[str]) -> int:
         if args.command == "up":
             return up()
         if args.command == "down":
-            return down()
+            return down(purge=args.purge)
         if args.command == "status":
             return status()
         nodes = _module("casera_localcloud.nodes")

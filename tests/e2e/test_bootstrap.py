@@ -60,7 +60,8 @@ def changes_per_step(meta: dict) -> list[tuple[str, int]]:
 def fresh_local_cloud() -> Iterator[None]:
     for var in [v for v in os.environ if v.startswith("CASERA_") and v != "CASERA_LOCAL_HOME"]:
         os.environ.pop(var)  # the local cloud's own secrets/local.env, nothing planted
-    assert casera("local", "down", timeout=600).returncode == 0
+    # --purge: the SaaS emulators forget their accounts too, so the cloud is really empty.
+    assert casera("local", "down", "--purge", timeout=600).returncode == 0
     up = casera("local", "up", timeout=2400)
     assert up.returncode == 0, up.stderr
     yield
