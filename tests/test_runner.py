@@ -28,7 +28,7 @@ from runner_helpers import (
 from casera.result import ChecksFailed, StepResult, timed
 from casera.runner.lock import LockHolder, lock_name
 
-META_FIELDS = {"run_id", "runbook", "env", "operator", "host", "git_commit", "git_dirty",
+META_FIELDS = {"run_id", "runbook", "env", "mode", "operator", "host", "git_commit", "git_dirty",
                "package_version", "parameters", "start", "end", "duration_s", "status",
                "failed_step", "failed_checks", "steps", "changes"}
 
@@ -99,6 +99,7 @@ def test_preflight_keeps_a_scrubbed_output_with_full_metadata(project: Path) -> 
     m = meta(kept)
     assert META_FIELDS <= set(m)
     assert m["status"] == "failed" and m["env"] == "local" and m["runbook"] == "preflight"
+    assert m["mode"] == "headless"
     assert m["operator"] == "test-operator" and m["git_dirty"] is False
     assert len(m["git_commit"]) == 40 and m["failed_step"] == "5. Endpoints"
     assert [s["step"] for s in m["steps"]] == ["params", "secrets", "versions", "endpoints"]

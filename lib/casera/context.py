@@ -9,8 +9,11 @@ a Python prompt): it takes the environment's lock (``casera.runner.lock``), rele
 JupyterLab restart), by a small watcher process that outlives it; a lock whose watcher died
 too is reported as stale with its holder and age and broken with ``casera run --break-lock``;
 it journals the session's steps to a private file (``ctx.journal``) so ``run_changes`` works;
-and it masks the environment's secrets in everything the kernel sends to the notebook. Under
-``casera run`` the runner does all three itself, and says so through the environment.
+it masks the environment's secrets in everything the kernel sends to the notebook; and it
+records the cells the operator runs (``casera.runner.interactive``), which :func:`end_run`
+keeps, scrubbed, in ``outputs/<env>/<runbook>/`` with the same ``metadata.casera`` as a
+headless run (``mode: interactive``). Under ``casera run`` the runner does all of this
+itself, and says so through the environment.
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ import getpass
 import html
 import os
 import tempfile
+import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +36,21 @@ from casera.result import JOURNAL_ENV
 
 # Runs this process holds the env lock for (interactive sessions): released at exit.
 _HELD: dict[str, tuple[Any, str]] = {}
+
+
+@dataclass
+class _Session:
+    """What end_run needs to keep an interactive run that the RunContext does not carry."""
+
+    run_id: str
+    runbook: str
+    overrides: dict[str, Any]
+    recorder: Any  # casera.runner.interactive.Recorder
+    started: datetime = field(default_factory=lambda: datetime.now(UTC))
+    clock: float = field(default_factory=time.monotonic)
+
+
+_SESSIONS: dict[str, _Session] = {}
 
 
 @dataclass(frozen=True)
@@ -91,6 +111,7 @@ def start_run(
     has it.
     """
     from casera.runner import lock
+    from casera.runner.interactive import Recorder, install
     from casera.runner.scrub import LiveSecrets, install_kernel_scrub
 
     secrets = SecretStore(env)
@@ -105,9 +126,9 @@ def start_run(
             run_id = held[1] if held else uuid.uuid4().hex[:8]
         if held and held[1] != run_id:
             _release(env)
+        runbook = _runbook_name(runbook)
         env_lock = lock.env_lock(env, params, secrets)
-        env_lock.acquire(lock.LockHolder.for_this_process(run_id, operator,
-                                                          _runbook_name(runbook)))
+        env_lock.acquire(lock.LockHolder.for_this_process(run_id, operator, runbook))
         if not held or held[1] != run_id:
             lock.release_when_parent_exits(env, run_id, params.hetzner.api_endpoint)
         _HELD[env] = (env_lock, run_id)
@@ -115,6 +136,13 @@ def start_run(
             journal = Path(tempfile.gettempdir()) / f"casera-{env}-{run_id}.jsonl"
             os.environ[JOURNAL_ENV] = str(journal)
         install_kernel_scrub(LiveSecrets(env))
+        session = _SESSIONS.get(env)
+        if session is None or session.run_id != run_id:
+            session = _Session(run_id, runbook, dict(overrides or {}), Recorder())
+            _SESSIONS[env] = session
+            install(session.recorder, this_cell=True)
+        else:
+            session.overrides = dict(overrides or {})
     return RunContext(env=env, params=params, secrets=secrets, dry_run=dry_run,
                       approve=approve, interactive=interactive, run_id=run_id,
                       operator=operator, journal=journal)
@@ -134,14 +162,64 @@ def _runbook_name(given: str) -> str:
 
 
 def end_run(ctx: RunContext) -> str:
-    """Release the env lock this session took (the last cell of an interactive run, or any
-    time) and say what happened. Under the runner this does nothing: the runner releases."""
+    """End an interactive run (its runbook's last cell): keep the cells run so far as a
+    scrubbed executed copy in ``outputs/<env>/<runbook>/``, release the env lock, and say
+    what happened. Under the runner this does nothing: the runner keeps and releases."""
     held = _HELD.get(ctx.env)
     if not held or held[1] != ctx.run_id:
         return (f"env {ctx.env}: the lock is not held by this session (run {ctx.run_id}); "
-                "under `casera run` the runner releases it when the run ends")
-    _release(ctx.env)
-    return f"env {ctx.env}: lock of run {ctx.run_id} released"
+                "under `casera run` the runner keeps the output and releases the lock")
+    session = _SESSIONS.get(ctx.env)
+    try:
+        kept = (_keep_interactive(ctx, session) if session and session.run_id == ctx.run_id
+                else f"run {ctx.run_id}: no cells were recorded, nothing kept")
+    finally:
+        _release(ctx.env)
+    return f"{kept}\nenv {ctx.env}: lock of run {ctx.run_id} released"
+
+
+def _keep_interactive(ctx: RunContext, session: _Session) -> str:
+    from casera.errors import SecretLeakError
+    from casera.runner import interactive, keep
+    from casera.runner.scrub import LiveSecrets
+
+    interactive.uninstall(session.recorder)
+    nb = session.recorder.notebook()
+    steps = keep.read_journal(ctx.journal)
+    # A step run again (after a fix) counts by its last run, as a re-run cell does.
+    latest = {(s.get("step"), s.get("target")): s for s in steps}
+    red = keep.failed_checks(list(latest.values()))
+    errors = session.recorder.final_errors()
+    failed_step = failed_cell = error = None
+    if errors:
+        index, cell = errors[0]
+        ename, evalue = cell.error
+        status = "refused" if ename == "ApprovalRefused" else "failed"
+        lines = [line for line in cell.source.splitlines() if line.strip()]
+        failed_step = f"cell [{cell.execution_count}] {lines[-1].strip() if lines else ''}"[:120]
+        failed_cell, error = index + 1, f"{ename}: {evalue}"[:500]  # + 1: the banner
+    elif red:
+        status, failed_step = "failed", red[0]["step"]
+    else:
+        status = "succeeded"
+    meta = keep.run_metadata(
+        mode="interactive", run_id=ctx.run_id, runbook=session.runbook, env=ctx.env,
+        operator=ctx.operator,
+        parameters={"runbook": {}, "overrides": session.overrides, "dry_run": ctx.dry_run,
+                    "approve": ctx.approve, "params": ctx.params.public_dict()},
+        started=session.started, ended=datetime.now(UTC),
+        duration_s=time.monotonic() - session.clock, status=status,
+        failed_step=failed_step, failed_cell=failed_cell, error=error, steps=steps, red=red,
+        cell_timeout_s=None)
+    _SESSIONS.pop(ctx.env, None)
+    try:
+        output, masked = keep.keep_run(nb, meta, LiveSecrets(ctx.env, ctx.secrets.values())())
+    except SecretLeakError as exc:
+        return (f"{exc}. The cell that printed it must be fixed; `casera run` would refuse the "
+                "same output (exit 5)")
+    note = f"; {masked} secret occurrence(s) masked" if masked else ""
+    return (f"{session.runbook} on {ctx.env}: {status} ({meta['changes']} changes, "
+            f"interactive, operator {ctx.operator}) -> kept {output}{note}")
 
 
 def _release(env: str) -> None:

@@ -7,13 +7,15 @@ opened with ``overrides = {"runner.approval": "required"}`` (local says ``auto``
 - takes the env lock in its first cell (``casera lock`` names the interactive run);
 - *Cancel* at the firewall gate: ApprovalRefused, the stray rule still there;
 - the same cell again, *Approve*: the rule is gone, the firewall has exactly the params' rules;
-- the last cell releases the lock.
+- the last cell keeps the scrubbed executed copy (mode interactive, the operator) and
+  releases the lock.
 Cells are run one at a time, as an operator does (see lab_harness.run_cell).
 Screenshots go to the test's folder (and to $CASERA_SCREENSHOTS).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -30,7 +32,7 @@ from hcloud.firewalls import FirewallRule
 from lab_harness import chromium, jupyterlab, open_notebook, run_cell, wait_cell
 
 from casera.params import load_params
-from casera.paths import runbook_file
+from casera.paths import outputs_dir, runbook_file
 from casera_localcloud.local_credentials import read_local_secrets
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
@@ -106,6 +108,7 @@ def test_cancel_then_approve_the_firewall_gate(stray_rule: None, browser: Any,
             Path(os.environ["CASERA_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
             shutil.copy(path, Path(os.environ["CASERA_SCREENSHOTS"]) / path.name)
 
+    kept_before = set((outputs_dir("local") / "bootstrap").glob("*.ipynb"))
     started = time.monotonic()
     with jupyterlab(tmp_path, {"CASERA_APPROVAL_TIMEOUT_S": "180",
                                "CASERA_OPERATOR": "e2e-operator"}) as lab:
@@ -142,5 +145,15 @@ def test_cancel_then_approve_the_firewall_gate(stray_rule: None, browser: Any,
 
         run_cell(page, end, wait_s=120)
         assert "not locked" in lock_holder()
+        [kept] = set((outputs_dir("local") / "bootstrap").glob("*.ipynb")) - kept_before
+        assert f"kept {kept}" in page.locator(".jp-Notebook .jp-Cell").nth(end).inner_text()
+        text = kept.read_text()
+        m = json.loads(text)["metadata"]["casera"]
+        assert m["mode"] == "interactive" and m["operator"] == "e2e-operator", m
+        # Cancelled, then the same cell approved: the run succeeded; the refusal is kept.
+        assert m["status"] == "succeeded" and "ApprovalRefused" in text, m
+        assert "firewall" in [s["step"] for s in m["steps"]], m["steps"]
+        for name, value in read_local_secrets().items():
+            assert len(value) < 4 or value not in text, f"{name} leaked into {kept}"
         page.close()
     print(f"e2e JupyterLab gate: {time.monotonic() - started:.0f}s")

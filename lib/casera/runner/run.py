@@ -11,13 +11,9 @@ keep the file under ``outputs/<env>/<runbook>/`` -> release the lock -> exit cod
 from __future__ import annotations
 
 import getpass
-import html
 import io
-import json
 import os
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,13 +28,13 @@ import papermill
 from nbclient.exceptions import CellTimeoutError, DeadKernelError
 from papermill.exceptions import PapermillExecutionError
 
-import casera
-from casera.errors import CaseraError, LockHeld, ParamIssue, ParamsError, SecretLeakError
+from casera.errors import CaseraError, LockHeld, ParamIssue, ParamsError
 from casera.operator_secrets import SecretStore
 from casera.params import load_params, parse_override
-from casera.paths import outputs_dir, project_dir, runbook_file
+from casera.paths import runbook_file
 from casera.result import JOURNAL_ENV
 from casera.runner import lock
+from casera.runner.keep import failed_checks, keep_run, read_journal, run_metadata
 from casera.runner.scrub import LiveSecrets, SecretSource, find_leaks, scrub
 
 # Exit codes, documented in the README.
@@ -106,22 +102,6 @@ class _ScrubbingStream(io.TextIOBase):
         self._target.flush()
 
 
-def _git(*args: str) -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(project_dir()), *args], capture_output=True,
-                             text=True, timeout=10, check=True)
-    except (subprocess.SubprocessError, OSError):
-        return None
-    return out.stdout.strip()
-
-
-def _code_version() -> dict[str, Any]:
-    status = _git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": _git("rev-parse", "HEAD"),
-            "git_dirty": bool(status) if status is not None else None,
-            "package_version": casera.__version__}
-
-
 def _split_settings(nb_path: Path, settings: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
     """-p values go to the notebook when it declares that parameter, else to params overrides."""
     declared = set(papermill.inspect_notebook(str(nb_path)))
@@ -182,46 +162,6 @@ def _describe(error: BaseException | None) -> str | None:
     if isinstance(error, PapermillExecutionError):
         return f"{error.ename}: {error.evalue}"[:500]
     return f"{type(error).__name__}: {str(error).strip()}"[:500]
-
-
-def _journal(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _failed_checks(steps: list[dict[str, Any]]) -> list[dict[str, str]]:
-    """Every red check of the run, with its step: what the banner and the summary name."""
-    return [{"step": s["step"], "target": s["target"], "check": c["name"],
-             "detail": c.get("detail", "")}
-            for s in steps for c in s.get("checks", [])
-            if c.get("kind", "check") == "check" and not c.get("ok")]
-
-
-GREEN, AMBER, RED = "#1a7f37", "#9a6700", "#cf222e"
-
-
-def _status_banner(meta: dict[str, Any]) -> nbformat.NotebookNode:
-    """The first cell of a kept notebook: how the run ended, before anything else is read."""
-    status, dry = meta["status"], meta["parameters"]["dry_run"]
-    color = RED if status != "succeeded" else AMBER if dry else GREEN
-    title = f"{status.upper()}{' (DRY RUN: nothing was changed)' if dry else ''}"
-    lines = [f'<div style="border-left:6px solid {color};padding:4px 12px">',
-             f'<b style="color:{color}">{html.escape(title)}</b>: runbook '
-             f'<code>{html.escape(meta["runbook"])}</code> on env '
-             f'<code>{html.escape(meta["env"])}</code>, run {html.escape(meta["run_id"])} by '
-             f'{html.escape(meta["operator"])}, {meta["start"]} → {meta["end"]}, '
-             f'{meta["changes"]} change(s){" planned" if dry else ""}.']
-    if meta.get("failed_step"):
-        lines.append(f'<br>Failed step: <b>{html.escape(meta["failed_step"])}</b> '
-                     f'(cell {meta["failed_cell"]}): {html.escape(meta.get("error") or "")}')
-    for red in meta.get("failed_checks", []):
-        lines.append(f'<br>✘ {html.escape(red["step"])} {html.escape(red["target"])}: '
-                     f'<b>{html.escape(red["check"])}</b> {html.escape(red["detail"])}')
-    lines.append("</div>")
-    cell = nbformat.v4.new_markdown_cell("\n".join(lines))
-    cell.metadata["tags"] = ["casera-status"]
-    return cell
 
 
 def run(request: RunRequest) -> RunOutcome:
@@ -300,8 +240,8 @@ def _execute(request: RunRequest, nb_path: Path, params: dict[str, Any],
         os.environ.pop(JOURNAL_ENV, None)
         os.environ.pop(lock.RUNNER_LOCK_ENV, None)
     ended = datetime.now(UTC)
-    steps = _journal(journal)
-    red = _failed_checks(steps)
+    steps = read_journal(journal)
+    red = failed_checks(steps)
     status, code = _classify(error, red)
 
     nb = nbformat.read(partial, as_version=4) if partial.exists() else nbformat.read(
@@ -314,39 +254,25 @@ def _execute(request: RunRequest, nb_path: Path, params: dict[str, Any],
         failed_index += 1  # the status banner goes first
     if status == "failed" and failed_step is None and red:
         failed_step = red[0]["step"]  # red, but its exception was caught in the notebook
-    nb.metadata["casera"] = {
-        "run_id": run_id, "runbook": request.runbook, "env": request.env,
-        "operator": operator, "host": socket.gethostname(), **_code_version(),
-        "parameters": {"runbook": notebook_params, "overrides": overrides,
-                       "dry_run": request.dry_run, "approve": request.approve,
-                       "params": params},
-        "start": started.isoformat(timespec="seconds"), "end": ended.isoformat(timespec="seconds"),
-        "duration_s": round(time.monotonic() - clock, 1), "cell_timeout_s": cell_timeout_s,
-        "status": status, "failed_step": failed_step, "failed_cell": failed_index,
-        "error": _describe(error), "failed_checks": red,
-        "steps": steps,
-        "changes": sum(int(s.get("changed", 0)) for s in steps),
-    }
-    nb.cells.insert(0, _status_banner(nb.metadata["casera"]))
+    meta = run_metadata(
+        mode="headless", run_id=run_id, runbook=request.runbook, env=request.env,
+        operator=operator,
+        parameters={"runbook": notebook_params, "overrides": overrides,
+                    "dry_run": request.dry_run, "approve": request.approve, "params": params},
+        started=started, ended=ended, duration_s=time.monotonic() - clock,
+        status=status, failed_step=failed_step, failed_cell=failed_index,
+        error=_describe(error), steps=steps, red=red, cell_timeout_s=cell_timeout_s)
+    shutil.rmtree(scratch, ignore_errors=True)
     # Secrets made during the run (B2 application keys) count too: read them now.
     secret_values = live_secrets()
-    text, masked = scrub(nbformat.writes(nb), secret_values)
-    shutil.rmtree(scratch, ignore_errors=True)
-    leaks = find_leaks(text, secret_values)
-    if leaks:
-        raise SecretLeakError(f"run {run_id}: output not kept, secrets remain after scrubbing: "
-                              f"{'; '.join(leaks)}")
-    stamp = started.strftime("%Y%m%dT%H%M%SZ")
-    output = outputs_dir(request.env) / request.runbook / f"{stamp}-{run_id}.ipynb"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
+    output, masked = keep_run(nb, meta, secret_values)
 
-    summary = f"{request.runbook} on {request.env}: {status} ({nb.metadata['casera']['changes']} " \
+    summary = f"{request.runbook} on {request.env}: {status} ({meta['changes']} " \
               f"changes) -> {output}"
     if masked:
         summary += f"\n  note: {masked} secret occurrence(s) were masked in the output"
     if error:
-        first_line = (nb.metadata['casera']['error'] or "").splitlines()[0]
+        first_line = (meta['error'] or "").splitlines()[0]
         summary += f"\n  failed step: {failed_step or '(before the first step)'} " \
                    f"(cell {failed_index}): {first_line}"
     for check in red:

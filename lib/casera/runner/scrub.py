@@ -138,7 +138,11 @@ def secret_files_of(env: str) -> list[Path]:
 def install_kernel_scrub(secrets: SecretSource) -> bool:
     """Mask secrets in what an IPython kernel sends to the notebook: stdout, stderr, displayed
     and returned values, tracebacks. For runs the runner does not wrap (JupyterLab, nbval);
-    returns False outside a kernel. Installing twice is harmless (the last source wins)."""
+    returns False outside a kernel. Installing twice is harmless (the last source wins).
+
+    What passes, once masked, is also handed to the callables in ``shell._casera_scrub["taps"]``
+    as ``(kind, payload)``: how ``casera.runner.interactive`` records an interactive run from
+    the same text the operator saw, never from the unmasked one."""
     import sys
 
     try:
@@ -160,31 +164,44 @@ def install_kernel_scrub(secrets: SecretSource) -> bool:
         return {key: clean(value) if isinstance(value, str) else value
                 for key, value in data.items()}
 
+    state = getattr(shell, "_casera_scrub", None)
+    if state is None:
+        state = {"clean": clean, "taps": []}
+
+    def tap(kind: str, *payload: object) -> None:
+        for observer in list(state["taps"]):
+            observer(kind, *payload)
+
     for name in ("stdout", "stderr"):
         stream = getattr(sys, name)
         target = getattr(stream, "_casera_target", stream)
-        setattr(sys, name, _ScrubbedWriter(target, clean))
+        setattr(sys, name, _ScrubbedWriter(target, clean,
+                                           lambda text, name=name: tap("stream", name, text)))
 
-    state = getattr(shell, "_casera_scrub", None)
-    if state is None:
-        state = {"clean": clean}
+    if getattr(shell, "_casera_scrub", None) is None:
         publish = shell.display_pub.publish
 
         def scrubbed_publish(data: dict, *args: object, **kwargs: object) -> object:
-            return publish(state["clean_data"](data), *args, **kwargs)
+            data = state["clean_data"](data)
+            tap("display", data, args, kwargs)
+            return publish(data, *args, **kwargs)
 
         shell.display_pub.publish = scrubbed_publish
         if hasattr(shell.displayhook, "write_format_data"):
             write = shell.displayhook.write_format_data
 
             def scrubbed_write(format_dict: dict, md_dict: object = None) -> object:
-                return write(state["clean_data"](format_dict), md_dict)
+                format_dict = state["clean_data"](format_dict)
+                tap("result", format_dict, md_dict)
+                return write(format_dict, md_dict)
 
             shell.displayhook.write_format_data = scrubbed_write
         show = shell._showtraceback
 
         def scrubbed_traceback(etype: object, evalue: object, stb: list[str]) -> object:
-            return show(etype, state["clean"](str(evalue)), [state["clean"](s) for s in stb])
+            value, lines = state["clean"](str(evalue)), [state["clean"](s) for s in stb]
+            tap("error", etype, value, lines)
+            return show(etype, value, lines)
 
         shell._showtraceback = scrubbed_traceback
         shell._casera_scrub = state
@@ -195,12 +212,17 @@ def install_kernel_scrub(secrets: SecretSource) -> bool:
 class _ScrubbedWriter:
     """A text stream that masks secrets on the way to ``target``; everything else passes."""
 
-    def __init__(self, target: object, clean: Callable[[str], str]) -> None:
+    def __init__(self, target: object, clean: Callable[[str], str],
+                 tap: Callable[[str], None] | None = None) -> None:
         self._casera_target = target
         self._clean = clean
+        self._tap = tap
 
     def write(self, text: str) -> int:
-        self._casera_target.write(self._clean(text))  # type: ignore[attr-defined]
+        text_out = self._clean(text)
+        if self._tap is not None:
+            self._tap(text_out)
+        self._casera_target.write(text_out)  # type: ignore[attr-defined]
         return len(text)
 
     def __getattr__(self, name: str) -> object:
