@@ -358,9 +358,13 @@ def verify_database(ctx: RunContext) -> StepResult:
                 text += (" (the IP allowlist does not hold this machine's address: see "
                          "operator_addresses in casera.steps.database, and ssh.operator_cidrs "
                          "when this machine is behind NAT)")
-            result.check("connect through the pooler", False, text)
+            facts, failure = None, text
+        else:
+            failure = ""
+        result.check("connect through the pooler", facts is not None,
+                     failure or f"as {n.role}, sslmode={n.sslmode}")
+        if facts is None:
             return result
-        result.check("connect through the pooler", True, f"as {n.role}, sslmode={n.sslmode}")
         result.check("server version", bool(facts.server_version),
                      f"PostgreSQL {facts.server_version or '?'}")
         _check_client_tls(result, facts, n.sslmode, n.sslrootcert)

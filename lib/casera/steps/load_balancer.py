@@ -70,13 +70,15 @@ def ensure_load_balancer(ctx: RunContext) -> StepResult:
             return result
         for listen_port, _ in wanted:
             url = f"http://{ip}:{listen_port}{HEALTH_PATH}"
+            body: str | None = None
             try:
                 body = wait_for(f"{url} to answer through the load balancer",
                                 lambda u=url: _get(u), 180)
-                result.check(f"GET {HEALTH_PATH} via LB :{listen_port}", True, body[:80])
+                detail = (body or "")[:80]
             except WaitTimeout as exc:
                 # No 200 through the LB in time: red, with the last answer it gave.
-                result.check(f"GET {HEALTH_PATH} via LB :{listen_port}", False, str(exc)[:160])
+                detail = str(exc)[:160]
+            result.check(f"GET {HEALTH_PATH} via LB :{listen_port}", body is not None, detail)
     return result
 
 

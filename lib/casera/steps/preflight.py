@@ -73,11 +73,13 @@ def report_versions(ctx: RunContext) -> StepResult:
 
 
 def _probe(result: StepResult, name: str, call: Callable[[], str]) -> None:
+    answer: str | None = None
     try:
-        result.check(name, True, call())
+        answer = call()
     except Exception as exc:  # noqa: BLE001 - whatever failed is the finding
         message = str(exc).splitlines()[0][:160] if str(exc) else ""
-        result.check(name, False, f"{type(exc).__name__}: {message}")
+        failure = f"{type(exc).__name__}: {message}"
+    result.check(name, answer is not None, answer if answer is not None else failure)
 
 
 def _tcp(host: str, port: int) -> str:
@@ -166,15 +168,15 @@ def verify_server_type_offered(ctx: RunContext) -> StepResult:
                f"({', '.join(offered) or 'none'}) or hetzner.location to one that offers "
                f"{p.server_type}")
         if wanted is None:
-            result.check("offered", False, f"Hetzner has no server type {p.server_type!r}. "
-                         f"Fix: {fix}")
+            detail = f"Hetzner has no server type {p.server_type!r}. Fix: {fix}"
         elif here is None:
             where = sorted(offer.location for offer in wanted.offers)
-            result.check("offered", False,
-                         f"{p.server_type} is not offered in {p.location} (only in "
-                         f"{', '.join(where) or 'no location'}). Fix: {fix}")
+            detail = (f"{p.server_type} is not offered in {p.location} (only in "
+                      f"{', '.join(where) or 'no location'}). Fix: {fix}")
         else:
-            result.check("offered", True, f"{p.server_type} is offered in {p.location}")
+            detail = f"{p.server_type} is offered in {p.location}"
+        result.check("offered", here is not None, detail)
+        if here is not None:
             # available: in stock right now; Hetzner refuses a create while it is false.
             result.check("available", here.available is not False,
                          "in stock" if here.available is not False else
