@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -180,6 +181,16 @@ class HttpEmulator:
     def stop(self, state_dir: Path, timeout: float) -> str:
         pid = stop(self.pidfile(state_dir), f"the {self.title}", timeout, marker=self.module)
         return f"stopped the {self.title} (pid {pid})" if pid else f"{self.title} not running"
+
+    def down(self, state_dir: Path, kept: str, purge: bool = False,
+             timeout: float = 15) -> list[str]:
+        """Stop it. Its state (``kept`` says what) stays, like a real account's, unless
+        ``purge``: then the next start is an empty account."""
+        lines = [self.stop(state_dir, timeout)]
+        if purge and state_dir.exists():
+            shutil.rmtree(state_dir)
+            return lines + [f"removed {state_dir} (purge)"]
+        return lines + [kept]
 
     def status(self, port: int, state_dir: Path,
                describe: Callable[[dict[str, object]], str]) -> list[str]:

@@ -7,7 +7,6 @@ keys and files stay on disk for the next ``up``, like a real account.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 from casera.paths import local_cloud_home
@@ -72,13 +71,8 @@ def up(port: int = DEFAULT_PORT, state_dir: Path | None = None) -> list[str]:
 
 
 def down(state_dir: Path | None = None, purge: bool = False) -> list[str]:
-    """Stop the emulator. Its state stays, like a real account's, unless ``purge``."""
-    directory = Path(state_dir or default_state_dir())
-    lines = [stop(directory)]
-    if purge and directory.exists():
-        shutil.rmtree(directory)
-        return lines + [f"removed {directory} (purge)"]
-    return lines + ["B2 state kept on disk (buckets, keys, files)"]
+    return EMULATOR.down(Path(state_dir or default_state_dir()),
+                         "B2 state kept on disk (buckets, keys, files)", purge)
 
 
 def status(port: int = DEFAULT_PORT, state_dir: Path | None = None) -> list[str]:

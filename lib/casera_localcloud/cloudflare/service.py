@@ -9,7 +9,6 @@ zone named in params/local.yaml and an API token, and publishes the token as
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from casera.errors import CaseraError, ParamsError
@@ -100,13 +99,8 @@ def up(port: int = DEFAULT_PORT, state_dir: Path | None = None, zone: str | None
 
 
 def down(state_dir: Path | None = None, purge: bool = False) -> list[str]:
-    """Stop the emulator. Its state stays, like a real account's, unless ``purge``."""
-    directory = Path(state_dir or default_state_dir())
-    lines = [stop(directory)]
-    if purge and directory.exists():
-        shutil.rmtree(directory)
-        return lines + [f"removed {directory} (purge)"]
-    return lines + ["Cloudflare state kept on disk (zones, records, token)"]
+    return EMULATOR.down(Path(state_dir or default_state_dir()),
+                         "Cloudflare state kept on disk (zones, records, token)", purge)
 
 
 def status(port: int = DEFAULT_PORT, state_dir: Path | None = None) -> list[str]:
