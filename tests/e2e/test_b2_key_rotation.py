@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import io
 import json
-import subprocess
-import sys
 import threading
 import time
 from contextlib import ExitStack
@@ -38,6 +36,7 @@ import docker
 import nbformat
 import papermill
 import pytest
+from e2e_harness import casera
 from papermill.exceptions import PapermillExecutionError
 
 from casera import b2_keys
@@ -58,14 +57,6 @@ READ_MOUNTED = ("import json, pathlib; d = pathlib.Path('/run/secrets'); print(j
                 "p.name: p.read_text().strip() for p in d.iterdir() if p.name.startswith('b2_')"
                 "}))")
 STOPPED = "e2e: run stopped right after"
-
-
-def casera(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "casera.runner.cli", *args],
-                          capture_output=True, text=True, timeout=timeout)
-    sys.stdout.write(done.stdout[-3000:])
-    sys.stderr.write(done.stderr[-3000:])
-    return done
 
 
 def latest_run() -> dict[str, Any]:

@@ -9,35 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import requests
-from hcloud import Client
+from e2e_harness import HETZNER, casera, hcloud
 
 from casera.params import load_params
 from casera.paths import outputs_dir
 from casera_localcloud.local_credentials import read_local_secrets
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
-HETZNER = "http://127.0.0.1:18001/v1"
 PARAMS = load_params("local")
-
-
-def casera(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "casera.runner.cli", *args],
-                          capture_output=True, text=True, timeout=timeout)
-    sys.stdout.write(done.stdout[-3000:])
-    sys.stderr.write(done.stderr[-3000:])
-    return done
-
-
-def hcloud() -> Client:
-    return Client(read_local_secrets()["CASERA_HCLOUD_TOKEN"], api_endpoint=HETZNER)
 
 
 def faults(**values: object) -> dict:

@@ -27,7 +27,7 @@ from typing import Any
 
 import nbformat
 import pytest
-from hcloud import Client
+from e2e_harness import hcloud
 from hcloud.firewalls import FirewallRule
 from lab_harness import chromium, jupyterlab, open_notebook, run_cell, wait_cell
 
@@ -36,13 +36,8 @@ from casera.paths import outputs_dir, runbook_file
 from casera_localcloud.local_credentials import read_local_secrets
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
-HETZNER = "http://127.0.0.1:18001/v1"
 STRAY = FirewallRule(direction="in", protocol="tcp", port="2222",
                      source_ips=["203.0.113.7/32"], description="e2e stray rule")
-
-
-def hcloud() -> Client:
-    return Client(read_local_secrets()["CASERA_HCLOUD_TOKEN"], api_endpoint=HETZNER)
 
 
 def firewall_rules() -> list[tuple[str, str, str | None, tuple[str, ...]]]:

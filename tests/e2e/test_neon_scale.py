@@ -16,7 +16,8 @@ import shutil
 import psycopg
 import pytest
 import requests
-from test_bootstrap import PARAMS, casera, hcloud, latest_run
+from e2e_harness import casera, hcloud
+from test_bootstrap import PARAMS, latest_run
 
 from casera_localcloud.local_credentials import read_local_secrets
 from casera_localcloud.neon.netns import namespace
