@@ -63,9 +63,11 @@ $(WIDGET_BUNDLE): | .make/debs
 # commits (nbstripout's manual filter installation, https://pypi.org/project/nbstripout/0.2.4/).
 # Only runbooks/: outputs/<env>/ are committed with their outputs as the audit trail.
 # tests/test_runbooks_stripped.py fails on a source runbook that still has outputs.
+# --keep-id: by default nbstripout renumbers cell ids 0, 1, 2…, so one inserted cell rewrites
+# every id after it and two branches that each add a step conflict on all of them.
 .make/nbstripout: $(PYSTAMP)
 	@if git rev-parse --git-dir >/dev/null 2>&1; then \
-	  git config filter.nbstripout.clean '"$(abspath $(VPY))" -m nbstripout'; \
+	  git config filter.nbstripout.clean '"$(abspath $(VPY))" -m nbstripout --keep-id'; \
 	  git config filter.nbstripout.smudge cat; \
 	  git config filter.nbstripout.required true; \
 	  attrs=$$(git rev-parse --git-path info/attributes); mkdir -p "$$(dirname "$$attrs")"; \
