@@ -96,7 +96,9 @@ class SSHParams(_Strict):
         return value
 
 
-FirewallSource = Literal["anywhere", "operators", "cluster"]
+# load_balancer: where the nodes see the LB's connections come from (LoadBalancerParams);
+# cloudflare: Cloudflare's published ranges, read from its API (GET /ips) on every run.
+FirewallSource = Literal["anywhere", "operators", "cluster", "load_balancer", "cloudflare"]
 
 
 class FirewallRuleParams(_Strict):
@@ -227,6 +229,58 @@ class LoadBalancerParams(_Strict):
     name: str
     type: str = "lb11"
     services: list[LoadBalancerServiceParams] = Field(default_factory=list)
+    # The sources a firewall rule ``source: load_balancer`` allows. None: the LB's public
+    # addresses (Hetzner's LB reaches public targets from them). The local LB proxies from
+    # the host's bridge address instead, so params/local.yaml names that.
+    node_facing_cidrs: list[str] | None = None
+
+    @field_validator("node_facing_cidrs")
+    @classmethod
+    def _node_facing(cls, value: list[str] | None) -> list[str] | None:
+        for cidr in value or []:
+            ipaddress.ip_network(cidr, strict=False)
+        return value
+
+
+class HealthCheckParams(_Strict):
+    path: str = Field(default="/readyz", pattern=r"^/")
+    interval_s: int = Field(default=10, ge=3, le=60)
+    timeout_s: int = Field(default=5, ge=1, le=60)
+    retries: int = Field(default=3, ge=0, le=5)
+
+    @model_validator(mode="after")
+    def _timeout_below_interval(self) -> HealthCheckParams:
+        if self.timeout_s >= self.interval_s:
+            raise ValueError(f"timeout_s ({self.timeout_s}) must be below interval_s "
+                             f"({self.interval_s}), or checks overlap. Fix: lower timeout_s")
+        return self
+
+
+class HstsParams(_Strict):
+    # Opt-in: browsers remember it for max_age_s and refuse plain http to the name until then;
+    # turning it off later does not reach browsers that already saw it (the runbook says so).
+    enabled: bool = False
+    max_age_s: int = Field(default=31_536_000, ge=0, le=31_536_000)
+    include_subdomains: bool = False
+    preload: bool = False
+
+
+class EdgeParams(_Strict):
+    """TLS from Cloudflare to the LB (Full strict) with an origin certificate for the API's
+    hostname, HTTPS enforced. Needs the load balancer."""
+
+    certificate_source: Literal["cloudflare_origin_ca", "operator"]
+    certificate_name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$",
+                                  description="Hetzner certificate name, before -g<generation>")
+    certificate_generation: int = Field(default=1, ge=1, description="raise by one to rotate")
+    certificate_validity_days: Literal[7, 30, 90, 365, 730, 1095, 5475] = 5475
+    renew_within_days: int = Field(default=30, ge=1)
+    origin_ca_root_file: str = Field(description="the CA the checks trust: Cloudflare's Origin "
+                                     "CA root (PEM), or the local cloud's stand-in")
+    https_listen_port: int = Field(default=443, ge=1, le=65535)
+    min_tls_version: Literal["1.2", "1.3"] = "1.2"
+    hsts: HstsParams = Field(default_factory=HstsParams)
+    health_check: HealthCheckParams = Field(default_factory=HealthCheckParams)
 
 
 class CloudflareParams(_Strict):
@@ -253,6 +307,7 @@ class Params(_Strict):
     load_balancer: LoadBalancerParams
     cloudflare: CloudflareParams
     runner: RunnerParams
+    edge: EdgeParams | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:
@@ -261,6 +316,9 @@ class Params(_Strict):
                              f"{self.hetzner.server_count} servers")
         if self.env == "production" and self.runner.approval != "required":
             raise ValueError("runner.approval must be 'required' in production")
+        if self.edge is not None and not self.load_balancer.enabled:
+            raise ValueError("edge needs the load balancer (TLS ends there): set "
+                             "load_balancer.enabled: true or remove edge")
         return self
 
     @property

@@ -100,3 +100,57 @@ def update_record(cf: Cloudflare, zone_id: str, record_id: str, name: str, recor
 def delete_record(cf: Cloudflare, zone_id: str, record_id: str) -> None:
     with _mapped(f"delete record {record_id}"):
         cf.dns.records.delete(record_id, zone_id=zone_id)
+
+
+# --- the edge: zone settings, Origin CA, published IP ranges --------------------------------
+
+def get_setting(cf: Cloudflare, zone_id: str, name: str) -> Any:
+    """A zone setting's value as plain data (a string, or a dict for ``security_header``)."""
+    with _mapped(f"read zone setting {name}"):
+        found = cf.zones.settings.get(name, zone_id=zone_id)
+    value = getattr(found, "value", None)
+    return value.model_dump() if hasattr(value, "model_dump") else value
+
+
+def edit_setting(cf: Cloudflare, zone_id: str, name: str, value: Any) -> Any:
+    with _mapped(f"set zone setting {name}"):
+        found = cf.zones.settings.edit(name, zone_id=zone_id, value=value)
+    value = getattr(found, "value", None)
+    return value.model_dump() if hasattr(value, "model_dump") else value
+
+
+@dataclass(frozen=True)
+class OriginCertificate:
+    id: str
+    certificate: str  # PEM, public
+    hostnames: tuple[str, ...]
+    expires_on: str
+
+
+def create_origin_certificate(cf: Cloudflare, csr: str, hostnames: list[str],
+                              validity_days: int) -> OriginCertificate:
+    """Cloudflare's Origin CA signs ``csr`` (an ECDSA key: ``origin-ecc``); the private key
+    never leaves this machine (https://developers.cloudflare.com/ssl/origin-configuration/
+    origin-ca/, "Origin CA certificates" in the API reference)."""
+    with _mapped(f"create an Origin CA certificate for {', '.join(hostnames)}"):
+        made = cf.origin_ca_certificates.create(
+            csr=csr, hostnames=hostnames, request_type="origin-ecc",
+            requested_validity=validity_days)  # type: ignore[arg-type]
+    return OriginCertificate(id=str(made.id), certificate=str(made.certificate),
+                             hostnames=tuple(made.hostnames), expires_on=str(made.expires_on))
+
+
+@dataclass(frozen=True)
+class PublishedRanges:
+    ipv4: tuple[str, ...]
+    ipv6: tuple[str, ...]
+    etag: str | None
+
+
+def published_ranges(cf: Cloudflare) -> PublishedRanges:
+    """Cloudflare's own addresses (``GET /ips``), the only sources of proxied traffic."""
+    with _mapped("read Cloudflare's IP ranges"):
+        found = cf.ips.list()
+    return PublishedRanges(ipv4=tuple(getattr(found, "ipv4_cidrs", None) or ()),
+                           ipv6=tuple(getattr(found, "ipv6_cidrs", None) or ()),
+                           etag=getattr(found, "etag", None))

@@ -7,8 +7,10 @@ says which system a step touches.
 
 from casera.steps import (
     access,
+    api_endpoint,
     database,
     dns,
+    edge,
     firewall,
     load_balancer,
     preflight,
@@ -21,5 +23,6 @@ from casera.steps import (
     swarm_secrets,
 )
 
-__all__ = ["access", "database", "dns", "firewall", "swarm_secrets", "load_balancer",
+__all__ = ["access", "api_endpoint", "database", "dns", "edge", "firewall", "swarm_secrets",
+           "load_balancer",
            "preflight", "servers", "ssh_key", "stack", "storage", "summary", "swarm"]

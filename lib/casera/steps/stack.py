@@ -10,8 +10,6 @@ The rendered file is kept on the manager: an identical file on a converged stack
 from __future__ import annotations
 
 import difflib
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -160,7 +158,8 @@ def verify_stack(ctx: RunContext, secret_values: dict[str, Secret]) -> StepResul
         dozzle, api_hosts = hosts_of("dozzle"), hosts_of("api")
         with ThreadPoolExecutor(8) as pool:
             volumes = pool.submit(docker_swarm.volume_names, clients[redis_host])
-            readyz = {name: pool.submit(_readyz, name, nodes[name], p.swarm.api_published_port)
+            readyz = {name: pool.submit(_readyz, ctx, name, nodes[name],
+                                        p.swarm.api_published_port)
                       for name in sorted(set(api_hosts))}
             tunnels = {name: pool.submit(_dozzle_through_tunnel, ctx, name, nodes[name])
                        for name in dozzle}
@@ -209,19 +208,18 @@ def _placement(p: Params, services: dict[str, dict[str, Any]],
     return found
 
 
-def _get(url: str) -> str | None:
-    """The body of a 200 answer to a GET from this machine, None for another status."""
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.read().decode(errors="replace") if response.status == 200 else None
-    except urllib.error.HTTPError:
-        return None
+def _readyz(ctx: RunContext, name: str, ip: str, port: int) -> Finding:
+    """Through an SSH tunnel to the node's own port: the firewall lets only the load
+    balancer reach it from outside (origin lock-down), and this says whether the api on
+    that node is ready, not whether this machine may reach it."""
+    conn = node_ssh(ctx, name, ip)
 
+    def ready() -> str | None:
+        status, body = ssh.http_through_tunnel(conn, port, "/readyz")
+        return body if status == 200 else None
 
-def _readyz(name: str, ip: str, port: int) -> Finding:
-    url = f"http://{ip}:{port}/readyz"
     try:
-        body = wait_for(f"{url} to answer", lambda: _get(url), 60, show=False)
+        body = wait_for(f"/readyz on {name}:{port} (through SSH)", ready, 60, show=False)
         return f"api /readyz on {name}", body is not None, body[:80]
     except WaitTimeout as exc:
         return f"api /readyz on {name}", False, str(exc)[:160]

@@ -18,6 +18,7 @@ from typing import Any
 
 from casera_localcloud.cloudflare import errors
 from casera_localcloud.cloudflare.api import CloudflareApi
+from casera_localcloud.cloudflare.edge import Edge
 from casera_localcloud.cloudflare.store import Store
 from casera_localcloud.http_server import (
     BaseEmulatorServer,
@@ -35,12 +36,16 @@ BEARER = re.compile(r"^Bearer ([A-Za-z0-9_-]+)$")
 ZONE_PATH = re.compile(r"^/zones/([^/]+)$")
 RECORDS_PATH = re.compile(r"^/zones/([^/]+)/dns_records$")
 RECORD_PATH = re.compile(r"^/zones/([^/]+)/dns_records/([^/]+)$")
+SETTING_PATH = re.compile(r"^/zones/([^/]+)/settings/([^/]+)$")
+ORIGIN_CERT_PATH = re.compile(r"^/certificates/([^/]+)$")
+IPS_ADMIN_PATH = "/_casera/ips"
 MAX_BODY = 1024 * 1024
 
 
 class EmulatorServer(BaseEmulatorServer):
     def __init__(self, address: tuple[str, int], api: CloudflareApi) -> None:
         self.api = api
+        self.edge = Edge(api.store)
         super().__init__(address, Handler)
 
 
@@ -107,12 +112,43 @@ class Handler(JsonHandler):
             return 200, {"service": SERVICE_NAME, "stateDir": str(store.state_dir),
                          "zones": sorted(z["name"] for z in store.zones.values()),
                          "records": len(store.records)}
+        edge = self.server.edge
+        if path == IPS_ADMIN_PATH:  # the emulator's own: tests change the published ranges
+            self._authenticate()
+            self._allow(self.command, "PUT")
+            return _ok(edge.set_ips(_json_object(raw)))
         if path != API_PREFIX and not path.startswith(API_PREFIX + "/"):
             raise errors.no_route(path)
-        self._authenticate()
         query = dict(urllib.parse.parse_qsl(url.query, keep_blank_values=True))
         rest = path[len(API_PREFIX):].rstrip("/")
         method = self.command
+        if rest == "/ips":  # published: Cloudflare answers it without a token
+            self._allow(method, "GET")
+            return _ok(edge.list_ips())
+        self._authenticate()
+        if match := SETTING_PATH.match(rest):
+            self._allow(method, "GET", "PATCH")
+            api.get_zone(match[1], path)  # an unknown zone is not routable
+            if method == "GET":
+                return _ok(edge.get_setting(match[1], match[2]))
+            return _ok(edge.edit_setting(match[1], match[2], _json_object(raw)))
+        if rest == "/certificates":
+            self._allow(method, "GET", "POST")
+            if method == "POST":
+                return _ok(edge.create_certificate(_json_object(raw)))
+            if not query.get("zone_id"):
+                raise errors.CloudflareApiError(400, 1001, "zone_id is required")  # guess
+            found = edge.list_certificates(query["zone_id"])
+            # One page holds them all; the SDK asks for the next page until one is empty.
+            page = found if query.get("page", "1") == "1" else []
+            return _ok(page, {"page": int(query.get("page", "1") or 1),
+                              "per_page": max(len(found), 1), "count": len(page),
+                              "total_count": len(found), "total_pages": 1})
+        if match := ORIGIN_CERT_PATH.match(rest):
+            self._allow(method, "GET", "DELETE")
+            if method == "GET":
+                return _ok(edge.get_certificate(match[1]))
+            return _ok(edge.revoke_certificate(match[1]))
 
         if rest == "/zones":
             self._allow(method, "GET")

@@ -61,9 +61,9 @@ class Emulator:
         raise ApiError("resource_limit_exceeded", f"no free address left in {network}")
 
     def allocate_lb_port(self) -> int:
-        used = {svc["emulator_listen_port"]
-                for lb in self.store.table("load_balancers").values()
-                for svc in lb["services"]}
+        lbs = self.store.table("load_balancers").values()
+        used = {svc["emulator_listen_port"] for lb in lbs for svc in lb["services"]}
+        used |= {lb["_redirect_port"] for lb in lbs if "_redirect_port" in lb}
         for port in self.lb_ports:
             if port not in used:
                 return port

@@ -90,6 +90,11 @@ class ProxyService:
     target_ips: tuple[str, ...] = field(default=())
     proxyprotocol: bool = False  # send a PROXY protocol v1 line to the target first
     listen_host: str | None = None  # the LB's own address; None: the proxies' default host
+    # https: terminate TLS with this chain and key (PEM), then forward plain bytes.
+    tls_certificate: str | None = field(default=None, repr=False)
+    tls_private_key: str | None = field(default=None, repr=False)
+    # The implicit listener of ``redirect_http``: answer every request with a 301 to https.
+    redirect_to_https: bool = False
 
 
 class LoadBalancerBackend(Protocol):

@@ -13,6 +13,9 @@ import asyncio
 import contextlib
 import fnmatch
 import logging
+import os
+import ssl
+import tempfile
 import threading
 from dataclasses import dataclass, field
 
@@ -37,6 +40,7 @@ class _Listener:
     error: str | None = None
     targets: dict[str, _TargetState] = field(default_factory=dict)
     next_index: int = 0
+    tls: ssl.SSLContext | None = None
 
     def healthy(self) -> list[str]:
         return [ip for ip in self.service.target_ips
@@ -89,15 +93,29 @@ class LoadBalancerProxies:
                 del current[port]
         for port, svc in wanted.items():
             listener = current.get(port)
+            if listener is not None and _kind(listener.service) != _kind(svc):
+                # tcp <-> tls <-> redirect on one port: a new listener, not a patched one.
+                await self._close_listener(listener)
+                with self._lock:
+                    del current[port]
+                listener = None
             if listener is None:
                 listener = _Listener(service=svc)
                 with self._lock:
                     current[port] = listener
+            if listener.tls is not None and svc.tls_certificate and (
+                    svc.tls_certificate, svc.tls_private_key) != (
+                    listener.service.tls_certificate, listener.service.tls_private_key):
+                # A rotated certificate: new handshakes get it, open connections go on.
+                _load_chain(listener.tls, svc)
             if listener.server is None:  # new, or its port was taken last time: try again
                 try:
+                    if svc.tls_certificate and listener.tls is None:
+                        listener.tls = _server_context(svc)
                     listener.server = await asyncio.start_server(
                         lambda r, w, lis=listener: self._handle(lis, r, w),
-                        svc.listen_host or self.host, port, reuse_address=True)
+                        svc.listen_host or self.host, port, reuse_address=True,
+                        ssl=listener.tls if svc.tls_certificate else None)
                     listener.error = None
                 except OSError as exc:
                     listener.error = (f"cannot listen on {svc.listen_host or self.host}:{port}: "
@@ -162,6 +180,9 @@ class LoadBalancerProxies:
     async def _handle(self, listener: _Listener, reader: asyncio.StreamReader,
                       writer: asyncio.StreamWriter) -> None:
         svc = listener.service
+        if svc.redirect_to_https:
+            await _redirect(reader, writer)
+            return
         with self._lock:
             candidates = listener.healthy()
             start = listener.next_index
@@ -189,6 +210,58 @@ class LoadBalancerProxies:
         finally:
             for w in (up_writer, writer):
                 w.close()
+
+
+def _kind(svc: ProxyService) -> str:
+    return "redirect" if svc.redirect_to_https else "tls" if svc.tls_certificate else "tcp"
+
+
+def _load_chain(context: ssl.SSLContext, svc: ProxyService) -> None:
+    """ssl reads a chain and key only from files: a private temporary file, gone at once."""
+    fd, path = tempfile.mkstemp(prefix="casera-lb-", suffix=".pem")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(f"{svc.tls_private_key}\n{svc.tls_certificate}\n")
+        context.load_cert_chain(path)
+    finally:
+        os.unlink(path)
+
+
+def _server_context(svc: ProxyService) -> ssl.SSLContext:
+    # Hetzner's LB offers TLS 1.2 and 1.3 only (its docs' "TLS termination" section).
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    _load_chain(context, svc)
+    return context
+
+
+REDIRECT_HEAD_MAX = 8192
+REDIRECT_READ_S = 10.0
+
+
+async def _redirect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """What ``redirect_http`` answers on port 80: 301 to the same host and path on https."""
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REDIRECT_READ_S)
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, OSError):
+        writer.close()
+        return
+    lines = head[:REDIRECT_HEAD_MAX].decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    path = parts[1] if len(parts) == 3 and parts[1].startswith("/") else "/"
+    host = next((line.split(":", 1)[1].strip() for line in lines[1:]
+                 if line.lower().startswith("host:")), "")
+    host = host.rsplit(":", 1)[0] if host and not host.endswith("]") else host
+    if not host:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n"
+                     b"Connection: close\r\n\r\n")
+    else:
+        writer.write(f"HTTP/1.1 301 Moved Permanently\r\nLocation: https://{host}{path}\r\n"
+                     f"Content-Length: 0\r\nConnection: close\r\n\r\n".encode("latin-1"))
+    with contextlib.suppress(OSError):
+        await writer.drain()
+    writer.close()
 
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

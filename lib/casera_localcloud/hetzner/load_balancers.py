@@ -12,7 +12,7 @@ import ipaddress
 from collections.abc import Callable
 from typing import Any
 
-from casera_localcloud.hetzner import catalog
+from casera_localcloud.hetzner import catalog, certificates
 from casera_localcloud.hetzner.app import (
     ApiRequest,
     Emulator,
@@ -86,18 +86,20 @@ def _service(app: Emulator, raw: object, where: str,
     service.update(_known(raw, ("protocol", "listen_port", "destination_port",
                                 "proxyprotocol", "health_check", "http"), where,
                           skip=("health_check", "http")))
-    if service.get("protocol") not in ("tcp", "http"):
-        raise invalid_field(f"{where}.protocol", "must be 'tcp' or 'http' (the local cloud "
-                            "has no certificates, so no 'https')")
-    service["listen_port"] = _port(service.get("listen_port", 80), f"{where}.listen_port")
+    if service.get("protocol") not in ("tcp", "http", "https"):
+        raise invalid_field(f"{where}.protocol", "must be 'tcp', 'http' or 'https'")
+    default_port = 443 if service["protocol"] == "https" else 80
+    service["listen_port"] = _port(service.get("listen_port", default_port),
+                                   f"{where}.listen_port")
     service["destination_port"] = _port(service.get("destination_port",
                                                     service["listen_port"]),
                                         f"{where}.destination_port")
     if not isinstance(service["proxyprotocol"], bool):
         raise invalid_field(f"{where}.proxyprotocol", "must be a boolean")
-    if service["protocol"] == "http":
+    if service["protocol"] in ("http", "https"):
         given = _known(raw.get("http") or {}, tuple(_HTTP_DEFAULTS), f"{where}.http")
         service["http"] = {**_HTTP_DEFAULTS, **(service.get("http") or {}), **given}
+        _check_http(app, service, f"{where}.http")
     else:
         service.pop("http", None)
     service["health_check"] = _health_check(raw.get("health_check"), service,
@@ -108,6 +110,32 @@ def _service(app: Emulator, raw: object, where: str,
     elif "emulator_listen_port" not in service:
         service["emulator_listen_port"] = app.allocate_lb_port()
     return service
+
+
+def _check_http(app: Emulator, service: dict[str, Any], where: str) -> None:
+    """Hetzner's rules for the ``http`` block (API reference, "Load Balancers", service
+    ``http``): certificates terminate TLS, so only an https service has (and needs) them;
+    ``redirect_http`` (port 80 answers with a redirect to https) exists only on https."""
+    http = service["http"]
+    certs = http["certificates"]
+    if not isinstance(certs, list) or not all(isinstance(c, int) and not isinstance(c, bool)
+                                              for c in certs):
+        raise invalid_field(f"{where}.certificates", "must be a list of certificate IDs")
+    if not isinstance(http["redirect_http"], bool):
+        raise invalid_field(f"{where}.redirect_http", "must be a boolean")
+    if service["protocol"] == "https":
+        if not certs:
+            raise invalid_field(f"{where}.certificates",
+                                "an https service needs at least one certificate")
+        for cert_id in certs:
+            certificates.find(app, cert_id, f"{where}.certificates")
+    else:
+        if certs:
+            raise invalid_field(f"{where}.certificates", "only an https service takes "
+                                "certificates")
+        if http["redirect_http"]:
+            raise invalid_field(f"{where}.redirect_http", "only an https service can "
+                                "redirect http")
 
 
 def _target(app: Emulator, raw: object, where: str) -> dict[str, Any]:
@@ -164,13 +192,44 @@ def _target_ips(app: Emulator, lb: dict[str, Any]) -> tuple[list[str], list[int]
     return list(dict.fromkeys(ips)), server_ids
 
 
+def _tls(app: Emulator, svc: dict[str, Any]) -> tuple[str, str] | None:
+    """(certificate chain PEM, private key PEM) an https service serves: its first
+    certificate (the local LB does no SNI choice among several)."""
+    if svc["protocol"] != "https":
+        return None
+    cert = app.store.table("certificates").get(svc["http"]["certificates"][0])
+    return (cert["certificate"], cert["_private_key"]) if cert else None
+
+
+def redirect_port(app: Emulator, lb: dict[str, Any]) -> int | None:
+    """Where the LB answers plain http with a redirect: port 80 on its own address, or a
+    port of the emulator's range (kept in ``_redirect_port`` of the LB)."""
+    if not any(s["protocol"] == "https" and s["http"]["redirect_http"] for s in lb["services"]):
+        lb.pop("_redirect_port", None)
+        return None
+    if app.lb_public_network:
+        return 80
+    if "_redirect_port" not in lb:
+        lb["_redirect_port"] = app.allocate_lb_port()
+    return int(lb["_redirect_port"])
+
+
 def proxy_services(app: Emulator, lb: dict[str, Any]) -> list[ProxyService]:
     ips, _ = _target_ips(app, lb)
     result = []
+    listen_host = lb["public_net"]["ipv4"]["ip"] if app.lb_public_network else None
+    if (port := redirect_port(app, lb)) is not None:
+        result.append(ProxyService(
+            local_port=port, listen_port=80, destination_port=443, listen_host=listen_host,
+            health_check=ProxyHealthCheck(protocol="tcp", port=443, interval=15, timeout=10,
+                                          retries=3),
+            redirect_to_https=True))
     for svc in lb["services"]:
         check = svc["health_check"]
         http = check.get("http") or _HEALTH_HTTP_DEFAULTS
+        tls = _tls(app, svc)
         result.append(ProxyService(
+            tls_certificate=tls[0] if tls else None, tls_private_key=tls[1] if tls else None,
             local_port=svc["emulator_listen_port"], listen_port=svc["listen_port"],
             listen_host=lb["public_net"]["ipv4"]["ip"] if app.lb_public_network else None,
             destination_port=svc["destination_port"], target_ips=tuple(ips),
@@ -319,7 +378,16 @@ def _add_service(app: Emulator, lb: dict[str, Any], raw: object, where: str) -> 
     if any(s["listen_port"] == service["listen_port"] for s in lb["services"]):
         raise ApiError("source_port_already_used",
                        f"listen_port {service['listen_port']} is already used")
+    _check_redirect_port([*lb["services"], service])
     lb["services"].append(service)
+
+
+def _check_redirect_port(services: list[dict[str, Any]]) -> None:
+    """``redirect_http`` takes port 80 for the redirect: no other service may listen there."""
+    if any(s["protocol"] == "https" and s["http"]["redirect_http"] for s in services) and \
+            any(s["listen_port"] == 80 for s in services):
+        raise ApiError("source_port_already_used", "listen_port 80 is used by the http "
+                       "redirect of an https service (redirect_http)")
 
 
 def _add_target(app: Emulator, lb: dict[str, Any], raw: object, where: str) -> None:
@@ -356,7 +424,9 @@ def add_service(app: Emulator, req: ApiRequest) -> Response:
 def update_service(app: Emulator, req: ApiRequest) -> Response:
     def change(lb: dict[str, Any]) -> None:
         index = _service_index(lb, req.body.get("listen_port"))
-        lb["services"][index] = _service(app, req.body, "service", lb["services"][index])
+        updated = _service(app, req.body, "service", lb["services"][index])
+        _check_redirect_port([*lb["services"][:index], updated, *lb["services"][index + 1:]])
+        lb["services"][index] = updated
 
     return _action(app, req, "update_service", change)
 

@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from casera_localcloud.hetzner import (
     actions,
+    certificates,
     firewalls,
     load_balancers,
     offers,
@@ -105,6 +106,11 @@ ROUTES: list[tuple[str, str, Handler]] = [
       for verb in ("add_service", "update_service", "delete_service", "add_target",
                    "remove_target")],
     *_resource_routes("/load_balancers", "load_balancer", "load_balancers"),
+    ("GET", "/certificates", certificates.list_certificates),
+    ("POST", "/certificates", certificates.create_certificate),
+    ("GET", "/certificates/{id}", certificates.get_certificate),
+    ("PUT", "/certificates/{id}", certificates.update_certificate),
+    ("DELETE", "/certificates/{id}", certificates.delete_certificate),
     # The emulator's own endpoints (not Hetzner's): fault injection for tests.
     ("GET", "/_emulator/faults", _faults),
     ("POST", "/_emulator/faults", _faults),

@@ -17,9 +17,10 @@ from typing import Any
 
 from casera_localcloud.hetzner.errors import not_found
 
-KINDS = ("ssh_keys", "servers", "firewalls", "load_balancers", "actions")
+KINDS = ("ssh_keys", "servers", "firewalls", "load_balancers", "actions", "certificates")
 _NAMES = {"ssh_keys": "SSH key", "servers": "server", "firewalls": "firewall",
-          "load_balancers": "load balancer", "actions": "action"}
+          "load_balancers": "load balancer", "actions": "action",
+          "certificates": "certificate"}
 
 
 class Store:
@@ -50,6 +51,7 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp = self.path.with_name(f".{self.path.name}.tmp")
             tmp.write_text(json.dumps(raw, indent=1, sort_keys=True))
+            os.chmod(tmp, 0o600)  # uploaded certificates' private keys live here
             os.replace(tmp, self.path)
 
     def new_id(self) -> int:

@@ -10,6 +10,7 @@ from hcloud import Client
 from casera.operator_secrets import Secret
 from casera.providers.hetzner.actions import POLL_INTERVAL
 from casera.providers.hetzner.catalog import Catalog
+from casera.providers.hetzner.certificates import Certificates
 from casera.providers.hetzner.firewalls import Firewalls
 from casera.providers.hetzner.load_balancers import LoadBalancers
 from casera.providers.hetzner.servers import Servers
@@ -38,6 +39,7 @@ class Hetzner:
         self.servers = Servers(api, where)
         self.load_balancers = LoadBalancers(api, where)
         self.catalog = Catalog(api, where)
+        self.certificates = Certificates(api, where)
 
 
 def connect(api_endpoint: str, token: Secret, timeout: float = 30.0) -> Hetzner:

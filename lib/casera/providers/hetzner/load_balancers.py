@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from hcloud.certificates import Certificate as HCertificate
 from hcloud.load_balancer_types import LoadBalancerType
 from hcloud.load_balancers import (
     LoadBalancer as HLoadBalancer,
@@ -14,6 +15,7 @@ from hcloud.load_balancers import (
     LoadBalancerHealthCheck,
     LoadBalancerHealthCheckHttp,
     LoadBalancerService,
+    LoadBalancerServiceHttp,
     LoadBalancerTarget,
     LoadBalancerTargetLabelSelector,
 )
@@ -27,21 +29,56 @@ from casera.providers.hetzner.resource import ResourceClient
 
 @dataclass(frozen=True)
 class LBService:
-    """A TCP service, health-checked over HTTP at ``health_path`` on the destination port."""
+    """A service, health-checked over HTTP at ``health_path`` on the destination port.
+
+    ``https``: TLS ends at the LB with ``certificate_ids``; ``redirect_http`` makes port 80
+    answer with a redirect to it (Hetzner's API reference, Load Balancers, service ``http``)."""
 
     listen_port: int
     destination_port: int
     health_path: str | None = None
     protocol: str = "tcp"
+    certificate_ids: tuple[int, ...] = ()
+    redirect_http: bool = False
+    health_interval: int = 10
+    health_timeout: int = 5
+    health_retries: int = 3
 
     def _sdk(self) -> LoadBalancerService:
         check = None if self.health_path is None else LoadBalancerHealthCheck(
-            protocol="http", port=self.destination_port, interval=10, timeout=5, retries=3,
+            protocol="http", port=self.destination_port, interval=self.health_interval,
+            timeout=self.health_timeout, retries=self.health_retries,
             http=LoadBalancerHealthCheckHttp(path=self.health_path, status_codes=["2??"],
                                             tls=False))
+        http = None if self.protocol != "https" else LoadBalancerServiceHttp(
+            certificates=[HCertificate(id=i) for i in self.certificate_ids],
+            redirect_http=self.redirect_http)
         return LoadBalancerService(protocol=self.protocol, listen_port=self.listen_port,
                                    destination_port=self.destination_port,
-                                   proxyprotocol=False, health_check=check)
+                                   proxyprotocol=False, health_check=check, http=http)
+
+    @classmethod
+    def of(cls, s: Any) -> LBService:
+        check, http = s.health_check, s.http if s.protocol == "https" else None
+        return cls(listen_port=s.listen_port, destination_port=s.destination_port,
+                   health_path=check.http.path if check and check.http else None,
+                   protocol=s.protocol,
+                   certificate_ids=tuple(int(c.id) for c in (http.certificates or []))
+                   if http else (),
+                   redirect_http=bool(http.redirect_http) if http else False,
+                   health_interval=check.interval if check else 10,
+                   health_timeout=check.timeout if check else 5,
+                   health_retries=check.retries if check else 3)
+
+    def describe(self) -> str:
+        cert = f" certificate {','.join(map(str, self.certificate_ids))}" \
+            if self.certificate_ids else ""
+        redirect = ", :80 redirects to it" if self.redirect_http else ""
+        health = (f", health GET {self.health_path} every {self.health_interval} s "
+                  f"(timeout {self.health_timeout} s, {self.health_retries} retries)"
+                  if self.health_path else "")
+        return (f"{self.protocol} {self.listen_port} -> {self.destination_port}{cert}"
+                f"{redirect}{health}")
 
 
 @dataclass(frozen=True)
@@ -58,10 +95,7 @@ class LoadBalancer:
     @classmethod
     def of(cls, bound: Any) -> LoadBalancer:
         net = bound.public_net
-        services = tuple(LBService(
-            listen_port=s.listen_port, destination_port=s.destination_port,
-            health_path=(s.health_check.http.path if s.health_check and s.health_check.http
-                         else None), protocol=s.protocol) for s in bound.services or [])
+        services = tuple(LBService.of(s) for s in bound.services or [])
         selectors = tuple(t.label_selector.selector for t in bound.targets or []
                           if t.type == "label_selector" and t.label_selector)
         return cls(name=bound.name, id=int(bound.id),
@@ -103,6 +137,12 @@ class LoadBalancers(ResourceClient[LoadBalancer]):
     def add_service(self, lb: LoadBalancer, service: LBService) -> Action:
         with hetzner_errors(f"add service :{service.listen_port} to {lb.name}", self._where):
             return Action.of(self._api.load_balancers.add_service(
+                HLoadBalancer(id=lb.id), service._sdk()))
+
+    def update_service(self, lb: LoadBalancer, service: LBService) -> Action:
+        """Replace the service on ``service.listen_port`` (its certificate, health check)."""
+        with hetzner_errors(f"update service :{service.listen_port} of {lb.name}", self._where):
+            return Action.of(self._api.load_balancers.update_service(
                 HLoadBalancer(id=lb.id), service._sdk()))
 
     def delete_service(self, lb: LoadBalancer, listen_port: int) -> Action:
