@@ -19,8 +19,9 @@ def test_first_pass_then_cluster_rules_then_nothing(tmp_path: Path,
                                                     emulator: Running) -> None:  # noqa: F811
     ctx = make_ctx(tmp_path, emulator)
     fw = firewall.ensure_firewall(ctx)
-    # The firewall itself + ssh, http, https; the cluster rules wait for servers.
-    assert fw.changed == 4 and fw.ok, fw.diff
+    # The firewall itself + ssh, http from the load balancer; the cluster rules wait for
+    # servers, and 443 is not open on the nodes at all (TLS ends at the LB).
+    assert fw.changed == 3 and fw.ok, fw.diff
     assert not any("esp" in line for line in fw.diff if line.startswith("+ in"))
     assert fw.diff[1] == "+ applied to label cluster=casera-local"
     ssh_key.ensure_ssh_key(ctx)
@@ -43,14 +44,14 @@ def test_dry_run_plans_the_second_pass_with_placeholders(tmp_path: Path,
     first = firewall.ensure_firewall(ctx)
     planned_servers = servers.ensure_servers(ctx)
     second = firewall.ensure_firewall(ctx)
-    assert (first.changed, planned_servers.changed, second.changed) == (4, 3, 5)
+    assert (first.changed, planned_servers.changed, second.changed) == (3, 3, 5)
     assert "<casera-local-1: known after apply>" in " ".join(second.diff)
     client = emulator.client()
     assert client.firewalls.get_all() == [] and client.servers.get_all() == []
     # The run then does what the dry run said, step by step.
     run = make_ctx(tmp_path, emulator)
     ssh_key.ensure_ssh_key(run)
-    assert [firewall.ensure_firewall(run).changed, servers.ensure_servers(run).changed] == [4, 3]
+    assert [firewall.ensure_firewall(run).changed, servers.ensure_servers(run).changed] == [3, 3]
     emulator.idle()
     assert firewall.ensure_firewall(run).changed == 5
 
@@ -60,15 +61,15 @@ def test_a_rule_removed_from_params_needs_approval(tmp_path: Path,
     # local.yaml approves automatically; production's "required" is what is tested here.
     ctx = make_ctx(tmp_path, emulator, **{"runner.approval": "required"})
     firewall.ensure_firewall(ctx)
-    rules = [r for r in ctx.params.firewall.rules if r.port != "443"]
+    rules = [r for r in ctx.params.firewall.rules if r.port != "80"]
     assert len(rules) == len(ctx.params.firewall.rules) - 1
     fewer = replace(ctx, params=ctx.params.model_copy(update={
         "firewall": ctx.params.firewall.model_copy(update={"rules": rules})}))
     with pytest.raises(ApprovalRefused):
         firewall.ensure_firewall(fewer)
     before = emulator.client().firewalls.get_by_name("casera-local")
-    assert any(r.port == "443" for r in before.rules)  # refused: nothing changed
+    assert any(r.port == "80" for r in before.rules)  # refused: nothing changed
     done = firewall.ensure_firewall(replace(fewer, approve=True))
-    assert done.changed == 1 and done.diff[0].startswith("- in tcp 443") and done.ok
+    assert done.changed == 1 and done.diff[0].startswith("- in tcp 80") and done.ok
     after = emulator.client().firewalls.get_by_name("casera-local")
-    assert not any(r.port == "443" for r in after.rules)
+    assert not any(r.port == "80" for r in after.rules)

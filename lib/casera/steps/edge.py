@@ -127,10 +127,10 @@ def _verify_certificate(ctx: RunContext, result: StepResult,
     result.check("signed by the trusted origin CA", trusted,
                  f"issuer {found.issuer}; CA file {ca}" + ("" if ca and ca.exists()
                                                              else " (missing)"))
-    _expiry_check(result, found.not_after, _edge(ctx.params).renew_within_days)
+    expiry_check(result, found.not_after, _edge(ctx.params).renew_within_days)
 
 
-def _expiry_check(result: StepResult, not_after: datetime, within_days: int,
+def expiry_check(result: StepResult, not_after: datetime, within_days: int,
                   now: datetime | None = None) -> bool:
     left = (not_after - (now or datetime.now(UTC))).total_seconds() / 86400
     return result.check(f"expires in more than {within_days} days", left > within_days,
@@ -151,7 +151,7 @@ def verify_certificate_expiry(ctx: RunContext, now: datetime | None = None) -> S
             return result
         assert uploaded is not None and uploaded.not_valid_after is not None
         not_after = datetime.fromisoformat(uploaded.not_valid_after.replace("Z", "+00:00"))
-        _expiry_check(result, not_after, _edge(ctx.params).renew_within_days, now)
+        expiry_check(result, not_after, _edge(ctx.params).renew_within_days, now)
     return result
 
 

@@ -183,4 +183,11 @@ def inventory(ctx: RunContext) -> StepResult:
         records = cloudflare.list_records(cf, zone_id, dns.record_name(p)) if zone_id else []
         report(f"dns {dns.record_name(p)}", bool(records),
                      "; ".join(f"{r.type} {r.content}" for r in records) or "missing")
+        if p.edge is not None:
+            from casera.steps import edge
+
+            cert = hetzner.for_env(p, ctx.secrets).certificates.get(edge.certificate_name(p))
+            report(f"origin certificate {edge.certificate_name(p)}", cert is not None,
+                   f"expires {cert.not_valid_after}, {', '.join(cert.domain_names)}"
+                   if cert else "missing")
     return result
