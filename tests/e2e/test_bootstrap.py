@@ -19,6 +19,7 @@ from e2e_harness import HETZNER, casera, hcloud
 
 from casera.params import load_params
 from casera.paths import outputs_dir
+from casera.steps.api_endpoint import api_endpoint_for
 from casera_localcloud.local_credentials import read_local_secrets
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
@@ -97,8 +98,8 @@ def test_first_bootstrap_under_rate_limits_makes_exactly_three_servers() -> None
     planned = json.loads((outputs_dir("local") / "dry-run-plan.json").read_text())
     assert [tuple(p) for p in planned] == changes_per_step(meta)
     lb = hcloud().load_balancers.get_by_name(PARAMS.load_balancer.name)
-    ready = requests.get(f"http://{lb.public_net.ipv4.ip}:80/readyz", timeout=10)
-    assert ready.status_code == 200, ready.text
+    status, body = api_endpoint_for(PARAMS, lb.public_net.ipv4.ip).get("/readyz", timeout=10)
+    assert status == 200, body
 
 
 def test_second_run_changes_nothing_and_is_faster(record_property: Callable[[str, object], None]

@@ -19,6 +19,7 @@ import requests
 from e2e_harness import casera, hcloud
 from test_bootstrap import PARAMS, latest_run
 
+from casera.steps.api_endpoint import api_endpoint_for
 from casera_localcloud.local_credentials import read_local_secrets
 from casera_localcloud.neon.netns import namespace
 
@@ -122,9 +123,11 @@ def test_an_address_outside_the_allowlist_is_refused(on_scale) -> None:
 
 def test_the_app_stays_ready_through_the_load_balancer(on_scale) -> None:
     lb = hcloud().load_balancers.get_by_name(PARAMS.load_balancer.name)
+    endpoint = api_endpoint_for(PARAMS, lb.public_net.ipv4.ip)
+    api = endpoint.requests_session()
     hosts = set()
     for _ in range(3 * len(on_scale)):
-        ready = requests.get(f"http://{lb.public_net.ipv4.ip}:80/readyz", timeout=10)
+        ready = api.get(endpoint.url("/readyz"), timeout=10)
         assert ready.status_code == 200, ready.text
         body = ready.json()
         assert body["checks"]["postgres"]["ok"] and body["checks"]["postgres"]["tls"], body

@@ -145,6 +145,10 @@ def verify_certificate_expiry(ctx: RunContext, now: datetime | None = None) -> S
     name = certificate_name(ctx.params)
     with timed(StepResult("certificate expiry", name, dry_run=ctx.dry_run)) as result:
         uploaded = hetzner.for_env(ctx.params, ctx.secrets).certificates.get(name)
+        if uploaded is None and ctx.dry_run:
+            # A dry run made nothing: the plan above says the certificate would be made.
+            result.note("uploaded to Hetzner", f"{name} not there yet (dry run)")
+            return result
         if not result.check("uploaded to Hetzner", uploaded is not None and
                             uploaded.not_valid_after is not None,
                             f"{uploaded.fingerprint}" if uploaded else f"{name} not found"):
@@ -165,11 +169,13 @@ def retire_old_certificates(ctx: RunContext) -> StepResult:
         hz = hetzner.for_env(p, ctx.secrets)
         selector = f"{ORIGIN_LABEL}={_edge(p).certificate_name}"
         old = [c for c in hz.certificates.list(selector) if c.name != current]
+        lb = hz.load_balancers.get(p.load_balancer.name)
+        in_use = {i for s in (lb.services if lb else ()) for i in s.certificate_ids}
         plan = Plan(gate_title=f"Delete {len(old)} replaced origin certificate(s)")
         for cert in old:
-            if cert.used_by_load_balancers and not ctx.dry_run:
-                plan.show(f"! {cert.name} still used by load balancer(s) "
-                          f"{cert.used_by_load_balancers}: left for the next run")
+            if cert.id in in_use and not ctx.dry_run:
+                plan.show(f"! {cert.name} still used by load balancer {p.load_balancer.name}: "
+                          "left for the next run")
                 continue
             plan.add(f"- Hetzner certificate {cert.name} (fingerprint {cert.fingerprint})",
                      lambda c=cert: hz.certificates.delete(c), destructive=True)

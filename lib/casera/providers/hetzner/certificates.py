@@ -1,5 +1,6 @@
 """Uploaded certificates: read by name, upload (create-or-get), delete. Answers never hold
-the private key (Hetzner does not return it); the key goes in once, as a Secret."""
+the private key (Hetzner does not return it); the key goes in once, as a Secret. hcloud 2.27
+does not read the API's ``used_by``: which LB uses a certificate is read from the LBs."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ class Certificate:
     domain_names: tuple[str, ...]
     not_valid_after: str | None  # RFC 3339
     fingerprint: str | None
-    used_by_load_balancers: tuple[int, ...] = ()
     labels: dict[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -31,8 +31,6 @@ class Certificate:
                    domain_names=tuple(bound.domain_names or ()),
                    not_valid_after=after.isoformat() if hasattr(after, "isoformat") else after,
                    fingerprint=bound.fingerprint,
-                   used_by_load_balancers=tuple(int(u.id) for u in bound.used_by or []
-                                                if getattr(u, "type", "") == "load_balancer"),
                    labels=dict(bound.labels or {}))
 
 
