@@ -112,6 +112,9 @@ class ApiEndpoint:
                 super().init_poolmanager(*args, **kwargs)
 
         session = requests.Session()
+        # Not the environment's: REQUESTS_CA_BUNDLE would win over session.verify
+        # (psf/requests#3829), and no proxy stands between this machine and its LB.
+        session.trust_env = False
         session.mount(self.base_url, _Adapter())
         session.headers["Host"] = self.hostname or self.address
         if self.ca_file is not None:
