@@ -73,6 +73,11 @@ def ensure_origin_certificate(ctx: RunContext) -> StepResult:
         uploaded = hz.certificates.get(name)
         plan = Plan()
         pair: dict[str, Any] = {}
+        if stored is None and uploaded is not None:
+            raise StepFailed(f"Hetzner has certificate {name}, but its key is not in "
+                             f"{store_dir(ctx.env)} (made on another machine?): copy that "
+                             f"store here, or raise edge.certificate_generation to rotate to "
+                             f"a new certificate")
         if stored is None:
             if edge.certificate_source == "operator":
                 crt, key = store.files(name)
