@@ -9,8 +9,10 @@ zone named in params/local.yaml and an API token, and publishes the token as
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+from casera import origin_tls
 from casera.errors import CaseraError, ParamsError
 from casera.paths import local_cloud_home
 from casera_localcloud.cloudflare.server import API_PREFIX, HEALTH_PATH, SERVICE_NAME
@@ -99,8 +101,14 @@ def up(port: int = DEFAULT_PORT, state_dir: Path | None = None, zone: str | None
 
 
 def down(state_dir: Path | None = None, purge: bool = False) -> list[str]:
-    return EMULATOR.down(Path(state_dir or default_state_dir()),
-                         "Cloudflare state kept on disk (zones, records, token)", purge)
+    lines = EMULATOR.down(Path(state_dir or default_state_dir()),
+                          "Cloudflare state kept on disk (zones, records, token)", purge)
+    origin = origin_tls.store_dir("local")
+    if purge and state_dir is None and origin.exists():
+        # Its certificates were signed by the Origin CA just purged: no check trusts them now.
+        shutil.rmtree(origin)
+        lines.append(f"removed {origin} (signed by the purged Origin CA)")
+    return lines
 
 
 def status(port: int = DEFAULT_PORT, state_dir: Path | None = None) -> list[str]:
