@@ -125,8 +125,9 @@ def test_https_service_serves_the_certificate_redirects_http_and_rotates(
 
     # Bad input, as Hetzner refuses it.
     assert refused(lambda: lb.add_service(LoadBalancerService(
-        protocol="tcp", listen_port=80, destination_port=port, proxyprotocol=False))
-    ).code == "source_port_already_used"
+        protocol="tcp", listen_port=80, destination_port=port, proxyprotocol=False,
+        health_check=LoadBalancerHealthCheck(protocol="tcp", port=port, interval=5, timeout=3,
+                                             retries=1)))).code == "source_port_already_used"
     no_cert = emulator.raw("POST", f"/load_balancers/{lb.id}/actions/update_service", json={
         "listen_port": 443, "http": {"certificates": []}})
     assert no_cert.status_code == 400, no_cert.text
