@@ -53,6 +53,10 @@ def test_https_through_the_lb_presents_the_origin_certificate_for_the_hostname()
     assert served_fingerprint(api) == facts(stored[0]).fingerprint
     status, body = api.get("/readyz")
     assert status == 200, body
+    # The key made by the run is nowhere in its kept notebook.
+    path, _ = latest_run()
+    key_lines = [line for line in stored[1].reveal().splitlines() if not line.startswith("-")]
+    assert key_lines and not any(line in path.read_text() for line in key_lines)
     # The chain is the origin CA's only: the system's trust store does not know it, and the
     # certificate names the hostname, not the LB's address.
     with pytest.raises(ssl.SSLCertVerificationError), \

@@ -16,8 +16,9 @@ from hetzner_project import Running, emulator, make_ctx  # noqa: F401 - the fixt
 from steps_harness import free_port
 
 from casera.errors import ApprovalRefused, StepFailed
-from casera.operator_secrets import SecretStore
+from casera.operator_secrets import Secret, SecretStore
 from casera.origin_tls import key_store, store_dir
+from casera.result import StepResult
 from casera.runner.scrub import LiveSecrets, find_leaks
 from casera.steps import edge, firewall, load_balancer
 from casera_localcloud.cloudflare import service
@@ -83,6 +84,27 @@ def test_origin_certificate_dry_run_run_rerun_and_the_key_stays_secret(
     assert find_leaks(f"oops {key_text.splitlines()[1]}", secrets)  # the scan would catch it
 
 
+def test_operator_source_uploads_the_operators_pair_and_never_shows_the_key(
+        tmp_path: Path, emulator: Running, cf_emulator: tuple) -> None:  # noqa: F811
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from tls_fixtures import TestCA
+
+    ca = TestCA("operator's CA")
+    (tmp_path / "operator-ca.pem").write_text(ca.pem)
+    issued = ca.issue("api.casera.test")
+    ctx = ctx_for(tmp_path, emulator, cf_emulator, **{
+        "edge.certificate_source": "operator",
+        "edge.origin_ca_root_file": str(tmp_path / "operator-ca.pem")})
+    key_store("local").put("casera-local-origin-g1", issued.certificate,
+                           Secret("planted", issued.key))
+    done = edge.ensure_origin_certificate(ctx)
+    assert done.changed == 1 and done.ok, str(done)
+    assert [c.name for c in emulator.client().certificates.get_all()] == [
+        "casera-local-origin-g1"]
+    planted = issued.key.splitlines()[1]
+    assert planted not in all_text(done) and planted in LiveSecrets("local")()
+
+
 def test_operator_source_without_files_stops_with_the_paths(
         tmp_path: Path, emulator: Running, cf_emulator: tuple) -> None:  # noqa: F811
     ctx = ctx_for(tmp_path, emulator, cf_emulator, **{"edge.certificate_source": "operator"})
@@ -146,7 +168,7 @@ def test_expiry_turns_red_within_30_days() -> None:
     not_after = datetime(2027, 1, 31, 12, tzinfo=UTC)
     for days_before, ok in ((30.01, True), (30.0, False), (29, False), (1, False),
                             (365, True)):
-        result = edge.StepResult("certificate expiry", "x")
+        result = StepResult("certificate expiry", "x")
         assert edge.expiry_check(result, not_after, 30,
                                  now=not_after - timedelta(days=days_before)) is ok
         assert result.checks[0].ok is ok, days_before
