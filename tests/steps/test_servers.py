@@ -33,8 +33,9 @@ def test_dry_run_on_an_empty_project_changes_nothing(tmp_path: Path,
     ctx = make_ctx(tmp_path, emulator, dry_run=True)
     results = [ssh_key.ensure_ssh_key(ctx), firewall.ensure_firewall(ctx),
                servers.ensure_servers(ctx)]
-    # The firewall: itself + ssh, http, https; cluster rules wait for servers.
-    assert [r.changed for r in results] == [1, 1 + 3, 3]
+    # The firewall: itself + ssh, http from the LB (origin lock-down: no 443 on the nodes);
+    # cluster rules wait for servers.
+    assert [r.changed for r in results] == [1, 1 + 2, 3]
     assert ctx.planned["servers"] == ctx.params.server_names()
     client = emulator.client()
     assert client.servers.get_all() == [] and client.firewalls.get_all() == []
