@@ -208,6 +208,10 @@ class RedisBackupParams(_Strict):
     bucket: BucketRole = "backups"
     prefix: str = Field(default="redis/", pattern=r"^[A-Za-z0-9._-]+/$",
                         description="file-name prefix of the snapshots (the backup key's)")
+    snapshot_command: list[str] = Field(
+        default=["python3", "-m", "standin.backup", "--once"], min_length=1,
+        description="run inside the backup task for an on-demand snapshot; prints one JSON "
+                    "line with the uploaded file's name")
 
 
 class RedisParams(_Strict):

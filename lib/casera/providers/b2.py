@@ -195,6 +195,14 @@ def upload_error(api: B2Api, bucket_id: str, bucket_name: str, file_name: str,
     return None
 
 
+def upload_bytes(api: B2Api, bucket_id: str, bucket_name: str, file_name: str,
+                 data: bytes) -> str:
+    """Upload ``data``; returns the new file version's id."""
+    with _mapped(f"upload {bucket_name}/{file_name}"):
+        bucket = api.BUCKET_CLASS(api, bucket_id, name=bucket_name)
+        return str(bucket.upload_bytes(data, file_name).id_)
+
+
 def delete_file(api: B2Api, bucket_id: str, bucket_name: str, file_name: str) -> None:
     """Delete every version of ``file_name`` (used to clean up a probe)."""
     with _mapped(f"delete {bucket_name}/{file_name}"):

@@ -350,3 +350,21 @@ def _alive(client: docker.DockerClient, timeout: float) -> bool:
     adapter = getattr(client.api, "_custom_adapter", None)
     ssh_client = getattr(adapter, "ssh_client", None)
     return ssh_client is not None and ssh.transport_alive(ssh_client.get_transport(), timeout)
+
+
+@mapped
+def exec_output(client: docker.DockerClient, container_id: str, command: list[str],
+                ) -> tuple[int, str]:
+    """Run ``command`` in a running container: (exit code, stdout and stderr as text)."""
+    exec_id = client.api.exec_create(container_id, command)["Id"]
+    output = client.api.exec_start(exec_id)
+    return int(client.api.exec_inspect(exec_id)["ExitCode"]), output.decode(errors="replace")
+
+
+@mapped
+def gateway_address(client: docker.DockerClient, container_id: str) -> str | None:
+    """The container's address on its node's ``docker_gwbridge``: every task on an overlay
+    network has one, and the node itself (so an SSH tunnel to the node) can reach it."""
+    containers = client.api.inspect_network("docker_gwbridge").get("Containers") or {}
+    entry = containers.get(container_id)
+    return entry["IPv4Address"].split("/")[0] if entry and entry.get("IPv4Address") else None

@@ -459,7 +459,8 @@ def _verify_keys(ctx: RunContext, api: b2.B2Api, result: StepResult, probe_write
         on_bucket = bucket is not None and key.bucket_id == bucket.bucket_id
         result.check(f"{kp.name} listed scope", _scope_ok(key, kp, bucket),
                      f"{','.join(sorted(key.capabilities))} on "
-                     f"{bucket_name if on_bucket else key.bucket_id or 'ALL buckets'}")
+                     f"{bucket_name if on_bucket else key.bucket_id or 'ALL buckets'}"
+                     + (f"/{key.name_prefix}*" if key.name_prefix else ""))
         # What B2 grants the stored secret is the real scope, whatever the listing says.
         app = b2.authorize(p.b2.realm, key_id, secret)
         grant = b2.granted(app)
@@ -495,14 +496,16 @@ def _probe_append_only(api: b2.B2Api, app: b2.B2Api, kp: B2KeyParams, bucket: b2
     """A key that writes but must not delete (the backup key): B2 lets it upload under its
     prefix, and refuses it a delete, an upload outside its prefix and a listing outside it,
     so a node holding it can add snapshots but neither erase nor read the others' files."""
-    error = b2.upload_error(app, bucket.bucket_id, bucket.name, probe, b"casera write probe")
+    try:
+        file_id: str | None = b2.upload_bytes(app, bucket.bucket_id, bucket.name, probe,
+                                              b"casera write probe")
+        error = None
+    except ProviderError as exc:
+        file_id, error = None, str(exc)
     result.check(f"{kp.name} can write", error is None,
                  f"uploaded {probe}" if error is None else error[:160])
-    if error is None:
-        mine = [f for f in b2.list_files(app, bucket.bucket_id, bucket.name, probe)
-                if f.name == probe]
-        refused = (b2.delete_file_error(app, bucket.bucket_id, bucket.name, probe,
-                                        mine[0].file_id) if mine else "not listed")
+    if file_id is not None:
+        refused = b2.delete_file_error(app, bucket.bucket_id, bucket.name, probe, file_id)
         result.check(f"{kp.name} cannot delete", refused is not None,
                      f"delete refused ({refused[:90]})" if refused else
                      "a delete WORKED with the backup key")

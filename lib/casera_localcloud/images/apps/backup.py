@@ -67,6 +67,8 @@ def take_snapshot(prefix: str) -> dict[str, Any]:
     if done.returncode != 0 or not target.exists():
         raise RuntimeError(f"redis-cli --rdb exited {done.returncode}: "
                            f"{(done.stderr or done.stdout).strip()[-200:]}")
+    # A busy Redis changes between the fork and here: the snapshot's own count lies between.
+    dbsize_after = r.dbsize()
     data_head = target.read_bytes()[:5]
     if data_head != RDB_MAGIC:
         raise RuntimeError(f"the snapshot does not start with {RDB_MAGIC!r}: {data_head!r}")
@@ -78,6 +80,7 @@ def take_snapshot(prefix: str) -> dict[str, Any]:
         "taken_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(taken)),
         "taken_at_ms": str(int(taken * 1000)),
         "dbsize": str(dbsize),
+        "dbsize_after": str(dbsize_after),
         "repl_offset": str(replication.get("master_repl_offset", 0)),
         "repl_id": str(replication.get("master_replid", "")),
         "sha256": digest.hexdigest(),
