@@ -198,6 +198,8 @@ class B2KeyParams(_Strict):
 
 class B2Params(_Strict):
     realm: str = Field(description="'production' for Backblaze, or the emulator's base URL")
+    node_realm: str | None = Field(default=None, description=(
+        "local cloud: the realm as tasks on the nodes reach it (None: the same as realm)"))
     buckets: dict[BucketRole, BucketParams]
     keys: list[B2KeyParams]
 

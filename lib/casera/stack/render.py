@@ -214,5 +214,6 @@ def settings_from_params(
                     "api_publish_mode": swarm.publish_mode,
                     "api_published_port": swarm.api_published_port},
         "backup": {"interval_s": params.redis.backup.interval_min * 60,
-                   "prefix": params.redis.backup.prefix, "realm": params.b2.realm},
+                   "prefix": params.redis.backup.prefix,
+                   "realm": params.b2.node_realm or params.b2.realm},
     }
