@@ -368,3 +368,32 @@ def gateway_address(client: docker.DockerClient, container_id: str) -> str | Non
     containers = client.api.inspect_network("docker_gwbridge").get("Containers") or {}
     entry = containers.get(container_id)
     return entry["IPv4Address"].split("/")[0] if entry and entry.get("IPv4Address") else None
+
+
+@mapped
+def create_pinned_service(client: docker.DockerClient, name: str, image: str,
+                          args: list[str], node: str, network_id: str, user: str,
+                          volume: str, target: str, labels: dict[str, str]) -> str:
+    """One replica on node ``node`` (by hostname) with named volume ``volume`` at ``target``,
+    on ``network_id`` with DNS round robin, never restarted (a temporary helper a step
+    watches and removes); returns its id."""
+    service = client.services.create(
+        image, name=name, args=args, networks=[network_id], user=user, labels=labels,
+        endpoint_spec=docker.types.EndpointSpec(mode="dnsrr"),
+        constraints=[f"node.hostname == {node}"],
+        mounts=[docker.types.Mount(target=target, source=volume, type="volume")],
+        restart_policy=docker.types.RestartPolicy(condition="none"))
+    return str(service.id)
+
+
+@mapped
+def remove_volume(client: docker.DockerClient, name: str) -> None:
+    """Remove the named volume on this engine (refused by Docker while a container uses it)."""
+    client.api.remove_volume(name)
+
+
+@mapped
+def containers_of_service(client: docker.DockerClient, service_name: str) -> list[str]:
+    """Ids of this engine's containers (running or not) of the swarm service ``service_name``."""
+    return [c["Id"] for c in client.api.containers(
+        all=True, filters={"label": f"com.docker.swarm.service.name={service_name}"})]

@@ -1,0 +1,345 @@
+"""Moving Redis to another node with no lost write (the failover runbook's ``planned`` mode).
+
+Redis is one task pinned by the node label ``casera.redis`` to the node that holds its named
+volume. Moving the label alone loses everything: a named volume is created EMPTY on the node a
+task lands on. So the data goes first, through Redis' own replication:
+
+1. a temporary replica (service ``casera-redis-move``, the stack's Redis image) starts on the
+   target with the target's ``casera-redis-data`` volume, ``--appendonly no``, replicating
+   from ``redis``; a stale volume left there by an earlier move is removed first (it could
+   hold an ``appendonlydir``, which Redis would load instead of the new snapshot);
+2. once it is in sync, writes are paused on the master (``CLIENT PAUSE WRITE``: clients wait,
+   reads go on, replication pings stop) and the replica's offset must equal the master's;
+3. the replica ``SAVE``s: the target's volume now holds a ``dump.rdb`` of every write and no
+   ``appendonlydir`` (the image's entrypoint then loads it with AOF off and turns AOF on,
+   docs/facts.md#redis-and-asynq); the replica is removed and must be gone before anything
+   else starts on that volume (never two Redis servers on one volume);
+4. the label moves: Swarm stops the old task (its constraint no longer holds) and starts the
+   stack's Redis on the target from that volume; the old master's last offset is read until
+   it stops, and must still be the saved one (no write slipped in after the pause).
+
+Not reconciled here: ``swarm.redis_node`` in params. The bootstrap sets the label from it, so
+after a move the operator sets it to the new node (the step says so), or the next bootstrap
+moves the label back onto a stale volume.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+from casera.context import RunContext
+from casera.errors import CaseraError, StepFailed, WaitTimeout
+from casera.plan import Plan, apply
+from casera.progress import wait_for
+from casera.providers import docker_swarm, redis_db, ssh_tunnel
+from casera.result import StepResult, timed
+from casera.steps.access import node_ssh
+from casera.steps.redis_checks import REDIS_PORT, ServiceTask, read_consistent, running_task
+from casera.steps.stack import STACK
+from casera.steps.swarm import REDIS_LABEL, Cluster, connect_cluster
+
+MOVE_SERVICE = "casera-redis-move"
+VOLUME = "casera-redis-data"
+# Long enough to cover the SAVE, the label move and the old task's stop; checked afterwards.
+PAUSE_MS = 60_000
+
+
+@dataclass
+class MoveState:
+    """What the move measured, filled in as its changes run."""
+
+    source: str
+    target: str
+    keys_before: int | None = None
+    offset_saved: int | None = None
+    old_last_offset: int | None = None
+    paused_at: float | None = None
+    old_gone_at: float | None = None
+    new_ready_at: float | None = None
+    keys_after: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _labelled(cluster: Cluster) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    entries = {e["hostname"]: e for e in docker_swarm.nodes(cluster.manager)}
+    return sorted(h for h, e in entries.items() if e["labels"].get(REDIS_LABEL) == "true"), entries
+
+
+@contextmanager
+def _task_client(ctx: RunContext, task: ServiceTask) -> Iterator[redis_db.Client]:
+    """redis-py on one task's Redis, through an SSH tunnel to its node's gwbridge address."""
+    address = wait_for(f"{task.service} on {task.node} to have a docker_gwbridge address",
+                       lambda: docker_swarm.gateway_address(task.client, task.container_id),
+                       30, show=False)
+    with ExitStack() as stack:
+        host, port = stack.enter_context(ssh_tunnel.forward(
+            node_ssh(ctx, task.node, task.node_ip), address, REDIS_PORT))
+        client = redis_db.connect(host, port, timeout=5)
+        stack.callback(client.close)
+        yield client
+
+
+def _service_task(ctx: RunContext, cluster: Cluster, service_name: str,
+                  node: str) -> ServiceTask | None:
+    """The running task of the (non-stack) service ``service_name`` on ``node``."""
+    for task in docker_swarm.tasks(cluster.manager, {"service": service_name,
+                                                     "desired-state": "running"}):
+        status = task.get("Status") or {}
+        cid = (status.get("ContainerStatus") or {}).get("ContainerID")
+        if status.get("State") == "running" and cid:
+            return ServiceTask(service_name, node, cluster.nodes[node], cid, cluster.clients[node])
+    return None
+
+
+def check_planned_move(ctx: RunContext, target: str) -> StepResult:
+    """Read-only, before any change: ``target`` is one of this environment's servers, a ready
+    and active Swarm node, and Redis runs healthy on its labelled node. A red check stops the
+    run here, so a move onto a node that is down is refused before anything changed."""
+    with timed(StepResult("redis move check", f"-> {target}", dry_run=ctx.dry_run)) as result:
+        names = ctx.params.server_names()
+        if target not in names:
+            raise StepFailed(f"target {target!r} is not a server of env {ctx.env}; pass one of "
+                             f"{', '.join(names)} (runbook parameter target)")
+        cluster = connect_cluster(ctx)
+        labelled, entries = _labelled(cluster)
+        entry = entries.get(target)
+        ok = entry is not None and entry["state"] == "ready" and entry["availability"] == "active"
+        result.check(f"target {target} up", ok,
+                     f"Swarm node {entry['state']}, {entry['availability']}" if entry else
+                     "not a Swarm node (is the server running?)")
+        result.check("redis label on one node", len(labelled) == 1,
+                     ", ".join(labelled) or "no node has casera.redis")
+        task = running_task(ctx, "redis")
+        result.check("redis task running", task is not None and task.node in labelled,
+                     f"on {task.node}" if task else "no running redis task")
+        if task is not None:
+            with _task_client(ctx, task) as client:
+                facts = redis_db.facts(client)
+            result.check("redis healthy", facts.role == "master" and not facts.loading,
+                         f"{facts.dbsize} keys, role {facts.role}, offset {facts.repl_offset}")
+        result.reason = (f"redis on {', '.join(labelled) or '?'}; "
+                         + ("already on the target" if labelled == [target] else
+                            f"move to {target}"))
+    return result
+
+
+def move_redis_planned(ctx: RunContext, target: str, timeout: float = 300) -> StepResult:
+    """Move Redis to ``target`` with no lost write (see the module's docstring). Re-run with
+    Redis on ``target`` and no temporary replica left: 0 changes."""
+    with timed(StepResult("redis move", f"-> {target}", dry_run=ctx.dry_run)) as result:
+        cluster = connect_cluster(ctx)
+        labelled, entries = _labelled(cluster)
+        leftover = [s for s in docker_swarm.services(cluster.manager) if s["name"] == MOVE_SERVICE]
+        plan = Plan(gate_title=f"Redis: move to {target} (writes pause for seconds; "
+                    "Swarm restarts Redis there)")
+        if labelled == [target] and not leftover:
+            result.reason = f"redis already on {target}, no temporary replica left"
+            apply(ctx, result, plan)
+            return result
+        source = labelled[0] if labelled else "?"
+        state = MoveState(source, target)
+        if leftover:
+            plan.add(f"- service {MOVE_SERVICE} (left by an interrupted move)",
+                     partial(_remove_replica, ctx, cluster, leftover[0]["id"], target),
+                     destructive=True)
+        if labelled == [target]:
+            apply(ctx, result, plan)
+            result.reason = f"redis already on {target}; leftover replica removed"
+            return result
+        if target in cluster.clients and VOLUME in docker_swarm.volume_names(
+                cluster.clients[target]):
+            plan.add(f"- volume {VOLUME} on {target}: stale (no Redis runs there); it could hold "
+                     "an appendonlydir that Redis would load instead of the new data",
+                     partial(docker_swarm.remove_volume, cluster.clients[target], VOLUME),
+                     destructive=True)
+        plan.add(f"+ service {MOVE_SERVICE}: a replica of redis on {target} (AOF off) on its "
+                 f"volume {VOLUME}, until in sync",
+                 partial(_start_replica, ctx, cluster, state, timeout))
+        plan.add(f"~ pause writes on redis ({source}), wait for equal offsets, SAVE on the "
+                 f"replica, remove {MOVE_SERVICE}",
+                 partial(_pause_and_save, ctx, cluster, state, timeout), destructive=True)
+        plan.add(f"~ label {REDIS_LABEL}: {source} -> {target} (Swarm restarts redis there from "
+                 "the saved data)",
+                 partial(_move_label, ctx, cluster, entries, state, timeout), destructive=True)
+        applied = apply(ctx, result, plan)
+        if applied.dry_run:
+            return result
+        _report(ctx, result, state)
+    return result
+
+
+def _replica_spec(cluster: Cluster) -> dict[str, Any]:
+    services = {s["name"]: s for s in docker_swarm.services(cluster.manager)}
+    redis = services.get(f"{STACK}_redis")
+    if redis is None:
+        raise StepFailed(f"no service {STACK}_redis: is the stack deployed?")
+    container = redis["spec"]["TaskTemplate"]["ContainerSpec"]
+    networks = redis["spec"]["TaskTemplate"].get("Networks") or []
+    if not networks:
+        raise StepFailed(f"{STACK}_redis is on no network")
+    return {"image": container["Image"], "user": container.get("User") or "redis",
+            "network": networks[0]["Target"]}
+
+
+def _start_replica(ctx: RunContext, cluster: Cluster, state: MoveState,
+                   timeout: float) -> str:
+    spec = _replica_spec(cluster)
+    service_id = docker_swarm.create_pinned_service(
+        cluster.manager, MOVE_SERVICE, spec["image"],
+        ["redis-server", "--appendonly", "no", "--replicaof", "redis", str(REDIS_PORT)],
+        state.target, spec["network"], spec["user"], VOLUME, "/data",
+        {"casera.role": "redis-move"})
+    replica = wait_for(f"{MOVE_SERVICE} running on {state.target}",
+                       lambda: _service_task(ctx, cluster, MOVE_SERVICE, state.target), timeout)
+    with _task_client(ctx, replica) as client:
+        def synced() -> dict[str, Any] | None:
+            try:
+                info = client.info("replication")
+            except Exception:  # noqa: BLE001 - still starting; the wait names the goal
+                return None
+            return info if info.get("master_link_status") == "up" else None
+
+        wait_for(f"the replica on {state.target} to finish its full sync", synced, timeout)
+    return service_id
+
+
+def _pause_and_save(ctx: RunContext, cluster: Cluster, state: MoveState,
+                    timeout: float) -> None:
+    master_task = running_task(ctx, "redis")
+    replica = _service_task(ctx, cluster, MOVE_SERVICE, state.target)
+    if master_task is None or replica is None:
+        raise StepFailed("the redis task or the temporary replica stopped running")
+    with _task_client(ctx, master_task) as master, _task_client(ctx, replica) as copy:
+        master.execute_command("CLIENT", "PAUSE", str(PAUSE_MS), "WRITE")
+        state.paused_at = time.monotonic()
+        offset = int(master.info("replication")["master_repl_offset"])
+
+        def caught_up() -> int | None:
+            info = copy.info("replication")
+            return offset if int(info.get("slave_repl_offset", -1)) == offset else None
+
+        try:
+            wait_for(f"the replica to reach offset {offset}", caught_up, 20, interval=0.05,
+                     show=False)
+        except WaitTimeout:
+            master.execute_command("CLIENT", "UNPAUSE")
+            raise
+        state.keys_before = int(master.dbsize())
+        copy.save()
+        state.offset_saved = offset
+        if int(copy.dbsize()) != state.keys_before:
+            master.execute_command("CLIENT", "UNPAUSE")
+            raise StepFailed(f"the replica holds {copy.dbsize()} keys, the master "
+                             f"{state.keys_before}: writes unpaused, nothing moved")
+    _remove_replica(ctx, cluster, MOVE_SERVICE, state.target)
+
+
+def _remove_replica(ctx: RunContext, cluster: Cluster, service: str, node: str) -> None:
+    docker_swarm.remove_service(cluster.manager, service)
+    # Only once its container is gone may the stack's Redis start on that volume.
+    for name, client in cluster.clients.items():
+        wait_for(f"{MOVE_SERVICE}'s container on {name} to be removed",
+                 lambda c=client: not docker_swarm.containers_of_service(c, MOVE_SERVICE),
+                 60, show=False)
+
+
+def _move_label(ctx: RunContext, cluster: Cluster, entries: dict[str, dict[str, Any]],
+                state: MoveState, timeout: float) -> None:
+    old = running_task(ctx, "redis")
+    if old is None:
+        raise StepFailed("the redis task stopped before the label moved")
+    with _task_client(ctx, old) as master:
+        for name, entry in entries.items():
+            labels = dict(entry["labels"])
+            if name == state.target:
+                labels[REDIS_LABEL] = "true"
+            else:
+                labels.pop(REDIS_LABEL, None)
+            if labels != entry["labels"]:
+                docker_swarm.set_node_labels(cluster.manager, entry["id"], labels)
+
+        def old_stopped() -> bool:
+            # The last offset it answered with is what it held when it went.
+            try:
+                state.old_last_offset = int(master.info("replication")["master_repl_offset"])
+                return False
+            except (redis_db.redis.RedisError, OSError, CaseraError):
+                return True
+
+        wait_for(f"redis on {state.source} to stop", old_stopped, timeout, interval=0.1)
+        state.old_gone_at = time.monotonic()
+
+    def new_task() -> ServiceTask | None:
+        task = running_task(ctx, "redis")
+        return task if task is not None and task.node == state.target else None
+
+    new = wait_for(f"redis running on {state.target}", new_task, timeout)
+    with _task_client(ctx, new) as client:
+        def ready() -> redis_db.RedisFacts | None:
+            try:
+                facts = redis_db.facts(client)
+            except CaseraError:
+                return None
+            return facts if not facts.loading else None
+
+        facts = wait_for(f"redis on {state.target} to load the data", ready, timeout,
+                         interval=0.1)
+        state.new_ready_at = time.monotonic()
+        state.keys_after = facts.dbsize
+        state.notes.append(f"AOF {'on' if facts.aof_enabled else 'off (turning on)'} "
+                           f"on {state.target}")
+
+
+def _report(ctx: RunContext, result: StepResult, state: MoveState) -> None:
+    result.check("keys equal", state.keys_before is not None
+                 and state.keys_after == state.keys_before,
+                 f"{state.keys_before} before, {state.keys_after} after")
+    result.check("no write after the pause", state.old_last_offset is not None
+                 and state.old_last_offset == state.offset_saved,
+                 f"old master's last offset {state.old_last_offset}, saved at "
+                 f"{state.offset_saved}")
+    if state.paused_at and state.new_ready_at and state.old_gone_at:
+        pause = state.new_ready_at - state.paused_at
+        down = state.new_ready_at - state.old_gone_at
+        result.check("writes paused less than the pause limit", pause * 1000 < PAUSE_MS,
+                     f"{pause:.1f} s (CLIENT PAUSE WRITE was {PAUSE_MS // 1000} s)")
+        result.note("redis unreachable", f"{down:.1f} s (old task stopped -> new one loaded)")
+        ctx.shared["redis_move"] = {"write_pause_s": round(pause, 2),
+                                    "unreachable_s": round(down, 2),
+                                    "keys_before": state.keys_before,
+                                    "keys_after": state.keys_after}
+    index = ctx.params.server_names().index(state.target) + 1
+    if ctx.params.swarm.redis_node != index:
+        result.note("params", f"set swarm.redis_node: {index} in params/{ctx.env}.yaml, or the "
+                    "next bootstrap moves the label back")
+    for line in state.notes:
+        result.note("redis", line)
+    result.reason = f"moved {state.source} -> {state.target}"
+
+
+def verify_redis_placement(ctx: RunContext, target: str) -> StepResult:
+    """Read-only: the label only on ``target``, Redis running there, no temporary replica."""
+    with timed(StepResult("redis placement", target, dry_run=ctx.dry_run)) as result:
+        if ctx.dry_run:
+            result.reason = "nothing moved in a dry run"
+            return result
+        cluster = connect_cluster(ctx)
+        labelled, _ = _labelled(cluster)
+        result.check("label", labelled == [target], ", ".join(labelled) or "none")
+        task = running_task(ctx, "redis")
+        result.check("redis task", task is not None and task.node == target,
+                     f"on {task.node}" if task else "not running")
+        left = [s["name"] for s in docker_swarm.services(cluster.manager)
+                if s["name"] == MOVE_SERVICE]
+        result.check("temporary replica removed", not left, ", ".join(left) or "none left")
+        if task is not None:
+            with _task_client(ctx, task) as client:
+                keys, findings = read_consistent(client)
+            result.note("asynq", f"{len(keys.queues)} queue(s); "
+                        f"{sum(1 for _, ok, _ in findings if not ok)} integrity finding(s)")
+    return result
