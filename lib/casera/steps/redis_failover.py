@@ -39,7 +39,7 @@ from casera.progress import wait_for
 from casera.providers import docker_swarm, redis_db, ssh_tunnel
 from casera.result import StepResult, timed
 from casera.steps.access import node_ssh
-from casera.steps.redis_checks import REDIS_PORT, ServiceTask, read_consistent, running_task
+from casera.steps.redis_checks import REDIS_PORT, ServiceTask, running_task
 from casera.steps.stack import STACK
 from casera.steps.swarm import REDIS_LABEL, Cluster, connect_cluster
 
@@ -96,10 +96,30 @@ def _service_task(ctx: RunContext, cluster: Cluster, service_name: str,
     return None
 
 
-def check_planned_move(ctx: RunContext, target: str) -> StepResult:
+MODES = ("planned",)
+
+
+def target_node(ctx: RunContext, target: str = "") -> str:
+    """The node Redis should be on: ``target`` when given, else params' ``swarm.redis_node``
+    (so the runbook with no target converges Redis onto where params put it)."""
+    return target or ctx.params.server_names()[ctx.params.swarm.redis_node - 1]
+
+
+def check_mode(ctx: RunContext, mode: str) -> StepResult:
+    """Refuse a mode this runbook does not have, before anything is read or changed."""
+    with timed(StepResult("failover mode", mode, dry_run=ctx.dry_run)) as result:
+        if mode not in MODES:
+            raise StepFailed(f"mode {mode!r} is not one of {', '.join(MODES)} (runbook "
+                             "parameter mode)")
+        result.reason = {"planned": "move Redis to a healthy node with no lost write"}[mode]
+    return result
+
+
+def check_planned_move(ctx: RunContext, target: str = "") -> StepResult:
     """Read-only, before any change: ``target`` is one of this environment's servers, a ready
     and active Swarm node, and Redis runs healthy on its labelled node. A red check stops the
     run here, so a move onto a node that is down is refused before anything changed."""
+    target = target_node(ctx, target)
     with timed(StepResult("redis move check", f"-> {target}", dry_run=ctx.dry_run)) as result:
         names = ctx.params.server_names()
         if target not in names:
@@ -128,9 +148,11 @@ def check_planned_move(ctx: RunContext, target: str) -> StepResult:
     return result
 
 
-def move_redis_planned(ctx: RunContext, target: str, timeout: float = 300) -> StepResult:
-    """Move Redis to ``target`` with no lost write (see the module's docstring). Re-run with
-    Redis on ``target`` and no temporary replica left: 0 changes."""
+def move_redis_planned(ctx: RunContext, target: str = "", timeout: float = 300) -> StepResult:
+    """Move Redis to ``target`` (default: params' ``swarm.redis_node``) with no lost write
+    (see the module's docstring). Re-run with Redis there and no temporary replica left:
+    0 changes."""
+    target = target_node(ctx, target)
     with timed(StepResult("redis move", f"-> {target}", dry_run=ctx.dry_run)) as result:
         cluster = connect_cluster(ctx)
         labelled, entries = _labelled(cluster)
@@ -322,8 +344,9 @@ def _report(ctx: RunContext, result: StepResult, state: MoveState) -> None:
     result.reason = f"moved {state.source} -> {state.target}"
 
 
-def verify_redis_placement(ctx: RunContext, target: str) -> StepResult:
+def verify_redis_placement(ctx: RunContext, target: str = "") -> StepResult:
     """Read-only: the label only on ``target``, Redis running there, no temporary replica."""
+    target = target_node(ctx, target)
     with timed(StepResult("redis placement", target, dry_run=ctx.dry_run)) as result:
         if ctx.dry_run:
             result.reason = "nothing moved in a dry run"
@@ -339,7 +362,7 @@ def verify_redis_placement(ctx: RunContext, target: str) -> StepResult:
         result.check("temporary replica removed", not left, ", ".join(left) or "none left")
         if task is not None:
             with _task_client(ctx, task) as client:
-                keys, findings = read_consistent(client)
-            result.note("asynq", f"{len(keys.queues)} queue(s); "
-                        f"{sum(1 for _, ok, _ in findings if not ok)} integrity finding(s)")
+                facts = redis_db.facts(client)
+            result.check("redis answers", facts.role == "master" and not facts.loading,
+                         f"{facts.dbsize} keys, AOF {'on' if facts.aof_enabled else 'OFF'}")
     return result
