@@ -22,7 +22,9 @@ no stacks): :func:`stack_deploy` runs it on a manager over SSH through :func:`cl
 from __future__ import annotations
 
 import functools
+import io
 import os
+import tarfile
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
@@ -397,3 +399,33 @@ def containers_of_service(client: docker.DockerClient, service_name: str) -> lis
     """Ids of this engine's containers (running or not) of the swarm service ``service_name``."""
     return [c["Id"] for c in client.api.containers(
         all=True, filters={"label": f"com.docker.swarm.service.name={service_name}"})]
+
+
+@mapped
+def write_into_volume(client: docker.DockerClient, image: str, volume: str, file_name: str,
+                      data: bytes, owner: str) -> None:
+    """Put ``data`` as ``/<volume>/<file_name>`` (mode 0644, owned by ``owner`` as the image
+    knows it) with a short-lived container of ``image`` that mounts the named volume
+    (created here if it does not exist): Docker copies into a created container's volumes."""
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        client.api.pull(image)  # by digest when the reference has one
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo(file_name)
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+    container = client.containers.create(
+        image, entrypoint=["chown", owner, f"/data/{file_name}"], command=[], user="root",
+        volumes={volume: {"bind": "/data", "mode": "rw"}}, network_mode="none")
+    try:
+        if not container.put_archive("/data", archive.getvalue()):
+            raise ProviderError("docker", f"copying {file_name} into volume {volume} failed")
+        container.start()
+        code = int(container.wait(timeout=60).get("StatusCode", 1))
+        if code != 0:
+            raise ProviderError("docker", f"chown {owner} of {file_name} in volume {volume} "
+                                f"exited {code}: {container.logs().decode(errors='replace')}")
+    finally:
+        container.remove(force=True)

@@ -178,6 +178,10 @@ def verify_newest_snapshot(ctx: RunContext) -> StepResult:
     return result
 
 
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as source:

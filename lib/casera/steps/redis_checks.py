@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from casera.context import RunContext
-from casera.errors import StepFailed
+from casera.errors import CaseraError, StepFailed
 from casera.providers import docker_swarm, redis_db, ssh_tunnel
 from casera.result import StepResult, timed
-from casera.steps.access import node_ssh
+from casera.steps.access import known_hosts, node_addresses, node_ssh, parallel
 from casera.steps.stack import running_tasks, stack_services
-from casera.steps.swarm import DockerClient, connect_cluster
+from casera.steps.swarm import Cluster, DockerClient, docker_pool, manager_name
 
 REDIS_PORT = 6379
 
@@ -36,9 +36,37 @@ class ServiceTask:
     client: DockerClient  # the engine of that node
 
 
+def reachable_cluster(ctx: RunContext) -> Cluster:
+    """The cluster as far as it answers: a node whose engine cannot be reached (a lost node)
+    is left out instead of failing the read, so the Redis runbooks work with a node gone."""
+    nodes = node_addresses(ctx)
+
+    def attempt(item: tuple[str, str]) -> DockerClient | None:
+        s = ctx.params.ssh
+        try:
+            return docker_pool(ctx).get(item[1], s.port, s.admin_user, s.private_key_file,
+                                        s.connect_timeout_s, known_hosts=known_hosts(ctx),
+                                        node=item[0])
+        except CaseraError:
+            return None
+
+    answered = dict(zip(nodes, parallel(attempt, list(nodes.items())), strict=True))
+    clients = {name: client for name, client in answered.items() if client is not None}
+
+    def state(client: DockerClient) -> dict[str, Any] | None:
+        try:
+            return docker_swarm.swarm_state(client)
+        except CaseraError:
+            return None
+
+    states = dict(zip(clients, parallel(state, list(clients.values())), strict=True))
+    live = {name: st for name, st in states.items() if st is not None}
+    return Cluster(nodes, {n: clients[n] for n in live}, live, manager_name(live))
+
+
 def running_task(ctx: RunContext, service: str) -> ServiceTask | None:
     """The one running task of ``service`` (None when none runs)."""
-    cluster = connect_cluster(ctx)
+    cluster = reachable_cluster(ctx)
     services = stack_services(cluster.manager)
     if service not in services:
         return None

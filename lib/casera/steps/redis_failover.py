@@ -36,12 +36,17 @@ from casera.context import RunContext
 from casera.errors import CaseraError, StepFailed, WaitTimeout
 from casera.plan import Plan, apply
 from casera.progress import wait_for
-from casera.providers import docker_swarm, redis_db, ssh_tunnel
+from casera.providers import b2, docker_swarm, hetzner, redis_db, ssh, ssh_tunnel
 from casera.result import StepResult, timed
 from casera.steps.access import node_ssh
-from casera.steps.redis_checks import REDIS_PORT, ServiceTask, running_task
+from casera.steps.redis_checks import (
+    REDIS_PORT,
+    ServiceTask,
+    reachable_cluster,
+    running_task,
+)
 from casera.steps.stack import STACK
-from casera.steps.swarm import REDIS_LABEL, Cluster, connect_cluster
+from casera.steps.swarm import REDIS_LABEL, Cluster
 
 MOVE_SERVICE = "casera-redis-move"
 VOLUME = "casera-redis-data"
@@ -96,7 +101,7 @@ def _service_task(ctx: RunContext, cluster: Cluster, service_name: str,
     return None
 
 
-MODES = ("planned",)
+MODES = ("planned", "node-lost")
 
 
 def target_node(ctx: RunContext, target: str = "") -> str:
@@ -111,7 +116,9 @@ def check_mode(ctx: RunContext, mode: str) -> StepResult:
         if mode not in MODES:
             raise StepFailed(f"mode {mode!r} is not one of {', '.join(MODES)} (runbook "
                              "parameter mode)")
-        result.reason = {"planned": "move Redis to a healthy node with no lost write"}[mode]
+        result.reason = {"planned": "move Redis to a healthy node with no lost write",
+                         "node-lost": "fence the lost Redis node, restore the newest B2 "
+                                      "snapshot on a healthy one"}[mode]
     return result
 
 
@@ -125,7 +132,7 @@ def check_planned_move(ctx: RunContext, target: str = "") -> StepResult:
         if target not in names:
             raise StepFailed(f"target {target!r} is not a server of env {ctx.env}; pass one of "
                              f"{', '.join(names)} (runbook parameter target)")
-        cluster = connect_cluster(ctx)
+        cluster = reachable_cluster(ctx)
         labelled, entries = _labelled(cluster)
         entry = entries.get(target)
         ok = entry is not None and entry["state"] == "ready" and entry["availability"] == "active"
@@ -154,7 +161,7 @@ def move_redis_planned(ctx: RunContext, target: str = "", timeout: float = 300) 
     0 changes."""
     target = target_node(ctx, target)
     with timed(StepResult("redis move", f"-> {target}", dry_run=ctx.dry_run)) as result:
-        cluster = connect_cluster(ctx)
+        cluster = reachable_cluster(ctx)
         labelled, entries = _labelled(cluster)
         leftover = [s for s in docker_swarm.services(cluster.manager) if s["name"] == MOVE_SERVICE]
         plan = Plan(gate_title=f"Redis: move to {target} (writes pause for seconds; "
@@ -345,13 +352,14 @@ def _report(ctx: RunContext, result: StepResult, state: MoveState) -> None:
 
 
 def verify_redis_placement(ctx: RunContext, target: str = "") -> StepResult:
-    """Read-only: the label only on ``target``, Redis running there, no temporary replica."""
-    target = target_node(ctx, target)
+    """Read-only: the label only on ``target`` (default: where this run put Redis, else
+    params' node), Redis running and answering there, no temporary replica."""
+    target = target or ctx.shared.get("redis_placed_on") or target_node(ctx)
     with timed(StepResult("redis placement", target, dry_run=ctx.dry_run)) as result:
         if ctx.dry_run:
             result.reason = "nothing moved in a dry run"
             return result
-        cluster = connect_cluster(ctx)
+        cluster = reachable_cluster(ctx)
         labelled, _ = _labelled(cluster)
         result.check("label", labelled == [target], ", ".join(labelled) or "none")
         task = running_task(ctx, "redis")
@@ -366,3 +374,276 @@ def verify_redis_placement(ctx: RunContext, target: str = "") -> StepResult:
             result.check("redis answers", facts.role == "master" and not facts.loading,
                          f"{facts.dbsize} keys, AOF {'on' if facts.aof_enabled else 'OFF'}")
     return result
+
+
+# ------------------------------------------------------------------ node-lost
+
+
+def _lost_node(ctx: RunContext, cluster: Cluster, lost: str) -> str:
+    if lost:
+        if lost not in ctx.params.server_names():
+            raise StepFailed(f"lost node {lost!r} is not a server of env {ctx.env}; pass one of "
+                             f"{', '.join(ctx.params.server_names())} (runbook parameter lost)")
+        return lost
+    labelled, _ = _labelled(cluster)
+    if len(labelled) != 1:
+        raise StepFailed(f"casera.redis is on {labelled or 'no node'}: name the lost node "
+                         "(runbook parameter lost)")
+    return labelled[0]
+
+
+def check_node_lost(ctx: RunContext, lost: str = "") -> StepResult:
+    """Read-only, before any change: the Redis node (or ``lost``) is really gone for the
+    Swarm (its managers see it ``down``), so nothing is fenced or restored while Redis is
+    healthy. Records when the loss was confirmed: the RTO is measured from here."""
+    with timed(StepResult("redis node-lost check", lost or "the redis node",
+                          dry_run=ctx.dry_run)) as result:
+        cluster = reachable_cluster(ctx)
+        if cluster.leader is None:
+            raise StepFailed("no Swarm manager answers: restore quorum first (docs/facts.md)")
+        lost = _lost_node(ctx, cluster, lost)
+        result.target = lost
+        labelled, entries = _labelled(cluster)
+        entry = entries.get(lost)
+        state = entry["state"] if entry else "not in the swarm"
+        server = hetzner.for_env(ctx.params, ctx.secrets).servers.get(lost)
+        power = server.status if server else "no such server"
+        if labelled != [lost] and power == "off":
+            result.reason = (f"{lost} already fenced (off) and Redis is on "
+                             f"{', '.join(labelled) or 'no node'}: nothing left to recover")
+            ctx.shared["redis_lost"] = {"node": lost, "detected_at": time.time(),
+                                        "recovered": True}
+            return result
+        task = running_task(ctx, "redis")
+        healthy = task is not None and task.node == lost
+        result.check(f"{lost} lost", state != "ready" and not healthy,
+                     f"Swarm sees it {state}, Hetzner {power}"
+                     + ("; Redis runs there: use mode planned" if healthy else ""))
+        answers, detail = ssh.probe_port(cluster.nodes[lost], ctx.params.ssh.port, 3.0)
+        result.note(f"{lost} ssh", ("answers: partitioned, not dead; the fence stops it "
+                                    "coming back as a second master") if answers else detail)
+        ctx.shared["redis_lost"] = {"node": lost, "detected_at": time.time(),
+                                    "recovered": False}
+        result.reason = f"{lost} is gone for the Swarm; Redis had the label there"
+    return result
+
+
+def fence_lost_node(ctx: RunContext, lost: str = "", timeout: float = 120) -> StepResult:
+    """Power the lost node off through the Hetzner API before anything is promoted, so a
+    partitioned old Redis cannot come back as a second master. Off already: 0 changes."""
+    with timed(StepResult("redis fence", lost or "the redis node",
+                          dry_run=ctx.dry_run)) as result:
+        lost = lost or ctx.shared.get("redis_lost", {}).get("node", "")
+        if not lost:
+            raise StepFailed("run the node-lost check first (it names the lost node)")
+        result.target = lost
+        hz = hetzner.for_env(ctx.params, ctx.secrets)
+        server = hz.servers.get(lost)
+        if server is None:
+            raise StepFailed(f"no Hetzner server {lost}")
+        plan = Plan(gate_title=f"Hetzner: power off {lost} (fence the lost Redis node)")
+        if server.status != "off":
+            plan.add(f"~ server {lost}: power off ({server.status} -> off), the fence",
+                     partial(_power_off, hz, server, timeout), destructive=True)
+        else:
+            result.reason = f"{lost} is off"
+        if apply(ctx, result, plan).dry_run:
+            return result
+        now = hz.servers.get(lost)
+        result.check(f"{lost} off", now is not None and now.status == "off",
+                     now.status if now else "gone")
+    return result
+
+
+def _power_off(hz: Any, server: Any, timeout: float) -> None:
+    from casera.providers.hetzner.actions import wait_for as wait_actions
+
+    wait_actions([hz.servers.power_off(server)], f"power off {server.name}", timeout)
+
+
+def _healthy_target(ctx: RunContext, cluster: Cluster, lost: str, target: str) -> str:
+    _, entries = _labelled(cluster)
+    ready = [n for n in ctx.params.server_names() if n != lost and n in cluster.clients
+             and entries.get(n, {}).get("state") == "ready"
+             and entries.get(n, {}).get("availability") == "active"]
+    if target:
+        if target not in ready:
+            raise StepFailed(f"target {target} is not a ready, active Swarm node; ready: "
+                             f"{', '.join(ready) or 'none'}")
+        return target
+    if not ready:
+        raise StepFailed("no ready node to restore Redis on")
+    return ready[0]
+
+
+def restore_on_healthy_node(ctx: RunContext, lost: str = "", target: str = "",
+                            timeout: float = 300) -> StepResult:
+    """Redis back on a healthy node from the newest B2 snapshot: the snapshot written into
+    that node's ``casera-redis-data`` (a stale volume there removed first; only a
+    ``dump.rdb``, so the image loads it with AOF off and then turns AOF on), THEN the label
+    moved, so Swarm starts Redis on data and never on an empty volume. Reports the RPO (the
+    snapshot's age when the loss was confirmed) and the RTO (confirmation to the api's
+    /readyz green). Redis already running on a healthy node other than ``lost``: 0 changes."""
+    with timed(StepResult("redis restore", lost or "the redis node",
+                          dry_run=ctx.dry_run)) as result:
+        from casera.steps import redis_backup
+        from casera.steps.stack import _get
+
+        seen = ctx.shared.get("redis_lost", {})
+        lost = lost or seen.get("node", "")
+        if not lost:
+            raise StepFailed("run the node-lost check first (it names the lost node)")
+        result.target = lost
+        cluster = reachable_cluster(ctx)
+        labelled, entries = _labelled(cluster)
+        task = running_task(ctx, "redis")
+        plan = Plan(gate_title="Redis: restore the newest B2 snapshot on a healthy node "
+                    "(writes since it are lost)")
+        if task is not None and task.node != lost and labelled == [task.node]:
+            result.reason = f"Redis already runs on {task.node}"
+            ctx.shared["redis_placed_on"] = task.node
+            apply(ctx, result, plan)
+            return result
+        node = _healthy_target(ctx, cluster, lost, target)
+        found = redis_backup.snapshots(ctx)
+        if not found:
+            raise StepFailed("no snapshot in B2 to restore: the backup service never uploaded")
+        newest = found[-1]
+        client = cluster.clients[node]
+        if VOLUME in docker_swarm.volume_names(client):
+            plan.add(f"- volume {VOLUME} on {node}: stale (no Redis runs there)",
+                     partial(docker_swarm.remove_volume, client, VOLUME), destructive=True)
+        detected = float(seen.get("detected_at") or time.time())
+        age = detected - newest.uploaded_ms / 1000
+        plan.add(f"+ {newest.name} ({age:.0f} s old at the loss, DBSIZE "
+                 f"{newest.info.get('dbsize', '?')}) into {VOLUME} on {node}",
+                 partial(_restore_into_volume, ctx, cluster, client, newest), destructive=True)
+        plan.add(f"~ label {REDIS_LABEL}: {lost} -> {node}",
+                 partial(_set_redis_label, cluster, entries, node), destructive=True)
+        if apply(ctx, result, plan).dry_run:
+            return result
+
+        def new_task() -> ServiceTask | None:
+            t = running_task(ctx, "redis")
+            return t if t is not None and t.node == node else None
+
+        new = wait_for(f"redis running on {node}", new_task, timeout)
+        with _task_client(ctx, new) as redis_client:
+            def ready() -> redis_db.RedisFacts | None:
+                try:
+                    facts = redis_db.facts(redis_client)
+                except CaseraError:
+                    return None
+                return facts if not facts.loading else None
+
+            facts = wait_for(f"redis on {node} to load the snapshot", ready, timeout,
+                             interval=0.2)
+        low = min(newest.recorded("dbsize") or 0, newest.recorded("dbsize_after") or 0)
+        high = max(newest.recorded("dbsize") or 0, newest.recorded("dbsize_after") or 0)
+        result.check("restored key count", low <= facts.dbsize <= high,
+                     f"{facts.dbsize} keys; the snapshot recorded {low}"
+                     + (f"-{high}" if high != low else ""))
+        api_nodes = [n for n in ctx.params.server_names() if n != lost]
+        port = ctx.params.swarm.api_published_port
+
+        def readyz() -> str | None:
+            for name in api_nodes:
+                body = _get(f"http://{cluster.nodes[name]}:{port}/readyz")
+                if body is not None:
+                    return name
+            return None
+
+        answered = wait_for("the api's /readyz green (it checks Redis)", readyz, timeout)
+        rto = time.time() - detected
+        result.check("api /readyz green", bool(answered), f"on {answered}")
+        result.note("RPO", f"{age:.0f} s: the snapshot's age when the loss was confirmed "
+                    f"(writes after {newest.info.get('taken_at', '?')} are lost); it held "
+                    f"{newest.info.get('dbsize', '?')} keys")
+        result.note("RTO", f"{rto:.0f} s from the confirmed loss to /readyz green")
+        ctx.shared["redis_restore"] = {"rpo_s": round(age, 1), "rto_s": round(rto, 1),
+                                       "snapshot": newest.name, "keys": facts.dbsize}
+        result.reason = f"restored {newest.name} on {node}"
+        ctx.shared["redis_placed_on"] = node
+    return result
+
+
+def _restore_into_volume(ctx: RunContext, cluster: Cluster, client: Any,
+                         snapshot: Any) -> None:
+    import tempfile
+    from pathlib import Path
+
+    from casera.steps import redis_backup
+
+    api, bucket = redis_backup._bucket(ctx)
+    with tempfile.TemporaryDirectory(prefix="casera-redis-restore-") as tmp:
+        rdb = Path(tmp) / "dump.rdb"
+        b2.download_file(api, bucket.bucket_id, bucket.name, snapshot.file_id, rdb)
+        data = rdb.read_bytes()
+    if redis_backup.sha256_hex(data) != snapshot.info.get("sha256"):
+        raise StepFailed(f"{snapshot.name}: SHA-256 differs from its metadata; not restored")
+    spec = _replica_spec(cluster)
+    docker_swarm.write_into_volume(client, _by_digest(spec["image"]), VOLUME, "dump.rdb", data,
+                                   f"{spec['user']}:{spec['user']}")
+
+
+def _by_digest(image: str) -> str:
+    """``repo:tag@sha256:..`` as ``repo@sha256:..``: what a pull by digest takes."""
+    name, at, digest = image.partition("@")
+    if not at:
+        return image
+    repo = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
+    return f"{repo}@{digest}"
+
+
+def _set_redis_label(cluster: Cluster, entries: dict[str, dict[str, Any]], node: str) -> None:
+    for name, entry in entries.items():
+        labels = dict(entry["labels"])
+        if name == node:
+            labels[REDIS_LABEL] = "true"
+        else:
+            labels.pop(REDIS_LABEL, None)
+        if labels != entry["labels"]:
+            docker_swarm.set_node_labels(cluster.manager, entry["id"], labels)
+
+
+# ------------------------------------------------------------------ the runbook's steps by mode
+
+
+def _not_this_mode(ctx: RunContext, step: str, mode: str, what: str) -> StepResult:
+    result = StepResult(step, mode, dry_run=ctx.dry_run, reason=f"mode {mode}: {what}")
+    with timed(result):
+        pass
+    return result
+
+
+def integrity_before(ctx: RunContext, mode: str) -> StepResult:
+    """Asynq's integrity before a planned move (a lost node's Redis cannot be read)."""
+    if mode != "planned":
+        return _not_this_mode(ctx, "asynq integrity", mode, "the lost Redis cannot be read")
+    from casera.steps.redis_checks import verify_asynq_integrity
+
+    return verify_asynq_integrity(ctx)
+
+
+def check_preconditions(ctx: RunContext, mode: str, target: str = "",
+                        lost: str = "") -> StepResult:
+    """planned: :func:`check_planned_move`; node-lost: :func:`check_node_lost`."""
+    return (check_planned_move(ctx, target) if mode == "planned"
+            else check_node_lost(ctx, lost))
+
+
+def fence(ctx: RunContext, mode: str, lost: str = "") -> StepResult:
+    """node-lost: :func:`fence_lost_node`; a planned move fences nothing."""
+    if mode != "node-lost":
+        return _not_this_mode(ctx, "redis fence", mode, "the old node stays up")
+    return fence_lost_node(ctx, lost)
+
+
+def move_or_restore(ctx: RunContext, mode: str, target: str = "",
+                    lost: str = "") -> StepResult:
+    """planned: :func:`move_redis_planned`; node-lost: :func:`restore_on_healthy_node`."""
+    if mode == "planned":
+        result = move_redis_planned(ctx, target)
+        ctx.shared["redis_placed_on"] = target_node(ctx, target)
+        return result
+    return restore_on_healthy_node(ctx, lost, target)
