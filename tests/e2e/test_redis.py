@@ -22,13 +22,14 @@ import docker
 import psycopg
 import pytest
 import requests
-from e2e_harness import casera
+from e2e_harness import casera, hcloud
 from test_bootstrap import PARAMS
 
 from casera.context import RunContext
 from casera.operator_secrets import SecretStore
 from casera.params import load_params
 from casera.paths import outputs_dir
+from casera.steps.redis_checks import reachable_cluster, redis_client
 from casera.steps.swarm import connect_cluster
 from casera_localcloud import nodes
 from casera_localcloud.local_credentials import read_local_secrets
@@ -54,12 +55,17 @@ def checks(record: dict[str, Any]) -> dict[str, tuple[bool, str]]:
     return {c["name"]: (c["ok"], c["detail"]) for c in record["checks"]}
 
 
+def local_ctx() -> RunContext:
+    """A context for reading the cloud, built directly: start_run would take the env lock
+    that the runs under test need."""
+    secrets = SecretStore("local")
+    return RunContext(env="local", params=load_params("local", secrets=secrets),
+                      secrets=secrets, interactive=False, run_id="e2e-redis", operator="e2e")
+
+
 def manager() -> docker.DockerClient:
     """A manager's engine, as the runbooks reach it (over SSH, host keys pinned)."""
-    secrets = SecretStore("local")
-    ctx = RunContext(env="local", params=load_params("local", secrets=secrets),
-                     secrets=secrets, interactive=False, run_id="e2e-redis", operator="e2e")
-    return connect_cluster(ctx).manager
+    return connect_cluster(local_ctx()).manager
 
 
 def scale_workers(client: docker.DockerClient, replicas: int) -> None:
@@ -194,4 +200,67 @@ def test_planned_move_keeps_every_key_and_job(cluster, record_property) -> None:
     back = casera("run", "redis-failover", "--env", "local")
     assert back.returncode == 0, back.stdout[-3000:]
     assert checks(step(latest("redis-failover"), "redis move"))["keys equal"][0]
+    assert requests.get(f"{API}/readyz", timeout=10).status_code == 200
+
+
+def test_node_lost_restores_the_newest_snapshot_elsewhere(record_property) -> None:
+    ctx = local_ctx()
+    # Refused while Redis is healthy: nothing fenced, nothing moved.
+    refused = casera("run", "redis-failover", "--env", "local", "-p", "mode=node-lost")
+    assert refused.returncode == 1, refused.stdout[-2000:]
+    meta = latest("redis-failover")
+    assert "Preconditions" in (meta["failed_step"] or ""), meta["failed_step"]
+    assert not [s for s in meta["steps"] if s["step"] in ("redis fence", "redis restore")]
+    assert hcloud().servers.get_by_name(HOME).status == "running"
+
+    ids = enqueue(10)
+    assert all(c == 1 for c in wait_processed(ids, 60).values())
+    assert casera("run", "redis-backup", "--env", "local").returncode == 0
+    with redis_client(ctx) as (client, task):
+        assert task.node == HOME
+        keys_at_loss = int(client.dbsize())
+
+    nodes.kill_node(HOME)
+    survivor = reachable_cluster(local_ctx()).manager
+    deadline = time.monotonic() + 90
+    while swarm_node_state(survivor, HOME) != "down" and time.monotonic() < deadline:
+        time.sleep(2)
+    assert swarm_node_state(survivor, HOME) == "down"
+
+    done = casera("run", "redis-failover", "--env", "local", "-p", "mode=node-lost")
+    assert done.returncode == 0, done.stdout[-3000:]
+    meta = latest("redis-failover")
+    fence = step(meta, "redis fence")
+    assert checks(fence)[f"{HOME} off"][0], fence
+    assert hcloud().servers.get_by_name(HOME).status == "off"
+    restore = checks(step(meta, "redis restore"))
+    assert restore["restored key count"][0] and restore["api /readyz green"][0], restore
+    assert step(meta, "asynq integrity", -1)["ok"]
+    with redis_client(local_ctx()) as (client, task):
+        assert task.node != HOME
+        restored = int(client.dbsize())
+    record_property("measured", f"node-lost from B2: RPO {restore['RPO'][1]}; "
+                    f"RTO {restore['RTO'][1]}; keys {keys_at_loss} at the loss, {restored} "
+                    f"restored ({keys_at_loss - restored} lost)")
+
+    again = casera("run", "redis-failover", "--env", "local", "-p", "mode=node-lost",
+                   "-p", f"lost={HOME}")
+    assert again.returncode == 0, again.stdout[-2000:]
+    assert [(s["step"], s["changed"]) for s in latest("redis-failover")["steps"]
+            if s["changed"]] == [], "a re-run changed something"
+
+    # Leave the cloud as the bootstrap made it: the bootstrap powers the fenced node on (it
+    # rejoins the Swarm), told where Redis is now; then a planned move puts Redis back on
+    # the params node, past that node's stale volume.
+    moved_to = task.node
+    index = NAMES.index(moved_to) + 1
+    boot = casera("run", "bootstrap", "--env", "local", "--approve",
+                  "-p", f"swarm.redis_node={index}")
+    assert boot.returncode == 0, boot.stdout[-3000:]
+    assert hcloud().servers.get_by_name(HOME).status == "running"
+    back = casera("run", "redis-failover", "--env", "local")
+    assert back.returncode == 0, back.stdout[-3000:]
+    assert checks(step(latest("redis-failover"), "redis move"))["keys equal"][0]
+    survivor = manager()
+    assert {swarm_node_state(survivor, n) for n in NAMES} == {"ready"}
     assert requests.get(f"{API}/readyz", timeout=10).status_code == 200
