@@ -388,10 +388,30 @@ def create_pinned_service(client: docker.DockerClient, name: str, image: str,
     return str(service.id)
 
 
+def _ensure_image(client: docker.DockerClient, image: str) -> None:
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        client.api.pull(image)  # by digest when the reference has one
+
+
 @mapped
-def remove_volume(client: docker.DockerClient, name: str) -> None:
-    """Remove the named volume on this engine (refused by Docker while a container uses it)."""
-    client.api.remove_volume(name)
+def empty_volume(client: docker.DockerClient, image: str, volume: str) -> None:
+    """Delete everything in the named volume, with a short-lived container of ``image``.
+    Emptied rather than removed: Docker refuses to remove a volume that any container still
+    references, and Swarm keeps the exited containers of old tasks."""
+    _ensure_image(client, image)
+    container = client.containers.create(
+        image, entrypoint=["find", "/data", "-mindepth", "1", "-delete"], command=[],
+        user="root", volumes={volume: {"bind": "/data", "mode": "rw"}}, network_mode="none")
+    try:
+        container.start()
+        code = int(container.wait(timeout=60).get("StatusCode", 1))
+        if code != 0:
+            raise ProviderError("docker", f"emptying volume {volume} exited {code}: "
+                                f"{container.logs().decode(errors='replace')[-300:]}")
+    finally:
+        container.remove(force=True)
 
 
 @mapped
@@ -407,10 +427,7 @@ def write_into_volume(client: docker.DockerClient, image: str, volume: str, file
     """Put ``data`` as ``/<volume>/<file_name>`` (mode 0644, owned by ``owner`` as the image
     knows it) with a short-lived container of ``image`` that mounts the named volume
     (created here if it does not exist): Docker copies into a created container's volumes."""
-    try:
-        client.images.get(image)
-    except docker.errors.ImageNotFound:
-        client.api.pull(image)  # by digest when the reference has one
+    _ensure_image(client, image)
     archive = io.BytesIO()
     with tarfile.open(fileobj=archive, mode="w") as tar:
         info = tarfile.TarInfo(file_name)

@@ -6,7 +6,7 @@ task lands on. So the data goes first, through Redis' own replication:
 
 1. a temporary replica (service ``casera-redis-move``, the stack's Redis image) starts on the
    target with the target's ``casera-redis-data`` volume, ``--appendonly no``, replicating
-   from ``redis``; a stale volume left there by an earlier move is removed first (it could
+   from ``redis``; a stale volume left there by an earlier move is emptied first (it could
    hold an ``appendonlydir``, which Redis would load instead of the new snapshot);
 2. once it is in sync, writes are paused on the master (``CLIENT PAUSE WRITE``: clients wait,
    reads go on, replication pings stop) and the replica's offset must equal the master's;
@@ -182,9 +182,9 @@ def move_redis_planned(ctx: RunContext, target: str = "", timeout: float = 300) 
             return result
         if target in cluster.clients and VOLUME in docker_swarm.volume_names(
                 cluster.clients[target]):
-            plan.add(f"- volume {VOLUME} on {target}: stale (no Redis runs there); it could hold "
-                     "an appendonlydir that Redis would load instead of the new data",
-                     partial(docker_swarm.remove_volume, cluster.clients[target], VOLUME),
+            plan.add(f"- contents of volume {VOLUME} on {target}: stale (no Redis runs there); "
+                     "an appendonlydir there would load instead of the new data",
+                     partial(_empty_stale_volume, cluster, cluster.clients[target]),
                      destructive=True)
         plan.add(f"+ service {MOVE_SERVICE}: a replica of redis on {target} (AOF off) on its "
                  f"volume {VOLUME}, until in sync",
@@ -511,8 +511,8 @@ def restore_on_healthy_node(ctx: RunContext, lost: str = "", target: str = "",
         newest = found[-1]
         client = cluster.clients[node]
         if VOLUME in docker_swarm.volume_names(client):
-            plan.add(f"- volume {VOLUME} on {node}: stale (no Redis runs there)",
-                     partial(docker_swarm.remove_volume, client, VOLUME), destructive=True)
+            plan.add(f"- contents of volume {VOLUME} on {node}: stale (no Redis runs there)",
+                     partial(_empty_stale_volume, cluster, client), destructive=True)
         detected = float(seen.get("detected_at") or time.time())
         age = detected - newest.uploaded_ms / 1000
         plan.add(f"+ {newest.name} ({age:.0f} s old at the loss, DBSIZE "
@@ -593,6 +593,10 @@ def _by_digest(image: str) -> str:
         return image
     repo = name.rsplit(":", 1)[0] if ":" in name.rsplit("/", 1)[-1] else name
     return f"{repo}@{digest}"
+
+
+def _empty_stale_volume(cluster: Cluster, client: Any) -> None:
+    docker_swarm.empty_volume(client, _by_digest(_replica_spec(cluster)["image"]), VOLUME)
 
 
 def _set_redis_label(cluster: Cluster, entries: dict[str, dict[str, Any]], node: str) -> None:
