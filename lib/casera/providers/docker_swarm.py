@@ -404,11 +404,19 @@ def empty_volume(client: docker.DockerClient, image: str, volume: str) -> None:
     container = client.containers.create(
         image, entrypoint=["find", "/data", "-mindepth", "1", "-delete"], command=[],
         user="root", volumes={volume: {"bind": "/data", "mode": "rw"}}, network_mode="none")
+    _run_once(container, f"emptying volume {volume}")
+
+
+def _run_once(container: Any, what: str, archive: bytes | None = None) -> None:
+    """Start a created helper container (after copying ``archive`` into its /data), wait
+    for it, and remove it; a non-zero exit raises, quoting its output."""
     try:
+        if archive is not None and not container.put_archive("/data", archive):
+            raise ProviderError("docker", f"{what}: copying into the volume failed")
         container.start()
         code = int(container.wait(timeout=60).get("StatusCode", 1))
         if code != 0:
-            raise ProviderError("docker", f"emptying volume {volume} exited {code}: "
+            raise ProviderError("docker", f"{what} exited {code}: "
                                 f"{container.logs().decode(errors='replace')[-300:]}")
     finally:
         container.remove(force=True)
@@ -436,13 +444,4 @@ def write_into_volume(client: docker.DockerClient, image: str, volume: str, file
     container = client.containers.create(
         image, entrypoint=["chown", owner, f"/data/{file_name}"], command=[], user="root",
         volumes={volume: {"bind": "/data", "mode": "rw"}}, network_mode="none")
-    try:
-        if not container.put_archive("/data", archive.getvalue()):
-            raise ProviderError("docker", f"copying {file_name} into volume {volume} failed")
-        container.start()
-        code = int(container.wait(timeout=60).get("StatusCode", 1))
-        if code != 0:
-            raise ProviderError("docker", f"chown {owner} of {file_name} in volume {volume} "
-                                f"exited {code}: {container.logs().decode(errors='replace')}")
-    finally:
-        container.remove(force=True)
+    _run_once(container, f"writing {file_name} into volume {volume}", archive.getvalue())

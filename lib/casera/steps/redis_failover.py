@@ -303,11 +303,20 @@ def _move_label(ctx: RunContext, cluster: Cluster, entries: dict[str, dict[str, 
         wait_for(f"redis on {state.source} to stop", old_stopped, timeout, interval=0.1)
         state.old_gone_at = time.monotonic()
 
+    facts = _wait_loaded(ctx, state.target, timeout)
+    state.new_ready_at = time.monotonic()
+    state.keys_after = facts.dbsize
+    state.notes.append(f"AOF {'on' if facts.aof_enabled else 'off (turning on)'} "
+                       f"on {state.target}")
+
+
+def _wait_loaded(ctx: RunContext, node: str, timeout: float) -> redis_db.RedisFacts:
+    """Wait for the stack's Redis task to run on ``node`` and to finish loading its data."""
     def new_task() -> ServiceTask | None:
         task = running_task(ctx, "redis")
-        return task if task is not None and task.node == state.target else None
+        return task if task is not None and task.node == node else None
 
-    new = wait_for(f"redis running on {state.target}", new_task, timeout)
+    new = wait_for(f"redis running on {node}", new_task, timeout)
     with _task_client(ctx, new) as client:
         def ready() -> redis_db.RedisFacts | None:
             try:
@@ -316,12 +325,7 @@ def _move_label(ctx: RunContext, cluster: Cluster, entries: dict[str, dict[str, 
                 return None
             return facts if not facts.loading else None
 
-        facts = wait_for(f"redis on {state.target} to load the data", ready, timeout,
-                         interval=0.1)
-        state.new_ready_at = time.monotonic()
-        state.keys_after = facts.dbsize
-        state.notes.append(f"AOF {'on' if facts.aof_enabled else 'off (turning on)'} "
-                           f"on {state.target}")
+        return wait_for(f"redis on {node} to load its data", ready, timeout, interval=0.1)
 
 
 def _report(ctx: RunContext, result: StepResult, state: MoveState) -> None:
@@ -523,21 +527,7 @@ def restore_on_healthy_node(ctx: RunContext, lost: str = "", target: str = "",
         if apply(ctx, result, plan).dry_run:
             return result
 
-        def new_task() -> ServiceTask | None:
-            t = running_task(ctx, "redis")
-            return t if t is not None and t.node == node else None
-
-        new = wait_for(f"redis running on {node}", new_task, timeout)
-        with _task_client(ctx, new) as redis_client:
-            def ready() -> redis_db.RedisFacts | None:
-                try:
-                    facts = redis_db.facts(redis_client)
-                except CaseraError:
-                    return None
-                return facts if not facts.loading else None
-
-            facts = wait_for(f"redis on {node} to load the snapshot", ready, timeout,
-                             interval=0.2)
+        facts = _wait_loaded(ctx, node, timeout)
         low = min(newest.recorded("dbsize") or 0, newest.recorded("dbsize_after") or 0)
         high = max(newest.recorded("dbsize") or 0, newest.recorded("dbsize_after") or 0)
         result.check("restored key count", low <= facts.dbsize <= high,
