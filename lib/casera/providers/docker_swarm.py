@@ -423,6 +423,14 @@ def _run_once(container: Any, what: str, archive: bytes | None = None) -> None:
 
 
 @mapped
+def container_running(client: docker.DockerClient, container_id: str) -> bool:
+    try:
+        return bool(client.api.inspect_container(container_id)["State"]["Running"])
+    except docker.errors.NotFound:
+        return False
+
+
+@mapped
 def containers_of_service(client: docker.DockerClient, service_name: str) -> list[str]:
     """Ids of this engine's containers (running or not) of the swarm service ``service_name``."""
     return [c["Id"] for c in client.api.containers(

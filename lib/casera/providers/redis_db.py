@@ -18,8 +18,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from casera.errors import ProviderError
 
@@ -39,9 +42,21 @@ def _mapped(what: str) -> Iterator[None]:
                             code=type(exc).__name__) from exc
 
 
-def connect(host: str, port: int, timeout: float = 10.0) -> Client:
+def connect(host: str, port: int, timeout: float = 10.0, retries: bool = True) -> Client:
+    """``retries=False`` for a probe that must see the first refused connection (redis-py
+    otherwise retries with backoff, and a vanished server reads as slow, not gone)."""
+    extra: dict[str, Any] = {} if retries else {"retry": Retry(NoBackoff(), 0)}
     return redis.Redis(host=host, port=port, socket_timeout=timeout,
-                       socket_connect_timeout=timeout, decode_responses=True)
+                       socket_connect_timeout=timeout, decode_responses=True, **extra)
+
+
+def shutdown_nosave(client: Client) -> None:
+    """Stop the server at once, writing nothing (its data was just saved)."""
+    with _mapped("SHUTDOWN NOSAVE"):
+        try:
+            client.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass  # the answer to a shutdown is the connection closing
 
 
 @dataclass(frozen=True)

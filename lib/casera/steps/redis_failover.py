@@ -12,8 +12,9 @@ task lands on. So the data goes first, through Redis' own replication:
    reads go on, replication pings stop) and the replica's offset must equal the master's;
 3. the replica ``SAVE``s: the target's volume now holds a ``dump.rdb`` of every write and no
    ``appendonlydir`` (the image's entrypoint then loads it with AOF off and turns AOF on,
-   docs/facts.md#redis-and-asynq); the replica is removed and must be gone before anything
-   else starts on that volume (never two Redis servers on one volume);
+   docs/facts.md#redis-and-asynq); the replica is stopped (``SHUTDOWN NOSAVE``) and its
+   container must have stopped before anything else starts on that volume (never two Redis
+   servers on one volume); its service is removed at the end;
 4. the label moves: Swarm stops the old task (its constraint no longer holds) and starts the
    stack's Redis on the target from that volume; the old master's last offset is read until
    it stops, and must still be the saved one (no write slipped in after the pause).
@@ -33,7 +34,7 @@ from functools import partial
 from typing import Any
 
 from casera.context import RunContext
-from casera.errors import CaseraError, StepFailed, WaitTimeout
+from casera.errors import CaseraError, StepFailed
 from casera.plan import Plan, apply
 from casera.progress import wait_for
 from casera.providers import b2, docker_swarm, hetzner, redis_db, ssh, ssh_tunnel
@@ -76,7 +77,8 @@ def _labelled(cluster: Cluster) -> tuple[list[str], dict[str, dict[str, Any]]]:
 
 
 @contextmanager
-def _task_client(ctx: RunContext, task: ServiceTask) -> Iterator[redis_db.Client]:
+def _task_client(ctx: RunContext, task: ServiceTask,
+                 retries: bool = True) -> Iterator[redis_db.Client]:
     """redis-py on one task's Redis, through an SSH tunnel to its node's gwbridge address."""
     address = wait_for(f"{task.service} on {task.node} to have a docker_gwbridge address",
                        lambda: docker_swarm.gateway_address(task.client, task.container_id),
@@ -84,7 +86,7 @@ def _task_client(ctx: RunContext, task: ServiceTask) -> Iterator[redis_db.Client
     with ExitStack() as stack:
         host, port = stack.enter_context(ssh_tunnel.forward(
             node_ssh(ctx, task.node, task.node_ip), address, REDIS_PORT))
-        client = redis_db.connect(host, port, timeout=5)
+        client = redis_db.connect(host, port, timeout=5, retries=retries)
         stack.callback(client.close)
         yield client
 
@@ -190,11 +192,11 @@ def move_redis_planned(ctx: RunContext, target: str = "", timeout: float = 300) 
                  f"volume {VOLUME}, until in sync",
                  partial(_start_replica, ctx, cluster, state, timeout))
         plan.add(f"~ pause writes on redis ({source}), wait for equal offsets, SAVE on the "
-                 f"replica, remove {MOVE_SERVICE}",
-                 partial(_pause_and_save, ctx, cluster, state, timeout), destructive=True)
-        plan.add(f"~ label {REDIS_LABEL}: {source} -> {target} (Swarm restarts redis there from "
-                 "the saved data)",
-                 partial(_move_label, ctx, cluster, entries, state, timeout), destructive=True)
+                 f"replica and stop it, then label {REDIS_LABEL}: {source} -> {target} (Swarm "
+                 "restarts redis there from the saved data)",
+                 partial(_switch, ctx, cluster, entries, state, timeout), destructive=True)
+        plan.add(f"- service {MOVE_SERVICE} (stopped; its data is now Redis' own)",
+                 partial(_remove_replica, ctx, cluster, MOVE_SERVICE, target))
         applied = apply(ctx, result, plan)
         if applied.dry_run:
             return result
@@ -237,13 +239,15 @@ def _start_replica(ctx: RunContext, cluster: Cluster, state: MoveState,
     return service_id
 
 
-def _pause_and_save(ctx: RunContext, cluster: Cluster, state: MoveState,
-                    timeout: float) -> None:
+def _switch(ctx: RunContext, cluster: Cluster, entries: dict[str, dict[str, Any]],
+            state: MoveState, timeout: float) -> None:
+    """The write pause, kept short: everything it needs is found before it starts."""
     master_task = running_task(ctx, "redis")
     replica = _service_task(ctx, cluster, MOVE_SERVICE, state.target)
     if master_task is None or replica is None:
         raise StepFailed("the redis task or the temporary replica stopped running")
-    with _task_client(ctx, master_task) as master, _task_client(ctx, replica) as copy:
+    with _task_client(ctx, master_task, retries=False) as master, \
+            _task_client(ctx, replica) as copy:
         master.execute_command("CLIENT", "PAUSE", str(PAUSE_MS), "WRITE")
         state.paused_at = time.monotonic()
         offset = int(master.info("replication")["master_repl_offset"])
@@ -255,59 +259,46 @@ def _pause_and_save(ctx: RunContext, cluster: Cluster, state: MoveState,
         try:
             wait_for(f"the replica to reach offset {offset}", caught_up, 20, interval=0.05,
                      show=False)
-        except WaitTimeout:
+            state.keys_before = int(master.dbsize())
+            copy.save()
+            if int(copy.dbsize()) != state.keys_before:
+                raise StepFailed(f"the replica holds {copy.dbsize()} keys, the master "
+                                 f"{state.keys_before}: writes unpaused, nothing moved")
+            state.offset_saved = offset
+            # Stopped at once, writing nothing more: never two Redis servers on one volume.
+            redis_db.shutdown_nosave(copy)
+            wait_for(f"the replica on {state.target} to stop",
+                     lambda: not docker_swarm.container_running(replica.client,
+                                                                replica.container_id),
+                     30, interval=0.1, show=False)
+        except BaseException:
             master.execute_command("CLIENT", "UNPAUSE")
             raise
-        state.keys_before = int(master.dbsize())
-        copy.save()
-        state.offset_saved = offset
-        if int(copy.dbsize()) != state.keys_before:
-            master.execute_command("CLIENT", "UNPAUSE")
-            raise StepFailed(f"the replica holds {copy.dbsize()} keys, the master "
-                             f"{state.keys_before}: writes unpaused, nothing moved")
-    _remove_replica(ctx, cluster, MOVE_SERVICE, state.target)
-
-
-def _remove_replica(ctx: RunContext, cluster: Cluster, service: str, node: str) -> None:
-    docker_swarm.remove_service(cluster.manager, service)
-    # Only once its container is gone may the stack's Redis start on that volume.
-    for name, client in cluster.clients.items():
-        wait_for(f"{MOVE_SERVICE}'s container on {name} to be removed",
-                 lambda c=client: not docker_swarm.containers_of_service(c, MOVE_SERVICE),
-                 60, show=False)
-
-
-def _move_label(ctx: RunContext, cluster: Cluster, entries: dict[str, dict[str, Any]],
-                state: MoveState, timeout: float) -> None:
-    old = running_task(ctx, "redis")
-    if old is None:
-        raise StepFailed("the redis task stopped before the label moved")
-    with _task_client(ctx, old) as master:
-        for name, entry in entries.items():
-            labels = dict(entry["labels"])
-            if name == state.target:
-                labels[REDIS_LABEL] = "true"
-            else:
-                labels.pop(REDIS_LABEL, None)
-            if labels != entry["labels"]:
-                docker_swarm.set_node_labels(cluster.manager, entry["id"], labels)
+        _set_redis_label(cluster, entries, state.target)
 
         def old_stopped() -> bool:
             # The last offset it answered with is what it held when it went.
             try:
-                state.old_last_offset = int(master.info("replication")["master_repl_offset"])
-                return False
-            except (redis_db.redis.RedisError, OSError, CaseraError):
+                state.old_last_offset = redis_db.facts(master).repl_offset
+            except CaseraError:
                 return True
+            return False
 
         wait_for(f"redis on {state.source} to stop", old_stopped, timeout, interval=0.1)
         state.old_gone_at = time.monotonic()
-
     facts = _wait_loaded(ctx, state.target, timeout)
     state.new_ready_at = time.monotonic()
     state.keys_after = facts.dbsize
     state.notes.append(f"AOF {'on' if facts.aof_enabled else 'off (turning on)'} "
                        f"on {state.target}")
+
+
+def _remove_replica(ctx: RunContext, cluster: Cluster, service: str, node: str) -> None:
+    docker_swarm.remove_service(cluster.manager, service)
+    for name, client in cluster.clients.items():
+        wait_for(f"{MOVE_SERVICE}'s container on {name} to be removed",
+                 lambda c=client: not docker_swarm.containers_of_service(c, MOVE_SERVICE),
+                 60, show=False)
 
 
 def _wait_loaded(ctx: RunContext, node: str, timeout: float) -> redis_db.RedisFacts:
