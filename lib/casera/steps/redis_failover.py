@@ -246,8 +246,9 @@ def _switch(ctx: RunContext, cluster: Cluster, entries: dict[str, dict[str, Any]
     replica = _service_task(ctx, cluster, MOVE_SERVICE, state.target)
     if master_task is None or replica is None:
         raise StepFailed("the redis task or the temporary replica stopped running")
+    # No retries: a retried command would reconnect to a server this step just stopped.
     with _task_client(ctx, master_task, retries=False) as master, \
-            _task_client(ctx, replica) as copy:
+            _task_client(ctx, replica, retries=False) as copy:
         master.execute_command("CLIENT", "PAUSE", str(PAUSE_MS), "WRITE")
         state.paused_at = time.monotonic()
         offset = int(master.info("replication")["master_repl_offset"])
