@@ -416,7 +416,8 @@ def check_node_lost(ctx: RunContext, lost: str = "") -> StepResult:
                      f"Swarm sees it {state}, Hetzner {power}"
                      + ("; Redis runs there: use mode planned" if healthy else ""))
         answers, detail = ssh.probe_port(cluster.nodes[lost], ctx.params.ssh.port, 3.0)
-        result.note(f"{lost} ssh", ("answers: partitioned, not dead; the fence stops it "
+        result.note(f"{lost} ssh", ("answers" if state == "ready" else
+                                    "answers: partitioned, not dead; the fence stops it "
                                     "coming back as a second master") if answers else detail)
         ctx.shared["redis_lost"] = {"node": lost, "detected_at": time.time(),
                                     "recovered": False}
