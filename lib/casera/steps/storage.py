@@ -147,7 +147,7 @@ def lifecycle_rules(bp: BucketParams) -> list[dict[str, object]]:
 
 
 def _create_bucket(api: b2.B2Api, env: str, name: str, bucket_type: str,
-                   rules: list[dict[str, object]]) -> b2.BucketInfo:
+                   rules: list[dict[str, object]] | None = None) -> b2.BucketInfo:
     try:
         return b2.create_bucket(api, name, bucket_type, rules)
     except ProviderError as exc:
