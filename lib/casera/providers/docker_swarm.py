@@ -431,6 +431,11 @@ def container_running(client: docker.DockerClient, container_id: str) -> bool:
 
 
 @mapped
+def container_log_tail(client: docker.DockerClient, container_id: str, lines: int = 200) -> str:
+    return client.api.logs(container_id, tail=lines).decode(errors="replace")
+
+
+@mapped
 def containers_of_service(client: docker.DockerClient, service_name: str) -> list[str]:
     """Ids of this engine's containers (running or not) of the swarm service ``service_name``."""
     return [c["Id"] for c in client.api.containers(

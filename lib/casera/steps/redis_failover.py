@@ -26,6 +26,7 @@ moves the label back onto a stale volume.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -67,7 +68,8 @@ class MoveState:
     paused_at: float | None = None
     old_gone_at: float | None = None
     new_ready_at: float | None = None
-    keys_after: int | None = None
+    keys_after: int | None = None  # what the new Redis loaded (its log), before any write
+    keys_now: int | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -289,7 +291,8 @@ def _switch(ctx: RunContext, cluster: Cluster, entries: dict[str, dict[str, Any]
         state.old_gone_at = time.monotonic()
     facts = _wait_loaded(ctx, state.target, timeout)
     state.new_ready_at = time.monotonic()
-    state.keys_after = facts.dbsize
+    state.keys_now = facts.dbsize
+    state.keys_after = _keys_loaded(ctx, state.target)
     state.notes.append(f"AOF {'on' if facts.aof_enabled else 'off (turning on)'} "
                        f"on {state.target}")
 
@@ -300,6 +303,21 @@ def _remove_replica(ctx: RunContext, cluster: Cluster, service: str, node: str) 
         wait_for(f"{MOVE_SERVICE}'s container on {name} to be removed",
                  lambda c=client: not docker_swarm.containers_of_service(c, MOVE_SERVICE),
                  60, show=False)
+
+
+# Redis 7 logs what it loaded at start: "Done loading RDB, keys loaded: N, keys expired: M."
+KEYS_LOADED = re.compile(r"keys loaded: (\d+), keys expired: (\d+)")
+
+
+def _keys_loaded(ctx: RunContext, node: str) -> int | None:
+    """Keys the new Redis loaded from the saved data (loaded + expired while loading), read
+    from its log: under load clients write as soon as it answers, so a DBSIZE read then
+    counts their writes too."""
+    task = running_task(ctx, "redis")
+    if task is None or task.node != node:
+        return None
+    found = KEYS_LOADED.findall(docker_swarm.container_log_tail(task.client, task.container_id))
+    return int(found[-1][0]) + int(found[-1][1]) if found else None
 
 
 def _wait_loaded(ctx: RunContext, node: str, timeout: float) -> redis_db.RedisFacts:
@@ -323,7 +341,8 @@ def _wait_loaded(ctx: RunContext, node: str, timeout: float) -> redis_db.RedisFa
 def _report(ctx: RunContext, result: StepResult, state: MoveState) -> None:
     result.check("keys equal", state.keys_before is not None
                  and state.keys_after == state.keys_before,
-                 f"{state.keys_before} before, {state.keys_after} after")
+                 f"{state.keys_before} at the pause, {state.keys_after} loaded by the new Redis "
+                 f"(its log); {state.keys_now} when it answered")
     result.check("no write after the pause", state.old_last_offset is not None
                  and state.old_last_offset == state.offset_saved,
                  f"old master's last offset {state.old_last_offset}, saved at "
