@@ -16,7 +16,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 PRODUCT = REPO / "lib" / "casera"
 STEPS = PRODUCT / "steps"
-SDKS = {"hcloud", "docker", "paramiko", "fabric", "b2sdk", "psycopg", "cloudflare"}
+SDKS = {"hcloud", "docker", "paramiko", "fabric", "b2sdk", "psycopg", "cloudflare", "redis"}
 
 
 def imported_modules(path: Path) -> set[str]:

@@ -45,6 +45,8 @@ REPLICA_RANGES: dict[str, tuple[int, int]] = {
     "admin": (1, 1),
     "redis": (1, 1),
     "dozzle": (1, 1),
+    # Not in the seed: the Redis snapshot job (issue 11). One task, or two would race.
+    "backup": (1, 1),
 }
 
 
@@ -163,8 +165,9 @@ class ServicesParams(_Strict):
     admin: ServiceParams
     redis: ServiceParams
     dozzle: ServiceParams
+    backup: ServiceParams
 
-    @field_validator("api", "worker", "admin", "redis", "dozzle")
+    @field_validator("api", "worker", "admin", "redis", "dozzle", "backup")
     @classmethod
     def _replicas_in_seed_range(cls, value: ServiceParams, info: ValidationInfo) -> ServiceParams:
         low, high = REPLICA_RANGES[str(info.field_name)]
@@ -175,22 +178,48 @@ class ServicesParams(_Strict):
         return value
 
 
+BucketRole = Literal["uploads", "certs", "backups"]
+
+
 class BucketParams(_Strict):
     name: str = Field(pattern=r"^[a-zA-Z0-9-]{6,50}$")
     type: Literal["allPrivate"] = "allPrivate"
+    keep_days: int | None = Field(default=None, ge=1, le=3650, description=(
+        "a lifecycle rule hides every file this many days after its upload and deletes it "
+        "a day later; None: no lifecycle rule (files are kept)"))
 
 
 class B2KeyParams(_Strict):
     name: str
-    bucket: Literal["uploads", "certs"]
+    bucket: BucketRole
     capabilities: list[str] = Field(min_length=1)
-    for_services: list[Literal["api", "worker", "admin"]]
+    name_prefix: str | None = Field(default=None, description=(
+        "restrict the key to file names starting with this (B2 enforces it on every call)"))
+    for_services: list[Literal["api", "worker", "admin", "backup"]]
 
 
 class B2Params(_Strict):
     realm: str = Field(description="'production' for Backblaze, or the emulator's base URL")
-    buckets: dict[Literal["uploads", "certs"], BucketParams]
+    node_realm: str | None = Field(default=None, description=(
+        "local cloud: the realm as tasks on the nodes reach it (None: the same as realm)"))
+    buckets: dict[BucketRole, BucketParams]
     keys: list[B2KeyParams]
+
+
+class RedisBackupParams(_Strict):
+    interval_min: int = Field(default=15, ge=1, le=1440,
+                              description="minutes between the backup service's snapshots")
+    bucket: BucketRole = "backups"
+    prefix: str = Field(default="redis/", pattern=r"^[A-Za-z0-9._-]+/$",
+                        description="file-name prefix of the snapshots (the backup key's)")
+    snapshot_command: list[str] = Field(
+        default=["python3", "-m", "standin.backup", "--once"], min_length=1,
+        description="run inside the backup task for an on-demand snapshot; prints one JSON "
+                    "line with the uploaded file's name")
+
+
+class RedisParams(_Strict):
+    backup: RedisBackupParams = RedisBackupParams()
 
 
 class NeonParams(_Strict):
@@ -308,12 +337,22 @@ class Params(_Strict):
     cloudflare: CloudflareParams
     runner: RunnerParams
     edge: EdgeParams | None = None
+    redis: RedisParams = RedisParams()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:
         if self.swarm.redis_node > self.hetzner.server_count:
             raise ValueError(f"swarm.redis_node is {self.swarm.redis_node} but there are only "
                              f"{self.hetzner.server_count} servers")
+        backup = self.redis.backup
+        if backup.bucket not in self.b2.buckets:
+            raise ValueError(f"redis.backup.bucket is {backup.bucket!r} but b2.buckets has no "
+                             "such bucket; add it (e.g. backups: {name: casera-backups})")
+        if not any(k.bucket == backup.bucket and k.name_prefix == backup.prefix
+                   and "backup" in k.for_services for k in self.b2.keys):
+            raise ValueError(f"no b2.keys entry for the backup service on bucket "
+                             f"{backup.bucket} with name_prefix {backup.prefix!r}; add one "
+                             "(capabilities [listFiles, writeFiles], for_services [backup])")
         if self.env == "production" and self.runner.approval != "required":
             raise ValueError("runner.approval must be 'required' in production")
         if self.edge is not None and not self.load_balancer.enabled:

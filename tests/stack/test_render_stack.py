@@ -31,13 +31,14 @@ def production() -> StackSettings:
     return {
         "env": "production",
         "images": {name: f"ghcr.io/casera/{name}:1.4.2" for name in SERVICES},
-        "replicas": {"api": 3, "worker": 2, "admin": 1, "redis": 1, "dozzle": 1},
+        "replicas": {"api": 3, "worker": 2, "admin": 1, "redis": 1, "dozzle": 1, "backup": 1},
         "users": {"api": "10001:10001", "worker": "10001:10001", "admin": "10001:10001",
-                  "redis": "redis", "dozzle": "10001:998"},
+                  "redis": "redis", "dozzle": "10001:998", "backup": "10001:10001"},
         "healthchecks": {name: ["CMD", "/healthcheck"] for name in SERVICES},
         "secrets": dict(SECRET_NAMES),
         "database": dict(DATABASE),  # type: ignore[typeddict-item]
         "network": dict(SEED_NETWORK),  # type: ignore[typeddict-item]
+        "backup": {"interval_s": 900, "prefix": "redis/", "realm": "production"},
     }
 
 
@@ -234,11 +235,13 @@ def test_only_the_api_gets_the_uploads_key():
     services = stack["services"]
     mounted = {name: {s["source"] for s in services[name].get("secrets", [])}
                for name in services}
-    assert mounted["api"] == set(SECRETS)
+    assert mounted["api"] == set(SECRETS) - {"b2_backups_key_id", "b2_backups_key"}
+    # The backup job holds only the backups key: never the app's database or uploads keys.
+    assert mounted["backup"] == {"b2_backups_key_id", "b2_backups_key"}
     assert mounted["worker"] == {"db_password", "secret_key", "b2_certs_key_id", "b2_certs_key",
                                  "apns_key"}
     assert not mounted["admin"] and not mounted["redis"] and not mounted["dozzle"]
-    for name in ("api", "worker"):
+    for name in ("api", "worker", "backup"):
         # The apps look up exactly what is mounted, no more (a missing file would read "missing").
         listed = services[name]["environment"]["CASERA_SECRET_NAMES"].split(",")
         assert set(listed) == mounted[name], name

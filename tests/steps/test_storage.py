@@ -41,11 +41,17 @@ def master(cloud) -> b2.B2Api:
     return storage.master_api(ctx_for(cloud))
 
 
+def checks_ok(result, *names: str) -> bool:
+    found = {c.name: c.ok for c in result.checks}
+    return all(found.get(name) for name in names)
+
+
 def test_dry_run_on_an_empty_account_changes_nothing(cloud):
     ctx = ctx_for(cloud, dry_run=True)
     buckets = storage.ensure_buckets(ctx)
     keys = storage.ensure_app_keys(ctx)
-    assert buckets.changed == 2 and keys.changed == 2
+    # uploads, certs and backups; the api, certs and Redis backup keys
+    assert buckets.changed == 3 and keys.changed == 3
     assert any("+ bucket casera-uploads" in d for d in buckets.diff)
     assert list(master(cloud).list_buckets()) == []
     assert b2.list_keys(master(cloud)) == []
@@ -55,9 +61,12 @@ def test_dry_run_on_an_empty_account_changes_nothing(cloud):
 def test_first_run_creates_private_buckets_and_scoped_keys(cloud):
     ctx = ctx_for(cloud)
     buckets = storage.ensure_buckets(ctx)
-    assert buckets.changed == 2 and buckets.ok, buckets
+    assert buckets.changed == 3 and buckets.ok, buckets
     keys = storage.ensure_app_keys(ctx)
-    assert keys.changed == 2 and keys.ok, keys
+    assert keys.changed == 3 and keys.ok, keys
+    # The backup key writes under redis/ only and B2 refuses it a delete (probed for real).
+    assert checks_ok(keys, "casera-local-redis-backup cannot delete",
+                     "casera-local-redis-backup cannot write outside redis/")
     checks = {c.name: c for c in keys.checks}
     assert checks["casera-local-certs-read cannot write"].ok
     assert checks["casera-local-api-uploads can write"].ok
@@ -196,7 +205,8 @@ def test_missing_key_store_rotates_every_key_and_waits_while_mounted(cloud):
     store.path.unlink()
     dry_secrets = storage.ensure_app_keys(ctx_for(cloud, dry_run=True))
     result = storage.ensure_app_keys(ctx_for(cloud))
-    assert result.changed == dry_secrets.changed == 4 and result.ok, result
+    # each of the three keys: one made, one noted as retiring
+    assert result.changed == dry_secrets.changed == 6 and result.ok, result
     assert sorted(i for ids in store.retiring().values() for i in ids) == sorted(before)
     for name, (key_id, secret) in saved.load().items():
         assert authorizes(cloud, key_id, secret), f"{name}: old key stopped working"
@@ -211,9 +221,9 @@ def test_missing_key_store_rotates_every_key_and_waits_while_mounted(cloud):
     # Mounted for a few polls (a rolling update), then free: the step waits, then deletes.
     rolling = FakeSwarm(busy_polls=3)
     dry = storage.retire_replaced_keys(ctx_for(cloud, dry_run=True), key_users=rolling)
-    assert dry.changed == 2 and all("still mounted" in d for d in dry.diff if d.startswith("-"))
+    assert dry.changed == 3 and all("still mounted" in d for d in dry.diff if d.startswith("-"))
     done = storage.retire_replaced_keys(ctx_for(cloud), timeout=60, key_users=rolling)
-    assert done.changed == dry.changed == 2 and done.ok, done
+    assert done.changed == dry.changed == 3 and done.ok, done
     assert rolling.asked > 3
     assert not set(before) & {k.key_id for k in b2.list_keys(master(cloud))}
     for name, (key_id, secret) in saved.load().items():

@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import requests
 from b2sdk.v2 import B2Api, BaseApplicationKey, Bucket, InMemoryAccountInfo
@@ -21,7 +23,7 @@ from b2sdk.v2.exception import B2Error, DuplicateBucketName, MaxRetriesExceeded
 from casera.errors import ProviderError
 from casera.operator_secrets import Secret
 
-__all__ = ["B2Api", "BucketInfo", "CreatedKey", "Grant", "KeyInfo", "NAME_TAKEN"]
+__all__ = ["B2Api", "BucketInfo", "CreatedKey", "FileInfo", "Grant", "KeyInfo", "NAME_TAKEN"]
 
 # B2's code for a bucket name used by any account (names are global):
 # https://www.backblaze.com/apidocs/b2-create-bucket ("duplicate_bucket_name", HTTP 400),
@@ -34,6 +36,7 @@ class BucketInfo:
     name: str
     bucket_id: str
     bucket_type: str
+    lifecycle_rules: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -61,6 +64,7 @@ class Grant:
     capabilities: tuple[str, ...]
     bucket_id: str | None
     bucket_name: str | None
+    name_prefix: str | None = None
 
 
 @contextmanager
@@ -92,7 +96,8 @@ def authorize(realm: str, key_id: Secret | str, key: Secret) -> B2Api:
 
 def _bucket_info(bucket: Bucket) -> BucketInfo:
     return BucketInfo(name=str(bucket.name), bucket_id=str(bucket.id_),
-                      bucket_type=str(bucket.type_))
+                      bucket_type=str(bucket.type_),
+                      lifecycle_rules=tuple(dict(r) for r in bucket.lifecycle_rules or ()))
 
 
 def get_bucket(api: B2Api, name: str) -> BucketInfo | None:
@@ -101,13 +106,15 @@ def get_bucket(api: B2Api, name: str) -> BucketInfo | None:
     return _bucket_info(found[0]) if found else None
 
 
-def create_bucket(api: B2Api, name: str, bucket_type: str) -> BucketInfo:
+def create_bucket(api: B2Api, name: str, bucket_type: str,
+                  lifecycle_rules: list[dict[str, Any]] | None = None) -> BucketInfo:
     """Create the bucket, or find it made: a retried create of ours (the first answer lost)
     is refused as a duplicate and shows up on re-read. A name another account holds stays
     a ProviderError with code :data:`NAME_TAKEN`."""
     try:
         with _mapped(f"create bucket {name}"):
-            return _bucket_info(api.create_bucket(name, bucket_type))
+            return _bucket_info(api.create_bucket(name, bucket_type,
+                                                  lifecycle_rules=lifecycle_rules or None))
     except ProviderError as exc:
         if exc.code != NAME_TAKEN:
             raise
@@ -124,6 +131,12 @@ def set_bucket_type(api: B2Api, bucket_id: str, bucket_type: str) -> BucketInfo:
         return _bucket_info(bucket.update(bucket_type=bucket_type))
 
 
+def set_lifecycle_rules(api: B2Api, bucket_id: str, rules: list[dict[str, Any]]) -> BucketInfo:
+    with _mapped(f"set lifecycle rules of bucket {bucket_id}"):
+        bucket = api.BUCKET_CLASS(api, bucket_id)
+        return _bucket_info(bucket.update(lifecycle_rules=rules))
+
+
 def _key_info(key: BaseApplicationKey) -> KeyInfo:
     return KeyInfo(name=str(key.key_name), key_id=str(key.id_),
                    capabilities=tuple(key.capabilities), bucket_id=key.bucket_id,
@@ -135,9 +148,11 @@ def list_keys(api: B2Api) -> list[KeyInfo]:
         return [_key_info(key) for key in api.list_keys()]
 
 
-def create_key(api: B2Api, name: str, capabilities: list[str], bucket_id: str) -> CreatedKey:
+def create_key(api: B2Api, name: str, capabilities: list[str], bucket_id: str,
+               name_prefix: str | None = None) -> CreatedKey:
     with _mapped(f"create application key {name}"):
-        created = api.create_key(capabilities, name, bucket_id=bucket_id)
+        created = api.create_key(capabilities, name, bucket_id=bucket_id,
+                                 name_prefix=name_prefix)
     return CreatedKey(_key_info(created), Secret(f"b2 key {name}", created.application_key))
 
 
@@ -151,7 +166,8 @@ def granted(api: B2Api) -> Grant:
     allowed = dict(api.account_info.get_allowed() or {})
     return Grant(capabilities=tuple(map(str, allowed.get("capabilities") or [])),
                  bucket_id=allowed.get("bucketId") or None,
-                 bucket_name=allowed.get("bucketName") or None)
+                 bucket_name=allowed.get("bucketName") or None,
+                 name_prefix=allowed.get("namePrefix") or None)
 
 
 def account_id(api: B2Api) -> str:
@@ -179,6 +195,14 @@ def upload_error(api: B2Api, bucket_id: str, bucket_name: str, file_name: str,
     return None
 
 
+def upload_bytes(api: B2Api, bucket_id: str, bucket_name: str, file_name: str,
+                 data: bytes) -> str:
+    """Upload ``data``; returns the new file version's id."""
+    with _mapped(f"upload {bucket_name}/{file_name}"):
+        bucket = api.BUCKET_CLASS(api, bucket_id, name=bucket_name)
+        return str(bucket.upload_bytes(data, file_name).id_)
+
+
 def delete_file(api: B2Api, bucket_id: str, bucket_name: str, file_name: str) -> None:
     """Delete every version of ``file_name`` (used to clean up a probe)."""
     with _mapped(f"delete {bucket_name}/{file_name}"):
@@ -202,3 +226,52 @@ def anonymous_download_status(api: B2Api, bucket_name: str, file_name: str,
     url = f"{api.account_info.get_download_url()}/file/{bucket_name}/{file_name}"
     with _mapped(f"anonymous download from {bucket_name}"):
         return requests.get(url, timeout=timeout).status_code
+
+
+@dataclass(frozen=True)
+class FileInfo:
+    """One file (its latest version) as a listing shows it, with its custom metadata."""
+
+    name: str
+    file_id: str
+    size: int
+    upload_ms: int
+    info: dict[str, str]
+
+
+def list_files(api: B2Api, bucket_id: str, bucket_name: str, prefix: str) -> list[FileInfo]:
+    """The latest version of every file under ``prefix``, oldest name first."""
+    with _mapped(f"list {bucket_name}/{prefix}"):
+        bucket = api.BUCKET_CLASS(api, bucket_id, name=bucket_name)
+        return [FileInfo(str(v.file_name), str(v.id_), int(v.size or 0),
+                         int(v.upload_timestamp or 0), dict(v.file_info or {}))
+                for v, _ in bucket.ls(prefix, recursive=True)]
+
+
+def download_file(api: B2Api, bucket_id: str, bucket_name: str, file_id: str,
+                  target: Path) -> None:
+    """Download one file version to ``target`` (b2sdk checks its SHA-1 on the way)."""
+    with _mapped(f"download {bucket_name} file {file_id}"):
+        api.download_file_by_id(file_id).save_to(str(target))
+
+
+def delete_file_error(api: B2Api, bucket_id: str, bucket_name: str, file_name: str,
+                      file_id: str) -> str | None:
+    """Try to delete one file version; None when it worked, else B2's refusal (asked for
+    by probes of a key that must not delete)."""
+    try:
+        api.delete_file_version(file_id, file_name)
+    except B2Error as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def list_error(api: B2Api, bucket_id: str, bucket_name: str, prefix: str) -> str | None:
+    """Try to list ``prefix``; None when B2 allowed it, else its refusal."""
+    bucket = api.BUCKET_CLASS(api, bucket_id, name=bucket_name)
+    try:
+        for _ in bucket.ls(prefix, recursive=True):
+            break
+    except B2Error as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None

@@ -22,7 +22,9 @@ no stacks): :func:`stack_deploy` runs it on a manager over SSH through :func:`cl
 from __future__ import annotations
 
 import functools
+import io
 import os
+import tarfile
 from collections.abc import Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
@@ -350,3 +352,109 @@ def _alive(client: docker.DockerClient, timeout: float) -> bool:
     adapter = getattr(client.api, "_custom_adapter", None)
     ssh_client = getattr(adapter, "ssh_client", None)
     return ssh_client is not None and ssh.transport_alive(ssh_client.get_transport(), timeout)
+
+
+@mapped
+def exec_output(client: docker.DockerClient, container_id: str, command: list[str],
+                ) -> tuple[int, str]:
+    """Run ``command`` in a running container: (exit code, stdout and stderr as text)."""
+    exec_id = client.api.exec_create(container_id, command)["Id"]
+    output = client.api.exec_start(exec_id)
+    return int(client.api.exec_inspect(exec_id)["ExitCode"]), output.decode(errors="replace")
+
+
+@mapped
+def gateway_address(client: docker.DockerClient, container_id: str) -> str | None:
+    """The container's address on its node's ``docker_gwbridge``: every task on an overlay
+    network has one, and the node itself (so an SSH tunnel to the node) can reach it."""
+    containers = client.api.inspect_network("docker_gwbridge").get("Containers") or {}
+    entry = containers.get(container_id)
+    return entry["IPv4Address"].split("/")[0] if entry and entry.get("IPv4Address") else None
+
+
+@mapped
+def create_pinned_service(client: docker.DockerClient, name: str, image: str,
+                          args: list[str], node: str, network_id: str, user: str,
+                          volume: str, target: str, labels: dict[str, str]) -> str:
+    """One replica on node ``node`` (by hostname) with named volume ``volume`` at ``target``,
+    on ``network_id`` with DNS round robin, never restarted (a temporary helper a step
+    watches and removes); returns its id."""
+    service = client.services.create(
+        image, name=name, args=args, networks=[network_id], user=user, labels=labels,
+        endpoint_spec=docker.types.EndpointSpec(mode="dnsrr"),
+        constraints=[f"node.hostname == {node}"],
+        mounts=[docker.types.Mount(target=target, source=volume, type="volume")],
+        restart_policy=docker.types.RestartPolicy(condition="none"))
+    return str(service.id)
+
+
+def _ensure_image(client: docker.DockerClient, image: str) -> None:
+    try:
+        client.images.get(image)
+    except docker.errors.ImageNotFound:
+        client.api.pull(image)  # by digest when the reference has one
+
+
+@mapped
+def empty_volume(client: docker.DockerClient, image: str, volume: str) -> None:
+    """Delete everything in the named volume, with a short-lived container of ``image``.
+    Emptied rather than removed: Docker refuses to remove a volume that any container still
+    references, and Swarm keeps the exited containers of old tasks."""
+    _ensure_image(client, image)
+    container = client.containers.create(
+        image, entrypoint=["find", "/data", "-mindepth", "1", "-delete"], command=[],
+        user="root", volumes={volume: {"bind": "/data", "mode": "rw"}}, network_mode="none")
+    _run_once(container, f"emptying volume {volume}")
+
+
+def _run_once(container: Any, what: str, archive: bytes | None = None) -> None:
+    """Start a created helper container (after copying ``archive`` into its /data), wait
+    for it, and remove it; a non-zero exit raises, quoting its output."""
+    try:
+        if archive is not None and not container.put_archive("/data", archive):
+            raise ProviderError("docker", f"{what}: copying into the volume failed")
+        container.start()
+        code = int(container.wait(timeout=60).get("StatusCode", 1))
+        if code != 0:
+            raise ProviderError("docker", f"{what} exited {code}: "
+                                f"{container.logs().decode(errors='replace')[-300:]}")
+    finally:
+        container.remove(force=True)
+
+
+@mapped
+def container_running(client: docker.DockerClient, container_id: str) -> bool:
+    try:
+        return bool(client.api.inspect_container(container_id)["State"]["Running"])
+    except docker.errors.NotFound:
+        return False
+
+
+@mapped
+def container_log_tail(client: docker.DockerClient, container_id: str, lines: int = 200) -> str:
+    return client.api.logs(container_id, tail=lines).decode(errors="replace")
+
+
+@mapped
+def containers_of_service(client: docker.DockerClient, service_name: str) -> list[str]:
+    """Ids of this engine's containers (running or not) of the swarm service ``service_name``."""
+    return [c["Id"] for c in client.api.containers(
+        all=True, filters={"label": f"com.docker.swarm.service.name={service_name}"})]
+
+
+@mapped
+def write_into_volume(client: docker.DockerClient, image: str, volume: str, file_name: str,
+                      data: bytes, owner: str) -> None:
+    """Put ``data`` as ``/<volume>/<file_name>`` (mode 0644, owned by ``owner`` as the image
+    knows it) with a short-lived container of ``image`` that mounts the named volume
+    (created here if it does not exist): Docker copies into a created container's volumes."""
+    _ensure_image(client, image)
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        info = tarfile.TarInfo(file_name)
+        info.size, info.mode = len(data), 0o644
+        tar.addfile(info, io.BytesIO(data))
+    container = client.containers.create(
+        image, entrypoint=["chown", owner, f"/data/{file_name}"], command=[], user="root",
+        volumes={volume: {"bind": "/data", "mode": "rw"}}, network_mode="none")
+    _run_once(container, f"writing {file_name} into volume {volume}", archive.getvalue())

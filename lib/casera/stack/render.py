@@ -25,13 +25,14 @@ if TYPE_CHECKING:
 
 TEMPLATE = Path(__file__).with_name("casera-stack.tmpl.yml")
 
-SERVICES = ("api", "worker", "admin", "redis", "dozzle")
+SERVICES = ("api", "worker", "admin", "redis", "dozzle", "backup")
 # Dozzle listens on each manager's loopback only (see the template); reach it by SSH tunnel.
 DOZZLE_PORT = 9999
 # The B2 keys are the scoped application keys bootstrap makes (never the master key): the api
 # gets the uploads read/write key and the certs read-only key, the worker only the latter.
+# The backup service gets only the backups key (write and list under its prefix).
 SECRETS = ("db_password", "secret_key", "b2_uploads_key_id", "b2_uploads_key",
-           "b2_certs_key_id", "b2_certs_key", "apns_key")
+           "b2_certs_key_id", "b2_certs_key", "apns_key", "b2_backups_key_id", "b2_backups_key")
 
 
 class DatabaseSettings(TypedDict):
@@ -51,6 +52,12 @@ class NetworkSettings(TypedDict):
     api_published_port: int
 
 
+class BackupSettings(TypedDict):
+    interval_s: int  # between snapshots
+    prefix: str  # file-name prefix in the backups bucket (the backup key is restricted to it)
+    realm: str  # 'production' for Backblaze, or the emulator's base URL
+
+
 class StackSettings(TypedDict):
     env: str
     images: dict[str, str]  # service -> image reference, for every name in SERVICES
@@ -60,6 +67,7 @@ class StackSettings(TypedDict):
     secrets: dict[str, str]  # name in SECRETS -> versioned Docker secret, e.g. ..._v1
     database: DatabaseSettings
     network: NetworkSettings
+    backup: BackupSettings
 
 
 # The seed's production networking: encrypted overlay (IPsec; the firewall must pass ESP),
@@ -154,6 +162,10 @@ def render_stack(settings: StackSettings) -> str:
         "api_update_order": json.dumps("start-first" if network["api_publish_mode"] == "ingress"
                                        else "stop-first"),
         "dozzle_port": str(DOZZLE_PORT),
+        "backup_interval_s": json.dumps(str(int(settings["backup"]["interval_s"]))),
+        "backup_interval_note": f"{int(settings['backup']['interval_s'])} s",
+        "backup_prefix": json.dumps(settings["backup"]["prefix"]),
+        "backup_realm": json.dumps(settings["backup"]["realm"]),
         **_notes(network),
     }
     for service in SERVICES:
@@ -201,4 +213,7 @@ def settings_from_params(
                     "endpoint_mode": swarm.endpoint_mode,
                     "api_publish_mode": swarm.publish_mode,
                     "api_published_port": swarm.api_published_port},
+        "backup": {"interval_s": params.redis.backup.interval_min * 60,
+                   "prefix": params.redis.backup.prefix,
+                   "realm": params.b2.node_realm or params.b2.realm},
     }

@@ -29,7 +29,7 @@ from casera.steps.swarm_secrets import current_names
 
 STACK = "casera"
 REMOTE_FILE = "casera-stack.yml"
-SERVICES = ("api", "worker", "admin", "redis", "dozzle")
+SERVICES = ("api", "worker", "admin", "redis", "dozzle", "backup")
 
 
 def stack_services(client: DockerClient) -> dict[str, dict[str, Any]]:

@@ -14,8 +14,14 @@ rolls the services onto it; then :func:`retire_replaced_keys` deletes the old ke
 approval gate, once Swarm shows that nothing mounts it any more. A run that stops anywhere in
 between leaves the services with a key that still works.
 
+Lifecycle rules are reconciled for a bucket whose params set ``keep_days`` (the backups
+bucket): exactly one rule, over every file name, hiding a file that many days after its upload
+and deleting it a day later. A key with ``name_prefix`` is restricted to those names by B2 on
+every call (listing, upload, download, hide, delete).
+
 Not reconciled here: keys in the account whose names are not in params (left alone, they may
-be an operator's), bucket lifecycle rules, CORS, and the account's spending caps (web UI only).
+be an operator's), lifecycle rules of buckets without ``keep_days``, CORS, and the account's
+spending caps (web UI only).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from casera.b2_keys import B2KeyStore, key_store
 from casera.context import RunContext
 from casera.errors import ProviderError, SecretMissingError, StepFailed, WaitTimeout
 from casera.operator_secrets import Secret
-from casera.params import B2KeyParams, Params
+from casera.params import B2KeyParams, BucketParams, Params
 from casera.plan import Plan, apply
 from casera.progress import wait_for
 from casera.providers import b2
@@ -87,8 +93,10 @@ def master_api(ctx: RunContext) -> b2.B2Api:
 
 
 def ensure_buckets(ctx: RunContext) -> StepResult:
-    """``b2.buckets`` (uploads, certs) exist and are private. A missing bucket is created; a
-    public one is made private behind the gate (its public URLs stop working)."""
+    """``b2.buckets`` (uploads, certs, backups) exist and are private, with the lifecycle rule
+    their ``keep_days`` asks for. A missing bucket is created; a public one is made private
+    behind the gate (its public URLs stop working); a lifecycle rule that differs is replaced
+    behind the gate (it decides when B2 deletes files)."""
     p = ctx.params
     names = [bp.name for bp in p.b2.buckets.values()]
     with timed(StepResult("b2 buckets", ", ".join(names), dry_run=ctx.dry_run)) as result:
@@ -97,11 +105,21 @@ def ensure_buckets(ctx: RunContext) -> StepResult:
         missing = [bp for bp in p.b2.buckets.values() if found[bp.name] is None]
         wrong = [(bp, have) for bp in p.b2.buckets.values()
                  if (have := found[bp.name]) is not None and have.bucket_type != bp.type]
-        plan = Plan(gate_title=f"B2: make {len(wrong)} public bucket(s) private; their "
-                    "public download URLs stop working")
+        rules = [(bp, have) for bp in p.b2.buckets.values()
+                 if (have := found[bp.name]) is not None and bp.keep_days is not None
+                 and list(have.lifecycle_rules) != lifecycle_rules(bp)]
+        plan = Plan(gate_title=f"B2: make {len(wrong)} public bucket(s) private (their public "
+                    f"download URLs stop working); set the lifecycle rule of {len(rules)}")
         for bp in missing:
-            plan.add(f"+ bucket {bp.name} ({bp.type})",
-                     partial(_create_bucket, api, ctx.env, bp.name, bp.type))
+            keep = f", files kept {bp.keep_days} days" if bp.keep_days else ""
+            plan.add(f"+ bucket {bp.name} ({bp.type}{keep})",
+                     partial(_create_bucket, api, ctx.env, bp.name, bp.type,
+                             lifecycle_rules(bp)))
+        for bp, have in rules:
+            plan.add(f"~ bucket {bp.name} lifecycle: {list(have.lifecycle_rules)} -> "
+                     f"{lifecycle_rules(bp)}",
+                     partial(b2.set_lifecycle_rules, api, have.bucket_id, lifecycle_rules(bp)),
+                     destructive=True)
         for bp, have in wrong:
             plan.add(f"~ bucket {bp.name}: {have.bucket_type} -> {bp.type}",
                      partial(b2.set_bucket_type, api, have.bucket_id, bp.type),
@@ -112,14 +130,26 @@ def ensure_buckets(ctx: RunContext) -> StepResult:
         elif applied.dry_run:
             return result
         else:
-            result.reason = f"{len(missing)} created, {len(wrong)} made private"
+            result.reason = (f"{len(missing)} created, {len(wrong)} made private, "
+                             f"{len(rules)} lifecycle rule(s) set")
         _verify_buckets(api, p, result)  # read-only: fine in a dry run that plans nothing
     return result
 
 
-def _create_bucket(api: b2.B2Api, env: str, name: str, bucket_type: str) -> b2.BucketInfo:
+def lifecycle_rules(bp: BucketParams) -> list[dict[str, object]]:
+    """The bucket's lifecycle rules as B2 stores them: none, or one over every file name
+    that hides a file ``keep_days`` after its upload and deletes it a day after that
+    (https://www.backblaze.com/docs/cloud-storage-lifecycle-rules)."""
+    if bp.keep_days is None:
+        return []
+    return [{"daysFromHidingToDeleting": 1, "daysFromUploadingToHiding": bp.keep_days,
+             "fileNamePrefix": ""}]
+
+
+def _create_bucket(api: b2.B2Api, env: str, name: str, bucket_type: str,
+                   rules: list[dict[str, object]] | None = None) -> b2.BucketInfo:
     try:
-        return b2.create_bucket(api, name, bucket_type)
+        return b2.create_bucket(api, name, bucket_type, rules)
     except ProviderError as exc:
         if exc.code != b2.NAME_TAKEN:
             raise
@@ -144,6 +174,11 @@ def _verify_buckets(api: b2.B2Api, params: Params, result: StepResult) -> None:
             result.check(bp.name, False, "does not exist")
             continue
         result.check(f"{bp.name} type", have.bucket_type == bp.type, have.bucket_type)
+        if bp.keep_days is not None:
+            result.check(f"{bp.name} lifecycle", list(have.lifecycle_rules)
+                         == lifecycle_rules(bp), f"files hidden {bp.keep_days} days after "
+                         "upload, deleted a day later" if list(have.lifecycle_rules)
+                         == lifecycle_rules(bp) else f"rules {list(have.lifecycle_rules)}")
         # The listing says "private"; an anonymous GET is what the internet actually gets.
         status = b2.anonymous_download_status(api, bp.name, PROBE_PREFIX + "anonymous")
         result.check(f"{bp.name} anonymous download", status == 401,
@@ -165,11 +200,13 @@ class _KeyPlan:
 
 def _scope_ok(key: b2.KeyInfo, kp: B2KeyParams, bucket: b2.BucketInfo | None) -> bool:
     return (bucket is not None and key.bucket_id == bucket.bucket_id
-            and set(key.capabilities) == set(kp.capabilities) and not key.name_prefix)
+            and set(key.capabilities) == set(kp.capabilities)
+            and (key.name_prefix or None) == kp.name_prefix)
 
 
 def _describe(kp: B2KeyParams, bucket_name: str) -> str:
-    return (f"{kp.name}: {','.join(kp.capabilities)} on {bucket_name} "
+    where = f"{bucket_name}/{kp.name_prefix}*" if kp.name_prefix else bucket_name
+    return (f"{kp.name}: {','.join(kp.capabilities)} on {where} "
             f"(for {', '.join(kp.for_services)})")
 
 
@@ -269,7 +306,8 @@ def _make_key(api: b2.B2Api, store: B2KeyStore, kp: B2KeyParams,
               bucket: b2.BucketInfo | None, retire: set[str]) -> b2.KeyInfo:
     if bucket is None:  # refused before the plan was applied; here for the type checker
         raise StepFailed(f"B2 key {kp.name}: its bucket does not exist")
-    created = b2.create_key(api, kp.name, list(kp.capabilities), bucket.bucket_id)
+    created = b2.create_key(api, kp.name, list(kp.capabilities), bucket.bucket_id,
+                            kp.name_prefix)
     store.put(kp.name, created.info.key_id, created.secret, retiring=retire)
     return created.info
 
@@ -421,7 +459,8 @@ def _verify_keys(ctx: RunContext, api: b2.B2Api, result: StepResult, probe_write
         on_bucket = bucket is not None and key.bucket_id == bucket.bucket_id
         result.check(f"{kp.name} listed scope", _scope_ok(key, kp, bucket),
                      f"{','.join(sorted(key.capabilities))} on "
-                     f"{bucket_name if on_bucket else key.bucket_id or 'ALL buckets'}")
+                     f"{bucket_name if on_bucket else key.bucket_id or 'ALL buckets'}"
+                     + (f"/{key.name_prefix}*" if key.name_prefix else ""))
         # What B2 grants the stored secret is the real scope, whatever the listing says.
         app = b2.authorize(p.b2.realm, key_id, secret)
         grant = b2.granted(app)
@@ -429,11 +468,15 @@ def _verify_keys(ctx: RunContext, api: b2.B2Api, result: StepResult, probe_write
         bucket_ok = bucket is not None and grant.bucket_id == bucket.bucket_id
         result.check(f"{kp.name} granted scope",
                      bucket_ok and caps == set(kp.capabilities)
-                     and not caps & ACCOUNT_CAPABILITIES,
-                     f"{','.join(sorted(caps))} on {grant.bucket_name or 'ALL buckets'}")
+                     and not caps & ACCOUNT_CAPABILITIES and grant.name_prefix == kp.name_prefix,
+                     f"{','.join(sorted(caps))} on {grant.bucket_name or 'ALL buckets'}"
+                     + (f"/{grant.name_prefix}*" if grant.name_prefix else ""))
         if not probe_writes or bucket is None:
             continue
-        probe = f"{PROBE_PREFIX}{ctx.run_id}-{kp.name}"
+        probe = f"{kp.name_prefix or ''}{PROBE_PREFIX}{ctx.run_id}-{kp.name}"
+        if "writeFiles" in kp.capabilities and "deleteFiles" not in kp.capabilities:
+            _probe_append_only(api, app, kp, bucket, probe, result)
+            continue
         error = b2.upload_error(app, bucket.bucket_id, bucket.name, probe, b"casera write probe")
         if "writeFiles" not in kp.capabilities:
             result.check(f"{kp.name} cannot write", error is not None,
@@ -446,3 +489,36 @@ def _verify_keys(ctx: RunContext, api: b2.B2Api, result: StepResult, probe_write
                 b2.delete_file(app, bucket.bucket_id, bucket.name, probe)
             result.check(f"{kp.name} can write", error is None,
                          "uploaded and deleted a probe" if error is None else error[:160])
+
+
+def _probe_append_only(api: b2.B2Api, app: b2.B2Api, kp: B2KeyParams, bucket: b2.BucketInfo,
+                       probe: str, result: StepResult) -> None:
+    """A key that writes but must not delete (the backup key): B2 lets it upload under its
+    prefix, and refuses it a delete, an upload outside its prefix and a listing outside it,
+    so a node holding it can add snapshots but neither erase nor read the others' files."""
+    try:
+        file_id: str | None = b2.upload_bytes(app, bucket.bucket_id, bucket.name, probe,
+                                              b"casera write probe")
+        error = None
+    except ProviderError as exc:
+        file_id, error = None, str(exc)
+    result.check(f"{kp.name} can write", error is None,
+                 f"uploaded {probe}" if error is None else error[:160])
+    if file_id is not None:
+        refused = b2.delete_file_error(app, bucket.bucket_id, bucket.name, probe, file_id)
+        result.check(f"{kp.name} cannot delete", refused is not None,
+                     f"delete refused ({refused[:90]})" if refused else
+                     "a delete WORKED with the backup key")
+        b2.delete_file(api, bucket.bucket_id, bucket.name, probe)
+    if not kp.name_prefix:
+        return
+    outside = PROBE_PREFIX + probe.rsplit("/", 1)[-1]
+    error = b2.upload_error(app, bucket.bucket_id, bucket.name, outside, b"casera probe")
+    result.check(f"{kp.name} cannot write outside {kp.name_prefix}", error is not None,
+                 f"upload refused ({error[:90]})" if error else "an upload outside WORKED")
+    if error is None:
+        b2.delete_file(api, bucket.bucket_id, bucket.name, outside)
+    refused = b2.list_error(app, bucket.bucket_id, bucket.name, "")
+    result.check(f"{kp.name} cannot list outside {kp.name_prefix}", refused is not None,
+                 f"listing the whole bucket refused ({refused[:90]})" if refused else
+                 "listing the whole bucket WORKED")

@@ -164,6 +164,13 @@ class AccountCalls(CallsBase):
                 raise errors.bad_request("bucketIds must be a non-empty list")
             for bucket_id in bucket_ids:
                 self._bucket(str(bucket_id))
+        name_prefix = str_field(call.params, "namePrefix", required=False) or None
+        if name_prefix is not None and bucket_ids is None:
+            # "namePrefix: When present, restricts access to files whose names start with the
+            # prefix. You must set bucketId when setting this."
+            # (https://www.backblaze.com/apidocs/b2-create-key)
+            raise errors.bad_request("namePrefix needs bucketId: a name prefix only "
+                                     "restricts a key that is restricted to a bucket")
         duration = call.params.get("validDurationInSeconds")
         expires = None
         if duration is not None:
@@ -172,7 +179,7 @@ class AccountCalls(CallsBase):
         key = self.store.create_key(
             name, [str(c) for c in capabilities],
             [str(b) for b in bucket_ids] if bucket_ids is not None else None,
-            str_field(call.params, "namePrefix", required=False) or None, expires)
+            name_prefix, expires)
         return {**key_dict(key), "applicationKey": key.secret}
 
     def b2_list_keys(self, call: Call) -> dict[str, object]:

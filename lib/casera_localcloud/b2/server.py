@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
 import urllib.parse
 from http import HTTPStatus
 from pathlib import Path
@@ -295,15 +296,24 @@ def _parse_range(header: str, size: int) -> tuple[int, int]:
 
 
 def serve(port: int, state_dir: Path, host: str = "127.0.0.1",
-          limits: Limits | None = None) -> None:
-    """Run the emulator in the foreground until interrupted (SIGINT or SIGTERM)."""
+          limits: Limits | None = None, also_hosts: list[str] | None = None) -> None:
+    """Run the emulator in the foreground until interrupted (SIGINT or SIGTERM); one store,
+    served on ``host`` and on each of ``also_hosts`` (each its own listener thread)."""
     logging.basicConfig(stream=sys.stderr, level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     store = Store(state_dir)
-    server = EmulatorServer((host, port), Operations(store, limits))
-    log.info("B2 emulator on http://%s:%d, state in %s", host, port, state_dir)
+    operations = Operations(store, limits)
+    server = EmulatorServer((host, port), operations)
+    others = [EmulatorServer((other, port), operations) for other in also_hosts or []]
+    for other in others:
+        threading.Thread(target=other.serve_forever, daemon=True).start()
+    log.info("B2 emulator on http://%s:%d, state in %s", ", ".join([host, *(also_hosts or [])]),
+             port, state_dir)
     try:
         serve_until_stopped(server)
     finally:
+        for other in others:
+            other.shutdown()
+            other.server_close()
         store.close()
         log.info("B2 emulator stopped")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from casera.paths import local_cloud_home
 from casera_localcloud.local_credentials import write_local_secret
+from casera_localcloud.neon.config import BRIDGE_GATEWAY, host_has_address
 from casera_localcloud.process import HttpEmulator
 
 DEFAULT_PORT = 18003
@@ -40,7 +41,10 @@ def start(port: int = DEFAULT_PORT, state_dir: Path | None = None, timeout: floa
     # Its master key is what up() publishes: one serving another state dir is refused.
     if EMULATOR.serving(port, state_dir, f" (python -m {MODULE} runs in the foreground)"):
         return f"B2 emulator already running on {endpoint(port)}"
-    return EMULATOR.start(port, state_dir, extra_args or [], timeout, show=show)
+    # Also on the node bridge's gateway once it exists, as the Neon part does: the Redis
+    # backup job runs on the nodes and uploads from there (params b2.node_realm).
+    gateway = ["--also-host", BRIDGE_GATEWAY] if host_has_address(BRIDGE_GATEWAY) else []
+    return EMULATOR.start(port, state_dir, [*gateway, *(extra_args or [])], timeout, show=show)
 
 
 def stop(state_dir: Path | None = None, timeout: float = 15) -> str:

@@ -94,6 +94,14 @@ REDIS_BASE = BaseRecipe(
     ),
 )
 
+# The Redis backup job: redis-cli for `--rdb`, b2sdk (Debian's 1.17) for the upload. Its own
+# root, so adding these packages does not rebuild the four app images' shared base.
+BACKUP_BASE = BaseRecipe(
+    name="base-backup",
+    packages=("python3", "python3-redis", "python3-b2sdk", "redis-tools"),
+    chroot_commands=PYTHON_BASE.chroot_commands,
+)
+
 _PY_COMMON = ("__init__.py", "common.py", "healthcheck.py")
 
 
@@ -135,5 +143,7 @@ IMAGES: tuple[ImageRecipe, ...] = (
                 (*_PY_COMMON, "admin.py", "admin.html")),
     ImageRecipe("dozzle", PYTHON_BASE, _python_dockerfile("dozzle", 9999),
                 (*_PY_COMMON, "dozzle.py")),
+    ImageRecipe("backup", BACKUP_BASE, _python_dockerfile("backup", None),
+                (*_PY_COMMON, "backup.py")),
 )
 IMAGES_BY_NAME = {image.name: image for image in IMAGES}

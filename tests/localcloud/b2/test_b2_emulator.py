@@ -332,3 +332,33 @@ def test_up_status_down(tmp_path, monkeypatch):
     finally:
         service.down()
     assert "not answering" in service.status(port=port)[0]
+
+
+def test_append_only_backup_key(master, realm, buckets):
+    """The Redis backup key (issue 11): listFiles + writeFiles under redis/ only. It adds
+    snapshots and lists them, and B2 refuses it deletes, reads and anything outside redis/."""
+    uploads = buckets["casera-uploads"]
+    uploads.upload_bytes(b"someone else's", "u/other.jpg")
+    api = scoped_api(master, realm, "redis-backup-writer", ["listFiles", "writeFiles"],
+                     uploads, prefix="redis/")
+    bucket = Bucket(api, uploads.id_, name="casera-uploads")
+    version = bucket.upload_bytes(b"REDIS0011-append-only", "redis/2026-12-01T08.rdb",
+                                  file_info={"sha256": "x", "dbsize": "3"})
+    listed = {f.file_name: f.file_info for f, _ in bucket.ls("redis/", recursive=True)}
+    assert listed["redis/2026-12-01T08.rdb"] == {"sha256": "x", "dbsize": "3"}
+    with pytest.raises(Unauthorized):
+        api.delete_file_version(version.id_, "redis/2026-12-01T08.rdb")
+    with pytest.raises(Unauthorized):  # no readFiles: a node cannot read snapshots back
+        content(bucket.download_file_by_id(version.id_))
+    with pytest.raises(Unauthorized):
+        list(bucket.ls(recursive=True))
+    upload_refused(bucket, "u/overwrite.jpg")
+    # Still there: the refused delete deleted nothing (test_name_prefix_is_enforced's file too).
+    assert "redis/2026-12-01T08.rdb" in [f.file_name for f, _ in
+                                         uploads.ls("redis/", recursive=True)]
+
+
+def test_name_prefix_needs_a_bucket(master):
+    # b2_create_key: "You must set bucketId when setting" namePrefix (B2's API docs).
+    with pytest.raises(BadRequest):
+        master.create_key(["listFiles"], "prefix-without-bucket", name_prefix="redis/")

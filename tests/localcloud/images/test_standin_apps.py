@@ -142,6 +142,8 @@ def test_item_is_stored_enqueued_and_processed_once(port, tmp_path, start_app, p
             if '"task_done"' in line]
     assert sorted(d["task_id"] for d in done) == sorted(item["task_id"] for item in created)
     assert all(d["rows_marked"] == 1 for d in done)
+    # The counter the Redis runbooks' "exactly once" is read from (issue 11).
+    assert [api.get(f"/items/{item['id']}")[1]["process_count"] for item in created] == [1] * 12
     with postgres.connect() as conn:
         assert conn.execute("SELECT count(*) FROM items WHERE processed_at IS NOT NULL"
                             ).fetchone()[0] >= 12

@@ -92,6 +92,11 @@ class Servers(ResourceClient[Server]):
         with hetzner_errors(f"power on server {server.name}", self._where):
             return Action.of(self._api.servers.power_on(HServer(id=server.id)))
 
+    def power_off(self, server: Server) -> Action:
+        """A hard power off, like pulling the plug (the fence of a lost node)."""
+        with hetzner_errors(f"power off server {server.name}", self._where):
+            return Action.of(self._api.servers.power_off(HServer(id=server.id)))
+
     def reset(self, server: Server) -> Action:
         """A hard reset, like pulling the plug; the disk stays."""
         with hetzner_errors(f"reset server {server.name}", self._where):

@@ -20,6 +20,7 @@ from typing import Any
 
 from . import asynq
 from .common import (
+    ITEMS_COUNTER_DDL,
     ITEMS_DDL,
     AppHandler,
     error_text,
@@ -60,6 +61,7 @@ def readiness() -> tuple[bool, dict[str, Any]]:
 def _ensure_schema(conn: Any) -> None:
     if not _schema_ready.is_set():
         conn.execute(ITEMS_DDL)
+        conn.execute(ITEMS_COUNTER_DDL)
         _schema_ready.set()
 
 
@@ -80,11 +82,13 @@ def create_item(name: str) -> dict[str, Any]:
 def get_item(item_id: int) -> dict[str, Any] | None:
     with pg_connect() as conn:
         _ensure_schema(conn)
-        row = conn.execute("SELECT id, name, created_at, task_id, processed_at, processed_by "
+        row = conn.execute("SELECT id, name, created_at, task_id, processed_at, processed_by, "
+                           "process_count "
                            "FROM items WHERE id = %s", (item_id,)).fetchone()
     if row is None:
         return None
-    names = ("id", "name", "created_at", "task_id", "processed_at", "processed_by")
+    names = ("id", "name", "created_at", "task_id", "processed_at", "processed_by",
+             "process_count")
     return {name: (value.isoformat() if hasattr(value, "isoformat") else value)
             for name, value in zip(names, row, strict=True)}
 

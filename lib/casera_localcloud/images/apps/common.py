@@ -129,9 +129,14 @@ CREATE TABLE IF NOT EXISTS items (
     created_at   timestamptz NOT NULL DEFAULT now(),
     task_id      text,
     processed_at timestamptz,
-    processed_by text
+    processed_by text,
+    process_count integer NOT NULL DEFAULT 0
 )
 """
+# Tables made before the counter existed get it too. How many times workers processed each
+# item: the Redis runbooks' "processed exactly once" is read from it (Asynq is at least once).
+ITEMS_COUNTER_DDL = ("ALTER TABLE items ADD COLUMN IF NOT EXISTS "
+                     "process_count integer NOT NULL DEFAULT 0")
 
 
 def error_text(exc: BaseException) -> str:

@@ -23,14 +23,18 @@ def process(task_id: str, msg: dict[str, Any]) -> dict[str, Any]:
     if item_id is None:
         return {"task_id": task_id, "type": msg.get("type"), "item": None}
     with pg_connect() as conn:
-        updated = conn.execute(
-            "UPDATE items SET processed_at = now(), processed_by = %s "
-            "WHERE id = %s AND processed_at IS NULL",
+        # Every processing counts (a duplicate shows as 2); the first one marks the row.
+        counted = conn.execute(
+            "UPDATE items SET process_count = process_count + 1, "
+            "processed_at = coalesce(processed_at, now()), "
+            "processed_by = coalesce(processed_by, %s) WHERE id = %s "
+            "RETURNING process_count",
             (socket.gethostname(), item_id),
-        ).rowcount
+        ).fetchone()
         conn.commit()
     return {"task_id": task_id, "type": msg.get("type"), "item": item_id,
-            "rows_marked": updated}
+            "rows_marked": 1 if counted and counted[0] == 1 else 0,
+            "process_count": counted[0] if counted else None}
 
 
 def run_once(r: Any, queues: list[str], lease_seconds: int, retention_seconds: int) -> bool:

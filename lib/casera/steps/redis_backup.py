@@ -1,0 +1,190 @@
+"""Redis snapshots in B2: take one now, list them with their age, and verify the newest by
+restoring it into a scratch ``redis-server`` on this machine.
+
+The backup service (stack service ``backup``) takes a snapshot every
+``redis.backup.interval_min`` and uploads it under ``redis.backup.prefix`` with its SHA-256
+and what Redis said when it was taken (DBSIZE before and after, replication offset). Its key
+can only add files there; reading them back for a verify or a restore uses the operator's
+master key, which never leaves this machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from casera.context import RunContext
+from casera.errors import StepFailed
+from casera.plan import Plan, apply
+from casera.providers import b2, docker_swarm, redis_db
+from casera.result import StepResult, timed
+from casera.steps.redis_checks import ServiceTask, asynq_findings, running_task
+from casera.steps.storage import master_api
+
+SNAPSHOT_SUFFIX = ".rdb"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    name: str
+    file_id: str
+    size: int
+    uploaded_ms: int
+    info: dict[str, str]
+
+    def age_s(self, now: float | None = None) -> float:
+        return max(0.0, (now if now is not None else time.time()) - self.uploaded_ms / 1000)
+
+    def recorded(self, key: str) -> int | None:
+        value = self.info.get(key)
+        return int(value) if value is not None and value.lstrip("-").isdigit() else None
+
+
+def _bucket(ctx: RunContext) -> tuple[b2.B2Api, b2.BucketInfo]:
+    api = master_api(ctx)
+    name = ctx.params.b2.buckets[ctx.params.redis.backup.bucket].name
+    bucket = b2.get_bucket(api, name)
+    if bucket is None:
+        raise StepFailed(f"B2 bucket {name} does not exist: run the bootstrap (b2 buckets)")
+    return api, bucket
+
+
+def snapshots(ctx: RunContext) -> list[Snapshot]:
+    """Every snapshot under the prefix, oldest first (names sort by time)."""
+    api, bucket = _bucket(ctx)
+    files = b2.list_files(api, bucket.bucket_id, bucket.name, ctx.params.redis.backup.prefix)
+    return sorted((Snapshot(f.name, f.file_id, f.size, f.upload_ms, f.info) for f in files
+                   if f.name.endswith(SNAPSHOT_SUFFIX)), key=lambda s: s.name)
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def take_snapshot(ctx: RunContext) -> StepResult:
+    """One snapshot now, by the backup service itself (its command run inside its task), so
+    it goes the way the scheduled ones go: ``redis-cli --rdb``, then an upload with the
+    backup key. A new file in B2 each run: a change, shown in a dry run and not made."""
+    backup = ctx.params.redis.backup
+    with timed(StepResult("redis snapshot", f"{backup.bucket}/{backup.prefix}",
+                          dry_run=ctx.dry_run)) as result:
+        task = running_task(ctx, "backup")
+        if task is None and not ctx.dry_run:
+            raise StepFailed("no running backup task: is the stack deployed (bootstrap)?")
+        where = task.node if task else "<the backup task's node>"
+        plan = Plan()
+        plan.add(f"+ snapshot of redis uploaded to {ctx.params.b2.buckets[backup.bucket].name}"
+                 f"/{backup.prefix}<UTC time>.rdb (by the backup task on {where})",
+                 partial(_snapshot_in, task, list(backup.snapshot_command)) if task else None)
+        applied = apply(ctx, result, plan)
+        if applied.dry_run:
+            return result
+        record = applied.made[0]
+        result.reason = f"{record['name']} uploaded"
+        listed = {s.name: s for s in snapshots(ctx)}
+        found = listed.get(record["name"])
+        result.check("listed in B2", found is not None,
+                     f"{record['name']}, {found.size} bytes" if found else "NOT listed")
+        if found is not None:
+            result.check("metadata", all(found.info.get(k) == record.get(k) for k in
+                                         ("sha256", "dbsize", "repl_offset")),
+                         f"sha256 {found.info.get('sha256', '?')[:12]}..., DBSIZE "
+                         f"{found.info.get('dbsize')}, offset {found.info.get('repl_offset')}")
+        ctx.shared["redis_snapshot"] = record
+    return result
+
+
+def _snapshot_in(task: ServiceTask, command: list[str]) -> dict[str, str]:
+    code, output = docker_swarm.exec_output(task.client, task.container_id, command)
+    last = next((line for line in reversed(output.strip().splitlines())
+                 if line.startswith("{")), "")
+    try:
+        record = json.loads(last) if last else {}
+    except json.JSONDecodeError:
+        record = {}
+    if code != 0 or "name" not in record:
+        raise StepFailed(f"the snapshot in the backup task on {task.node} failed (exit {code}): "
+                         f"{record.get('error') or output.strip()[-300:]}")
+    return {k: str(v) for k, v in record.items()}
+
+
+def list_snapshots(ctx: RunContext) -> StepResult:
+    """Read-only: every snapshot with its age, size and key count; the newest must be younger
+    than twice the schedule's interval, or the backup service is not doing its job."""
+    backup = ctx.params.redis.backup
+    with timed(StepResult("redis snapshots", f"{backup.bucket}/{backup.prefix}",
+                          dry_run=ctx.dry_run)) as result:
+        found = snapshots(ctx)
+        now = time.time()
+        for snap in found[-10:]:
+            result.note(snap.name.removeprefix(backup.prefix),
+                        f"age {_age(snap.age_s(now))}, {snap.size} bytes, DBSIZE "
+                        f"{snap.info.get('dbsize', '?')}, "
+                        f"offset {snap.info.get('repl_offset', '?')}")
+        limit = 2 * backup.interval_min * 60
+        newest = found[-1] if found else None
+        result.check("newest snapshot recent", newest is not None and newest.age_s(now) <= limit,
+                     f"{_age(newest.age_s(now))} old (limit {_age(limit)}: twice the "
+                     f"{backup.interval_min} min schedule)" if newest else "no snapshot at all")
+        result.reason = f"{len(found)} snapshot(s)" + (
+            ", showing the newest 10" if len(found) > 10 else "")
+    return result
+
+
+def verify_newest_snapshot(ctx: RunContext) -> StepResult:
+    """Read-only: download the newest snapshot with the master key, check its SHA-256, load it
+    into a scratch redis-server on this machine and compare its key count with what the
+    backup service recorded when it took it; Asynq's integrity checked in the copy too."""
+    backup = ctx.params.redis.backup
+    with timed(StepResult("redis snapshot restore", f"{backup.bucket}/{backup.prefix}",
+                          dry_run=ctx.dry_run)) as result:
+        found = snapshots(ctx)
+        if not result.check("a snapshot exists", bool(found),
+                            f"{len(found)} under {backup.prefix}"):
+            return result
+        newest = found[-1]
+        api, bucket = _bucket(ctx)
+        with tempfile.TemporaryDirectory(prefix="casera-redis-restore-") as tmp:
+            rdb = Path(tmp) / "snapshot.rdb"
+            b2.download_file(api, bucket.bucket_id, bucket.name, newest.file_id, rdb)
+            digest = _sha256(rdb)
+            want = newest.info.get("sha256", "")
+            result.check("sha256", digest == want,
+                         f"{digest[:16]}... matches the upload's metadata" if digest == want
+                         else f"downloaded {digest[:16]}..., metadata says {want[:16] or '?'}")
+            with redis_db.scratch_server(rdb, Path(tmp) / "scratch") as scratch:
+                facts = redis_db.facts(scratch)
+                keys = redis_db.asynq_keys(scratch)
+        low = min(newest.recorded("dbsize") or 0, newest.recorded("dbsize_after") or 0)
+        high = max(newest.recorded("dbsize") or 0, newest.recorded("dbsize_after") or 0)
+        result.check("restored key count", low <= facts.dbsize <= high and
+                     newest.recorded("dbsize") is not None,
+                     f"{facts.dbsize} keys in the scratch redis-server; DBSIZE was {low}"
+                     + (f"-{high}" if high != low else "") + " when the snapshot was taken")
+        for name, ok, detail in asynq_findings(keys):
+            result.check(f"restored {name}", ok, detail)
+        result.reason = (f"{newest.name} ({_age(newest.age_s())} old) restored into a scratch "
+                         f"redis-server {facts.version}")
+        ctx.shared["redis_restored"] = {"name": newest.name, "dbsize": facts.dbsize}
+    return result
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as source:
+        for chunk in iter(lambda: source.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

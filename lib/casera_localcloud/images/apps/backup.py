@@ -1,0 +1,130 @@
+"""Stand-in for Casera's Redis backup job: every ``BACKUP_INTERVAL_S`` it pulls a snapshot
+from Redis with ``redis-cli --rdb`` (the replication protocol: Redis forks, writes an RDB and
+streams it, from any node) and uploads it to B2 with the scoped backup key.
+
+The key can list and write under its name prefix only (no delete, no read): a node holding it
+can add snapshots but cannot erase or read back the history. Each upload carries its SHA-256
+and what Redis said just before the snapshot (``DBSIZE``, ``master_repl_offset``), so a
+restore can be checked against them. ``--once`` takes one snapshot and prints its record (the
+backup runbook runs it inside the task for an on-demand snapshot).
+
+Runs on Debian bookworm's python3 with python3-redis 4.3 and python3-b2sdk 1.17.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .common import error_text, exit_on_sigterm, log, read_secret, redis_client
+
+HEARTBEAT = Path(os.environ.get("CASERA_HEARTBEAT_FILE", "/tmp/backup-heartbeat"))
+WORK_DIR = Path(os.environ.get("BACKUP_WORK_DIR", "/tmp"))
+RDB_MAGIC = b"REDIS"
+
+
+def b2_bucket() -> Any:
+    """The backups bucket, found from what B2 granted the key (a bucket-restricted key
+    names its bucket in the authorization, so the key needs no listBuckets)."""
+    from b2sdk.v2 import B2Api, InMemoryAccountInfo
+
+    key_id, _ = read_secret("b2_backups_key_id")
+    key, _ = read_secret("b2_backups_key")
+    if not key_id or not key:
+        raise RuntimeError("secrets b2_backups_key_id / b2_backups_key are not mounted")
+    api = B2Api(InMemoryAccountInfo())
+    api.authorize_account(os.environ.get("B2_REALM", "production"), key_id, key)
+    allowed = api.account_info.get_allowed()
+    if not allowed.get("bucketId"):
+        raise RuntimeError("the backup key is not restricted to a bucket; refusing to use it")
+    return api.BUCKET_CLASS(api, allowed["bucketId"], name=allowed.get("bucketName"))
+
+
+def snapshot_name(prefix: str, taken: float) -> str:
+    # Sortable by name, so the newest snapshot is the last one listed.
+    return f"{prefix}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(taken))}.rdb"
+
+
+def take_snapshot(prefix: str) -> dict[str, Any]:
+    """Pull one RDB, check it, upload it with its metadata; returns the record uploaded."""
+    r = redis_client()
+    # Read just before the fork that writes the snapshot: the snapshot holds at least
+    # these writes (the counts of a busy Redis move on while it is taken).
+    replication = r.info("replication")
+    dbsize = r.dbsize()
+    taken = time.time()
+    target = WORK_DIR / "casera-snapshot.rdb"
+    target.unlink(missing_ok=True)
+    host, port = os.environ.get("REDIS_HOST", "redis"), os.environ.get("REDIS_PORT", "6379")
+    done = subprocess.run(["redis-cli", "-h", host, "-p", port, "--rdb", str(target)],
+                          capture_output=True, text=True, timeout=600, check=False)
+    if done.returncode != 0 or not target.exists():
+        raise RuntimeError(f"redis-cli --rdb exited {done.returncode}: "
+                           f"{(done.stderr or done.stdout).strip()[-200:]}")
+    # A busy Redis changes between the fork and here: the snapshot's own count lies between.
+    dbsize_after = r.dbsize()
+    data_head = target.read_bytes()[:5]
+    if data_head != RDB_MAGIC:
+        raise RuntimeError(f"the snapshot does not start with {RDB_MAGIC!r}: {data_head!r}")
+    digest = hashlib.sha256()
+    with target.open("rb") as source:
+        for chunk in iter(lambda: source.read(1 << 20), b""):
+            digest.update(chunk)
+    record = {
+        "taken_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(taken)),
+        "taken_at_ms": str(int(taken * 1000)),
+        "dbsize": str(dbsize),
+        "dbsize_after": str(dbsize_after),
+        "repl_offset": str(replication.get("master_repl_offset", 0)),
+        "repl_id": str(replication.get("master_replid", "")),
+        "sha256": digest.hexdigest(),
+        "size": str(target.stat().st_size),
+    }
+    name = snapshot_name(prefix, taken)
+    uploaded = b2_bucket().upload_local_file(str(target), name,
+                                             content_type="application/octet-stream",
+                                             file_infos=record)
+    target.unlink(missing_ok=True)
+    return {"name": name, "file_id": uploaded.id_, **record}
+
+
+def main() -> None:
+    exit_on_sigterm()
+    prefix = os.environ.get("BACKUP_PREFIX", "redis/")
+    if "--once" in sys.argv[1:]:
+        # The runbook's on-demand snapshot: one JSON line on stdout, non-zero on failure.
+        try:
+            print(json.dumps(take_snapshot(prefix)))
+        except Exception as exc:  # noqa: BLE001 - the caller reads the message
+            print(json.dumps({"error": error_text(exc)}))
+            raise SystemExit(1) from None
+        return
+    interval = float(os.environ.get("BACKUP_INTERVAL_S", "900"))
+    log("starting", interval_s=interval, prefix=prefix)
+    HEARTBEAT.touch()
+    next_at = time.monotonic()
+    try:
+        while True:
+            if time.monotonic() >= next_at:
+                try:
+                    log("snapshot_uploaded", **take_snapshot(prefix))
+                    next_at = time.monotonic() + interval
+                except Exception as exc:  # noqa: BLE001 - Redis or B2 away: retry soon
+                    log("snapshot_failed", error=error_text(exc))
+                    next_at = time.monotonic() + min(30.0, interval)
+            # The heartbeat says the loop runs; a failing snapshot shows in the logs and in
+            # the runbook's snapshot age, not as a restart loop.
+            HEARTBEAT.touch()
+            time.sleep(5)
+    except (KeyboardInterrupt, SystemExit):
+        log("stopping")
+
+
+if __name__ == "__main__":
+    main()

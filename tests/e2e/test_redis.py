@@ -1,0 +1,266 @@
+"""Redis: backups to B2 restore with the same key count, and a planned move loses no key and
+no job (issue 11).
+
+Runs after tests/e2e/test_bootstrap.py, on the local cloud it left bootstrapped (file order
+does that); it brings nothing down or up and leaves Redis where params put it
+(``swarm.redis_node``), every service at its replicas:
+
+    pytest tests/e2e/test_bootstrap.py tests/e2e/test_redis.py
+
+Jobs are real: ``POST /items`` through the load balancer writes a Postgres row and enqueues an
+Asynq task; the stand-in worker counts every processing of an item in Postgres
+(``items.process_count``), so "exactly once" is read from the database, not inferred.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import docker
+import psycopg
+import pytest
+import requests
+from e2e_harness import casera, hcloud
+from test_bootstrap import PARAMS
+
+from casera.context import RunContext
+from casera.operator_secrets import SecretStore
+from casera.params import load_params
+from casera.paths import outputs_dir
+from casera.steps.redis_checks import reachable_cluster, redis_client
+from casera.steps.swarm import connect_cluster
+from casera_localcloud import nodes
+from casera_localcloud.local_credentials import read_local_secrets
+
+pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
+API = "http://127.0.1.1:80"  # the local load balancer's loopback address
+NAMES = PARAMS.server_names()
+HOME, OTHER, THIRD = NAMES[PARAMS.swarm.redis_node - 1], NAMES[1], NAMES[2]
+
+
+def latest(runbook: str) -> dict[str, Any]:
+    path = sorted((outputs_dir("local") / runbook).glob("*.ipynb"))[-1]
+    return json.loads(path.read_text())["metadata"]["casera"]
+
+
+def step(meta: dict[str, Any], name: str, index: int = -1) -> dict[str, Any]:
+    found = [s for s in meta["steps"] if s["step"] == name]
+    assert found, f"no step {name!r} in the run: {[s['step'] for s in meta['steps']]}"
+    return found[index]
+
+
+def checks(record: dict[str, Any]) -> dict[str, tuple[bool, str]]:
+    return {c["name"]: (c["ok"], c["detail"]) for c in record["checks"]}
+
+
+def local_ctx() -> RunContext:
+    """A context for reading the cloud, built directly: start_run would take the env lock
+    that the runs under test need."""
+    secrets = SecretStore("local")
+    return RunContext(env="local", params=load_params("local", secrets=secrets),
+                      secrets=secrets, interactive=False, run_id="e2e-redis", operator="e2e")
+
+
+def manager() -> docker.DockerClient:
+    """A manager's engine, as the runbooks reach it (over SSH, host keys pinned)."""
+    return connect_cluster(local_ctx()).manager
+
+
+def scale_workers(client: docker.DockerClient, replicas: int) -> None:
+    client.services.get("casera_worker").scale(replicas)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        running = [t for t in client.api.tasks(filters={"service": "casera_worker",
+                                                        "desired-state": "running"})
+                   if t["Status"]["State"] == "running"]
+        if len(running) == replicas:
+            return
+        time.sleep(1)
+    raise AssertionError(f"casera_worker did not reach {replicas} running tasks in 120 s")
+
+
+def enqueue(count: int) -> list[int]:
+    ids = []
+    for n in range(count):
+        answer = requests.post(f"{API}/items", json={"name": f"e2e-redis-{n}"}, timeout=10)
+        assert answer.status_code in (200, 201), answer.text
+        ids.append(int(answer.json()["id"]))
+    return ids
+
+
+def process_counts(ids: list[int]) -> dict[int, int]:
+    n = PARAMS.neon
+    with psycopg.connect(host=n.hostaddr, port=n.direct_port, dbname=n.database, user=n.role,
+                         password=read_local_secrets()["CASERA_DB_PASSWORD"],
+                         sslmode="require", connect_timeout=10) as conn:
+        rows = conn.execute("SELECT id, process_count FROM items WHERE id = ANY(%s)",
+                            (ids,)).fetchall()
+    return {int(i): int(c) for i, c in rows}
+
+
+def wait_processed(ids: list[int], timeout: float = 120) -> dict[int, int]:
+    deadline = time.monotonic() + timeout
+    counts = process_counts(ids)
+    while time.monotonic() < deadline and not all(counts.get(i, 0) >= 1 for i in ids):
+        time.sleep(1)
+        counts = process_counts(ids)
+    # A duplicate would come from a lease running out after the move: give it a lease's time.
+    time.sleep(35)
+    return process_counts(ids)
+
+
+def swarm_node_state(client: docker.DockerClient, name: str) -> str:
+    return next(n.attrs["Status"]["State"] for n in client.nodes.list()
+                if n.attrs["Description"]["Hostname"] == name)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    return manager()
+
+
+def test_backup_restores_with_the_recorded_key_count(cluster, record_property) -> None:
+    ids = enqueue(10)
+    assert all(c == 1 for c in wait_processed(ids, 60).values())
+    started = time.monotonic()
+    done = casera("run", "redis-backup", "--env", "local")
+    record_property("measured", f"redis-backup runbook: {time.monotonic() - started:.0f} s")
+    assert done.returncode == 0, done.stdout[-2000:]
+    meta = latest("redis-backup")
+    snap = step(meta, "redis snapshot")
+    assert snap["changed"] == 1 and snap["ok"], snap
+    restore = checks(step(meta, "redis snapshot restore"))
+    ok, detail = restore["restored key count"]
+    assert ok, detail
+    assert int(detail.split()[0]) > 0, f"an empty Redis proves little: {detail}"
+    assert restore["sha256"][0], restore["sha256"]
+    assert step(meta, "asynq integrity")["ok"]
+    listing = checks(step(meta, "redis snapshots"))
+    assert listing["newest snapshot recent"][0], listing
+
+
+def test_planned_move_refuses_a_target_that_is_down(cluster) -> None:
+    nodes.partition_node(THIRD)
+    try:
+        deadline = time.monotonic() + 90
+        while swarm_node_state(cluster, THIRD) != "down" and time.monotonic() < deadline:
+            time.sleep(2)
+        assert swarm_node_state(cluster, THIRD) == "down"
+        done = casera("run", "redis-failover", "--env", "local", "-p", f"target={THIRD}")
+        assert done.returncode == 1, done.stdout[-2000:]
+        meta = latest("redis-failover")
+        assert meta["failed_step"] and "Preconditions" in meta["failed_step"], meta["failed_step"]
+        assert not [s for s in meta["steps"] if s["step"] == "redis move"], "it moved anyway"
+        found = checks(step(meta, "redis move check"))
+        assert not found[f"target {THIRD} up"][0], found
+        labelled = [n.attrs["Description"]["Hostname"] for n in cluster.nodes.list()
+                    if (n.attrs["Spec"].get("Labels") or {}).get("casera.redis") == "true"]
+        assert labelled == [HOME]
+        assert not cluster.services.list(filters={"name": "casera-redis-move"})
+    finally:
+        nodes.heal_node(THIRD)
+        deadline = time.monotonic() + 120
+        while swarm_node_state(cluster, THIRD) != "ready" and time.monotonic() < deadline:
+            time.sleep(2)
+    assert swarm_node_state(cluster, THIRD) == "ready"
+
+
+def test_planned_move_keeps_every_key_and_job(cluster, record_property) -> None:
+    # Workers off: every job enqueued now is still queued in Redis when it moves.
+    scale_workers(cluster, 0)
+    try:
+        ids = enqueue(30)
+        done = casera("run", "redis-failover", "--env", "local", "-p", f"target={OTHER}")
+        assert done.returncode == 0, done.stdout[-3000:]
+        meta = latest("redis-failover")
+        move = step(meta, "redis move")
+        found = checks(move)
+        assert found["keys equal"][0], found["keys equal"]
+        assert found["no write after the pause"][0], found["no write after the pause"]
+        record_property("measured", f"planned move {HOME} -> {OTHER}: "
+                        f"{found['keys equal'][1]}; write pause "
+                        f"{found['writes paused less than the pause limit'][1]}; unreachable "
+                        f"{found['redis unreachable'][1]}")
+        before, after = step(meta, "asynq integrity", 0), step(meta, "asynq integrity", -1)
+        assert before["ok"] and after["ok"]
+        assert step(meta, "redis placement")["ok"]
+    finally:
+        scale_workers(cluster, PARAMS.services.worker.replicas)
+    counts = wait_processed(ids)
+    assert sorted(counts) == sorted(ids), "rows missing"
+    assert [i for i, c in counts.items() if c != 1] == [], counts
+
+    again = casera("run", "redis-failover", "--env", "local", "-p", f"target={OTHER}")
+    assert again.returncode == 0 and latest("redis-failover")["steps"] and all(
+        s["changed"] == 0 for s in latest("redis-failover")["steps"]), again.stdout[-2000:]
+
+    # Back where params put it (no target): the cloud stays as the bootstrap left it.
+    back = casera("run", "redis-failover", "--env", "local")
+    assert back.returncode == 0, back.stdout[-3000:]
+    assert checks(step(latest("redis-failover"), "redis move"))["keys equal"][0]
+    assert requests.get(f"{API}/readyz", timeout=10).status_code == 200
+
+
+def test_node_lost_restores_the_newest_snapshot_elsewhere(record_property) -> None:
+    ctx = local_ctx()
+    # Refused while Redis is healthy: nothing fenced, nothing moved.
+    refused = casera("run", "redis-failover", "--env", "local", "-p", "mode=node-lost")
+    assert refused.returncode == 1, refused.stdout[-2000:]
+    meta = latest("redis-failover")
+    assert "Preconditions" in (meta["failed_step"] or ""), meta["failed_step"]
+    assert not [s for s in meta["steps"] if s["step"] in ("redis fence", "redis restore")]
+    assert hcloud().servers.get_by_name(HOME).status == "running"
+
+    ids = enqueue(10)
+    assert all(c == 1 for c in wait_processed(ids, 60).values())
+    assert casera("run", "redis-backup", "--env", "local").returncode == 0
+    with redis_client(ctx) as (client, task):
+        assert task.node == HOME
+        keys_at_loss = int(client.dbsize())
+
+    nodes.kill_node(HOME)
+    survivor = reachable_cluster(local_ctx()).manager
+    deadline = time.monotonic() + 90
+    while swarm_node_state(survivor, HOME) != "down" and time.monotonic() < deadline:
+        time.sleep(2)
+    assert swarm_node_state(survivor, HOME) == "down"
+
+    done = casera("run", "redis-failover", "--env", "local", "-p", "mode=node-lost")
+    assert done.returncode == 0, done.stdout[-3000:]
+    meta = latest("redis-failover")
+    fence = step(meta, "redis fence")
+    assert checks(fence)[f"{HOME} off"][0], fence
+    assert hcloud().servers.get_by_name(HOME).status == "off"
+    restore = checks(step(meta, "redis restore"))
+    assert restore["restored key count"][0] and restore["api /readyz green"][0], restore
+    assert step(meta, "asynq integrity", -1)["ok"]
+    with redis_client(local_ctx()) as (client, task):
+        assert task.node != HOME
+        restored = int(client.dbsize())
+    record_property("measured", f"node-lost from B2: RPO {restore['RPO'][1]}; "
+                    f"RTO {restore['RTO'][1]}; keys {keys_at_loss} at the loss, {restored} "
+                    f"restored ({keys_at_loss - restored} lost)")
+
+    again = casera("run", "redis-failover", "--env", "local", "-p", "mode=node-lost",
+                   "-p", f"lost={HOME}")
+    assert again.returncode == 0, again.stdout[-2000:]
+    assert [(s["step"], s["changed"]) for s in latest("redis-failover")["steps"]
+            if s["changed"]] == [], "a re-run changed something"
+
+    # Leave the cloud as the bootstrap made it: the bootstrap powers the fenced node on (it
+    # rejoins the Swarm), told where Redis is now; then a planned move puts Redis back on
+    # the params node, past that node's stale volume.
+    moved_to = task.node
+    index = NAMES.index(moved_to) + 1
+    boot = casera("run", "bootstrap", "--env", "local", "--approve",
+                  "-p", f"swarm.redis_node={index}")
+    assert boot.returncode == 0, boot.stdout[-3000:]
+    assert hcloud().servers.get_by_name(HOME).status == "running"
+    back = casera("run", "redis-failover", "--env", "local")
+    assert back.returncode == 0, back.stdout[-3000:]
+    assert checks(step(latest("redis-failover"), "redis move"))["keys equal"][0]
+    survivor = manager()
+    assert {swarm_node_state(survivor, n) for n in NAMES} == {"ready"}
+    assert requests.get(f"{API}/readyz", timeout=10).status_code == 200
