@@ -15,6 +15,7 @@ backup interval, RTO <= 60 s. The warm standby mode is not built: it is reported
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import subprocess
 import sys
@@ -31,12 +32,32 @@ from casera.operator_secrets import SecretStore
 from casera.params import load_params
 from casera.paths import outputs_dir
 from casera.providers import docker_swarm
+from casera.steps.api_endpoint import ApiEndpoint, api_endpoint_for
+from casera.steps.load_balancer import public_address
 from casera.steps.redis_checks import reachable_cluster, redis_client
 from casera_localcloud import nodes
 
-API = "http://127.0.1.1:80"  # the local load balancer (loopback)
 RATE_PER_S = 5.0  # bounded load: loopback only, a few requests a second
 
+
+
+@functools.cache
+def api() -> ApiEndpoint:
+    """The api through the local load balancer, as users reach it: HTTPS with the origin
+    certificate when the edge is on."""
+    address = public_address(ctx())
+    if address is None:
+        raise SystemExit("no local load balancer: run `casera run bootstrap --env local` first")
+    return api_endpoint_for(ctx().params, address)
+
+
+_SESSION: list[requests.Session] = []
+
+
+def api_session() -> requests.Session:
+    if not _SESSION:
+        _SESSION.append(api().requests_session())
+    return _SESSION[0]
 
 def ctx() -> RunContext:
     secrets = SecretStore("local")
@@ -72,7 +93,7 @@ class Load:
         while not self.stop.is_set():
             started = time.monotonic()
             try:
-                answer = requests.post(f"{API}/items", json={"name": "bench"}, timeout=10)
+                answer = api_session().post(api().url("/items"), json={"name": "bench"}, timeout=10)
                 if answer.status_code == 201:
                     self.ids.append(int(answer.json()["id"]))
                 else:

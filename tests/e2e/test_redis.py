@@ -14,6 +14,7 @@ Asynq task; the stand-in worker counts every processing of an item in Postgres
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any
@@ -29,16 +30,33 @@ from casera.context import RunContext
 from casera.operator_secrets import SecretStore
 from casera.params import load_params
 from casera.paths import outputs_dir
+from casera.steps.api_endpoint import ApiEndpoint, api_endpoint_for
 from casera.steps.redis_checks import reachable_cluster, redis_client
 from casera.steps.swarm import connect_cluster
 from casera_localcloud import nodes
 from casera_localcloud.local_credentials import read_local_secrets
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
-API = "http://127.0.1.1:80"  # the local load balancer's loopback address
 NAMES = PARAMS.server_names()
 HOME, OTHER, THIRD = NAMES[PARAMS.swarm.redis_node - 1], NAMES[1], NAMES[2]
 
+
+
+@functools.cache
+def api() -> ApiEndpoint:
+    """The api through the local load balancer, as users reach it: HTTPS with the origin
+    certificate when the edge is on."""
+    lb = hcloud().load_balancers.get_by_name(PARAMS.load_balancer.name)
+    return api_endpoint_for(PARAMS, lb.public_net.ipv4.ip)
+
+
+_SESSION: list[requests.Session] = []
+
+
+def api_session() -> requests.Session:
+    if not _SESSION:
+        _SESSION.append(api().requests_session())
+    return _SESSION[0]
 
 def latest(runbook: str) -> dict[str, Any]:
     path = sorted((outputs_dir("local") / runbook).glob("*.ipynb"))[-1]
@@ -84,7 +102,8 @@ def scale_workers(client: docker.DockerClient, replicas: int) -> None:
 def enqueue(count: int) -> list[int]:
     ids = []
     for n in range(count):
-        answer = requests.post(f"{API}/items", json={"name": f"e2e-redis-{n}"}, timeout=10)
+        answer = api_session().post(api().url("/items"), json={"name": f"e2e-redis-{n}"},
+                                    timeout=10)
         assert answer.status_code in (200, 201), answer.text
         ids.append(int(answer.json()["id"]))
     return ids
@@ -200,7 +219,7 @@ def test_planned_move_keeps_every_key_and_job(cluster, record_property) -> None:
     back = casera("run", "redis-failover", "--env", "local")
     assert back.returncode == 0, back.stdout[-3000:]
     assert checks(step(latest("redis-failover"), "redis move"))["keys equal"][0]
-    assert requests.get(f"{API}/readyz", timeout=10).status_code == 200
+    assert api_session().get(api().url("/readyz"), timeout=10).status_code == 200
 
 
 def test_node_lost_restores_the_newest_snapshot_elsewhere(record_property) -> None:
@@ -263,4 +282,4 @@ def test_node_lost_restores_the_newest_snapshot_elsewhere(record_property) -> No
     assert checks(step(latest("redis-failover"), "redis move"))["keys equal"][0]
     survivor = manager()
     assert {swarm_node_state(survivor, n) for n in NAMES} == {"ready"}
-    assert requests.get(f"{API}/readyz", timeout=10).status_code == 200
+    assert api_session().get(api().url("/readyz"), timeout=10).status_code == 200

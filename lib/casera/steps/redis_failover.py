@@ -41,6 +41,8 @@ from casera.progress import wait_for
 from casera.providers import b2, docker_swarm, hetzner, redis_db, ssh, ssh_tunnel
 from casera.result import StepResult, timed
 from casera.steps.access import node_ssh
+from casera.steps.api_endpoint import api_endpoint_for
+from casera.steps.load_balancer import public_address
 from casera.steps.redis_checks import (
     REDIS_PORT,
     ServiceTask,
@@ -503,7 +505,6 @@ def restore_on_healthy_node(ctx: RunContext, lost: str = "", target: str = "",
     with timed(StepResult("redis restore", lost or "the redis node",
                           dry_run=ctx.dry_run)) as result:
         from casera.steps import redis_backup
-        from casera.steps.stack import _get
 
         seen = ctx.shared.get("redis_lost", {})
         lost = lost or seen.get("node", "")
@@ -545,19 +546,23 @@ def restore_on_healthy_node(ctx: RunContext, lost: str = "", target: str = "",
         result.check("restored key count", low <= facts.dbsize <= high,
                      f"{facts.dbsize} keys; the snapshot recorded {low}"
                      + (f"-{high}" if high != low else ""))
-        api_nodes = [n for n in ctx.params.server_names() if n != lost]
-        port = ctx.params.swarm.api_published_port
+        # Through the load balancer, as users reach it: the firewall keeps the nodes' api
+        # port for the LB alone (origin lock-down), and "green" means green for a client.
+        address = public_address(ctx)
+        if address is None:
+            raise StepFailed("no load balancer or server address to reach the api through")
+        endpoint = api_endpoint_for(ctx.params, address)
 
         def readyz() -> str | None:
-            for name in api_nodes:
-                body = _get(f"http://{cluster.nodes[name]}:{port}/readyz")
-                if body is not None:
-                    return name
-            return None
+            try:
+                status, _ = endpoint.get("/readyz")
+            except OSError:
+                return None
+            return endpoint.base_url if status == 200 else None
 
         answered = wait_for("the api's /readyz green (it checks Redis)", readyz, timeout)
         rto = time.time() - detected
-        result.check("api /readyz green", bool(answered), f"on {answered}")
+        result.check("api /readyz green", bool(answered), f"through {answered}")
         result.note("RPO", f"{age:.0f} s: the snapshot's age when the loss was confirmed "
                     f"(writes after {newest.info.get('taken_at', '?')} are lost); it held "
                     f"{newest.info.get('dbsize', '?')} keys")
