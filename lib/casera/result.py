@@ -18,12 +18,16 @@ import os
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 from casera.errors import StepFailed
 
 JOURNAL_ENV = "CASERA_RUN_JOURNAL"
+# Set while a step runs inside another (check mode): its result is the outer step's input,
+# not a step of the run, so it is neither journaled nor shown.
+_UNRECORDED: ContextVar[bool] = ContextVar("casera_unrecorded", default=False)
 
 
 @dataclass
@@ -142,10 +146,21 @@ class StepResult:
         return record
 
 
+@contextmanager
+def unrecorded() -> Iterator[None]:
+    """Steps called inside are not journaled nor shown: for a step that runs another as its
+    input (health's drift check runs an ensure step in check mode)."""
+    token = _UNRECORDED.set(True)
+    try:
+        yield
+    finally:
+        _UNRECORDED.reset(token)
+
+
 def record(result: StepResult) -> StepResult:
     """Append the result to the run journal the runner reads into the notebook's metadata."""
     path = os.environ.get(JOURNAL_ENV)
-    if path:
+    if path and not _UNRECORDED.get():
         with open(path, "a") as journal:
             journal.write(json.dumps(result.to_record()) + "\n")
     return result
@@ -173,5 +188,6 @@ def timed(result: StepResult) -> Iterator[StepResult]:
         result.duration_s = time.monotonic() - start
         record(result)
     if result.failed_checks:
-        _show(result)
+        if not _UNRECORDED.get():
+            _show(result)
         raise ChecksFailed(result)

@@ -12,6 +12,7 @@ from casera.steps import (
     dns,
     edge,
     firewall,
+    health,
     load_balancer,
     preflight,
     servers,
@@ -23,6 +24,6 @@ from casera.steps import (
     swarm_secrets,
 )
 
-__all__ = ["access", "api_endpoint", "database", "dns", "edge", "firewall", "swarm_secrets",
-           "load_balancer",
-           "preflight", "servers", "ssh_key", "stack", "storage", "summary", "swarm"]
+__all__ = ["access", "api_endpoint", "database", "dns", "edge", "firewall", "health",
+           "load_balancer", "preflight", "servers", "ssh_key", "stack", "storage", "summary",
+           "swarm", "swarm_secrets"]
