@@ -71,3 +71,13 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 nbval.plugin.nbformat = _PreparedNbformat()
+
+
+# Runbooks that end the local environment run after every other: nbval runs each runbook for
+# real on the one local cloud, and the teardown removes it (the next `make test` starts from
+# `casera local down --purge` anyway).
+LAST = ("teardown.ipynb",)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: item.path.name in LAST)  # stable: the rest keep their order

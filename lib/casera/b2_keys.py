@@ -89,6 +89,13 @@ class B2KeyStore:
         else:
             lines.pop(name + self.RETIRING_SUFFIX, None)
 
+    def forget(self, name: str) -> None:
+        """Drop a key's entry (its id, secret and retiring ids): the key was deleted in B2."""
+        lines = self._lines()
+        for suffix in (self.ID_SUFFIX, self.SECRET_SUFFIX, self.RETIRING_SUFFIX):
+            lines.pop(name + suffix, None)
+        self._write(lines)
+
     def _write(self, lines: dict[str, str]) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".tmp")

@@ -275,3 +275,34 @@ def list_error(api: B2Api, bucket_id: str, bucket_name: str, prefix: str) -> str
     except B2Error as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
+
+
+@dataclass(frozen=True)
+class Usage:
+    """A bucket's contents, every version counted (hide markers too): what B2 requires to be
+    gone before it deletes the bucket."""
+
+    versions: int
+    names: int
+    size: int
+
+
+def bucket_usage(api: B2Api, bucket_id: str, bucket_name: str) -> Usage:
+    with _mapped(f"list every file version of {bucket_name}"):
+        bucket = api.BUCKET_CLASS(api, bucket_id, name=bucket_name)
+        versions = [v for v, _ in bucket.ls(latest_only=False, recursive=True)]
+    return Usage(len(versions), len({v.file_name for v in versions}),
+                 sum(int(v.size or 0) for v in versions))
+
+
+def empty_and_delete_bucket(api: B2Api, bucket_id: str, bucket_name: str) -> int:
+    """Delete every file version (hide markers too), then the bucket: B2 deletes only a
+    bucket that holds no version of any file (b2_delete_bucket). Returns the versions
+    deleted. Irreversible: the caller gates it."""
+    with _mapped(f"empty and delete bucket {bucket_name}"):
+        bucket = api.BUCKET_CLASS(api, bucket_id, name=bucket_name)
+        versions = [v for v, _ in bucket.ls(latest_only=False, recursive=True)]
+        for version in versions:
+            api.delete_file_version(version.id_, version.file_name)
+        api.delete_bucket(bucket)
+    return len(versions)

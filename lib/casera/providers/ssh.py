@@ -24,6 +24,7 @@ import secrets
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, Literal, Protocol, TypeVar
@@ -144,21 +145,32 @@ class KnownHosts:
         """Trust ``public_keys`` for server ``name`` at ``ip``, replacing what was pinned for
         that name or that address (a re-created server, or an address Hetzner handed on).
         Only for servers the runbook has just created with these keys."""
+        host = ip if port == 22 else f"[{ip}]:{port}"
+        added = []
+        for key in public_keys:
+            key_type, b64 = key.split()[:2]
+            added.append(f"{name},{host} {key_type} {b64}")
+        self._rewrite(lambda hosts: name in hosts or ip in {_ip_of(h) for h in hosts}, added)
+
+    def unpin(self, name: str) -> bool:
+        """Forget server ``name`` (deleted: its address may go to someone else's server,
+        whose key must not be trusted for it). False when nothing was pinned for it."""
+        if name not in self.names():
+            return False
+        self._rewrite(lambda hosts: name in hosts, [])
+        return True
+
+    def _rewrite(self, drop: Callable[[list[str]], bool], added: list[str]) -> None:
         kept = []
         if self.path.exists():
             for line in self.path.read_text().splitlines():
                 fields = line.split()
-                if fields and not fields[0].startswith("#"):
-                    hosts = fields[0].split(",")
-                    if name in hosts or ip in {_ip_of(h) for h in hosts}:
-                        continue
+                if fields and not fields[0].startswith("#") and drop(fields[0].split(",")):
+                    continue
                 if line.startswith("#") and line + "\n" in HEADER:
                     continue
                 kept.append(line)
-        host = ip if port == 22 else f"[{ip}]:{port}"
-        for key in public_keys:
-            key_type, b64 = key.split()[:2]
-            kept.append(f"{name},{host} {key_type} {b64}")
+        kept += added
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Atomic: a run killed mid-write must not leave half a file that refuses every node.
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.")

@@ -140,7 +140,7 @@ def _verify_window(api: neon.NeonClient, ctx: RunContext, result: StepResult,
     return result
 
 
-def _normalise(entries: list[str]) -> set[str]:
+def normalise_allowlist(entries: list[str]) -> set[str]:
     """Neon accepts addresses and CIDRs; compare them as networks so 1.2.3.4 == 1.2.3.4/32."""
     return {str(ipaddress.ip_network(e.strip(), strict=False)) for e in entries}
 
@@ -235,7 +235,7 @@ def ensure_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
     with timed(StepResult("neon ip allowlist", p.neon.project_id,
                           dry_run=ctx.dry_run)) as result:
         api = neon_client(ctx)
-        project = _project_with_ip_allow(api, ctx, result)
+        project = project_with_ip_allow(api, ctx, result)
         if project is None:
             return result
         for ip in node_ips:
@@ -246,8 +246,8 @@ def ensure_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
                              "servers exist, with their IPs")
         operators = operator_addresses(ctx)
         operator_nets = {o.network: o for o in operators}
-        wanted = _normalise(node_ips) | set(operator_nets)
-        have = _normalise(project.allowed_ips)
+        wanted = normalise_allowlist(node_ips) | set(operator_nets)
+        have = normalise_allowlist(project.allowed_ips)
         added, removed = sorted(wanted - have), sorted(have - wanted)
         plan = Plan(gate_title=f"Neon {p.neon.project_id}: remove {len(removed)} address(es) "
                     "from the IP allowlist; their next connections are refused")
@@ -284,14 +284,14 @@ def verify_ip_allowlist(ctx: RunContext, node_ips: list[str]) -> StepResult:
     with timed(StepResult("neon ip allowlist", p.neon.project_id,
                           dry_run=ctx.dry_run)) as result:
         api = neon_client(ctx)
-        if _project_with_ip_allow(api, ctx, result) is None:
+        if project_with_ip_allow(api, ctx, result) is None:
             return result
-        _verify_allowlist(api, ctx, result, _normalise(node_ips) | {
+        _verify_allowlist(api, ctx, result, normalise_allowlist(node_ips) | {
             o.network for o in operator_addresses(ctx)})
     return result
 
 
-def _project_with_ip_allow(api: neon.NeonClient, ctx: RunContext,
+def project_with_ip_allow(api: neon.NeonClient, ctx: RunContext,
                            result: StepResult) -> neon.NeonProject | None:
     """The project when its plan has IP Allow; otherwise the reason is on ``result`` (a red
     check for a plan casera does not know, the plain statement for a plan without it)."""
@@ -323,7 +323,7 @@ def _say_no_ip_allow(result: StepResult, limits: PlanLimits, raw: str,
 def _verify_allowlist(api: neon.NeonClient, ctx: RunContext, result: StepResult,
                       wanted: set[str]) -> StepResult:
     project = api.project(ctx.params.neon.project_id)
-    have = _normalise(project.allowed_ips)
+    have = normalise_allowlist(project.allowed_ips)
     result.check("allowlist as planned", have == wanted,
                  f"{len(have)} entries: {', '.join(sorted(have))}" if have == wanted else
                  f"missing {sorted(wanted - have)}, extra {sorted(have - wanted)}")

@@ -42,6 +42,14 @@ def _monthly(entry: dict[str, Any] | None) -> tuple[Decimal, Decimal] | None:
     return Decimal(str(monthly["net"])), Decimal(str(monthly["gross"]))
 
 
+def monthly_price(pricing: dict[str, Any], kind: str, type_name: str,
+                  location: str) -> tuple[Decimal, Decimal] | None:
+    """(net, gross) a month of one ``kind`` ("server_types", "load_balancer_types") of
+    ``type_name`` at ``location``, from Hetzner's GET /pricing; None when it lists none."""
+    prices = {t["name"]: t["prices"] for t in pricing[kind]}
+    return _monthly(_location_price(prices.get(type_name, []), location))
+
+
 def _versus_seed(live_net: Decimal, currency: str, seed: Decimal) -> str:
     """The difference to the seed's figure, when there is one to take: the seed quotes
     dollars, and no exchange rate is assumed here."""

@@ -117,6 +117,14 @@ class Firewalls(ResourceClient[Firewall]):
             return actions_of(self._api.firewalls.apply_to_resources(
                 HFirewall(id=firewall.id), [_selector(label_selector)]))
 
+    def remove_from_label(self, firewall: Firewall, label_selector: str) -> list[Action]:
+        """Stop applying the firewall to ``label_selector``: Hetzner refuses to delete a
+        firewall still applied to anything (``resource_in_use``)."""
+        with hetzner_errors(f"remove firewall {firewall.name} from {label_selector}",
+                            self._where):
+            return actions_of(self._api.firewalls.remove_from_resources(
+                HFirewall(id=firewall.id), [_selector(label_selector)]))
+
     def delete(self, firewall: Firewall) -> bool:
         """Delete by id; False when it was already gone (someone else deleted it)."""
         try:

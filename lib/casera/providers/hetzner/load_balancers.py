@@ -154,3 +154,15 @@ class LoadBalancers(ResourceClient[LoadBalancer]):
         with hetzner_errors(f"add target {label_selector} to {lb.name}", self._where):
             return Action.of(self._api.load_balancers.add_target(
                 HLoadBalancer(id=lb.id), _label_target(label_selector)))
+
+    def delete(self, lb: LoadBalancer) -> bool:
+        """Delete by id (its public address goes back to Hetzner); False when it was already
+        gone."""
+        try:
+            with hetzner_errors(f"delete load balancer {lb.name}", self._where):
+                self._api.load_balancers.delete(HLoadBalancer(id=lb.id))
+        except ProviderError as exc:
+            if exc.code == "not_found":
+                return False
+            raise
+        return True

@@ -1,4 +1,4 @@
-"""Servers: read by label or name, create-or-get, power on, hard reset."""
+"""Servers: read by label or name, create-or-get, power on, hard reset, delete."""
 
 from __future__ import annotations
 
@@ -101,3 +101,13 @@ class Servers(ResourceClient[Server]):
         """A hard reset, like pulling the plug; the disk stays."""
         with hetzner_errors(f"reset server {server.name}", self._where):
             return Action.of(self._api.servers.reset(HServer(id=server.id)))
+
+    def delete(self, server: Server) -> Action | None:
+        """Delete by id (destroys its disk); None when it was already gone."""
+        try:
+            with hetzner_errors(f"delete server {server.name}", self._where):
+                return Action.of(self._api.servers.delete(HServer(id=server.id)))
+        except ProviderError as exc:
+            if exc.code == "not_found":
+                return None
+            raise
