@@ -12,7 +12,7 @@ VBIN := $(VENV)/bin
 # Playwright, whose own browser download cannot work offline).
 DEBS := docker.io debootstrap postgresql-15 pgbouncer redis-server openssh-client \
         openssh-server iptables iproute2 docker-registry openssl git ca-certificates \
-        python3-venv chromium
+        python3-venv chromium shellcheck
 
 .PHONY: install demo test test-quick nbval lint local-up local-down bench
 
