@@ -35,7 +35,7 @@ from functools import partial
 from typing import Any
 
 from casera.context import RunContext
-from casera.errors import CaseraError, StepFailed
+from casera.errors import CaseraError, StepFailed, WaitTimeout
 from casera.plan import Plan, apply
 from casera.progress import wait_for
 from casera.providers import b2, docker_swarm, hetzner, redis_db, ssh, ssh_tunnel
@@ -128,6 +128,26 @@ def check_mode(ctx: RunContext, mode: str) -> StepResult:
     return result
 
 
+SETTLE_S = 30.0
+
+
+def _settled(cluster: Cluster, node: str) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """``_labelled``, once ``node``'s state is known: a newly elected Swarm leader reports
+    every node ``unknown`` until it reports in again (seconds after a manager was lost or came
+    back), and judging then would refuse a healthy target. Bounded: still unknown after
+    SETTLE_S, the caller judges what it sees."""
+    def known() -> tuple[list[str], dict[str, dict[str, Any]]] | None:
+        labelled, entries = _labelled(cluster)
+        entry = entries.get(node)
+        return None if entry is not None and entry["state"] == "unknown" else (labelled, entries)
+
+    try:
+        return wait_for(f"Swarm to know the state of node {node} (after a leader change)",
+                        known, SETTLE_S, show=False)
+    except WaitTimeout:
+        return _labelled(cluster)
+
+
 def check_planned_move(ctx: RunContext, target: str = "") -> StepResult:
     """Read-only, before any change: ``target`` is one of this environment's servers, a ready
     and active Swarm node, and Redis runs healthy on its labelled node. A red check stops the
@@ -139,7 +159,7 @@ def check_planned_move(ctx: RunContext, target: str = "") -> StepResult:
             raise StepFailed(f"target {target!r} is not a server of env {ctx.env}; pass one of "
                              f"{', '.join(names)} (runbook parameter target)")
         cluster = reachable_cluster(ctx)
-        labelled, entries = _labelled(cluster)
+        labelled, entries = _settled(cluster, target)
         entry = entries.get(target)
         ok = entry is not None and entry["state"] == "ready" and entry["availability"] == "active"
         result.check(f"target {target} up", ok,
