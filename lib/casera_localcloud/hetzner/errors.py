@@ -19,7 +19,9 @@ STATUS_BY_CODE = {
     "method_not_allowed": 405,
     "conflict": 409,
     "uniqueness_error": 409,
-    "resource_in_use": 409,
+    # 422: the one place the API reference documents it, DELETE /firewalls/{id} ("Firewall
+    # still applied to a resource", data/hcloud-openapi.json).
+    "resource_in_use": 422,
     "locked": 423,
     "resource_limit_exceeded": 403,
     "rate_limit_exceeded": 429,
