@@ -164,3 +164,9 @@ def test_keys_go_buckets_stay_unless_delete_data(b2_cloud) -> None:
     assert deleted.changed == len(ctx.params.b2.buckets)
     assert all(b2.get_bucket(api, bp.name) is None for bp in ctx.params.b2.buckets.values())
     assert teardown.remove_buckets(run, delete_data=True).changed == 0
+
+
+def test_verify_reads_nothing_back_in_a_dry_run(tmp_path: Path, emulator: Running) -> None:  # noqa: F811
+    # Its checks would all be red before anything was deleted: a dry run only says so.
+    planned = teardown.verify_torn_down(dry(make_ctx(tmp_path, emulator)))
+    assert planned.ok and not planned.checks and "dry run" in planned.reason

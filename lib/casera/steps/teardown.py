@@ -350,6 +350,9 @@ def verify_torn_down(ctx: RunContext, delete_data: bool = False) -> StepResult:
     teardown removes; the data where it was to stay; the Neon project untouched."""
     p = ctx.params
     with timed(StepResult("torn down", ctx.env, dry_run=ctx.dry_run)) as result:
+        if ctx.dry_run:
+            result.reason = "dry run: nothing was deleted, so there is nothing to read back"
+            return result
         hz = hetzner.for_env(p, ctx.secrets)
         servers = [s.name for s in hz.servers.list(p.cluster_label)]
         result.check("servers", not servers, ", ".join(servers) or "none")
