@@ -141,3 +141,20 @@ def test_backup_age_against_twice_the_interval(tmp_path: Path, emulator: Running
     monkeypatch.setattr(redis_backup, "snapshots", lambda ctx: [])  # noqa: ARG005
     with pytest.raises(ChecksFailed):
         health.verify_backup_age(ctx, now=now)
+
+
+def test_services_are_judged_once_a_rolling_update_in_progress_lands(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    answers = [{"admin": {"update_state": "updating"}},
+               {"admin": {"update_state": "completed"}}]
+    monkeypatch.setattr(health, "stack_services", lambda client: answers.pop(0))
+    assert health._settled_services(None) == {"admin": {"update_state": "completed"}}
+    # Still updating when the wait ends: judged as it is (the check then names it red).
+    monkeypatch.setattr(health, "stack_services",
+                        lambda client: {"admin": {"update_state": "updating"}})
+    monkeypatch.setattr(health, "SETTLE_S", 0.5)
+    assert health._settled_services(None)["admin"]["update_state"] == "updating"
+    # An empty stack is an answer, not something to wait for.
+    monkeypatch.setattr(health, "stack_services", lambda client: {})
+    monkeypatch.setattr(health, "SETTLE_S", 30)
+    assert health._settled_services(None) == {}

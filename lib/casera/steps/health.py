@@ -26,7 +26,8 @@ from dataclasses import replace
 from typing import Any
 
 from casera.context import RunContext
-from casera.errors import CaseraError
+from casera.errors import CaseraError, WaitTimeout
+from casera.progress import wait_for
 from casera.providers import hetzner
 from casera.result import ChecksFailed, StepResult, timed, unrecorded
 from casera.steps.stack import SERVICES, STACK, running_tasks, stack_services
@@ -150,6 +151,26 @@ def verify_servers(ctx: RunContext) -> StepResult:
     return result
 
 
+IN_PROGRESS = ("updating", "rollback_started")
+SETTLE_S = 120.0
+
+
+def _settled_services(client: Any) -> dict[str, dict[str, Any]]:
+    """The stack's services once no rolling update is in progress: a health run right after
+    a deploy (or during one) judges where the update lands, not a task being replaced.
+    Bounded: still in progress after SETTLE_S, it judges what it sees (red, naming it)."""
+    def settled() -> tuple[dict[str, dict[str, Any]]] | None:
+        services = stack_services(client)
+        busy = [n for n, s in services.items() if s.get("update_state", "") in IN_PROGRESS]
+        return None if busy else (services,)  # a tuple: an empty stack is an answer too
+
+    try:
+        return wait_for("the stack's rolling updates in progress to finish", settled,
+                        SETTLE_S, interval=2)[0]
+    except WaitTimeout:
+        return stack_services(client)
+
+
 def verify_services(ctx: RunContext) -> StepResult:
     """Each stack service runs params' replicas on params' image, its update settled, its
     tasks on the service's current spec."""
@@ -159,7 +180,7 @@ def verify_services(ctx: RunContext) -> StepResult:
         if not result.check("swarm reachable", cluster is not None, reason or "yes"):
             return result
         assert cluster is not None
-        services = stack_services(cluster.manager)
+        services = _settled_services(cluster.manager)
         running = running_tasks(cluster.manager)
         fix = bootstrap_fix(ctx)
         for name in SERVICES:
