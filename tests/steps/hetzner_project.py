@@ -49,3 +49,17 @@ def make_ctx(tmp_path: Path, emulator: Running, dry_run: bool = False,
                           file=tmp_path / "none.env")
     return RunContext(env="local", params=params, secrets=secrets, dry_run=dry_run,
                       interactive=False)
+
+
+def bootstrapped(tmp_path: Path, emulator: Running, **overrides: object) -> RunContext:
+    """A context on a project the bootstrap's Hetzner steps built: SSH key, firewall, servers
+    running, and the firewall again (its cluster rules name the servers' addresses)."""
+    from casera.steps import firewall, servers, ssh_key
+
+    ctx = make_ctx(tmp_path, emulator, **overrides)
+    ssh_key.ensure_ssh_key(ctx)
+    firewall.ensure_firewall(ctx)
+    servers.ensure_servers(ctx)
+    emulator.idle()
+    firewall.ensure_firewall(ctx)
+    return ctx

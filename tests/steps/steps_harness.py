@@ -17,7 +17,7 @@ from casera.context import RunContext
 from casera.operator_secrets import SecretStore
 from casera.params import load_params
 
-__all__ = ["applied", "free_port", "local_neon", "make_ctx"]
+__all__ = ["applied", "free_port", "local_neon", "make_ctx", "private_b2"]
 
 REPO = Path(__file__).resolve().parents[2]
 LOCAL_PARAMS = REPO / "params" / "local.yaml"
@@ -50,3 +50,23 @@ def local_neon(root: Path) -> Iterator[dict[str, Any]]:
                 "neon.sslrootcert": str(neon.ca_file),
             },
         }
+
+
+@contextmanager
+def private_b2(tmp_path_factory: Any) -> Iterator[dict[str, Any]]:
+    """A private B2 emulator (real HTTP, unmodified b2sdk) and a scratch project directory
+    for the key store under ``<project>/secrets``. Yields the realm, the project and the
+    master key as the secrets' environment."""
+    from casera_localcloud.b2 import service
+
+    state_dir = tmp_path_factory.mktemp("b2-state")
+    project = tmp_path_factory.mktemp("project")
+    port = free_port()
+    service.start(port, state_dir, show=False)
+    try:
+        key_id, key = service.master_credentials(state_dir)
+        with applied({"CASERA_PROJECT_DIR": str(project)}):
+            yield {"realm": service.endpoint(port), "project": project,
+                   "environ": {"CASERA_B2_KEY_ID": key_id, "CASERA_B2_APPLICATION_KEY": key}}
+    finally:
+        service.stop(state_dir)

@@ -10,22 +10,12 @@ from pathlib import Path
 
 import pytest
 from hcloud.firewalls.domain import FirewallRule
-from hetzner_project import Running, emulator, make_ctx  # noqa: F401 - the fixture
+from hetzner_project import Running, bootstrapped, emulator, make_ctx  # noqa: F401 - fixture
 
 from casera.errors import StepFailed
 from casera.result import JOURNAL_ENV, ChecksFailed, StepResult, timed
-from casera.steps import firewall, health, servers, ssh_key
+from casera.steps import firewall, health, servers
 from casera.steps.redis_backup import Snapshot
-
-
-def built(tmp_path: Path, emulator: Running):  # noqa: F811
-    ctx = make_ctx(tmp_path, emulator)
-    ssh_key.ensure_ssh_key(ctx)
-    firewall.ensure_firewall(ctx)
-    servers.ensure_servers(ctx)
-    emulator.idle()
-    firewall.ensure_firewall(ctx)
-    return ctx
 
 
 def journal(path: Path) -> list[dict]:
@@ -34,7 +24,7 @@ def journal(path: Path) -> list[dict]:
 
 def test_firewall_drift_is_red_naming_the_bootstrap_and_changes_nothing(
         tmp_path: Path, emulator: Running, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
-    ctx = built(tmp_path, emulator)
+    ctx = bootstrapped(tmp_path, emulator)
     path = tmp_path / "journal.jsonl"
     monkeypatch.setenv(JOURNAL_ENV, str(path))
     green = health.drift(ctx, firewall.ensure_firewall)
@@ -64,7 +54,7 @@ def test_firewall_drift_is_red_naming_the_bootstrap_and_changes_nothing(
 
 def test_servers_powered_off_or_beyond_params_are_red(tmp_path: Path,
                                                       emulator: Running) -> None:  # noqa: F811
-    ctx = built(tmp_path, emulator)
+    ctx = bootstrapped(tmp_path, emulator)
     assert health.check(ctx, health.verify_servers).ok
     client = emulator.client()
     client.servers.get_by_name("casera-local-2").power_off().wait_until_finished()

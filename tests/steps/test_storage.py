@@ -7,30 +7,21 @@ import stat
 from pathlib import Path
 
 import pytest
-from steps_harness import applied, free_port, make_ctx
+from steps_harness import make_ctx, private_b2
 
 from casera import b2_keys
 from casera.errors import ApprovalRefused, ProviderError, SecretMissingError, StepFailed
 from casera.operator_secrets import Secret
 from casera.providers import b2
 from casera.steps import storage, swarm_secrets
-from casera_localcloud.b2 import service
 
 pytestmark = pytest.mark.localcloud
 
 
 @pytest.fixture(scope="module")
 def cloud(tmp_path_factory: pytest.TempPathFactory):
-    state_dir = tmp_path_factory.mktemp("b2-state")
-    project = tmp_path_factory.mktemp("project")
-    port = free_port()
-    service.start(port, state_dir, show=False)
-    key_id, key = service.master_credentials(state_dir)
-    # The key store lives under <project>/secrets: point the project at a scratch dir.
-    with applied({"CASERA_PROJECT_DIR": str(project)}):
-        yield {"realm": service.endpoint(port), "project": project,
-               "environ": {"CASERA_B2_KEY_ID": key_id, "CASERA_B2_APPLICATION_KEY": key}}
-    service.stop(state_dir)
+    with private_b2(tmp_path_factory) as found:
+        yield found
 
 
 def ctx_for(cloud, **kw):

@@ -8,16 +8,15 @@ import dataclasses
 from pathlib import Path
 
 import pytest
-from hetzner_project import Running, emulator, make_ctx  # noqa: F401 - the fixture
-from steps_harness import applied, free_port
+from hetzner_project import Running, bootstrapped, emulator, make_ctx  # noqa: F401 - fixture
 from steps_harness import make_ctx as b2_ctx
+from steps_harness import private_b2
 
 from casera import b2_keys
 from casera.errors import ApprovalRefused, ProviderError, StepFailed
 from casera.providers import b2, hetzner, ssh
 from casera.providers.hetzner import LBService
-from casera.steps import firewall, servers, ssh_key, storage, teardown
-from casera_localcloud.b2 import service
+from casera.steps import storage, teardown
 
 pytestmark = pytest.mark.localcloud
 
@@ -60,12 +59,7 @@ def test_a_lock_firewall_name_is_refused(tmp_path: Path, emulator: Running) -> N
 
 def test_servers_lb_and_firewall_go_and_a_re_run_changes_nothing(
         tmp_path: Path, emulator: Running) -> None:  # noqa: F811
-    ctx = make_ctx(tmp_path, emulator)
-    ssh_key.ensure_ssh_key(ctx)
-    firewall.ensure_firewall(ctx)
-    servers.ensure_servers(ctx)
-    emulator.idle()
-    firewall.ensure_firewall(ctx)
+    ctx = bootstrapped(tmp_path, emulator)
     hz = hetzner.for_env(ctx.params, ctx.secrets)
     p = ctx.params
     hz.load_balancers.create_or_get(p.load_balancer.name, p.load_balancer.type,
@@ -116,15 +110,8 @@ def test_servers_lb_and_firewall_go_and_a_re_run_changes_nothing(
 
 @pytest.fixture(scope="module")
 def b2_cloud(tmp_path_factory: pytest.TempPathFactory):
-    state_dir = tmp_path_factory.mktemp("b2-state")
-    project = tmp_path_factory.mktemp("project")
-    port = free_port()
-    service.start(port, state_dir, show=False)
-    key_id, key = service.master_credentials(state_dir)
-    with applied({"CASERA_PROJECT_DIR": str(project)}):
-        yield {"realm": service.endpoint(port),
-               "environ": {"CASERA_B2_KEY_ID": key_id, "CASERA_B2_APPLICATION_KEY": key}}
-    service.stop(state_dir)
+    with private_b2(tmp_path_factory) as cloud:
+        yield cloud
 
 
 def test_keys_go_buckets_stay_unless_delete_data(b2_cloud) -> None:

@@ -61,11 +61,5 @@ class Certificates(ResourceClient[Certificate]):
 
     def delete(self, certificate: Certificate) -> bool:
         """False when it was already gone."""
-        try:
-            with hetzner_errors(f"delete certificate {certificate.name}", self._where):
-                self._api.certificates.delete(HCertificate(id=certificate.id))
-        except ProviderError as exc:
-            if exc.code == "not_found":
-                return False
-            raise
-        return True
+        return self._delete(certificate.name, lambda: self._api.certificates.delete(
+            HCertificate(id=certificate.id))) is not None

@@ -127,11 +127,5 @@ class Firewalls(ResourceClient[Firewall]):
 
     def delete(self, firewall: Firewall) -> bool:
         """Delete by id; False when it was already gone (someone else deleted it)."""
-        try:
-            with hetzner_errors(f"delete firewall {firewall.name}", self._where):
-                self._api.firewalls.delete(HFirewall(id=firewall.id))
-        except ProviderError as exc:
-            if exc.code == "not_found":
-                return False
-            raise
-        return True
+        return self._delete(firewall.name, lambda: self._api.firewalls.delete(
+            HFirewall(id=firewall.id))) is not None

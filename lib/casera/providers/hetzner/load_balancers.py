@@ -158,11 +158,5 @@ class LoadBalancers(ResourceClient[LoadBalancer]):
     def delete(self, lb: LoadBalancer) -> bool:
         """Delete by id (its public address goes back to Hetzner); False when it was already
         gone."""
-        try:
-            with hetzner_errors(f"delete load balancer {lb.name}", self._where):
-                self._api.load_balancers.delete(HLoadBalancer(id=lb.id))
-        except ProviderError as exc:
-            if exc.code == "not_found":
-                return False
-            raise
-        return True
+        return self._delete(lb.name, lambda: self._api.load_balancers.delete(
+            HLoadBalancer(id=lb.id))) is not None

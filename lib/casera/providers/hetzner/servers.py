@@ -104,10 +104,5 @@ class Servers(ResourceClient[Server]):
 
     def delete(self, server: Server) -> Action | None:
         """Delete by id (destroys its disk); None when it was already gone."""
-        try:
-            with hetzner_errors(f"delete server {server.name}", self._where):
-                return Action.of(self._api.servers.delete(HServer(id=server.id)))
-        except ProviderError as exc:
-            if exc.code == "not_found":
-                return None
-            raise
+        return self._delete(server.name, lambda: Action.of(self._api.servers.delete(
+            HServer(id=server.id))))
