@@ -257,6 +257,14 @@ def lose_the_key_store() -> dict[str, tuple[str, Secret]]:
     return old
 
 
+def app_ids(keys: dict[str, str]) -> set[str]:
+    """Of ``name -> key id``, the ids of the keys the api and worker mount: what the probe
+    sees (the Redis backup job's key is not theirs)."""
+    names = {kp.name for kp in load_params("local").b2.keys
+             if {"api", "worker"} & set(kp.for_services)}
+    return {key_id for name, key_id in keys.items() if name in names}
+
+
 def assert_rotated(traffic: B2Traffic, old: dict[str, tuple[str, Secret]]) -> None:
     """Old keys gone from B2 and refused; only the new keys mounted; the store has no
     retiring entries; and the app never lost access."""
@@ -273,7 +281,8 @@ def assert_rotated(traffic: B2Traffic, old: dict[str, tuple[str, Secret]]) -> No
             continue
         pytest.fail(f"{name}: the replaced key {key_id} still authorizes")
     traffic.enter(f"after rotation {sorted(old_ids)}", rounds=2)
-    assert traffic.last_round == {k.key_id for k in new.values()}, "a task holds an old key"
+    assert traffic.last_round == app_ids({n: k.key_id for n, k in new.items()}), \
+        "a task holds an old key"
     traffic.assert_never_refused()
 
 
@@ -289,7 +298,8 @@ def test_a_run_stopped_after_the_key_step_keeps_b2_working(traffic: B2Traffic,
     store = b2_keys.key_store("local")
     assert sorted(i for ids in store.retiring().values() for i in ids) == sorted(old_ids)
     assert old_ids < listed_ids()
-    assert traffic.seen["stopped after the key step"] == old_ids
+    assert traffic.seen["stopped after the key step"] == app_ids(
+        {name: key_id for name, (key_id, _) in old.items()})
     traffic.assert_never_refused()
 
     traffic.phase = "converging run"
