@@ -70,15 +70,15 @@ def run(target: Target, stages: list[tuple[float, int, float]], rate_per_user: f
             if time.monotonic() > deadline:
                 proc.kill()
                 proc.wait()
-                raise ProviderError("locust", "run", f"still running after {limit:.0f} s "
-                                    f"(the profile's {limit - GRACE_S:.0f} s + {GRACE_S} s): "
-                                    "killed", {"output": _tail(out)})
+                raise ProviderError("locust", f"still running after {limit:.0f} s (the "
+                                    f"profile's {limit - GRACE_S:.0f} s + {GRACE_S} s): "
+                                    f"killed; its last output:\n{_tail(out)}")
             if every_second is not None:
                 every_second()
             time.sleep(1)
     if proc.returncode != 0:
-        raise ProviderError("locust", "run", f"exited {proc.returncode}",
-                            {"output": _tail(out)})
+        raise ProviderError("locust", f"exited {proc.returncode}; its last output:\n"
+                            f"{_tail(out)}")
     return read_log(log), _tail(out)
 
 
