@@ -17,6 +17,7 @@ by how much.
 
 from __future__ import annotations
 
+import base64
 import io
 import tempfile
 import time
@@ -319,13 +320,16 @@ def verify_digest_burst(ctx: RunContext) -> StepResult:
 
 
 class Plot:
-    """A PNG that a notebook shows inline (its ``_repr_png_``), kept in the output."""
+    """A PNG that a notebook shows inline, kept in the output."""
 
     def __init__(self, png: bytes, title: str) -> None:
         self.png, self.title = png, title
 
-    def _repr_png_(self) -> bytes:
-        return self.png
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, str]:
+        # base64 text, as the notebook format keeps it: raw bytes from _repr_png_ reach some
+        # clients (nbval's) unencoded and cannot be written to JSON
+        return {"image/png": base64.b64encode(self.png).decode("ascii"),
+                "text/plain": repr(self)}
 
     def __repr__(self) -> str:
         return f"<plot: {self.title}, {len(self.png)} bytes of PNG>"
@@ -423,6 +427,15 @@ def capacity_advice(ctx: RunContext) -> StepResult:
                          "more api replicas (services.api.replicas) spread it over more "
                          "CPUs up to the nodes' cores; beyond that, scale-out "
                          "(hetzner.server_count) adds nodes")
+        ramp = ctx.params.load_test.ramp
+        if sat is not None and sat.crossed is None and sat.levels:
+            top = sat.levels[-1]
+            offered = top.users * ramp.rate_per_user
+            if top.figures.rps < 0.9 * offered:
+                first.append(f"the api's throughput: {top.figures.rps:.1f} RPS served of "
+                             f"{offered:.0f} offered at {top.users} users, before p95 or "
+                             "errors crossed their thresholds: more api replicas "
+                             "(services.api.replicas) or scale-out (hetzner.server_count)")
         if drain and drain < enqueue:
             first.append(f"worker drain: {drain:.0f} jobs/s against {enqueue:.0f} jobs/s "
                          f"enqueued ({p.services.worker.replicas} worker replica(s)): more "
