@@ -112,3 +112,33 @@ def test_neon_max_connections_per_compute_size() -> None:
     assert neon_max_connections(1) == 419
     assert neon_max_connections(1.5) == 839  # between sizes: the next size up
     assert neon_max_connections(16) == 4000
+
+
+def _ctx_with(measured: object) -> object:
+    from casera.context import RunContext
+    from casera.params import load_params
+    from casera.steps.load_test import STATE
+
+    ctx = RunContext(env="local", params=load_params("local"), secrets=None)  # type: ignore[arg-type]
+    ctx.shared[STATE] = measured
+    return ctx
+
+
+def test_capacity_advice_names_the_limits_seen_and_the_local_caveat() -> None:
+    from casera.providers.pgbouncer import Pool
+    from casera.steps.api_endpoint import ApiEndpoint
+    from casera.steps.load_test import Measured, Profile, capacity_advice
+
+    t0 = 0.0
+    stages = [(10.0, 2, 2.0), (20.0, 14, 14.0)]
+    rows = _level(t0, 0, 10, 10, 100) + _level(t0, 10, 20, 40, 100)  # 40 of 70 RPS offered
+    m = Measured(ApiEndpoint("127.0.1.1", 443, None, None))
+    waiting = Pool("casera", "casera", 20, 3, 10, 0, 0, 0.2, "transaction")
+    m.profiles["ramp"] = Profile("ramp", t0, rows, stages, [(1.0, [waiting])])
+    m.saturation = load_stats.saturation(rows, t0, stages, p95_ms=500, error_ratio=0.01)
+    m.burst = {"drain_rate": 100.0, "enqueue_rate": 5000.0}
+    notes = {c.name: c.detail for c in capacity_advice(_ctx_with(m)).checks}
+    assert notes["figures"] == "local figures measure the method, not Hetzner's hardware"
+    assert notes["limit 1"].startswith("the pooler: up to 3 client(s) waited")
+    assert notes["limit 2"].startswith("the api's throughput: 40.0 RPS served of 70 offered")
+    assert notes["limit 3"].startswith("worker drain: 100 jobs/s against 5000 jobs/s")
