@@ -115,3 +115,4 @@ local-down: install
 bench: install
 	$(VPY) scripts/bench_local_up.py
 	$(VPY) scripts/bench_bootstrap.py
+	$(VPY) scripts/bench_load.py

@@ -324,6 +324,65 @@ class RunnerParams(_Strict):
     approval: Literal["auto", "required"]
 
 
+class SteadyProfileParams(_Strict):
+    users: int = Field(default=8, ge=1, le=500)
+    rate_per_user: float = Field(default=2.0, gt=0, le=50,
+                                 description="requests/s each user sends at most")
+    duration_s: int = Field(default=20, ge=5, le=3600)
+    write_share: float = Field(default=0.2, ge=0, le=1,
+                               description="share of POST /items (a row and an Asynq task)")
+
+
+class RampProfileParams(_Strict):
+    start_users: int = Field(default=2, ge=1, le=1000)
+    step_users: int = Field(default=4, ge=1, le=1000)
+    max_users: int = Field(default=20, ge=1, le=2000)
+    step_s: int = Field(default=5, ge=2, le=600, description="seconds per users level")
+    rate_per_user: float = Field(default=5.0, gt=0, le=50)
+    write_share: float = Field(default=0.2, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RampProfileParams:
+        if self.max_users < self.start_users:
+            raise ValueError(f"max_users ({self.max_users}) is below start_users "
+                             f"({self.start_users}). Fix: raise max_users")
+        return self
+
+
+class DigestBurstParams(_Strict):
+    jobs: int = Field(default=2000, ge=1, le=1_000_000,
+                      description="digest tasks enqueued through the api (the plan: 100k)")
+    batch: int = Field(default=1000, ge=1, le=5000, description="tasks per POST /digests")
+    drain_timeout_s: int = Field(default=120, ge=5, le=7200)
+
+
+class LoadThresholds(_Strict):
+    """Checks: a breach fails the run, naming the threshold, where and by how much."""
+
+    p95_ms: float = Field(default=1500, gt=0)
+    p99_ms: float = Field(default=3000, gt=0)
+    error_ratio: float = Field(default=0.01, ge=0, le=1)
+    min_rps: float = Field(default=5, ge=0, description="the steady profile's throughput")
+    min_saturation_rps: float = Field(default=5, ge=0,
+                                      description="ramp: RPS at which p95/errors cross, at least")
+    min_drain_jobs_per_s: float = Field(default=20, ge=0)
+
+
+class LoadTestParams(_Strict):
+    """Traffic goes to the LB only, bounded in users, rate and time (every profile's)."""
+
+    warm_up_requests: int = Field(default=20, ge=0, le=1000,
+                                  description="not counted: wakes a Neon compute scaled to 0")
+    warm_up_timeout_s: int = Field(default=90, ge=5, le=900)
+    steady: SteadyProfileParams = Field(default_factory=SteadyProfileParams)
+    ramp: RampProfileParams = Field(default_factory=RampProfileParams)
+    digest_burst: DigestBurstParams = Field(default_factory=DigestBurstParams)
+    thresholds: LoadThresholds = Field(default_factory=LoadThresholds)
+    neon_compute_cu: float = Field(default=0.25, gt=0, le=56,
+                                   description="the compute size whose max_connections the "
+                                               "pool figures are compared with")
+
+
 class Params(_Strict):
     env: str
     hetzner: HetznerParams
@@ -338,6 +397,7 @@ class Params(_Strict):
     runner: RunnerParams
     edge: EdgeParams | None = None
     redis: RedisParams = RedisParams()
+    load_test: LoadTestParams = Field(default_factory=LoadTestParams)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:

@@ -191,3 +191,12 @@ def scratch_server(rdb: Path, workdir: Path, timeout: float = 120) -> Iterator[C
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def queue_depth(client: Client, queue: str) -> int:
+    """Tasks of Asynq queue ``queue`` not yet done: its pending and active lists' lengths."""
+    with _mapped(f"read queue {queue}'s depth"):
+        pipe = client.pipeline(transaction=True)
+        for suffix in ID_LISTS:
+            pipe.llen(f"asynq:{{{queue}}}:{suffix}")
+        return int(sum(pipe.execute()))

@@ -72,17 +72,19 @@ def drift(ctx: RunContext, ensure: Callable[..., StepResult], *args: Any,
     return _kept(ctx, "drift", lambda: _drift(ctx, ensure, *args, fix=fix or bootstrap_fix(ctx)))
 
 
-def verdict(ctx: RunContext) -> StepResult:
-    """The run's answer: red, naming each red step, when any health step was."""
-    with timed(StepResult("health", ctx.env)) as result:
+def verdict(ctx: RunContext, what: str = "health") -> StepResult:
+    """The run's answer: red, naming each red step, when any health step was (``what``: the
+    runbook's steps that :func:`check` kept, e.g. the load test's)."""
+    with timed(StepResult(what, ctx.env)) as result:
         seen = ctx.shared.get(SEEN, [])
         red = [r for r in seen if r.failed_checks]
-        result.check("steps read", bool(seen), f"{len(seen)} health steps ran")
+        result.check("steps read", bool(seen), f"{len(seen)} {what} steps ran")
         for r in red:
             result.check(f"{r.step} {r.target}".strip(), False, "; ".join(
                 f"{c.name}: {c.detail}" for c in r.failed_checks)[:400])
         if seen and not red:
-            result.reason = f"all {len(seen)} health steps green: live state is as params say"
+            result.reason = (f"all {len(seen)} health steps green: live state is as params say"
+                             if what == "health" else f"all {len(seen)} {what} steps green")
     return result
 
 

@@ -30,7 +30,7 @@ from casera_localcloud.neon.cluster import (
     owned_dir,
     scram_verifier,
 )
-from casera_localcloud.neon.config import PGBOUNCER, NeonConfig
+from casera_localcloud.neon.config import PGBOUNCER, ROLE, NeonConfig
 from casera_localcloud.neon.tls import server_files
 
 
@@ -80,6 +80,10 @@ client_tls_protocols = secure
 server_tls_sslmode = disable
 ; drivers send these at startup; Neon's pooler accepts them too
 ignore_startup_parameters = extra_float_digits,options,search_path
+; read-only SHOW commands (SHOW POOLS) on the admin console, for the load-test runbook's pool
+; figures; Neon does not document its pooler's console for customers, so there the runbook
+; falls back to pg_stat_activity
+stats_users = {ROLE}
 """
 
 

@@ -7,6 +7,9 @@ GET /secret-sources where each secret came from ("file", "env", "missing"), neve
 POST /items         {"name": ...}: a row in Postgres and an Asynq task in Redis, so drills
                     have data to keep or lose
 GET /items/<id>     that row, with processed_at once a worker handled it
+POST /digests       {"count": n, "batch": "..."}: n digest tasks enqueued at once (the nightly
+                    digest burst of the load test; Casera's real api needs an equivalent, e.g.
+                    the scheduler's fan-out, for the load-test runbook to drive it)
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from .common import (
 )
 
 QUEUE = os.environ.get("CASERA_QUEUE", "default")
+# One request enqueues at most this many: a burst of 100k is many requests, each bounded in time.
+DIGEST_BATCH_MAX = 5000
 _schema_ready = threading.Event()
 
 
@@ -93,6 +98,17 @@ def get_item(item_id: int) -> dict[str, Any] | None:
             for name, value in zip(names, row, strict=True)}
 
 
+def enqueue_digests(count: int, batch: str) -> dict[str, Any]:
+    """``count`` digest tasks, pipelined: the tasks a nightly scheduler fans out, one per user."""
+    r = redis_client()
+    pipe = r.pipeline(transaction=False)
+    for n in range(count):
+        asynq.enqueue(pipe, "digest:send", {"batch": batch, "n": n}, QUEUE)
+    pipe.execute()
+    log("digests_enqueued", count=count, batch=batch, queue=QUEUE)
+    return {"enqueued": count, "batch": batch, "queue": QUEUE}
+
+
 class Handler(AppHandler):
     server_version = "casera-api-standin"
 
@@ -120,6 +136,9 @@ class Handler(AppHandler):
             self.send_json(HTTPStatus.NOT_FOUND, {"error": "not found"})
 
     def do_POST(self) -> None:  # noqa: N802
+        if self.path.split("?", 1)[0] == "/digests":
+            self._post_digests()
+            return
         if self.path.split("?", 1)[0] != "/items":
             self.send_json(HTTPStatus.NOT_FOUND, {"error": "not found"})
             return
@@ -134,6 +153,27 @@ class Handler(AppHandler):
             self.send_json(HTTPStatus.CREATED, create_item(name))
         except Exception as exc:  # noqa: BLE001
             log("item_failed", error=error_text(exc))
+            self.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": error_text(exc)})
+
+
+    def _post_digests(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            count = int(body.get("count", 0))
+            batch = str(body.get("batch") or "digest")
+        except (ValueError, AttributeError, TypeError):
+            self.send_json(HTTPStatus.BAD_REQUEST, {"error": "body must be a JSON object "
+                                                    "with an integer count"})
+            return
+        if not 1 <= count <= DIGEST_BATCH_MAX:
+            self.send_json(HTTPStatus.BAD_REQUEST,
+                           {"error": f"count must be 1..{DIGEST_BATCH_MAX}, got {count}"})
+            return
+        try:
+            self.send_json(HTTPStatus.ACCEPTED, enqueue_digests(count, batch))
+        except Exception as exc:  # noqa: BLE001
+            log("digests_failed", error=error_text(exc))
             self.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": error_text(exc)})
 
 
