@@ -3,14 +3,15 @@
 A dry run lists every server, the LB, the firewall, the DNS record and the scoped keys, with
 the monthly cost, and deletes nothing; asking for the data to go without ``confirm`` is
 refused before any change; the run removes everything but the data (a final Redis snapshot
-first), a re-run changes nothing, and the bootstrap then brings the environment back onto the
-kept data, green in the health runbook. Runs last among the e2e modules (alphabetically) and
-leaves the cloud bootstrapped.
+first), a re-run changes nothing; then ``scripts/staging-rebuild.sh local`` brings the
+environment back onto the kept data (bootstrap), green in health and in a short load test.
+Runs last among the e2e modules (alphabetically) and leaves the cloud bootstrapped.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from casera.paths import outputs_dir
 from casera.providers import ssh
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def latest(runbook: str) -> dict[str, Any]:
@@ -66,14 +68,10 @@ def test_deleting_data_without_confirm_is_refused_before_any_change() -> None:
     assert inventory() == {"servers": 3, "load balancers": 1, "firewalls": 1}
 
 
-def test_teardown_removes_all_but_the_data_then_the_bootstrap_rebuilds(
-        record_property: pytest.RecordProperty) -> None:
-    started = time.monotonic()
+def test_teardown_removes_all_but_the_data_and_a_re_run_changes_nothing() -> None:
     done = casera("run", "teardown", "--env", "local")
-    took = time.monotonic() - started
     assert done.returncode == 0, done.stderr[-3000:]
-    meta = latest("teardown")
-    found = steps_of(meta)
+    found = steps_of(latest("teardown"))
     assert found["redis snapshot"]["changed"] == 1  # the final snapshot, listed in B2
     assert found["torn down"]["checks"] and all(c["ok"] for c in found["torn down"]["checks"])
     assert inventory() == {"servers": 0, "load balancers": 0, "firewalls": 0}
@@ -84,10 +82,20 @@ def test_teardown_removes_all_but_the_data_then_the_bootstrap_rebuilds(
     assert again.returncode == 0, again.stderr[-2000:]
     assert latest("teardown")["changes"] == 0
 
+
+def test_staging_rebuild_local_end_to_end(record_property: pytest.RecordProperty) -> None:
+    """scripts/staging-rebuild.sh local on the torn-down env: teardown (nothing left to do),
+    bootstrap, health, a short load test; each step's notebook kept."""
+    before = {r: len(list((outputs_dir("local") / r).glob("*.ipynb")))
+              for r in ("teardown", "bootstrap", "health", "load-test")}
     started = time.monotonic()
-    built = casera("run", "bootstrap", "--env", "local")
-    rebuilt = time.monotonic() - started
-    assert built.returncode == 0, built.stderr[-3000:]
-    health = casera("run", "health", "--env", "local", timeout=900)
-    assert health.returncode == 0, health.stderr[-3000:]
-    record_property("measured", f"teardown {took:.0f} s, bootstrap after it {rebuilt:.0f} s")
+    done = subprocess.run([str(REPO / "scripts" / "staging-rebuild.sh"), "local"], cwd=REPO,
+                          capture_output=True, text=True, timeout=1800)
+    took = time.monotonic() - started
+    assert done.returncode == 0, (done.stdout[-2000:], done.stderr[-3000:])
+    assert "all 4 steps succeeded" in done.stdout, done.stdout[-1500:]
+    for runbook, count in before.items():
+        assert len(list((outputs_dir("local") / runbook).glob("*.ipynb"))) == count + 1, runbook
+        assert latest(runbook)["status"] == "succeeded", runbook
+    assert inventory() == {"servers": 3, "load balancers": 1, "firewalls": 1}
+    record_property("measured", f"staging-rebuild.sh local: {took:.0f} s")
