@@ -92,13 +92,17 @@ test: install
 	@# Start from an empty local cloud: what an earlier session left must not change results
 	@# (--purge: the emulators' accounts too; the image caches stay).
 	$(VBIN)/casera local down --purge
-	$(PYTEST) tests --ignore=tests/e2e
-	$(PYTEST) tests/e2e
+	@# The tests that need no local cloud mostly wait on kernels and subprocesses: three
+	@# xdist workers (each with its own emulators on free ports) halve their wall time on
+	@# 2 cores. The local-cloud ones share one dockerd and run one at a time.
+	$(PYTEST) -n 3 -m "not localcloud" tests --ignore=tests/e2e
+	$(PYTEST) -m localcloud tests --ignore=tests/e2e
+	$(PYTEST) --durations=15 tests/e2e
 	$(PYTEST) --nbval-lax runbooks
 
 # The inner loop: no local cloud, no kernels.
 test-quick: install
-	$(PYTEST) -m "not localcloud and not slow" tests
+	$(PYTEST) -n 3 -m "not localcloud and not slow" tests
 
 nbval: install
 	$(PYTEST) --nbval-lax runbooks
