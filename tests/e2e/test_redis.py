@@ -187,11 +187,19 @@ def test_planned_move_refuses_a_target_that_is_down(cluster) -> None:
         assert not cluster.services.list(filters={"name": "casera-redis-move"})
     finally:
         nodes.heal_node(THIRD)
-        # The healed manager's raised Raft term forces an election: wait for a leader and for
-        # every node to be ready again (not only THIRD), as the next test needs.
-        deadline = time.monotonic() + 120
-        while not all_ready(cluster) and time.monotonic() < deadline:
-            time.sleep(2)
+        # The healed manager's raised Raft term forces an election, which can come seconds
+        # after every node looked ready (CI saw "The swarm does not have a leader" in the
+        # next test): wait until a leader and every node ready hold for 15 s in a row.
+        deadline = time.monotonic() + 180
+        steady_since: float | None = None
+        while time.monotonic() < deadline:
+            if not all_ready(cluster):
+                steady_since = None
+            elif steady_since is None:
+                steady_since = time.monotonic()
+            elif time.monotonic() - steady_since >= 15:
+                break
+            time.sleep(1)
     assert all_ready(cluster), {n: swarm_node_state(cluster, n) for n in NAMES}
 
 
