@@ -87,6 +87,8 @@ demo: install
 # against that cloud (already converged, so quick). The order is deliberate: the end-to-end
 # tests leave the local cloud bootstrapped for nbval.
 PYTEST := $(VPY) -m pytest -q -rs -p no:cacheprovider
+# pytest-xdist workers for the tests that need no local cloud (see `test`).
+XDIST := -n 3
 test: install
 	$(VBIN)/ruff check lib tests runbooks scripts
 	@# Start from an empty local cloud: what an earlier session left must not change results
@@ -95,14 +97,14 @@ test: install
 	@# The tests that need no local cloud mostly wait on kernels and subprocesses: three
 	@# xdist workers (each with its own emulators on free ports) halve their wall time on
 	@# 2 cores. The local-cloud ones share one dockerd and run one at a time.
-	$(PYTEST) -n 3 -m "not localcloud" tests --ignore=tests/e2e
+	$(PYTEST) $(XDIST) -m "not localcloud" tests --ignore=tests/e2e
 	$(PYTEST) -m localcloud tests --ignore=tests/e2e
 	$(PYTEST) --durations=15 tests/e2e
 	$(PYTEST) --nbval-lax runbooks
 
 # The inner loop: no local cloud, no kernels.
 test-quick: install
-	$(PYTEST) -n 3 -m "not localcloud and not slow" tests
+	$(PYTEST) $(XDIST) -m "not localcloud and not slow" tests
 
 nbval: install
 	$(PYTEST) --nbval-lax runbooks

@@ -188,8 +188,8 @@ def test_planned_move_refuses_a_target_that_is_down(cluster) -> None:
     finally:
         nodes.heal_node(THIRD)
         # The healed manager's raised Raft term forces an election, which can come seconds
-        # after every node looked ready (CI saw "The swarm does not have a leader" in the
-        # next test): wait until a leader and every node ready hold for 15 s in a row.
+        # after every node looked ready (a rehearsal saw "The swarm does not have a leader"
+        # in the next test): wait until a leader and every node ready hold for 15 s in a row.
         deadline = time.monotonic() + 180
         steady_since: float | None = None
         while time.monotonic() < deadline:
