@@ -86,7 +86,8 @@ demo: install
 # needs), the bootstrap end to end on a fresh local cloud, then nbval over every runbook
 # against that cloud (already converged, so quick). The order is deliberate: the end-to-end
 # tests leave the local cloud bootstrapped for nbval.
-PYTEST := $(VPY) -m pytest -q -rs -p no:cacheprovider
+# -rfEs: the log ends with one line per failed, errored and skipped test.
+PYTEST := $(VPY) -m pytest -q -rfEs -p no:cacheprovider
 # pytest-xdist workers for the tests that need no local cloud (see `test`).
 XDIST := -n 3
 test: install
