@@ -21,7 +21,7 @@ from casera.plan import Plan, apply
 from casera.progress import wait_for
 from casera.providers import docker_swarm, ssh
 from casera.result import StepResult, timed
-from casera.steps.servers import created_this_run, reset_server, server_addresses
+from casera.steps.servers import booted_this_run, reset_server, server_addresses
 
 EXPECTED_SSHD = {"permitrootlogin": "no", "passwordauthentication": "no",
                  "kbdinteractiveauthentication": "no"}
@@ -65,14 +65,14 @@ def docker_pool(ctx: RunContext) -> docker_swarm.Pool:
 
 
 def dead_in_swarm(silent: list[str], swarm_nodes: list[dict[str, Any]],
-                  created: set[str]) -> dict[str, str]:
+                  booting: set[str]) -> dict[str, str]:
     """name -> why, for each silent server the Swarm reports dead: an entry under its hostname
     is ``down`` or an unreachable manager, and none is ready and reachable (a replaced server
-    leaves a down entry beside its new one). A server created in this run is never dead: it
-    may still be booting, and the Swarm has not met it yet."""
+    leaves a down entry beside its new one). A server this run created or powered on
+    (``booting``) is never dead: it may still be booting while the Swarm still says down."""
     dead = {}
     for name in silent:
-        if name in created:
+        if name in booting:
             continue
         entries = [n for n in swarm_nodes if n["hostname"] == name]
         alive = any(n["state"] == "ready" and n.get("reachability") in (None, "reachable")
@@ -181,8 +181,8 @@ def wait_for_ssh(ctx: RunContext, patience: float = 120, timeout: float = 300) -
     gate, and one more ``timeout`` to come back; after that the step fails and says so. A
     server silent for ``DEAD_AFTER_S`` that the Swarm (asked through a node that answers)
     reports down or unreachable is dead: it is reset then, without waiting out ``patience``.
-    A server created in this run is never declared dead early. A server that answers with
-    another host key is never reset: the step stops and names it.
+    A server this run created or powered on is never declared dead early. A server that
+    answers with another host key is never reset: the step stops and names it.
     """
     s = ctx.params.ssh
     with timed(StepResult("ssh", f"{s.admin_user}@*:{s.port}", dry_run=ctx.dry_run)) as result:
@@ -190,11 +190,11 @@ def wait_for_ssh(ctx: RunContext, patience: float = 120, timeout: float = 300) -
         if ctx.dry_run and not nodes:
             result.reason = "no servers yet: nothing to reach"
             return result
-        created = created_this_run(ctx)
+        booting = booted_this_run(ctx)
 
         def judge(silent: list[str], answering: dict[str, str]) -> dict[str, str]:
             view = swarm_view(ctx, {n: nodes[n] for n in answering})
-            return dead_in_swarm(silent, view, created) if view is not None else {}
+            return dead_in_swarm(silent, view, booting) if view is not None else {}
 
         answers, errors, dead = _wait_admins(
             ctx, nodes, f"SSH as {s.admin_user} on {len(nodes)} node(s) (:{s.port})",

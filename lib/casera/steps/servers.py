@@ -28,10 +28,10 @@ def server_addresses(ctx: RunContext) -> dict[str, str]:
     return {name: found[name] for name in ctx.params.server_names() if name in found}
 
 
-def created_this_run(ctx: RunContext) -> set[str]:
-    """Names of the servers this run created (a new server may still be booting: it is
-    never judged dead by its silence)."""
-    return set(ctx.shared.get("servers_created", ()))
+def booted_this_run(ctx: RunContext) -> set[str]:
+    """Names of the servers this run created or powered on: they may still be booting, so
+    their silence on SSH is never taken for death."""
+    return set(ctx.shared.get("servers_booted", ()))
 
 
 def reset_server(ctx: RunContext, name: str, timeout: float = 300) -> None:
@@ -142,7 +142,8 @@ def ensure_servers(ctx: RunContext, timeout: float = 600) -> StepResult:
         if applied.dry_run:
             ctx.planned["servers"] = missing
             return result
-        ctx.shared.setdefault("servers_created", []).extend(missing)
+        ctx.shared.setdefault("servers_booted", []).extend(
+            missing + [server.name for server in stopped])
         hetzner.wait_for(applied.made, "server actions", timeout)
         now = _wait_running(hz, p, timeout) if plan else existing
         for name in wanted:
