@@ -425,6 +425,17 @@ class Params(_Strict):
         """The label selector that finds this environment's servers."""
         return ",".join(f"{k}={v}" for k, v in sorted(self.hetzner.labels.items()))
 
+    def lb_unhealthy_after_s(self) -> int:
+        """The longest a target can keep getting new connections from the load balancer after
+        it starts failing the health check: the check that just passed, then ``retries + 1``
+        failing ones, each up to ``interval`` apart, the last taking ``timeout``. 0 without
+        an LB. The LB's checks use ``edge.health_check``, else the same defaults
+        (steps.load_balancer)."""
+        if not self.load_balancer.enabled:
+            return 0
+        check = self.edge.health_check if self.edge else HealthCheckParams()
+        return (check.retries + 1) * check.interval_s + check.timeout_s
+
     def server_names(self) -> list[str]:
         return [f"{self.hetzner.name_prefix}-{i}" for i in range(1, self.hetzner.server_count + 1)]
 

@@ -176,6 +176,8 @@ def test_values_cannot_break_the_yaml_around_them():
     (lambda s: s["healthchecks"].update(api=["curl", "x"]), "healthchecks.api"),
     (lambda s: s["database"].update(sslmode="disable"), "database.sslmode"),
     (lambda s: s["network"].update(endpoint_mode="dnsrr"), "endpoint_mode dnsrr"),
+    (lambda s: s.update(api_drain_s=601), "api_drain_s"),
+    (lambda s: s.update(api_drain_s=-1), "api_drain_s"),
 ])
 def test_unsafe_settings_are_refused_naming_the_key(change, message):
     settings = copy.deepcopy(production())
@@ -261,3 +263,26 @@ def test_b2_key_mounts_agree_with_the_params_key_table(env):
             mounting = {name for name, svc in stack["services"].items()
                         if part in {s["source"] for s in svc.get("secrets", [])}}
             assert mounting == set(key.for_services), (key.name, part)
+
+
+@pytest.mark.parametrize("env, window", [
+    # (retries + 1) * interval + timeout of each file's edge.health_check
+    ("production", 4 * 10 + 5), ("local", 3 * 5 + 3)])
+def test_the_api_drains_for_the_lbs_health_check_window(env, window):
+    params = load_params(env, for_run=False)
+    assert params.lb_unhealthy_after_s() == window
+    api = parsed(settings_from_params(params, secrets=dict(SECRET_NAMES),
+                                      docker_socket_gid=998))["services"]["api"]
+    assert api["environment"]["DRAIN_S"] == str(window)
+    # Docker must not kill the task before the drain and the requests in flight are done.
+    assert api["stop_grace_period"] == f"{window + 10}s"
+
+
+def test_without_a_load_balancer_the_api_stops_at_once():
+    params = load_params("production", for_run=False,
+                         overrides={"load_balancer.enabled": False, "edge": None})
+    assert params.lb_unhealthy_after_s() == 0
+    settings = production()
+    assert "api_drain_s" not in settings
+    api = parsed(settings)["services"]["api"]
+    assert api["environment"]["DRAIN_S"] == "0" and api["stop_grace_period"] == "10s"

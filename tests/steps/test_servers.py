@@ -17,6 +17,8 @@ def test_first_run_creates_second_changes_nothing(tmp_path: Path,
     assert ssh_key.ensure_ssh_key(ctx).changed == 1
     made = servers.ensure_servers(ctx)
     assert made.changed == 3 and made.ok and len(made.checks) == 3
+    # Made in this run: the SSH step never takes their silence for death.
+    assert servers.booted_this_run(ctx) == set(ctx.params.server_names())
     emulator.idle()
     ips = {s.name: s.public_net.ipv4.ip for s in emulator.client().servers.get_all()}
     assert {c.name: c.detail for c in made.checks} == {
@@ -62,6 +64,8 @@ def test_a_stopped_server_is_powered_on(tmp_path: Path, emulator: Running) -> No
     client = emulator.client()
     server = client.servers.get_by_name("casera-local-2")
     client.servers.power_off(server).wait_until_finished()
+    ctx.shared.clear()  # a later run
     result = servers.ensure_servers(ctx)
+    assert servers.booted_this_run(ctx) == {"casera-local-2"}
     assert result.changed == 1 and "power on" in result.diff[0] and result.ok
     assert client.servers.get_by_name("casera-local-2").status == "running"

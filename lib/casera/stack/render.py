@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal, TypedDict
+from typing import TYPE_CHECKING, Literal, NotRequired, TypedDict
 
 from casera.errors import CaseraError
 from casera.params import REPLICA_RANGES
@@ -68,6 +68,10 @@ class StackSettings(TypedDict):
     database: DatabaseSettings
     network: NetworkSettings
     backup: BackupSettings
+    # How long a stopping api task keeps serving while its /readyz says 503, so the load
+    # balancer takes it out of rotation before it stops accepting (Params.lb_unhealthy_after_s).
+    # 0 or absent: it stops at once.
+    api_drain_s: NotRequired[int]
 
 
 # The seed's production networking: encrypted overlay (IPsec; the firewall must pass ESP),
@@ -112,6 +116,10 @@ def validate(settings: StackSettings) -> None:
         if not test or test[0] not in ("CMD", "CMD-SHELL"):
             raise StackSettingsError(f"healthchecks.{service}: {test!r} must start with CMD "
                                      "or CMD-SHELL")
+    drain = settings.get("api_drain_s", 0)
+    if not 0 <= drain <= 600:
+        raise StackSettingsError(f"api_drain_s: {drain} must be 0..600 seconds (the LB's "
+                                 "health-check window)")
     network = settings["network"]
     if network["endpoint_mode"] not in ("vip", "dnsrr"):
         raise StackSettingsError(f"network.endpoint_mode: {network['endpoint_mode']!r}")
@@ -145,6 +153,7 @@ def render_stack(settings: StackSettings) -> str:
     validate(settings)
     network = settings["network"]
     db = settings["database"]
+    drain_s = settings.get("api_drain_s", 0)
     values: dict[str, str] = {
         "env": settings["env"],
         "env_json": json.dumps(settings["env"]),
@@ -166,6 +175,10 @@ def render_stack(settings: StackSettings) -> str:
         "backup_interval_note": f"{int(settings['backup']['interval_s'])} s",
         "backup_prefix": json.dumps(settings["backup"]["prefix"]),
         "backup_realm": json.dumps(settings["backup"]["realm"]),
+        "api_drain_s": json.dumps(str(int(drain_s))),
+        # Docker kills a task this long after SIGTERM: the drain plus time for the requests in
+        # flight (the app waits up to 5 s for them) and its exit.
+        "api_stop_grace": json.dumps(f"{int(drain_s) + 10}s"),
         **_notes(network),
     }
     for service in SERVICES:
@@ -216,4 +229,5 @@ def settings_from_params(
         "backup": {"interval_s": params.redis.backup.interval_min * 60,
                    "prefix": params.redis.backup.prefix,
                    "realm": params.b2.node_realm or params.b2.realm},
+        "api_drain_s": params.lb_unhealthy_after_s(),
     }

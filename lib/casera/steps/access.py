@@ -10,6 +10,7 @@ port sshd was seen to listen on. Every connection checks the node's pinned host 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -18,14 +19,19 @@ from casera.context import RunContext
 from casera.errors import WaitTimeout
 from casera.plan import Plan, apply
 from casera.progress import wait_for
-from casera.providers import ssh
+from casera.providers import docker_swarm, ssh
 from casera.result import StepResult, timed
-from casera.steps.servers import reset_server, server_addresses
+from casera.steps.servers import booted_this_run, reset_server, server_addresses
 
 EXPECTED_SSHD = {"permitrootlogin": "no", "passwordauthentication": "no",
                  "kbdinteractiveauthentication": "no"}
 # Methods that would let someone in without the operator's key.
 PASSWORD_METHODS = {"password", "keyboard-interactive", "none"}
+# How long a node may be silent on SSH before the Swarm's view of it is asked for. Swarm marks
+# a node down after missed heartbeats (5 s period, docs.docker.com/reference/cli/docker/swarm/
+# init/#--dispatcher-heartbeat) and a manager unreachable when Raft cannot reach it: both settle
+# within this time on a node that really died, and a slow boot is never judged by SSH alone.
+DEAD_AFTER_S = 15.0
 # Socket activation (Ubuntu 24.04): sshd may sit behind systemd's ssh.socket; `ss` then names
 # sshd among the socket's holders once it runs, and it runs while we are logged in.
 LISTENERS_COMMAND = "sudo ss -Hltnp"
@@ -51,6 +57,48 @@ def parallel(call: Callable[[T], U], items: list[T]) -> list[U]:
         return []
     with ThreadPoolExecutor(min(16, len(items))) as pool:
         return list(pool.map(call, items))
+
+
+def docker_pool(ctx: RunContext) -> docker_swarm.Pool:
+    """The run's open Docker clients: every step of a run reuses them."""
+    return ctx.shared.setdefault("docker", docker_swarm.Pool())
+
+
+def dead_in_swarm(silent: list[str], swarm_nodes: list[dict[str, Any]],
+                  booting: set[str]) -> dict[str, str]:
+    """name -> why, for each silent server the Swarm reports dead: an entry under its hostname
+    is ``down`` or an unreachable manager, and none is ready and reachable (a replaced server
+    leaves a down entry beside its new one). A server this run created or powered on
+    (``booting``) is never dead: it may still be booting while the Swarm still says down."""
+    dead = {}
+    for name in silent:
+        if name in booting:
+            continue
+        entries = [n for n in swarm_nodes if n["hostname"] == name]
+        alive = any(n["state"] == "ready" and n.get("reachability") in (None, "reachable")
+                    for n in entries)
+        bad = [f"{n['state']}" + (f", manager {n['reachability']}" if n.get("reachability")
+                                  else "") for n in entries
+               if n["state"] == "down" or n.get("reachability") == "unreachable"]
+        if bad and not alive:
+            dead[name] = f"swarm says {bad[0]}"
+    return dead
+
+
+def swarm_view(ctx: RunContext, answering: dict[str, str]) -> list[dict[str, Any]] | None:
+    """The swarm's node list, asked through the first answering node that is a manager; None
+    when none can tell (no swarm yet, or only workers answer)."""
+    s = ctx.params.ssh
+    for name, ip in answering.items():
+        try:
+            client = docker_pool(ctx).get(ip, s.port, s.admin_user, s.private_key_file,
+                                          s.connect_timeout_s, known_hosts=known_hosts(ctx),
+                                          node=name)
+            if docker_swarm.swarm_state(client)["manager"]:
+                return docker_swarm.nodes(client)
+        except Exception:  # noqa: BLE001 - another answering node may tell; else no verdict
+            continue
+    return None
 
 
 def node_ssh(ctx: RunContext, name: str, ip: str) -> ssh.Connection:
@@ -79,13 +127,20 @@ def _admin_ssh_ok(ctx: RunContext, name: str, ip: str) -> str | ssh.HostKeyError
         return exc
 
 
-def _wait_admins(ctx: RunContext, nodes: dict[str, str], what: str,
-                 timeout: float) -> tuple[dict[str, str], dict[str, str]]:
+def _wait_admins(ctx: RunContext, nodes: dict[str, str], what: str, timeout: float,
+                 judge: Callable[[list[str], dict[str, str]], dict[str, str]] | None = None,
+                 dead_after: float = DEAD_AFTER_S
+                 ) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     """(name -> the admin's answer, for each of ``nodes`` that answered within ``timeout``;
-    name -> the last error of each that did not). Every node is tried at once, under one
-    progress bar. A changed host key raises at once."""
+    name -> the last error of each that did not; name -> why it is dead, for each that
+    ``judge`` declared dead). Every node is tried at once, under one progress bar. Once
+    nodes have been silent for ``dead_after`` seconds, ``judge(silent, answers)`` is asked
+    each round, and the wait ends as soon as every node answered or was declared dead. A
+    changed host key raises at once."""
     answers: dict[str, str] = {}
+    dead: dict[str, str] = {}
     last: dict[str, str] = {name: "no answer yet" for name in nodes}
+    started = time.monotonic()
 
     def attempt(name: str) -> str | ssh.HostKeyError | None:
         try:
@@ -101,7 +156,11 @@ def _wait_admins(ctx: RunContext, nodes: dict[str, str], what: str,
                 return answer
             if answer:
                 answers[name] = answer
-        return len(answers) == len(nodes) or None
+                dead.pop(name, None)
+        silent = [name for name in nodes if name not in answers]
+        if judge is not None and silent and time.monotonic() - started >= dead_after:
+            dead.update(judge(silent, answers))
+        return len(answers) + len(dead) == len(nodes) or None
 
     try:
         stopped = wait_for(what, probe, timeout)
@@ -109,7 +168,8 @@ def _wait_admins(ctx: RunContext, nodes: dict[str, str], what: str,
         stopped = None
     if isinstance(stopped, ssh.HostKeyError):
         raise stopped
-    return answers, {name: error for name, error in last.items() if name not in answers}
+    return (answers, {name: error for name, error in last.items() if name not in answers},
+            dead)
 
 
 def wait_for_ssh(ctx: RunContext, patience: float = 120, timeout: float = 300) -> StepResult:
@@ -119,7 +179,10 @@ def wait_for_ssh(ctx: RunContext, patience: float = 120, timeout: float = 300) -
     A server that has not answered within ``patience`` seconds (a crashed or hung node, which
     the API still calls "running") gets a hard reset through the API, behind the approval
     gate, and one more ``timeout`` to come back; after that the step fails and says so. A
-    server that answers with another host key is never reset: the step stops and names it.
+    server silent for ``DEAD_AFTER_S`` that the Swarm (asked through a node that answers)
+    reports down or unreachable is dead: it is reset then, without waiting out ``patience``.
+    A server this run created or powered on is never declared dead early. A server that
+    answers with another host key is never reset: the step stops and names it.
     """
     s = ctx.params.ssh
     with timed(StepResult("ssh", f"{s.admin_user}@*:{s.port}", dry_run=ctx.dry_run)) as result:
@@ -127,20 +190,29 @@ def wait_for_ssh(ctx: RunContext, patience: float = 120, timeout: float = 300) -
         if ctx.dry_run and not nodes:
             result.reason = "no servers yet: nothing to reach"
             return result
-        answers, errors = _wait_admins(ctx, nodes, f"SSH as {s.admin_user} on {len(nodes)} node(s) "
-                               f"(:{s.port})", 60 if ctx.dry_run else patience)
+        booting = booted_this_run(ctx)
+
+        def judge(silent: list[str], answering: dict[str, str]) -> dict[str, str]:
+            view = swarm_view(ctx, {n: nodes[n] for n in answering})
+            return dead_in_swarm(silent, view, booting) if view is not None else {}
+
+        answers, errors, dead = _wait_admins(
+            ctx, nodes, f"SSH as {s.admin_user} on {len(nodes)} node(s) (:{s.port})",
+            60 if ctx.dry_run else patience, judge)
         silent = [name for name in nodes if name not in answers]
         plan = Plan(gate_title=f"Reset {', '.join(silent)}: a hard reset is like pulling the "
                     "plug; data on disk stays")
         for name in silent:
-            plan.add(f"~ server {name}: hard reset (no SSH for {patience:.0f} s)",
+            why = (f"dead: no SSH for {DEAD_AFTER_S:.0f} s and {dead[name]}" if name in dead
+                   else f"no SSH for {patience:.0f} s")
+            plan.add(f"~ server {name}: hard reset ({why})",
                      lambda n=name: reset_server(ctx, n), destructive=True)
         if apply(ctx, result, plan).dry_run:
             for name in silent:
                 result.check(f"{name} ssh", False, f"not answering ({errors[name]}); a real "
                              "run resets it")
         elif silent:
-            back, errors = _wait_admins(ctx, {n: nodes[n] for n in silent},
+            back, errors, _ = _wait_admins(ctx, {n: nodes[n] for n in silent},
                                 f"SSH on {', '.join(silent)} after a reset", timeout)
             for name in silent:
                 if name not in back:

@@ -28,6 +28,12 @@ def server_addresses(ctx: RunContext) -> dict[str, str]:
     return {name: found[name] for name in ctx.params.server_names() if name in found}
 
 
+def booted_this_run(ctx: RunContext) -> set[str]:
+    """Names of the servers this run created or powered on: they may still be booting, so
+    their silence on SSH is never taken for death."""
+    return set(ctx.shared.get("servers_booted", ()))
+
+
 def reset_server(ctx: RunContext, name: str, timeout: float = 300) -> None:
     """A hard reset through the API (like pulling the plug; the disk stays), waited for."""
     hz = hetzner.for_env(ctx.params, ctx.secrets)
@@ -136,6 +142,8 @@ def ensure_servers(ctx: RunContext, timeout: float = 600) -> StepResult:
         if applied.dry_run:
             ctx.planned["servers"] = missing
             return result
+        ctx.shared.setdefault("servers_booted", []).extend(
+            missing + [server.name for server in stopped])
         hetzner.wait_for(applied.made, "server actions", timeout)
         now = _wait_running(hz, p, timeout) if plan else existing
         for name in wanted:

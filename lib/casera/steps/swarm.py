@@ -19,18 +19,13 @@ from casera.plan import Plan, apply
 from casera.progress import wait_for
 from casera.providers import docker_swarm
 from casera.result import StepResult, timed
-from casera.steps.access import known_hosts, node_addresses, parallel
+from casera.steps.access import docker_pool, known_hosts, node_addresses, parallel
 
 REDIS_LABEL = "casera.redis"
 DOZZLE_LABEL = "casera.dozzle"
 
 # A Docker client (docker.DockerClient); steps hold it and hand it back to the provider.
 DockerClient = Any
-
-
-def docker_pool(ctx: RunContext) -> docker_swarm.Pool:
-    """The run's open Docker clients: every step of a run reuses them."""
-    return ctx.shared.setdefault("docker", docker_swarm.Pool())
 
 
 def _clients(ctx: RunContext, nodes: dict[str, str], connect: Any) -> dict[str, DockerClient]:

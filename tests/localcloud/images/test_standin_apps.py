@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -85,6 +87,32 @@ def test_readyz_green_through_the_tls_pooler(port, tmp_path, start_app, postgres
     assert body["ready"] is True
     assert body["checks"]["postgres"]["ok"] and body["checks"]["postgres"]["tls"] is True
     assert body["checks"]["redis"] == {"ok": True}
+
+
+def test_sigterm_drains_out_of_the_lb_before_the_api_stops(port, tmp_path, start_app,
+                                                          postgres, redis_server):
+    api = start_app("api", _api_env(tmp_path, postgres, redis_server, DRAIN_S="2"), port=port())
+    assert api.get("/readyz")[0] == 200
+    started = time.monotonic()
+    api.process.send_signal(signal.SIGTERM)
+    # Draining: not ready for the LB's health check, yet every request is still answered.
+    status, body, _ = api.get("/readyz")
+    assert status == 503 and body["draining"] is True, body
+    assert api.request("POST", "/items", {"name": "during-drain"})[0] == 201
+    assert api.get("/healthz")[0] == 200
+    assert api.process.wait(15) == 0
+    took = time.monotonic() - started
+    assert 2 <= took < 10, took
+    assert '"draining"' in api.logs() and '"stopping"' in api.logs()
+
+
+def test_without_drain_s_sigterm_stops_at_once(port, tmp_path, start_app, postgres,
+                                               redis_server):
+    api = start_app("api", _api_env(tmp_path, postgres, redis_server), port=port())
+    started = time.monotonic()
+    api.process.send_signal(signal.SIGTERM)
+    assert api.process.wait(10) == 0
+    assert time.monotonic() - started < 2
 
 
 def test_readyz_names_what_is_down(port, tmp_path, start_app, postgres, redis_server):

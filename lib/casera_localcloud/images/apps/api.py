@@ -26,6 +26,8 @@ from .common import (
     ITEMS_COUNTER_DDL,
     ITEMS_DDL,
     AppHandler,
+    drain_seconds,
+    draining,
     error_text,
     log,
     pg_connect,
@@ -117,6 +119,11 @@ class Handler(AppHandler):
         if path == "/healthz":
             self.send_json(HTTPStatus.OK, {"status": "ok", "host": socket.gethostname()})
         elif path == "/readyz":
+            if draining():
+                # Stopping: out of the LB's rotation first, while requests are still served.
+                self.send_json(HTTPStatus.SERVICE_UNAVAILABLE,
+                               {"ready": False, "draining": True, "host": socket.gethostname()})
+                return
             ready, checks = readiness()
             self.send_json(HTTPStatus.OK if ready else HTTPStatus.SERVICE_UNAVAILABLE,
                        {"ready": ready, "checks": checks, "host": socket.gethostname()})
@@ -179,7 +186,7 @@ class Handler(AppHandler):
 
 def main() -> None:
     serve(Handler, os.environ.get("BIND", "0.0.0.0"), int(os.environ.get("PORT", "8080")),
-          secrets=secret_sources())
+          drain_s=drain_seconds(), secrets=secret_sources())
 
 
 if __name__ == "__main__":

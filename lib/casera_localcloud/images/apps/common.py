@@ -174,14 +174,86 @@ class AppHandler(BaseHTTPRequestHandler):
             status=args[1] if len(args) > 1 else None, client=self.client_address[0])
 
 
-def serve(handler: type[BaseHTTPRequestHandler], host: str, port: int, **fields: Any) -> None:
-    """Serve until SIGTERM (see exit_on_sigterm). Daemon threads: a slow client must not hold
-    the task past Docker's grace period."""
-    exit_on_sigterm()
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    log("listening", port=port, **fields)
+# Set once SIGTERM arrives in a server that drains (see serve): /readyz answers 503 from then.
+_draining = threading.Event()
+
+
+def draining() -> bool:
+    return _draining.is_set()
+
+
+def drain_seconds() -> float:
+    """``DRAIN_S``: how long a stopping server keeps serving while it reports not ready, so
+    that the load balancer's health check takes it out before it stops accepting. The stack
+    sets it from the LB's health-check window; 0 stops at once."""
+    raw = os.environ.get("DRAIN_S", "0").strip() or "0"
     try:
-        server.serve_forever()
-    except (KeyboardInterrupt, SystemExit):
-        log("stopping")
+        value = float(raw)
+    except ValueError:
+        raise SystemExit(f"DRAIN_S={raw!r} is not a number of seconds") from None
+    if not 0 <= value <= 600:
+        raise SystemExit(f"DRAIN_S={raw!r} must be 0..600 seconds")
+    return value
+
+
+class _CountingServer(ThreadingHTTPServer):
+    """Counts requests being handled, so a stopping server can wait for them to finish."""
+
+    daemon_threads = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.active = 0
+        self._active_lock = threading.Lock()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        with self._active_lock:
+            self.active += 1
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._active_lock:
+                self.active -= 1
+
+
+def serve(handler: type[BaseHTTPRequestHandler], host: str, port: int, *,
+          drain_s: float = 0.0, **fields: Any) -> None:
+    """Serve until SIGTERM. Then, with ``drain_s``, keep serving that long while /readyz says
+    503 (the LB's health checks take the task out of rotation meanwhile), stop accepting,
+    let the requests in flight finish (bounded), and exit. Without it, exit at once
+    (see exit_on_sigterm). Daemon threads: a slow client must not hold the task past
+    Docker's grace period."""
+    if drain_s <= 0:
+        exit_on_sigterm()
+    stop = threading.Event()
+    if drain_s > 0:
+        def on_sigterm(signum: int, frame: object) -> None:
+            _draining.set()  # at once: the next health check must already see it
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+    server = _CountingServer((host, port), handler)
+    log("listening", port=port, drain_s=drain_s, **fields)
+    if drain_s <= 0:
+        try:
+            server.serve_forever()
+        except (KeyboardInterrupt, SystemExit):
+            log("stopping")
+        return
+    loop = threading.Thread(target=server.serve_forever, name="http", daemon=True)
+    loop.start()
+    try:
+        # A short wait in a loop: the signal handler runs on this (the main) thread between
+        # waits.
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    log("draining", seconds=drain_s, in_flight=server.active)
+    time.sleep(drain_s)
+    server.shutdown()  # no new connections are accepted once serve_forever returns
+    server.server_close()
+    deadline = time.monotonic() + 5.0
+    while server.active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log("stopping", in_flight=server.active)

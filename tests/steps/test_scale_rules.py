@@ -1,0 +1,90 @@
+"""The scale preflight's rules, on node lists shaped as the provider reads them (the real
+swarm's refusals are tests/e2e/test_scale.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from casera.steps import scale
+
+
+def node(name: str, role: str = "manager", state: str = "ready", availability: str = "active",
+         reachability: str | None = "reachable", leader: bool = False) -> dict[str, Any]:
+    return {"hostname": name, "role": role, "state": state, "availability": availability,
+            "reachability": reachability if role == "manager" else None, "leader": leader}
+
+
+THREE = [node("n-1", leader=True), node("n-2"), node("n-3")]
+FIVE = THREE + [node("n-4"), node("n-5")]
+
+
+def test_quorum_of_a_healthy_three() -> None:
+    q = scale.quorum(THREE)
+    assert q.healthy and q.managers == 3 and q.tolerates == 1
+    assert scale.quorum(FIVE).tolerates == 2
+
+
+@pytest.mark.parametrize("nodes, why", [
+    ([node("n-1", leader=True), node("n-2", reachability="unreachable"), node("n-3")],
+     "a manager unreachable"),
+    ([node("n-1"), node("n-2"), node("n-3")], "no leader"),
+    ([], "no manager"),
+])
+def test_quorum_not_healthy(nodes: list[dict[str, Any]], why: str) -> None:
+    assert not scale.quorum(nodes).healthy, why
+
+
+def test_not_ready_names_the_node_and_what_it_is() -> None:
+    nodes = THREE + [node("n-4", state="down"), node("n-5", availability="drain")]
+    assert scale.not_ready(nodes) == ["n-4 (down, active)", "n-5 (ready, drain)"]
+
+
+@pytest.mark.parametrize("managers, nodes, target, worker, ok", [
+    (3, 3, 5, False, True),
+    (3, 3, 7, False, True),
+    (3, 3, 3, False, True),      # nothing to add: a no-op, not a refusal
+    (3, 3, 4, False, False),     # even managers
+    (3, 3, 6, False, False),
+    (3, 3, 9, False, False),     # above 7 managers
+    (3, 3, 4, True, True),       # one extra worker, asked for
+    (3, 3, 5, True, False),      # the worker flag adds exactly one
+    (3, 3, 2, False, False),     # below: that is a scale-in
+    (3, 4, 6, False, True),      # 3 managers + 1 worker: +2 managers = 5
+])
+def test_scale_out_target(managers: int, nodes: int, target: int, worker: bool,
+                          ok: bool) -> None:
+    refusals = scale.scale_out_refusals(managers, nodes, target, worker)
+    assert (not refusals) is ok, refusals
+
+
+def test_an_even_target_says_why_and_what_to_do() -> None:
+    (refusal,) = scale.scale_out_refusals(3, 3, 4, False)
+    assert "even" in refusal and "tolerate 1" in refusal and "extra_worker" in refusal
+
+
+def test_scale_in_to_two_is_refused() -> None:
+    refusals = scale.scale_in_refusals(THREE, ["n-3"], {})
+    assert refusals and "leaves 2 manager(s)" in refusals[0]
+
+
+def test_scale_in_to_an_even_count_is_refused() -> None:
+    refusals = scale.scale_in_refusals(FIVE, ["n-5"], {})
+    assert refusals and "even" in refusals[0]
+
+
+def test_five_to_three_is_allowed() -> None:
+    assert scale.scale_in_refusals(FIVE, ["n-4", "n-5"], {"n-1": {"redis"}}) == []
+
+
+def test_a_node_carrying_redis_or_dozzle_is_refused() -> None:
+    refusals = scale.scale_in_refusals(FIVE, ["n-1", "n-5"], {"n-1": {"redis"},
+                                                              "n-5": {"dozzle"}})
+    assert any("n-1 carries redis" in r and "redis-failover" in r for r in refusals)
+    assert any("n-5 carries dozzle" in r for r in refusals)
+
+
+def test_an_unknown_node_is_named() -> None:
+    refusals = scale.scale_in_refusals(FIVE, ["n-9", "n-5"], {})
+    assert any("n-9 is not a node" in r for r in refusals)
