@@ -9,7 +9,9 @@ task lands on. So the data goes first, through Redis' own replication:
    from ``redis``; a stale volume left there by an earlier move is emptied first (it could
    hold an ``appendonlydir``, which Redis would load instead of the new snapshot);
 2. once it is in sync, writes are paused on the master (``CLIENT PAUSE WRITE``: clients wait,
-   reads go on, replication pings stop) and the replica's offset must equal the master's;
+   reads go on) and the replica's offset must equal the master's; the pause does not stop
+   the master's periodic replication PING (14 bytes of offset each), so its period is raised
+   to an hour for the switch and put back if the switch fails;
 3. the replica ``SAVE``s: the target's volume now holds a ``dump.rdb`` of every write and no
    ``appendonlydir`` (the image's entrypoint then loads it with AOF off and turns AOF on,
    docs/facts.md#redis-and-asynq); the replica is stopped (``SHUTDOWN NOSAVE``) and its
@@ -56,6 +58,10 @@ MOVE_SERVICE = "casera-redis-move"
 VOLUME = "casera-redis-data"
 # Long enough to cover the SAVE, the label move and the old task's stop; checked afterwards.
 PAUSE_MS = 60_000
+# The master's replication PING period (s), raised for the pause (see _switch). The old
+# master goes with the switch; the new one starts with the image's default again.
+PING_PERIOD = "repl-ping-replica-period"
+PING_PERIOD_PAUSED = 3600
 
 
 @dataclass
@@ -263,6 +269,31 @@ def _start_replica(ctx: RunContext, cluster: Cluster, state: MoveState,
     return service_id
 
 
+def pause_writes(master: redis_db.Client) -> str:
+    """``CLIENT PAUSE WRITE`` for PAUSE_MS, the replication PING period raised first; returns
+    the period to put back (:func:`resume_writes`).
+
+    The pause does not stop the master's periodic PING to its replicas: Redis 7's
+    ``replicationCron`` (src/replication.c) skips it only while a manual failover (cluster or
+    ``FAILOVER``) is in progress, and each PING adds 14 bytes to ``master_repl_offset``. One
+    falling due during the pause would turn "replica reached offset" or "no write after the
+    pause" red with no write made (docs/facts.md#redis-runbooks-issue-11)."""
+    period = redis_db.config_get(master, PING_PERIOD)
+    redis_db.config_set(master, PING_PERIOD, PING_PERIOD_PAUSED)
+    try:
+        master.execute_command("CLIENT", "PAUSE", str(PAUSE_MS), "WRITE")
+    except BaseException:
+        redis_db.config_set(master, PING_PERIOD, period)
+        raise
+    return period
+
+
+def resume_writes(master: redis_db.Client, ping_period: str) -> None:
+    """Undo :func:`pause_writes` on a master that stays master (the switch failed)."""
+    master.execute_command("CLIENT", "UNPAUSE")
+    redis_db.config_set(master, PING_PERIOD, ping_period)
+
+
 def _switch(ctx: RunContext, cluster: Cluster, entries: dict[str, dict[str, Any]],
             state: MoveState, timeout: float) -> None:
     """The write pause, kept short: everything it needs is found before it starts."""
@@ -273,7 +304,7 @@ def _switch(ctx: RunContext, cluster: Cluster, entries: dict[str, dict[str, Any]
     # No retries: a retried command would reconnect to a server this step just stopped.
     with _task_client(ctx, master_task, retries=False) as master, \
             _task_client(ctx, replica, retries=False) as copy:
-        master.execute_command("CLIENT", "PAUSE", str(PAUSE_MS), "WRITE")
+        ping_period = pause_writes(master)
         state.paused_at = time.monotonic()
         offset = int(master.info("replication")["master_repl_offset"])
 
@@ -297,9 +328,14 @@ def _switch(ctx: RunContext, cluster: Cluster, entries: dict[str, dict[str, Any]
                                                                 replica.container_id),
                      30, interval=0.1, show=False)
         except BaseException:
-            master.execute_command("CLIENT", "UNPAUSE")
+            resume_writes(master, ping_period)
             raise
-        _set_redis_label(cluster, entries, state.target)
+        try:
+            _set_redis_label(cluster, entries, state.target)
+        except BaseException:
+            # The label did not move: the old master stays, with its writes and pings back.
+            resume_writes(master, ping_period)
+            raise
 
         def old_stopped() -> bool:
             # The last offset it answered with is what it held when it went.
