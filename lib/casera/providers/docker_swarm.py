@@ -406,13 +406,16 @@ def _ensure_image(client: docker.DockerClient, image: str) -> None:
 
 
 @mapped
-def empty_volume(client: docker.DockerClient, image: str, volume: str) -> None:
-    """Delete everything in the named volume, with a short-lived container of ``image``.
-    Emptied rather than removed: Docker refuses to remove a volume that any container still
-    references, and Swarm keeps the exited containers of old tasks."""
+def empty_volume(client: docker.DockerClient, image: str, volume: str,
+                 keep: str | None = None) -> None:
+    """Delete everything in the named volume (but the top-level file ``keep``), with a
+    short-lived container of ``image``. Emptied rather than removed: Docker refuses to remove
+    a volume that any container still references, and Swarm keeps the exited containers of
+    old tasks."""
     _ensure_image(client, image)
+    spare = ["-not", "-path", f"/data/{keep}"] if keep else []
     container = client.containers.create(
-        image, entrypoint=["find", "/data", "-mindepth", "1", "-delete"], command=[],
+        image, entrypoint=["find", "/data", "-mindepth", "1", *spare, "-delete"], command=[],
         user="root", volumes={volume: {"bind": "/data", "mode": "rw"}}, network_mode="none")
     _run_once(container, f"emptying volume {volume}")
 

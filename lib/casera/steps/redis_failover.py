@@ -662,8 +662,8 @@ def _promote(ctx: RunContext, result: StepResult, plan: Plan, cluster: Cluster,
     promo: dict[str, Any] = {}
     plan.gate_title = (f"Redis: promote the warm standby on {node} (writes it had not "
                        "received are lost)")
-    plan.add(f"~ promote {redis_standby.STANDBY_SERVICE} on {node}: REPLICAOF NO ONE, SAVE "
-             "(its volume then holds a dump.rdb and no appendonlydir), stop and remove it",
+    plan.add(f"~ promote {redis_standby.STANDBY_SERVICE} on {node}: REPLICAOF NO ONE, SAVE, "
+             f"stop and remove it; {VOLUME} there left holding only that dump.rdb",
              partial(_promote_standby, ctx, cluster, node, service_id, promo), destructive=True)
     plan.add(f"~ label {REDIS_LABEL}: {lost} -> {node} (Swarm starts redis there from the "
              "promoted data)", partial(_set_redis_label, cluster, entries, node),
@@ -697,18 +697,19 @@ def _promote(ctx: RunContext, result: StepResult, plan: Plan, cluster: Cluster,
 def _promote_standby(ctx: RunContext, cluster: Cluster, node: str, service_id: str,
                      promo: dict[str, Any]) -> None:
     """REPLICAOF NO ONE and SAVE on the standby, then stop it and remove its service (its
-    container gone) before the label moves: never two Redis servers on one volume. It ran
-    with AOF off, so its volume holds only the dump.rdb the stack's Redis loads (the
-    appendonly trap, docs/facts.md#redis-and-asynq): checked, not assumed."""
+    container gone) before the label moves: never two Redis servers on one volume. Then
+    everything in its volume but that ``dump.rdb`` goes: an ``appendonlydir`` there would be
+    loaded instead of it (the appendonly trap, docs/facts.md#redis-and-asynq). The standby
+    starts with AOF off, but the image's entrypoint turns AOF on when it restarts on a volume
+    holding a ``dump.rdb`` (a restart on failure after its first sync), so this is not left
+    to chance."""
     from casera.steps import redis_standby
 
     task = redis_standby.standby_task(ctx, cluster)
     if task is None or task.node != node:
         raise StepFailed(f"the standby stopped running on {node}; re-run to restore from B2")
     with _task_client(ctx, task, retries=False) as client:
-        if redis_db.config_get(client, "appendonly") != "no":
-            raise StepFailed(f"the standby on {node} runs with appendonly yes: its volume "
-                             "would hold an appendonlydir; not promoted")
+        promo["aof"] = redis_db.config_get(client, "appendonly")
         info = redis_db.replication(client)
         promo["offset"] = int(info.get("slave_repl_offset", -1))
         promo["link_down_s"] = info.get("master_link_down_since_seconds")
@@ -717,6 +718,8 @@ def _promote_standby(ctx: RunContext, cluster: Cluster, node: str, service_id: s
         promo["keys"] = int(client.dbsize())
         redis_db.shutdown_nosave(client)
     redis_standby.remove_standby(ctx, cluster, service_id)
+    docker_swarm.empty_volume(cluster.clients[node], _by_digest(_replica_spec(cluster)["image"]),
+                              VOLUME, keep="dump.rdb")
 
 
 def _readyz_green(ctx: RunContext, timeout: float) -> str:

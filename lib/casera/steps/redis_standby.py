@@ -7,7 +7,8 @@ nothing of it, so a ``docker stack deploy`` leaves it alone): the stack's Redis 
 task pinned by hostname, on the node's ``casera-redis-data`` volume (so a promotion leaves the
 data exactly where the stack's ``redis`` task will look for it), ``--appendonly no`` (a
 promoted standby's volume must hold a ``dump.rdb`` and no ``appendonlydir``, or the stack's
-Redis would start empty: docs/facts.md#redis-and-asynq), restarted on failure, replicating from
+Redis would not load it: docs/facts.md#redis-and-asynq; the promotion also clears anything but
+the ``dump.rdb`` it saved), restarted on failure, replicating from
 ``redis`` over the overlay. A stale volume on the chosen node is emptied before the standby
 starts: a replica full-syncs anyway, and an old ``appendonlydir`` there would be the trap above.
 
