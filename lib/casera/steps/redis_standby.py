@@ -231,8 +231,8 @@ def ensure_redis_standby(ctx: RunContext, timeout: float = 300) -> StepResult:
                             lambda: (s if (s := sync_state(ctx, cluster)).online else None),
                             timeout)
             result.check("standby in sync", sync.online, sync.detail)
-            ctx.shared["redis_standby"] = {"node": standby_task(ctx, cluster).node
-                                           if standby_task(ctx, cluster) else None,
+            task = standby_task(ctx, cluster)
+            ctx.shared["redis_standby"] = {"node": task.node if task else None,
                                            "lag_s": sync.lag_s,
                                            "behind_bytes": sync.behind_bytes}
         else:
