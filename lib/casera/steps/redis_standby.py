@@ -108,6 +108,8 @@ def decide(want: bool, current: str | None, redis_on: str | None, ready: list[st
 
 def standby_task(ctx: RunContext, cluster: Cluster) -> ServiceTask | None:
     """The standby's running task, where its node's engine answers (None otherwise)."""
+    if find_standby(cluster) is None:
+        return None  # Docker answers a task filter on a missing service with 404
     hostnames = {n["id"]: n["hostname"] for n in docker_swarm.nodes(cluster.manager)}
     for task in docker_swarm.tasks(cluster.manager, {"service": STANDBY_SERVICE,
                                                      "desired-state": "running"}):
