@@ -220,6 +220,9 @@ class RedisBackupParams(_Strict):
 
 class RedisParams(_Strict):
     backup: RedisBackupParams = RedisBackupParams()
+    standby: bool = Field(default=False, description=(
+        "a warm standby: a replica (service casera-redis-standby) on a node other than "
+        "Redis', so a node loss promotes it instead of restoring from B2 (off in the plan)"))
 
 
 class NeonParams(_Strict):
@@ -404,6 +407,10 @@ class Params(_Strict):
         if self.swarm.redis_node > self.hetzner.server_count:
             raise ValueError(f"swarm.redis_node is {self.swarm.redis_node} but there are only "
                              f"{self.hetzner.server_count} servers")
+        if self.redis.standby and self.hetzner.server_count < 2:
+            raise ValueError("redis.standby is true but hetzner.server_count is "
+                             f"{self.hetzner.server_count}: the standby needs a node other "
+                             "than Redis' own; set redis.standby: false or add a server")
         backup = self.redis.backup
         if backup.bucket not in self.b2.buckets:
             raise ValueError(f"redis.backup.bucket is {backup.bucket!r} but b2.buckets has no "

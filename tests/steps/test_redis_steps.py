@@ -133,3 +133,65 @@ def test_the_backup_job_needs_its_bucket_and_a_prefixed_key(tmp_path: Path) -> N
     key = next(k for k in shipped.b2.keys if k.bucket == "backups")
     assert "deleteFiles" not in key.capabilities and "readFiles" not in key.capabilities
     assert key.name_prefix == shipped.redis.backup.prefix
+
+
+def _server(tmp_path: Path, name: str, *args: str) -> tuple[subprocess.Popen, redis_db.Client,
+                                                             int]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed (Debian package redis-server, make install)")
+    port = redis_db._free_port()
+    workdir = tmp_path / name
+    workdir.mkdir()
+    process = subprocess.Popen([binary, "--bind", "127.0.0.1", "--port", str(port), "--dir",
+                                str(workdir), "--save", "", "--appendonly", "no", *args],
+                               stdout=subprocess.DEVNULL)
+    client = redis_db.connect("127.0.0.1", port)
+    deadline = time.monotonic() + 20
+    while not redis_db.ping(client):
+        assert time.monotonic() < deadline, f"redis-server {name} did not start"
+        time.sleep(0.1)
+    return process, client, port
+
+
+def test_the_write_pause_freezes_the_offset_only_with_the_ping_period_raised(
+        tmp_path: Path) -> None:
+    """CLIENT PAUSE WRITE alone lets the master's replication PING move its offset
+    (docs/facts.md); pause_writes raises the period so it stays put, and resume_writes puts
+    the period back. Real redis-servers, the PING every second to keep the test short."""
+    from casera.steps.redis_failover import PING_PERIOD, pause_writes, resume_writes
+
+    started = []
+    try:
+        master_p, master, port = _server(tmp_path, "master", "--repl-ping-replica-period", "1")
+        started.append(master_p)
+        replica_p, replica, _ = _server(tmp_path, "replica", "--replicaof", "127.0.0.1",
+                                        str(port))
+        started.append(replica_p)
+        deadline = time.monotonic() + 20
+        while replica.info("replication").get("master_link_status") != "up":
+            assert time.monotonic() < deadline, "the replica did not sync"
+            time.sleep(0.1)
+
+        def offset() -> int:
+            return int(master.info("replication")["master_repl_offset"])
+
+        # The pause alone: PINGs still move the offset (what made the checks flaky).
+        master.execute_command("CLIENT", "PAUSE", "10000", "WRITE")
+        before = offset()
+        time.sleep(2.5)
+        assert offset() > before, "no PING moved the offset: the premise no longer holds"
+        master.execute_command("CLIENT", "UNPAUSE")
+
+        period = pause_writes(master)
+        assert period == "1"
+        before = offset()
+        time.sleep(2.5)
+        assert offset() == before
+        resume_writes(master, period)
+        assert redis_db.config_get(master, PING_PERIOD) == "1"
+        master.set("after", "the pause")  # writes go again
+    finally:
+        for process in started:
+            process.terminate()
+            process.wait(10)

@@ -373,18 +373,28 @@ def gateway_address(client: docker.DockerClient, container_id: str) -> str | Non
 
 
 @mapped
+def container_addresses(client: docker.DockerClient, container_id: str) -> set[str]:
+    """The container's IPv4 addresses on every network it is attached to."""
+    networks = (client.api.inspect_container(container_id).get("NetworkSettings") or {}
+                ).get("Networks") or {}
+    return {n["IPAddress"] for n in networks.values() if n.get("IPAddress")}
+
+
+@mapped
 def create_pinned_service(client: docker.DockerClient, name: str, image: str,
                           args: list[str], node: str, network_id: str, user: str,
-                          volume: str, target: str, labels: dict[str, str]) -> str:
+                          volume: str, target: str, labels: dict[str, str],
+                          restart: str = "none") -> str:
     """One replica on node ``node`` (by hostname) with named volume ``volume`` at ``target``,
-    on ``network_id`` with DNS round robin, never restarted (a temporary helper a step
-    watches and removes); returns its id."""
+    on ``network_id`` with DNS round robin; ``restart`` is Swarm's restart condition (none:
+    a temporary helper a step watches and removes; on-failure: one that stays); returns its
+    id."""
     service = client.services.create(
         image, name=name, args=args, networks=[network_id], user=user, labels=labels,
         endpoint_spec=docker.types.EndpointSpec(mode="dnsrr"),
         constraints=[f"node.hostname == {node}"],
         mounts=[docker.types.Mount(target=target, source=volume, type="volume")],
-        restart_policy=docker.types.RestartPolicy(condition="none"))
+        restart_policy=docker.types.RestartPolicy(condition=restart))
     return str(service.id)
 
 
@@ -396,13 +406,16 @@ def _ensure_image(client: docker.DockerClient, image: str) -> None:
 
 
 @mapped
-def empty_volume(client: docker.DockerClient, image: str, volume: str) -> None:
-    """Delete everything in the named volume, with a short-lived container of ``image``.
-    Emptied rather than removed: Docker refuses to remove a volume that any container still
-    references, and Swarm keeps the exited containers of old tasks."""
+def empty_volume(client: docker.DockerClient, image: str, volume: str,
+                 keep: str | None = None) -> None:
+    """Delete everything in the named volume (but the top-level file ``keep``), with a
+    short-lived container of ``image``. Emptied rather than removed: Docker refuses to remove
+    a volume that any container still references, and Swarm keeps the exited containers of
+    old tasks."""
     _ensure_image(client, image)
+    spare = ["-not", "-path", f"/data/{keep}"] if keep else []
     container = client.containers.create(
-        image, entrypoint=["find", "/data", "-mindepth", "1", "-delete"], command=[],
+        image, entrypoint=["find", "/data", "-mindepth", "1", *spare, "-delete"], command=[],
         user="root", volumes={volume: {"bind": "/data", "mode": "rw"}}, network_mode="none")
     _run_once(container, f"emptying volume {volume}")
 

@@ -59,6 +59,23 @@ def shutdown_nosave(client: Client) -> None:
             pass  # the answer to a shutdown is the connection closing; callers check it went
 
 
+def replication(client: Client) -> dict[str, Any]:
+    """INFO replication as redis-py parses it (each ``slaveN`` a dict: ip, port, state,
+    offset, lag)."""
+    with _mapped("INFO replication"):
+        return dict(client.info("replication"))
+
+
+def config_get(client: Client, name: str) -> str:
+    with _mapped(f"CONFIG GET {name}"):
+        return str(client.config_get(name)[name])
+
+
+def config_set(client: Client, name: str, value: str | int) -> None:
+    with _mapped(f"CONFIG SET {name}"):
+        client.config_set(name, value)
+
+
 @dataclass(frozen=True)
 class RedisFacts:
     dbsize: int

@@ -15,6 +15,7 @@ from casera.steps import (
     health,
     load_balancer,
     preflight,
+    redis_standby,
     servers,
     ssh_key,
     stack,
@@ -25,5 +26,5 @@ from casera.steps import (
 )
 
 __all__ = ["access", "api_endpoint", "database", "dns", "edge", "firewall", "health",
-           "load_balancer", "preflight", "servers", "ssh_key", "stack", "storage", "summary",
-           "swarm", "swarm_secrets"]
+           "load_balancer", "preflight", "redis_standby", "servers", "ssh_key", "stack",
+           "storage", "summary", "swarm", "swarm_secrets"]

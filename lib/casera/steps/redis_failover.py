@@ -9,7 +9,9 @@ task lands on. So the data goes first, through Redis' own replication:
    from ``redis``; a stale volume left there by an earlier move is emptied first (it could
    hold an ``appendonlydir``, which Redis would load instead of the new snapshot);
 2. once it is in sync, writes are paused on the master (``CLIENT PAUSE WRITE``: clients wait,
-   reads go on, replication pings stop) and the replica's offset must equal the master's;
+   reads go on) and the replica's offset must equal the master's; the pause does not stop
+   the master's periodic replication PING (14 bytes of offset each), so its period is raised
+   to an hour for the switch and put back if the switch fails;
 3. the replica ``SAVE``s: the target's volume now holds a ``dump.rdb`` of every write and no
    ``appendonlydir`` (the image's entrypoint then loads it with AOF off and turns AOF on,
    docs/facts.md#redis-and-asynq); the replica is stopped (``SHUTDOWN NOSAVE``) and its
@@ -56,6 +58,10 @@ MOVE_SERVICE = "casera-redis-move"
 VOLUME = "casera-redis-data"
 # Long enough to cover the SAVE, the label move and the old task's stop; checked afterwards.
 PAUSE_MS = 60_000
+# The master's replication PING period (s), raised for the pause (see _switch). The old
+# master goes with the switch; the new one starts with the image's default again.
+PING_PERIOD = "repl-ping-replica-period"
+PING_PERIOD_PAUSED = 3600
 
 
 @dataclass
@@ -123,8 +129,9 @@ def check_mode(ctx: RunContext, mode: str) -> StepResult:
             raise StepFailed(f"mode {mode!r} is not one of {', '.join(MODES)} (runbook "
                              "parameter mode)")
         result.reason = {"planned": "move Redis to a healthy node with no lost write",
-                         "node-lost": "fence the lost Redis node, restore the newest B2 "
-                                      "snapshot on a healthy one"}[mode]
+                         "node-lost": "fence the lost Redis node, then promote the warm "
+                                      "standby, or restore the newest B2 snapshot on a healthy "
+                                      "node"}[mode]
     return result
 
 
@@ -185,6 +192,8 @@ def move_redis_planned(ctx: RunContext, target: str = "", timeout: float = 300) 
     """Move Redis to ``target`` (default: params' ``swarm.redis_node``) with no lost write
     (see the module's docstring). Re-run with Redis there and no temporary replica left:
     0 changes."""
+    from casera.steps import redis_standby
+
     target = target_node(ctx, target)
     with timed(StepResult("redis move", f"-> {target}", dry_run=ctx.dry_run)) as result:
         cluster = reachable_cluster(ctx)
@@ -206,6 +215,11 @@ def move_redis_planned(ctx: RunContext, target: str = "", timeout: float = 300) 
             apply(ctx, result, plan)
             result.reason = f"redis already on {target}; leftover replica removed"
             return result
+        standby = redis_standby.find_standby(cluster)
+        if standby is not None and standby.node == target:
+            plan.add(f"- service {redis_standby.STANDBY_SERVICE} on {target}: the move needs "
+                     "that node's volume (the runbook's standby step puts a new one elsewhere)",
+                     partial(redis_standby.remove_standby, ctx, cluster, standby.service_id))
         if target in cluster.clients and VOLUME in docker_swarm.volume_names(
                 cluster.clients[target]):
             plan.add(f"- contents of volume {VOLUME} on {target}: stale (no Redis runs there); "
@@ -263,6 +277,31 @@ def _start_replica(ctx: RunContext, cluster: Cluster, state: MoveState,
     return service_id
 
 
+def pause_writes(master: redis_db.Client) -> str:
+    """``CLIENT PAUSE WRITE`` for PAUSE_MS, the replication PING period raised first; returns
+    the period to put back (:func:`resume_writes`).
+
+    The pause does not stop the master's periodic PING to its replicas: Redis 7's
+    ``replicationCron`` (src/replication.c) skips it only while a manual failover (cluster or
+    ``FAILOVER``) is in progress, and each PING adds 14 bytes to ``master_repl_offset``. One
+    falling due during the pause would turn "replica reached offset" or "no write after the
+    pause" red with no write made (docs/facts.md#redis-runbooks-issue-11)."""
+    period = redis_db.config_get(master, PING_PERIOD)
+    redis_db.config_set(master, PING_PERIOD, PING_PERIOD_PAUSED)
+    try:
+        master.execute_command("CLIENT", "PAUSE", str(PAUSE_MS), "WRITE")
+    except BaseException:
+        redis_db.config_set(master, PING_PERIOD, period)
+        raise
+    return period
+
+
+def resume_writes(master: redis_db.Client, ping_period: str) -> None:
+    """Undo :func:`pause_writes` on a master that stays master (the switch failed)."""
+    master.execute_command("CLIENT", "UNPAUSE")
+    redis_db.config_set(master, PING_PERIOD, ping_period)
+
+
 def _switch(ctx: RunContext, cluster: Cluster, entries: dict[str, dict[str, Any]],
             state: MoveState, timeout: float) -> None:
     """The write pause, kept short: everything it needs is found before it starts."""
@@ -273,7 +312,7 @@ def _switch(ctx: RunContext, cluster: Cluster, entries: dict[str, dict[str, Any]
     # No retries: a retried command would reconnect to a server this step just stopped.
     with _task_client(ctx, master_task, retries=False) as master, \
             _task_client(ctx, replica, retries=False) as copy:
-        master.execute_command("CLIENT", "PAUSE", str(PAUSE_MS), "WRITE")
+        ping_period = pause_writes(master)
         state.paused_at = time.monotonic()
         offset = int(master.info("replication")["master_repl_offset"])
 
@@ -297,9 +336,14 @@ def _switch(ctx: RunContext, cluster: Cluster, entries: dict[str, dict[str, Any]
                                                                 replica.container_id),
                      30, interval=0.1, show=False)
         except BaseException:
-            master.execute_command("CLIENT", "UNPAUSE")
+            resume_writes(master, ping_period)
             raise
-        _set_redis_label(cluster, entries, state.target)
+        try:
+            _set_redis_label(cluster, entries, state.target)
+        except BaseException:
+            # The label did not move: the old master stays, with its writes and pings back.
+            resume_writes(master, ping_period)
+            raise
 
         def old_stopped() -> bool:
             # The last offset it answered with is what it held when it went.
@@ -524,7 +568,7 @@ def restore_on_healthy_node(ctx: RunContext, lost: str = "", target: str = "",
     /readyz green). Redis already running on a healthy node other than ``lost``: 0 changes."""
     with timed(StepResult("redis restore", lost or "the redis node",
                           dry_run=ctx.dry_run)) as result:
-        from casera.steps import redis_backup
+        from casera.steps import redis_backup, redis_standby
 
         seen = ctx.shared.get("redis_lost", {})
         lost = lost or seen.get("node", "")
@@ -541,7 +585,24 @@ def restore_on_healthy_node(ctx: RunContext, lost: str = "", target: str = "",
             ctx.shared["redis_placed_on"] = task.node
             apply(ctx, result, plan)
             return result
+        standby = redis_standby.find_standby(cluster)
+        running = redis_standby.standby_task(ctx, cluster)
+        source = recovery_source(running.node if running else None, lost,
+                                 redis_standby.ready_nodes(ctx, cluster), target)
+        if source == "standby" and standby is not None and running is not None:
+            return _promote(ctx, result, plan, cluster, entries, lost, running.node,
+                            standby.service_id, timeout)
         node = _healthy_target(ctx, cluster, lost, target)
+        result.note("recovered from", "the newest B2 snapshot ("
+                    + ("no warm standby" if standby is None else
+                       f"the standby on {standby.node or '?'} is not running on a healthy "
+                       "node" if running is None or running.node == lost else
+                       f"target {target} is not the standby's node {running.node}") + ")")
+        if standby is not None and standby.node == node:
+            # Never two Redis servers on one volume: the standby's goes to the restored data.
+            plan.add(f"- service {redis_standby.STANDBY_SERVICE} on {node} (Redis is restored "
+                     "onto that node's volume)",
+                     partial(redis_standby.remove_standby, ctx, cluster, standby.service_id))
         found = redis_backup.snapshots(ctx)
         if not found:
             raise StepFailed("no snapshot in B2 to restore: the backup service never uploaded")
@@ -566,32 +627,118 @@ def restore_on_healthy_node(ctx: RunContext, lost: str = "", target: str = "",
         result.check("restored key count", low <= facts.dbsize <= high,
                      f"{facts.dbsize} keys; the snapshot recorded {low}"
                      + (f"-{high}" if high != low else ""))
-        # Through the load balancer, as users reach it: the firewall keeps the nodes' api
-        # port for the LB alone (origin lock-down), and "green" means green for a client.
-        address = public_address(ctx)
-        if address is None:
-            raise StepFailed("no load balancer or server address to reach the api through")
-        endpoint = api_endpoint_for(ctx.params, address)
-
-        def readyz() -> str | None:
-            try:
-                status, _ = endpoint.get("/readyz")
-            except OSError:
-                return None
-            return endpoint.base_url if status == 200 else None
-
-        answered = wait_for("the api's /readyz green (it checks Redis)", readyz, timeout)
+        answered = _readyz_green(ctx, timeout)
         rto = time.time() - detected
         result.check("api /readyz green", bool(answered), f"through {answered}")
         result.note("RPO", f"{age:.0f} s: the snapshot's age when the loss was confirmed "
                     f"(writes after {newest.info.get('taken_at', '?')} are lost); it held "
                     f"{newest.info.get('dbsize', '?')} keys")
         result.note("RTO", f"{rto:.0f} s from the confirmed loss to /readyz green")
-        ctx.shared["redis_restore"] = {"rpo_s": round(age, 1), "rto_s": round(rto, 1),
-                                       "snapshot": newest.name, "keys": facts.dbsize}
+        ctx.shared["redis_restore"] = {"source": "b2", "rpo_s": round(age, 1),
+                                       "rto_s": round(rto, 1), "snapshot": newest.name,
+                                       "keys": facts.dbsize}
         result.reason = f"restored {newest.name} on {node}"
         ctx.shared["redis_placed_on"] = node
     return result
+
+
+def recovery_source(standby_on: str | None, lost: str, ready: list[str],
+                    target: str = "") -> str:
+    """``standby`` when a warm standby runs on a ready node other than the lost one (and the
+    operator named no other target), else ``b2`` (restore the newest snapshot)."""
+    if standby_on and standby_on != lost and standby_on in ready and target in ("", standby_on):
+        return "standby"
+    return "b2"
+
+
+def _promote(ctx: RunContext, result: StepResult, plan: Plan, cluster: Cluster,
+             entries: dict[str, dict[str, Any]], lost: str, node: str, service_id: str,
+             timeout: float) -> StepResult:
+    """node-lost with a warm standby on ``node``: promote it where it is, and the stack's
+    Redis takes over its volume (see :func:`_promote_standby`)."""
+    from casera.steps import redis_standby
+
+    seen = ctx.shared.get("redis_lost", {})
+    promo: dict[str, Any] = {}
+    plan.gate_title = (f"Redis: promote the warm standby on {node} (writes it had not "
+                       "received are lost)")
+    plan.add(f"~ promote {redis_standby.STANDBY_SERVICE} on {node}: REPLICAOF NO ONE, SAVE, "
+             f"stop and remove it; {VOLUME} there left holding only that dump.rdb",
+             partial(_promote_standby, ctx, cluster, node, service_id, promo), destructive=True)
+    plan.add(f"~ label {REDIS_LABEL}: {lost} -> {node} (Swarm starts redis there from the "
+             "promoted data)", partial(_set_redis_label, cluster, entries, node),
+             destructive=True)
+    if apply(ctx, result, plan).dry_run:
+        return result
+    detected = float(seen.get("detected_at") or time.time())
+    facts = _wait_loaded(ctx, node, timeout)
+    loaded = _keys_loaded(ctx, node)
+    result.check("promoted key count", loaded is not None and loaded == promo.get("keys"),
+                 f"{loaded} loaded by redis on {node} (its log); the standby saved "
+                 f"{promo.get('keys')}; {facts.dbsize} when it answered")
+    answered = _readyz_green(ctx, timeout)
+    rto = time.time() - detected
+    result.check("api /readyz green", bool(answered), f"through {answered}")
+    result.note("recovered from", f"the warm standby on {node} (promoted, no B2 restore)")
+    down = promo.get("link_down_s")
+    result.note("RPO", "the replication lag: writes the master made after the standby's "
+                f"offset {promo.get('offset')} are lost (link to the master down "
+                f"{down if down is not None else '?'} s at the promotion); "
+                f"{promo.get('keys')} keys kept")
+    result.note("RTO", f"{rto:.0f} s from the confirmed loss to /readyz green")
+    ctx.shared["redis_restore"] = {"source": "standby", "rto_s": round(rto, 1),
+                                   "offset": promo.get("offset"),
+                                   "link_down_s": down, "keys": promo.get("keys")}
+    result.reason = f"promoted the warm standby on {node}"
+    ctx.shared["redis_placed_on"] = node
+    return result
+
+
+def _promote_standby(ctx: RunContext, cluster: Cluster, node: str, service_id: str,
+                     promo: dict[str, Any]) -> None:
+    """REPLICAOF NO ONE and SAVE on the standby, then stop it and remove its service (its
+    container gone) before the label moves: never two Redis servers on one volume. Then
+    everything in its volume but that ``dump.rdb`` goes: an ``appendonlydir`` there would be
+    loaded instead of it (the appendonly trap, docs/facts.md#redis-and-asynq). The standby
+    starts with AOF off, but the image's entrypoint turns AOF on when it restarts on a volume
+    holding a ``dump.rdb`` (a restart on failure after its first sync), so this is not left
+    to chance."""
+    from casera.steps import redis_standby
+
+    task = redis_standby.standby_task(ctx, cluster)
+    if task is None or task.node != node:
+        raise StepFailed(f"the standby stopped running on {node}; re-run to restore from B2")
+    with _task_client(ctx, task, retries=False) as client:
+        promo["aof"] = redis_db.config_get(client, "appendonly")
+        info = redis_db.replication(client)
+        promo["offset"] = int(info.get("slave_repl_offset", -1))
+        promo["link_down_s"] = info.get("master_link_down_since_seconds")
+        client.execute_command("REPLICAOF", "NO", "ONE")
+        client.save()
+        promo["keys"] = int(client.dbsize())
+        redis_db.shutdown_nosave(client)
+    redis_standby.remove_standby(ctx, cluster, service_id)
+    docker_swarm.empty_volume(cluster.clients[node], _by_digest(_replica_spec(cluster)["image"]),
+                              VOLUME, keep="dump.rdb")
+
+
+def _readyz_green(ctx: RunContext, timeout: float) -> str:
+    """Wait for the api's /readyz through the load balancer, as users reach it: the firewall
+    keeps the nodes' api port for the LB alone (origin lock-down), and "green" means green
+    for a client. Returns the base URL that answered."""
+    address = public_address(ctx)
+    if address is None:
+        raise StepFailed("no load balancer or server address to reach the api through")
+    endpoint = api_endpoint_for(ctx.params, address)
+
+    def readyz() -> str | None:
+        try:
+            status, _ = endpoint.get("/readyz")
+        except OSError:
+            return None
+        return endpoint.base_url if status == 200 else None
+
+    return str(wait_for("the api's /readyz green (it checks Redis)", readyz, timeout))
 
 
 def _restore_into_volume(ctx: RunContext, cluster: Cluster, client: Any,
