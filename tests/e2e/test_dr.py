@@ -83,7 +83,7 @@ def test_a_scenario_not_built_yet_is_refused_before_any_change():
                   "--approve")
     assert done.returncode == 1, done.stdout[-2000:]
     meta = latest_run()
-    assert meta["status"] == "failed" and "not built yet" in done.stdout + done.stderr
+    assert meta["status"] == "failed" and "not built yet" in (meta.get("error") or ""), meta
     assert all(s["changed"] == 0 for s in meta["steps"]), meta["steps"]
 
 
