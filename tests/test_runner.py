@@ -478,3 +478,22 @@ def test_unknown_runbook_and_runner_owned_parameters_are_bad_input(project: Path
     assert missing.returncode == 2 and "preflight" in missing.stdout + missing.stderr
     owned = casera("run", "preflight", "--env", "local", "-p", "dry_run=true")
     assert owned.returncode == 2 and "--dry-run" in owned.stderr
+
+
+def test_a_time_given_to_a_runbook_parameter_stays_the_text_written(tmp_path: Path) -> None:
+    # YAML would make it a datetime, which papermill cannot keep in the notebook's JSON.
+    import nbformat
+
+    from casera.runner.run import _split_settings
+
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(
+        'restore_to = ""\ncount = 1', metadata={"tags": ["parameters"]})],
+        metadata={"kernelspec": {"name": "python3", "display_name": "Python 3",
+                                 "language": "python"}})
+    path = tmp_path / "dr.ipynb"
+    nbformat.write(nb, path)
+    notebook, overrides = _split_settings(path, [
+        "restore_to=2026-12-02T10:15:00.123456+00:00", "count=3",
+        "redis.backup.interval_min=5"])
+    assert notebook == {"restore_to": "2026-12-02T10:15:00.123456+00:00", "count": 3}
+    assert overrides == {"redis.backup.interval_min": 5}

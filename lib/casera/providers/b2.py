@@ -306,3 +306,33 @@ def empty_and_delete_bucket(api: B2Api, bucket_id: str, bucket_name: str) -> int
             api.delete_file_version(version.id_, version.file_name)
         api.delete_bucket(bucket)
     return len(versions)
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    """One version of a file: an upload, or a hide marker (what "deleting" a file in a
+    versioned bucket leaves: https://www.backblaze.com/docs/cloud-storage-file-versions)."""
+
+    name: str
+    file_id: str
+    action: str  # "upload" | "hide" (B2 also lists "start" for an unfinished large file)
+    upload_ms: int
+    size: int
+
+
+def file_versions(api: B2Api, bucket_id: str, bucket_name: str,
+                  file_name: str) -> list[FileVersion]:
+    """Every version of exactly ``file_name``, newest first (B2's order within a name)."""
+    with _mapped(f"list versions of {bucket_name}/{file_name}"):
+        bucket = api.BUCKET_CLASS(api, bucket_id, name=bucket_name)
+        return [FileVersion(str(v.file_name), str(v.id_), str(v.action),
+                            int(v.upload_timestamp or 0), int(v.size or 0))
+                for v in bucket.list_file_versions(file_name)
+                if v.file_name == file_name]
+
+
+def delete_file_version(api: B2Api, file_id: str, file_name: str) -> None:
+    """Delete one version (b2_delete_file_version); on a hide marker this un-hides the
+    file: the newest upload below it is the file again."""
+    with _mapped(f"delete version {file_id} of {file_name}"):
+        api.delete_file_version(file_id, file_name)

@@ -99,6 +99,11 @@ class NeonClient:
                                 timeout: float = 120) -> None:
         """PATCH the project, then wait until every operation it started has finished."""
         answer = self.update_project(project_id, changes)
+        self.wait_operations(project_id, answer, "Neon to apply the project change", timeout)
+
+    def wait_operations(self, project_id: str, answer: dict[str, Any], what: str,
+                        timeout: float) -> None:
+        """Wait until every operation in ``answer`` has ended; a failed one raises."""
         pending = [op["id"] for op in answer.get("operations") or []]
 
         def settled() -> list[str] | None:
@@ -109,8 +114,73 @@ class NeonClient:
         if not pending:
             return
         # A failed operation ends the wait at once (wait_for retries a probe that raises).
-        states = wait_for(f"Neon to apply the project change ({len(pending)} operation(s))",
-                          settled, timeout, interval=0.5)
+        states = wait_for(f"{what} ({len(pending)} operation(s))", settled, timeout,
+                          interval=0.5)
         if any(s in OPERATION_FAILED for s in states):
             raise ProviderError("neon", f"operation(s) of project {project_id} failed: "
                                 f"{states}", code="operation_failed", details=states)
+
+    # ------------------------------------------------------------ branches
+
+    def branches(self, project_id: str) -> list[NeonBranch]:
+        answer = self.request("GET", f"/projects/{project_id}/branches")
+        return [NeonBranch.from_api(b) for b in answer.get("branches") or []]
+
+    def branch_by_name(self, project_id: str, name: str) -> NeonBranch | None:
+        return next((b for b in self.branches(project_id) if b.name == name), None)
+
+    def create_branch_at(self, project_id: str, parent_id: str, name: str,
+                         parent_timestamp: str, timeout: float = 600) -> NeonBranch:
+        """A branch of ``parent_id`` as it was at ``parent_timestamp``, WITH a read_write
+        compute: Neon gives a branch none unless ``endpoints`` asks (createProjectBranch).
+        Waits until the compute runs."""
+        answer = self.request("POST", f"/projects/{project_id}/branches", json={
+            "branch": {"parent_id": parent_id, "name": name,
+                       "parent_timestamp": parent_timestamp},
+            "endpoints": [{"type": "read_write"}]})
+        self.wait_operations(project_id, answer, f"Neon to make branch {name} at "
+                             f"{parent_timestamp} with its compute", timeout)
+        return NeonBranch.from_api(answer["branch"])
+
+    def delete_branch(self, project_id: str, branch_id: str, timeout: float = 120) -> None:
+        answer = self.request("DELETE", f"/projects/{project_id}/branches/{branch_id}")
+        self.wait_operations(project_id, answer, f"Neon to delete branch {branch_id}", timeout)
+
+    def restore_branch(self, project_id: str, branch_id: str, source_timestamp: str,
+                       preserve_under_name: str, timeout: float = 900) -> None:
+        """Restore ``branch_id`` in place to its own state at ``source_timestamp``, the state
+        before kept as branch ``preserve_under_name`` (restoreProjectBranch,
+        https://neon.com/docs/reference/api/branches/restore-project-branch). The branch's
+        connection strings stay; open connections are cut. Waits for the operations."""
+        answer = self.request("POST", f"/projects/{project_id}/branches/{branch_id}/restore",
+                              json={"source_branch_id": branch_id,
+                                    "source_timestamp": source_timestamp,
+                                    "preserve_under_name": preserve_under_name})
+        self.wait_operations(project_id, answer, f"Neon to restore branch {branch_id} to "
+                             f"{source_timestamp}", timeout)
+
+    def connection_uri(self, project_id: str, branch_id: str, database: str, role: str,
+                       pooled: bool = False) -> Secret:
+        """The branch's connection URI; it holds the role's password, so it is a Secret."""
+        answer = self.request("GET", f"/projects/{project_id}/connection_uri", params={
+            "branch_id": branch_id, "database_name": database, "role_name": role,
+            "pooled": "true" if pooled else "false"})
+        return Secret("db_password", str(answer["uri"]))
+
+
+@dataclass(frozen=True)
+class NeonBranch:
+    id: str
+    name: str
+    current_state: str
+    default: bool
+    created_at: str
+    parent_timestamp: str | None
+
+    @classmethod
+    def from_api(cls, raw: dict[str, Any]) -> NeonBranch:
+        return cls(id=str(raw["id"]), name=str(raw.get("name") or raw["id"]),
+                   current_state=str(raw.get("current_state") or ""),
+                   default=bool(raw.get("default") or raw.get("primary")),
+                   created_at=str(raw.get("created_at") or ""),
+                   parent_timestamp=raw.get("parent_timestamp"))

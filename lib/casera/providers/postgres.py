@@ -14,6 +14,7 @@ import ctypes
 import os
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 
@@ -117,3 +118,56 @@ def probe(host: str, port: int, dbname: str, user: str, password: Secret, sslmod
         raise ProviderError("postgres", f"{host}:{port}/{dbname} (sslmode={sslmode}): {last}",
                             code=exc.sqlstate or type(exc).__name__,
                             details={"error": text or type(exc).__name__}) from exc
+
+
+def connect_uri(uri: Secret, sslmode: str, sslrootcert: str | None = None,
+                timeout: int = 10) -> psycopg.Connection:
+    """Connect with a connection URI as Neon hands it out (it holds the password); params'
+    ``sslmode`` and ``sslrootcert`` win over the URI's, so a branch is checked as strictly
+    as the main endpoint."""
+    kwargs: dict[str, object] = {"sslmode": sslmode, "connect_timeout": timeout,
+                                 "application_name": "casera-runbooks"}
+    if sslrootcert:
+        kwargs["sslrootcert"] = os.path.expanduser(sslrootcert)
+    try:
+        return psycopg.connect(uri.reveal(), **kwargs, prepare_threshold=None,
+                               autocommit=True)
+    except psycopg.Error as exc:
+        # The message can quote the conninfo: keep only the server's words, masked.
+        raise ProviderError("postgres", str(exc).replace(uri.reveal(), "***"),
+                            code=type(exc).__name__) from exc
+
+
+@dataclass(frozen=True)
+class TableFacts:
+    """One table of the ``public`` schema: its rows, and its newest row by the first
+    timestamp column (``created_at`` in the app's tables), when it has one."""
+
+    name: str
+    rows: int
+    newest_column: str | None
+    newest: datetime | None
+
+
+def table_facts(conn: psycopg.Connection) -> dict[str, TableFacts]:
+    """Row count and newest row of every table in the ``public`` schema (exact counts: the
+    restore's inspection compares them, so an estimate from the statistics would not do)."""
+    from psycopg import sql
+
+    found: dict[str, TableFacts] = {}
+    tables = conn.execute(
+        "SELECT c.relname, (SELECT a.attname FROM pg_attribute a WHERE a.attrelid = c.oid "
+        "AND a.attnum > 0 AND NOT a.attisdropped AND a.atttypid IN "
+        "('timestamptz'::regtype, 'timestamp'::regtype) ORDER BY a.attnum LIMIT 1) "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') ORDER BY 1").fetchall()
+    for name, column in tables:
+        if column:
+            row = conn.execute(sql.SQL("SELECT count(*), max({}) FROM {}").format(
+                sql.Identifier(column), sql.Identifier("public", name))).fetchone()
+        else:
+            row = conn.execute(sql.SQL("SELECT count(*), NULL FROM {}").format(
+                sql.Identifier("public", name))).fetchone()
+        assert row is not None
+        found[name] = TableFacts(name, int(row[0]), column, row[1])
+    return found

@@ -19,7 +19,7 @@ import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +111,10 @@ def _split_settings(nb_path: Path, settings: list[str]) -> tuple[dict[str, Any],
         if key in RUNNER_PARAMETERS:
             raise ParamsError(f"-p {text}", [ParamIssue(
                 key, "is set by the runner", f"use the --{key.replace('_', '-')} flag instead")])
+        if key in declared and isinstance(value, date):
+            # YAML reads 2026-12-02T10:15:00Z as a datetime, which papermill cannot store
+            # in the notebook's JSON metadata: a runbook parameter gets the text as written.
+            value = text.partition("=")[2].strip()
         (notebook if key in declared else overrides)[key] = value
     return notebook, overrides
 

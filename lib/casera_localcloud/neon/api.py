@@ -181,7 +181,7 @@ class Api:
         st = state.read(self.cfg)
         self.project(st, project_id)
         return {"endpoints": [endpoint_view(project_id, b)
-                              for b in st["branches"].values()]}
+                              for b in st["branches"].values() if b.get("endpoint_id")]}
 
     # GET /projects/{id}
     def get_project(self, project_id: str) -> dict[str, Any]:
@@ -252,12 +252,65 @@ class Api:
     def branch_endpoints(self, project_id: str, branch_id: str) -> dict[str, Any]:
         st = state.read(self.cfg)
         branch = self.branch(st, project_id, branch_id)
-        return {"endpoints": [endpoint_view(project_id, branch)]}
+        return {"endpoints": [endpoint_view(project_id, branch)]
+                if branch.get("endpoint_id") else []}
+
+    def check_target(self, project: dict[str, Any], raw: str, name: str) -> datetime:
+        """A point in the project's history, or 400 naming the field: not in the future,
+        inside the history retention window, and after the first base backup (the local
+        project holds nothing older)."""
+        now = datetime.now(UTC)
+        try:
+            target = parse_timestamp(raw)
+        except ApiError as exc:
+            raise ApiError(400, exc.message.replace("parent_timestamp", name)) from exc
+        if target > now + timedelta(seconds=1):
+            raise ApiError(400, f"{name} {raw} is in the future")
+        retention = project["history_retention_seconds"]
+        if target < now - timedelta(seconds=retention):
+            raise ApiError(400, f"{name} {raw} is outside the history retention "
+                                f"window of the project (history_retention_seconds: "
+                                f"{retention}); the earliest point is "
+                                f"{(now - timedelta(seconds=retention)).isoformat()}")
+        start = pitr.history_start(self.cfg)
+        if start is None or target <= start:
+            raise ApiError(400, f"{name} {raw} is before the history this local "
+                                f"project holds (from "
+                                f"{start.isoformat() if start else 'nothing yet'})")
+        return target
+
+    @staticmethod
+    def wants_compute(endpoints: list[Any] | None, where: str) -> bool:
+        """Whether a request's ``endpoints`` asks for a compute. Neon makes a branch without
+        one unless asked ("This method does not require a request body, but you can specify
+        one to create a compute endpoint for the branch",
+        https://api-docs.neon.tech/reference/createprojectbranch); the local Neon has
+        read_write computes only."""
+        for i, spec in enumerate(endpoints or []):
+            if not isinstance(spec, dict):
+                raise ApiError(400, f"{where}[{i}] must be an object")
+            kind = field(spec, "type", str, f"{where}[{i}]", required=True)
+            if kind != "read_write":
+                raise ApiError(400, f"{where}[{i}].type {kind!r}: the local Neon makes "
+                                    "read_write computes only")
+        if len(endpoints or []) > 1:
+            raise ApiError(400, f"{where}: a branch has at most one read_write compute")
+        return bool(endpoints)
+
+    @staticmethod
+    def free_slot(st: state.State) -> int:
+        used = {b.get("slot") for b in st["branches"].values()}
+        return next(i for i in range(1000) if i not in used)
+
+    @staticmethod
+    def unique_name(st: state.State, name: str) -> None:
+        if any(b["name"] == name for b in st["branches"].values()):
+            raise ApiError(409, f"a branch named {name!r} already exists in the project")
 
     # POST /projects/{id}/branches
     def create_branch(self, project_id: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         spec = field(body, "branch", dict, "body") or {}
-        field(body, "endpoints", list, "body")
+        compute = self.wants_compute(field(body, "endpoints", list, "body"), "endpoints")
         for key in ("parent_id", "parent_timestamp", "parent_lsn", "name"):
             field(spec, key, str, "branch")
         if spec.get("parent_lsn"):
@@ -270,40 +323,58 @@ class Api:
                 raise ApiError(404, f"branch {parent_id} not found")
             if parent_id != MAIN_BRANCH_ID:
                 raise ApiError(400, "the local Neon branches from the default branch only")
-            now = datetime.now(UTC)
             raw = spec.get("parent_timestamp")
-            target = parse_timestamp(raw) if raw else now
-            if target > now + timedelta(seconds=1):
-                raise ApiError(400, f"parent_timestamp {raw} is in the future")
-            retention = project["history_retention_seconds"]
-            if target < now - timedelta(seconds=retention):
-                raise ApiError(400, f"parent_timestamp {raw} is outside the history retention "
-                                    f"window of the project (history_retention_seconds: "
-                                    f"{retention}); the earliest point is "
-                                    f"{(now - timedelta(seconds=retention)).isoformat()}")
-            start = pitr.history_start(self.cfg)
-            if start is None or target <= start:
-                raise ApiError(400, f"parent_timestamp {raw} is before the history this local "
-                                    f"project holds (from "
-                                    f"{start.isoformat() if start else 'nothing yet'})")
-            used = {b.get("slot") for b in st["branches"].values()}
-            slot = next(i for i in range(1000) if i not in used)
+            target = (self.check_target(project, raw, "parent_timestamp") if raw
+                      else datetime.now(UTC))
+            if raw is None and pitr.history_start(self.cfg) is None:
+                raise ApiError(400, "the local project has no history to branch from yet")
             suffix = uuid.uuid4().hex[:8]
             branch_id = f"br-local-{suffix}"
+            if spec.get("name"):
+                self.unique_name(st, spec["name"])
             stamp = state.now_iso()
             branch = {"id": branch_id, "name": spec.get("name") or branch_id,
                       "parent_id": parent_id,
                       "parent_timestamp": target.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                      "endpoint_id": f"ep-local-{suffix}", "slot": slot,
-                      "current_state": "init", "default": False, "protected": False,
-                      "created_at": stamp, "updated_at": stamp}
+                      "endpoint_id": f"ep-local-{suffix}" if compute else None,
+                      "slot": self.free_slot(st) if compute else None,
+                      # Without a compute the branch is only a point in the history: a
+                      # compute added later (POST .../endpoints) is restored to it then.
+                      "has_data": False,
+                      "current_state": "init" if compute else "ready", "default": False,
+                      "protected": False, "created_at": stamp, "updated_at": stamp}
             st["branches"][branch_id] = branch
-            ops = [new_operation(st, project_id, branch_id, "create_branch"),
-                   new_operation(st, project_id, branch_id, "start_compute")]
+            ops = [new_operation(st, project_id, branch_id, "create_branch",
+                                 "running" if compute else "finished")]
+            if compute:
+                ops.append(new_operation(st, project_id, branch_id, "start_compute"))
+
+        if compute:
+            self.start_compute_in_background(branch_id, target, [op["id"] for op in ops])
+        answer = {
+            "branch": branch_view(project_id, branch),
+            "endpoints": [endpoint_view(project_id, branch)] if compute else [],
+            "operations": ops,
+            "roles": [{"branch_id": branch_id, "name": ROLE, "protected": False}],
+            "databases": [{"branch_id": branch_id, "name": DATABASE, "owner_name": ROLE}],
+        }
+        password = read_local_secrets().get("CASERA_DB_PASSWORD")
+        if password and compute:
+            uri = connection_uri(self.cfg, branch, DATABASE, ROLE, password, pooled=False)
+            answer["connection_uris"] = [{"connection_uri": uri}]
+        return 201, answer
+
+    def start_compute_in_background(self, branch_id: str, target: datetime | None,
+                                    op_ids: list[str]) -> None:
+        """The branch's compute: its kept data directory started, or (``target``) the main
+        branch's history restored to it."""
 
         def work() -> None:
             with self.branch_lock:
-                service.create_branch_compute(self.cfg, branch_id, target)
+                if target is None:
+                    service.start_kept_branch_compute(self.cfg, branch_id)
+                else:
+                    service.create_branch_compute(self.cfg, branch_id, target)
             with state.locked(self.cfg) as st2:
                 st2["branches"][branch_id]["current_state"] = "ready"
                 st2["branches"][branch_id]["updated_at"] = state.now_iso()
@@ -312,19 +383,115 @@ class Api:
             with state.locked(self.cfg) as st2:
                 st2["branches"][branch_id]["current_state"] = "failed"
 
+        run_in_background(self.cfg, op_ids, work, failed)
+
+    # POST /projects/{id}/endpoints
+    def create_endpoint(self, project_id: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        """A compute for a branch that has none (a point-in-time branch made without
+        ``endpoints``, a branch preserved by a restore); Neon's createProjectEndpoint
+        (https://api-docs.neon.tech/reference/createprojectendpoint)."""
+        spec = field(body, "endpoint", dict, "body", required=True)
+        branch_id = field(spec, "branch_id", str, "endpoint", required=True)
+        kind = field(spec, "type", str, "endpoint", required=True)
+        if kind != "read_write":
+            raise ApiError(400, f"endpoint.type {kind!r}: the local Neon makes read_write "
+                                "computes only")
+        with self.branch_lock, state.locked(self.cfg) as st:
+            branch = self.branch(st, project_id, branch_id)
+            if branch.get("endpoint_id"):
+                raise ApiError(400, f"branch {branch_id} already has a read_write endpoint "
+                                    f"({branch['endpoint_id']})")
+            if branch["current_state"] != "ready":
+                raise ApiError(423, "branch has running operations; retry when they finish",
+                               "LOCKED")
+            suffix = uuid.uuid4().hex[:8]
+            branch.update(endpoint_id=f"ep-local-{suffix}", slot=self.free_slot(st),
+                          current_state="init", updated_at=state.now_iso())
+            ops = [new_operation(st, project_id, branch_id, "start_compute")]
+            snapshot = dict(branch)
+        target = None if snapshot.get("has_data") else parse_timestamp(
+            snapshot["parent_timestamp"])
+        self.start_compute_in_background(branch_id, target, [op["id"] for op in ops])
+        return 201, {"endpoint": endpoint_view(project_id, snapshot), "operations": ops}
+
+    # POST /projects/{id}/branches/{branch_id}/restore
+    def restore_branch(self, project_id: str, branch_id: str,
+                       body: dict[str, Any]) -> dict[str, Any]:
+        """Restore a branch in place to a point of its own history, as Neon's
+        restoreProjectBranch (https://neon.com/docs/reference/api/branches/restore-project-branch):
+        ``source_branch_id`` required; when it is the branch itself, ``source_timestamp`` (or
+        ``source_lsn``) is required, and so is ``preserve_under_name`` ("If the branch has
+        children or the source_branch_id is equal to the branch's id, this field is
+        required"). The branch keeps its id and its compute's connection strings; the state
+        before the restore becomes a new branch named ``preserve_under_name``, with no
+        compute, and the branch's children move to it.
+
+        Locally: the default branch only, from its own history by timestamp only."""
+        source_id = field(body, "source_branch_id", str, "body", required=True)
+        raw = field(body, "source_timestamp", str, "body")
+        lsn = field(body, "source_lsn", str, "body")
+        preserve = field(body, "preserve_under_name", str, "body")
+        if lsn:
+            raise ApiError(400, "source_lsn is not supported by the local Neon; use "
+                                "source_timestamp")
+        with self.branch_lock, state.locked(self.cfg) as st:
+            project = self.project(st, project_id)
+            branch = self.branch(st, project_id, branch_id)
+            if source_id not in st["branches"]:
+                raise ApiError(404, f"branch {source_id} not found")
+            if source_id != branch_id:
+                raise ApiError(400, "the local Neon restores a branch from its own history "
+                                    "only (source_branch_id must equal the branch's id)")
+            if not raw:
+                raise ApiError(400, "source_timestamp or source_lsn is required when "
+                                    "source_branch_id is the branch itself")
+            if not preserve:
+                raise ApiError(400, "preserve_under_name is required when source_branch_id "
+                                    "is the branch itself")
+            if branch_id != MAIN_BRANCH_ID:
+                raise ApiError(400, "the local Neon restores the default branch only")
+            if branch["current_state"] != "ready":
+                raise ApiError(423, "branch has running operations; retry when they finish",
+                               "LOCKED")
+            target = self.check_target(project, raw, "source_timestamp")
+            self.unique_name(st, preserve)
+            suffix = uuid.uuid4().hex[:8]
+            kept_id = f"br-local-{suffix}"
+            stamp = state.now_iso()
+            # The slot is the restore's scratch compute while it runs, then given back.
+            st["branches"][kept_id] = {
+                "id": kept_id, "name": preserve, "parent_id": None, "parent_timestamp": None,
+                "endpoint_id": None, "slot": self.free_slot(st), "has_data": True,
+                "current_state": "init", "default": False, "protected": False,
+                "created_at": stamp, "updated_at": stamp}
+            branch.update(current_state="init", updated_at=stamp)
+            ops = [new_operation(st, project_id, kept_id, "create_branch"),
+                   new_operation(st, project_id, branch_id, "suspend_compute"),
+                   new_operation(st, project_id, branch_id, "start_compute")]
+            slot = st["branches"][kept_id]["slot"]
+            snapshot = dict(branch)
+
+        def work() -> None:
+            with self.branch_lock:
+                service.restore_main_in_place(self.cfg, target, kept_id, slot)
+            with state.locked(self.cfg) as st2:
+                now = state.now_iso()
+                for child in st2["branches"].values():
+                    if child.get("parent_id") == branch_id:
+                        child["parent_id"] = kept_id
+                st2["branches"][kept_id].update(current_state="ready", slot=None,
+                                                updated_at=now)
+                st2["branches"][branch_id].update(current_state="ready", updated_at=now,
+                                                  last_reset_at=now)
+
+        def failed() -> None:
+            # restore_main_in_place leaves the main branch as it was when it fails.
+            with state.locked(self.cfg) as st2:
+                st2["branches"].pop(kept_id, None)
+                st2["branches"][branch_id]["current_state"] = "ready"
+
         run_in_background(self.cfg, [op["id"] for op in ops], work, failed)
-        answer = {
-            "branch": branch_view(project_id, branch),
-            "endpoints": [endpoint_view(project_id, branch)],
-            "operations": ops,
-            "roles": [{"branch_id": branch_id, "name": ROLE, "protected": False}],
-            "databases": [{"branch_id": branch_id, "name": DATABASE, "owner_name": ROLE}],
-        }
-        password = read_local_secrets().get("CASERA_DB_PASSWORD")
-        if password:
-            uri = connection_uri(self.cfg, branch, DATABASE, ROLE, password, pooled=False)
-            answer["connection_uris"] = [{"connection_uri": uri}]
-        return 201, answer
+        return {"branch": branch_view(project_id, snapshot), "operations": ops}
 
     # DELETE /projects/{id}/branches/{branch_id}
     def delete_branch(self, project_id: str, branch_id: str) -> dict[str, Any]:
@@ -360,6 +527,9 @@ class Api:
                 raise ApiError(400, f"missing required query parameter {required}")
         branch = self.branch(st, project_id, query.get("branch_id")
                              or project["default_branch_id"])
+        if not branch.get("endpoint_id"):
+            raise ApiError(404, f"branch {branch['id']} has no compute endpoint: add one "
+                                "(POST /projects/{project_id}/endpoints)")
         if query["role_name"] != ROLE:
             raise ApiError(404, f"role {query['role_name']} not found")
         if query["database_name"] != DATABASE:
@@ -410,6 +580,7 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("GET", r"/users/me", "me"),
         ("GET", r"/projects", "list_projects"),
         ("GET", r"/projects/(?P<project_id>[^/]+)/endpoints", "list_endpoints"),
+        ("POST", r"/projects/(?P<project_id>[^/]+)/endpoints", "create_endpoint"),
         ("GET", r"/projects/(?P<project_id>[^/]+)", "get_project"),
         ("PATCH", r"/projects/(?P<project_id>[^/]+)", "patch_project"),
         ("GET", r"/projects/(?P<project_id>[^/]+)/branches", "list_branches"),
@@ -419,6 +590,8 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
          "delete_branch"),
         ("GET", r"/projects/(?P<project_id>[^/]+)/branches/(?P<branch_id>[^/]+)/endpoints",
          "branch_endpoints"),
+        ("POST", r"/projects/(?P<project_id>[^/]+)/branches/(?P<branch_id>[^/]+)/restore",
+         "restore_branch"),
         ("GET", r"/projects/(?P<project_id>[^/]+)/connection_uri", "get_connection_uri"),
         ("GET", r"/projects/(?P<project_id>[^/]+)/operations/(?P<op_id>[^/]+)",
          "get_operation"),

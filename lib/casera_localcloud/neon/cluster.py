@@ -89,9 +89,13 @@ def initdb(inst: Instance) -> None:
 def archive_command(archive_dir: Path) -> str:
     # Idempotent and atomic: a segment archived twice (after a crash) is fine when identical,
     # and restore_command never sees a half-copied file.
+    # A .partial segment (the old timeline's last one, written at a promotion) is never read
+    # back by recovery; two restores to nearby times can each write one under the same name,
+    # and refusing the second would stall the archiver for good: the newer one wins.
     target = f"{archive_dir}/%f"
-    return (f"if [ -f '{target}' ]; then cmp -s %p '{target}'; "
-            f"else cp %p '{target}.tmp' && mv '{target}.tmp' '{target}'; fi")
+    copy = f"cp %p '{target}.tmp' && mv '{target}.tmp' '{target}'"
+    return (f"case '%f' in *.partial) {copy} ;; *) if [ -f '{target}' ]; then "
+            f"cmp -s %p '{target}'; else {copy}; fi ;; esac")
 
 
 def render_conf(inst: Instance, cfg: NeonConfig, listen: Iterable[str],

@@ -258,8 +258,70 @@ def create_branch_compute(cfg: NeonConfig, branch_id: str, target: datetime) -> 
     apply_allowlist(cfg, state.read(cfg))
 
 
+def start_kept_branch_compute(cfg: NeonConfig, branch_id: str) -> None:
+    """Start a compute on a branch's kept data directory (a branch a restore preserved: the
+    main branch's data as it was). As a branch it never archives: its WAL is not the
+    project's history, and it would collide with the main branch's segment names."""
+    st = state.read(cfg)
+    branch = st["branches"][branch_id]
+    inst = branch_instance(cfg, branch_id, branch["slot"])
+    allowed = allowlist_for(st, branch)
+    listen = cfg.listen_addresses()
+    # The main compute's runtime files are not this compute's.
+    (inst.data_dir / "postmaster.pid").unlink(missing_ok=True)
+    ensure_postgres(cfg, inst, listen, allowed)
+    ensure_pooler(cfg, branch_pooler(cfg, branch_id, branch["slot"]), listen, allowed)
+    apply_allowlist(cfg, state.read(cfg))
+
+
+def restore_main_in_place(cfg: NeonConfig, target: datetime, kept_id: str, slot: int,
+                          timeout: float = 300) -> None:
+    """The main branch's data replaced by its own state at ``target``; the data before kept
+    under ``branches/<kept_id>`` (no compute runs on it). Ports, endpoint and pooler stay,
+    so connection strings keep working; open connections are cut, as on Neon.
+
+    The state at ``target`` is built beside the running main (on the kept branch's slot
+    port) with archiving ON, so the new timeline's history file reaches the archive: later
+    point-in-time branches follow it (recovery_target_timeline 'latest'), and the next
+    restore picks a timeline id no one used. Only then is the main stopped and swapped.
+    If anything fails before the swap, the main branch is untouched."""
+    main = main_instance(cfg)
+    scratch = Instance(name="restoring", data_dir=cfg.home / "branches" / f"restoring-{kept_id}",
+                       port=cfg.branch_port_base + slot, socket_dir=cfg.run_dir,
+                       log_file=cfg.home / "log" / "postgres-restoring.log",
+                       archive_dir=cfg.wal_dir)
+    st = state.read(cfg)
+    allowed = allowlist_for(st, st["branches"][MAIN_BRANCH_ID])
+    listen = cfg.listen_addresses()
+    kept_dir = cfg.home / "branches" / kept_id
+    try:
+        pitr.restore(cfg, main, scratch, target, ["127.0.0.1"], allowed, timeout)
+        histories = [p.name for p in (scratch.data_dir / "pg_wal").glob("*.history")]
+        wait_for(f"the new timeline's history ({', '.join(histories)}) in the archive",
+                 lambda: all((cfg.wal_dir / h).exists() for h in histories), 60,
+                 interval=0.2, show=False)
+        cluster.stop(scratch)
+    except BaseException:
+        cluster.stop(scratch)
+        shutil.rmtree(scratch.data_dir, ignore_errors=True)
+        raise
+    pooler = main_pooler(cfg)
+    pgbouncer.stop(pooler)
+    cluster.stop(main)
+    owned_dir(kept_dir.parent)
+    main.data_dir.rename(kept_dir)
+    scratch.data_dir.rename(main.data_dir)
+    (main.data_dir / "postmaster.pid").unlink(missing_ok=True)
+    ensure_postgres(cfg, main, listen, allowed)
+    ensure_pooler(cfg, pooler, listen, allowed)
+    # A base backup on the new timeline: branches after the restore start from it.
+    pitr.take_base_backup(cfg, main)
+
+
 def delete_branch_compute(cfg: NeonConfig, branch: dict[str, Any]) -> None:
     if branch.get("slot") is None:
+        # A branch without a compute may still hold data (one a restore preserved).
+        shutil.rmtree(cfg.home / "branches" / branch["id"], ignore_errors=True)
         return
     pooler = branch_pooler(cfg, branch["id"], branch["slot"])
     inst = branch_instance(cfg, branch["id"], branch["slot"])

@@ -132,6 +132,36 @@ def test_bad_branch_requests_are_4xx_and_make_no_branch(neon_env, raw, words):
     assert neon_env.api("GET", f"{PROJECT}/branches")[1]["branches"] == before
 
 
+MAIN = "br-casera-local-main"
+
+
+@pytest.mark.parametrize(("raw", "status", "words"), [
+    (b'{}', 400, "body.source_branch_id is required"),
+    (b'{"source_branch_id": 7}', 400, "source_branch_id must be a string"),
+    (b'{"source_branch_id": "br-none", "source_timestamp": "2026-01-01T00:00:00Z",'
+     b' "preserve_under_name": "x"}', 404, "branch br-none not found"),
+    (b'{"source_branch_id": "' + MAIN.encode() + b'", "preserve_under_name": "x"}', 400,
+     "source_timestamp or source_lsn is required"),
+    (b'{"source_branch_id": "' + MAIN.encode() + b'", "source_timestamp": '
+     b'"2026-01-01T00:00:00Z"}', 400, "preserve_under_name is required"),
+    (b'{"source_branch_id": "' + MAIN.encode() + b'", "source_timestamp": '
+     b'"2999-01-01T00:00:00Z", "preserve_under_name": "x"}', 400, "is in the future"),
+    (b'{"source_branch_id": "' + MAIN.encode() + b'", "source_timestamp": '
+     b'"2000-01-01T00:00:00Z", "preserve_under_name": "x"}', 400, "history retention"),
+    (b'{"source_branch_id": "' + MAIN.encode() + b'", "source_timestamp": "soon", '
+     b'"preserve_under_name": "x"}', 400, "invalid source_timestamp"),
+    (b'{"source_branch_id": "' + MAIN.encode() + b'", "source_lsn": "0/16B3748", '
+     b'"preserve_under_name": "x"}', 400, "source_lsn is not supported"),
+])
+def test_bad_restore_requests_are_4xx_and_change_nothing(neon_env, raw, status, words):
+    before = neon_env.api("GET", f"{PROJECT}/branches")[1]["branches"]
+    got, ctype, data, _ = raw_request(neon_env, "POST", f"{PROJECT}/branches/{MAIN}/restore",
+                                      raw)
+    body = neon_error(got, ctype, data)
+    assert got == status and words in body["message"], body
+    assert neon_env.api("GET", f"{PROJECT}/branches")[1]["branches"] == before
+
+
 def test_a_content_length_that_is_not_a_number_is_400(neon_env):
     answer = _raw_exchange(neon_env, (
         f"PATCH {urlparse(neon_env.api_url).path}{PROJECT} HTTP/1.1\r\nHost: x\r\n"

@@ -304,7 +304,8 @@ def test_branch_before_the_newest_base_backup_uses_an_older_one(neon_env):
     assert pitr.backups(cfg)[-1][0] > at
 
     status, body = neon_env.api("POST", f"{PROJECT}/branches",
-                                {"branch": {"parent_timestamp": at.isoformat()}})
+                                {"branch": {"parent_timestamp": at.isoformat()},
+                                 "endpoints": [{"type": "read_write"}]})
     assert status == 201, body
     assert all(op["status"] == "finished" for op in wait_operations(neon_env, body["operations"]))
     branch_id = body["branch"]["id"]
@@ -314,6 +315,104 @@ def test_branch_before_the_newest_base_backup_uses_an_older_one(neon_env):
         assert conn.execute("select label from backup_probe").fetchall() == [("old",)]
     status, body = neon_env.api("DELETE", f"{PROJECT}/branches/{branch_id}")
     wait_operations(neon_env, body["operations"])
+
+
+def _uri(env, branch_id, pooled="true"):
+    status, body = env.api("GET", f"{PROJECT}/connection_uri?branch_id={branch_id}"
+                                  f"&database_name=casera&role_name=casera&pooled={pooled}")
+    assert status == 200, body
+    return body["uri"]
+
+
+def _add_compute(env, branch_id):
+    status, body = env.api("POST", f"{PROJECT}/endpoints",
+                           {"endpoint": {"branch_id": branch_id, "type": "read_write"}})
+    assert status == 201, body
+    assert all(op["status"] == "finished" for op in wait_operations(env, body["operations"]))
+
+
+def test_a_branch_made_without_endpoints_has_no_compute_until_one_is_added(neon_env):
+    info = neon_env.conninfo(neon_env.pooler_port)
+    at = _committed_around(info, "nocompute_probe", "before", "after")
+    status, body = neon_env.api("POST", f"{PROJECT}/branches",
+                                {"branch": {"parent_timestamp": at.isoformat()}})
+    assert status == 201 and body["endpoints"] == [], body
+    branch_id = body["branch"]["id"]
+    assert "connection_uris" not in body
+    assert neon_env.api("GET", f"{PROJECT}/branches/{branch_id}/endpoints")[1] == \
+        {"endpoints": []}
+    status, answer = neon_env.api("GET", f"{PROJECT}/connection_uri?branch_id={branch_id}"
+                                         "&database_name=casera&role_name=casera")
+    assert status == 404 and "no compute endpoint" in answer["message"], answer
+    # The compute added later is restored to the branch's point in time, not to now.
+    _add_compute(neon_env, branch_id)
+    with psycopg.connect(_uri(neon_env, branch_id), prepare_threshold=None) as conn:
+        assert conn.execute("select label from nocompute_probe").fetchall() == [("before",)]
+    status, again = neon_env.api("POST", f"{PROJECT}/endpoints",
+                                 {"endpoint": {"branch_id": branch_id, "type": "read_write"}})
+    assert status == 400 and "already has" in again["message"], again
+    status, body = neon_env.api("DELETE", f"{PROJECT}/branches/{branch_id}")
+    wait_operations(neon_env, body["operations"])
+
+
+def test_restore_in_place_keeps_the_connection_strings_and_preserves_the_old_state(neon_env):
+    from casera_localcloud.neon.config import MAIN_BRANCH_ID
+
+    info = neon_env.conninfo(neon_env.pooler_port)
+    at = _committed_around(info, "inplace_probe", "before", "after")
+    with connect(**info, autocommit=True) as conn:
+        conn.execute("create table inplace_dropped (n int)")
+    uri_before = _uri(neon_env, MAIN_BRANCH_ID)
+    path = f"{PROJECT}/branches/{MAIN_BRANCH_ID}/restore"
+
+    started = time.monotonic()
+    status, body = neon_env.api("POST", path, {
+        "source_branch_id": MAIN_BRANCH_ID, "source_timestamp": at.isoformat(),
+        "preserve_under_name": "pre-restore-probe"})
+    assert status == 200, body
+    assert body["branch"]["id"] == MAIN_BRANCH_ID
+    ops = wait_operations(neon_env, body["operations"], timeout=300)
+    assert all(op["status"] == "finished" for op in ops), ops
+    print(f"restored in place in {time.monotonic() - started:.1f}s")
+
+    assert _uri(neon_env, MAIN_BRANCH_ID) == uri_before
+    with connect(**info) as conn:
+        assert conn.execute("select label from inplace_probe").fetchall() == [("before",)]
+        assert conn.execute("select to_regclass('inplace_dropped')").fetchone() == (None,)
+        conn.execute("insert into inplace_probe values ('after-restore')")
+        conn.commit()
+    branches = neon_env.api("GET", f"{PROJECT}/branches")[1]["branches"]
+    kept = [b for b in branches if b["name"] == "pre-restore-probe"]
+    assert len(kept) == 1 and kept[0]["current_state"] == "ready", branches
+    kept_id = kept[0]["id"]
+    # Preserved without a compute, as on Neon; one added shows the state before the restore.
+    assert neon_env.api("GET", f"{PROJECT}/branches/{kept_id}/endpoints")[1] == \
+        {"endpoints": []}
+    _add_compute(neon_env, kept_id)
+    with psycopg.connect(_uri(neon_env, kept_id), prepare_threshold=None) as conn:
+        assert sorted(conn.execute("select label from inplace_probe").fetchall()) == \
+            [("after",), ("before",)]
+        assert conn.execute("select to_regclass('inplace_dropped')").fetchone() != (None,)
+
+    # History after the restore follows the restored timeline.
+    status, body = neon_env.api("POST", f"{PROJECT}/branches",
+                                {"endpoints": [{"type": "read_write"}]})
+    assert status == 201, body
+    assert all(op["status"] == "finished" for op in wait_operations(neon_env, body["operations"]))
+    with psycopg.connect(_uri(neon_env, body["branch"]["id"]), prepare_threshold=None) as conn:
+        assert sorted(conn.execute("select label from inplace_probe").fetchall()) == \
+            [("after-restore",), ("before",)]
+
+    # The preserved name is taken now: a second restore under it is refused, nothing changes.
+    status, again = neon_env.api("POST", path, {
+        "source_branch_id": MAIN_BRANCH_ID, "source_timestamp": at.isoformat(),
+        "preserve_under_name": "pre-restore-probe"})
+    assert status == 409 and "already exists" in again["message"], again
+    for branch_id in (body["branch"]["id"], kept_id):
+        status, gone = neon_env.api("DELETE", f"{PROJECT}/branches/{branch_id}")
+        assert status == 200, gone
+        wait_operations(neon_env, gone["operations"])
+    assert not (neon_env.home / "neon" / "branches" / kept_id).exists()
 
 
 def test_prune_keeps_what_the_history_window_needs(neon_env):

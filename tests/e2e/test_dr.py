@@ -1,0 +1,172 @@
+"""Disaster recovery, scenario database-pitr (issue 12): writes, note T, more writes and a
+DROP TABLE; ``casera run dr-restore`` brings back exactly the rows up to T, keeps the state
+after T in branch ``pre-restore-<T>``, the api is green through the LB, and a re-run changes
+nothing.
+
+Runs after tests/e2e/test_bootstrap.py on the cloud it bootstrapped (file order does that):
+
+    pytest tests/e2e/test_bootstrap.py tests/e2e/test_dr.py
+
+It leaves the cloud usable for the next modules: the restore to T only loses this module's
+few seconds of writes after T (its own ledger rows and the app's item it made before T
+stays), and the preserved branch is deleted at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+import pytest
+import requests
+from e2e_harness import casera, hcloud
+from test_bootstrap import PARAMS
+
+from casera.paths import outputs_dir
+from casera.steps.api_endpoint import api_endpoint_for
+from casera.steps.database_restore import preserved_name
+from casera_localcloud.local_credentials import read_local_secrets
+
+pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
+NEON_API = PARAMS.neon.api_endpoint
+PROJECT = PARAMS.neon.project_id
+
+
+def db(port: int | None = None) -> psycopg.Connection:
+    """The database as the runbook's operator reaches it: the direct endpoint, TLS."""
+    n = PARAMS.neon
+    return psycopg.connect(host=n.hostaddr, port=port or n.direct_port, dbname=n.database,
+                           user=n.role, password=read_local_secrets()["CASERA_DB_PASSWORD"],
+                           sslmode="require", connect_timeout=10, autocommit=True)
+
+
+def neon(method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+    answer = requests.request(method, NEON_API + path, json=body, timeout=30, headers={
+        "Authorization": f"Bearer {read_local_secrets()['CASERA_NEON_API_KEY']}"})
+    assert answer.status_code < 400, answer.text
+    return answer.json()
+
+
+def wait_ops(answer: dict[str, Any], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    for op in answer.get("operations") or []:
+        while True:
+            status = neon("GET", f"/projects/{PROJECT}/operations/{op['id']}")["operation"]
+            if status["status"] in ("finished", "failed"):
+                assert status["status"] == "finished", status
+                break
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+
+
+def latest_run() -> dict[str, Any]:
+    path = sorted((outputs_dir("local") / "dr-restore").glob("*.ipynb"))[-1]
+    return json.loads(path.read_text())["metadata"]["casera"]
+
+
+def step(meta: dict[str, Any], name: str) -> dict[str, Any]:
+    found = [s for s in meta["steps"] if s["step"] == name]
+    assert found, f"no step {name!r}: {[s['step'] for s in meta['steps']]}"
+    return found[-1]
+
+
+def readyz() -> int:
+    lb = hcloud().load_balancers.get_by_name(PARAMS.load_balancer.name)
+    return api_endpoint_for(PARAMS, lb.public_net.ipv4.ip).get("/readyz")[0]
+
+
+def test_a_scenario_not_built_yet_is_refused_before_any_change():
+    done = casera("run", "dr-restore", "--env", "local", "-p", "scenario=quorum-lost",
+                  "--approve")
+    assert done.returncode == 1, done.stdout[-2000:]
+    meta = latest_run()
+    assert meta["status"] == "failed" and "not built yet" in (meta.get("error") or ""), meta
+    assert all(s["changed"] == 0 for s in meta["steps"]), meta["steps"]
+
+
+def test_database_pitr_restores_exactly_the_rows_up_to_t(record_property):
+    # The app's table exists and holds an item made through the api before T (so the api's
+    # schema, made once per process, is still there after the restore).
+    lb = hcloud().load_balancers.get_by_name(PARAMS.load_balancer.name)
+    endpoint = api_endpoint_for(PARAMS, lb.public_net.ipv4.ip)
+    made = endpoint.requests_session().post(endpoint.url("/items"), json={"name": "e2e-dr"},
+                                            timeout=10)
+    assert made.status_code in (200, 201), made.text
+    item_id = int(made.json()["id"])
+    with db() as conn:
+        conn.execute("DROP TABLE IF EXISTS e2e_dr_ledger, e2e_dr_scratch")
+        conn.execute("CREATE TABLE e2e_dr_ledger (n int PRIMARY KEY, "
+                     "at timestamptz NOT NULL DEFAULT clock_timestamp())")
+        conn.execute("CREATE TABLE e2e_dr_scratch (n int)")
+        conn.execute("INSERT INTO e2e_dr_scratch SELECT generate_series(1, 3)")
+        for n in range(1, 21):
+            conn.execute("INSERT INTO e2e_dr_ledger (n) VALUES (%s)", (n,))
+        time.sleep(0.5)
+        t = datetime.now(UTC)
+        time.sleep(0.5)
+        for n in range(21, 31):
+            conn.execute("INSERT INTO e2e_dr_ledger (n) VALUES (%s)", (n,))
+        conn.execute("DROP TABLE e2e_dr_scratch")
+        items_after = conn.execute("SELECT count(*) FROM items").fetchone()[0]
+    restore_to = t.isoformat()
+    kept_name = preserved_name(t)
+
+    started = time.monotonic()
+    done = casera("run", "dr-restore", "--env", "local", "-p", "scenario=database-pitr",
+                  "-p", f"restore_to={restore_to}", "--approve")
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    meta = latest_run()
+    assert meta["status"] == "succeeded", meta.get("failed_step")
+
+    with db() as conn:
+        ledger = [r[0] for r in conn.execute("SELECT n FROM e2e_dr_ledger ORDER BY n")]
+        scratch = conn.execute("SELECT count(*) FROM e2e_dr_scratch").fetchone()[0]
+        item = conn.execute("SELECT count(*) FROM items WHERE id = %s", (item_id,)).fetchone()
+        items_now = conn.execute("SELECT count(*) FROM items").fetchone()[0]
+    assert ledger == list(range(1, 21)), ledger  # 0 rows lost before T, 0 after T remain
+    assert scratch == 3  # the dropped table is back
+    assert item == (1,) and items_now == items_after
+
+    inspected = {c["name"]: c["detail"] for c in step(meta, "inspect restore point")["checks"]}
+    assert inspected["table e2e_dr_ledger"].startswith("20 rows at restore_to, 30 now"), \
+        inspected
+    assert "GONE now" in inspected["table e2e_dr_scratch"], inspected
+    verified = {c["name"]: (c["ok"], c["detail"])
+                for c in step(meta, "database after restore")["checks"]}
+    assert verified["api /readyz green"][0] and verified["tables at restore_to back"][0], \
+        verified
+    assert readyz() == 200
+
+    # The state after T is in the preserved branch (a compute added to read it).
+    branches = neon("GET", f"/projects/{PROJECT}/branches")["branches"]
+    kept = [b for b in branches if b["name"] == kept_name]
+    assert len(kept) == 1, [b["name"] for b in branches]
+    wait_ops(neon("POST", f"/projects/{PROJECT}/endpoints",
+                  {"endpoint": {"branch_id": kept[0]["id"], "type": "read_write"}}))
+    uri = neon("GET", f"/projects/{PROJECT}/connection_uri?branch_id={kept[0]['id']}"
+                      "&database_name=casera&role_name=casera")["uri"]
+    with psycopg.connect(uri, connect_timeout=10) as conn:
+        after = [r[0] for r in conn.execute("SELECT n FROM e2e_dr_ledger ORDER BY n")]
+        gone = conn.execute("SELECT to_regclass('e2e_dr_scratch')::text").fetchone()
+    assert after == list(range(1, 31)) and gone == (None,)
+
+    # A re-run with the same restore_to changes nothing.
+    again = casera("run", "dr-restore", "--env", "local", "-p", "scenario=database-pitr",
+                   "-p", f"restore_to={restore_to}", "--approve")
+    assert again.returncode == 0, again.stdout[-3000:]
+    rerun = latest_run()
+    assert rerun["steps"] and all(s["changed"] == 0 for s in rerun["steps"]), rerun["steps"]
+    assert "already restored" in step(rerun, "neon restore in place")["reason"]
+
+    rto = next(c["detail"] for c in step(meta, "database after restore")["checks"]
+               if c["name"] == "RTO")
+    record_property("measured", f"dr database-pitr: run {took:.0f} s, RTO {rto}")
+
+    # Leave the cloud as it was: the preserved branch and the test's tables go.
+    wait_ops(neon("DELETE", f"/projects/{PROJECT}/branches/{kept[0]['id']}"))
+    with db() as conn:
+        conn.execute("DROP TABLE IF EXISTS e2e_dr_ledger, e2e_dr_scratch")
