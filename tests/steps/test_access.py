@@ -213,9 +213,14 @@ def test_servers_step_pins_the_key_it_hands_over(tmp_path: Path, project: Path,
     assert all("pinned in local.known_hosts" in line for line in plan.diff)
     assert not access.known_hosts(ctx).path.exists()
     # Rate limits make hcloud replay creates: the replayed body carries the same key.
-    emulator.set_faults(rate_limit_share=0.3)
+    # Seeded and only on POSTs (the creates whose replay is the point): unseeded faults on
+    # every GET too could exhaust hcloud-python's 5 retries on one request now and then.
+    before = emulator.raw("POST", "/_emulator/faults", json={
+        "rate_limit_share": 0.3, "seed": 7, "methods": ["POST"]}).json()["faults"]["injected"]
     result = servers.ensure_servers(ctx)
-    emulator.set_faults(rate_limit_share=0.0)
+    injected = emulator.raw("POST", "/_emulator/faults", json={"rate_limit_share": 0.0}
+                            ).json()["faults"]["injected"] - before
+    assert injected > 0, "no rate limit was injected: the replay path went untested"
     assert result.ok and result.changed == 3
     emulator.idle()
     _pins_match_user_data(ctx, emulator.backend)

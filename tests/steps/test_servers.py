@@ -48,9 +48,14 @@ def test_rate_limits_do_not_duplicate_servers(tmp_path: Path,
                                               emulator: Running) -> None:  # noqa: F811
     ctx = make_ctx(tmp_path, emulator)
     ssh_key.ensure_ssh_key(ctx)
-    emulator.set_faults(rate_limit_share=0.3)
+    # Seeded and only on POSTs (the creates whose replay is the point): unseeded faults on
+    # every GET too could exhaust hcloud-python's 5 retries on one request now and then.
+    before = emulator.raw("POST", "/_emulator/faults", json={
+        "rate_limit_share": 0.3, "seed": 7, "methods": ["POST"]}).json()["faults"]["injected"]
     result = servers.ensure_servers(ctx)
-    emulator.set_faults(rate_limit_share=0.0)
+    injected = emulator.raw("POST", "/_emulator/faults", json={"rate_limit_share": 0.0}
+                            ).json()["faults"]["injected"] - before
+    assert injected > 0, "no rate limit was injected: the replay path went untested"
     assert result.ok
     emulator.idle()
     names = sorted(s.name for s in emulator.client().servers.get_all())
