@@ -32,12 +32,10 @@ from functools import partial
 from casera.context import RunContext
 from casera.errors import StepFailed
 from casera.plan import Plan, apply
-from casera.progress import wait_for
 from casera.providers import neon, postgres
 from casera.result import StepResult, timed
-from casera.steps.api_endpoint import api_endpoint_for
 from casera.steps.database import neon_client, plan_of
-from casera.steps.load_balancer import public_address
+from casera.steps.load_balancer import wait_readyz_through_lb
 
 SCENARIOS = ("database-pitr", "quorum-lost", "total-loss")
 BUILT = ("database-pitr",)
@@ -282,25 +280,6 @@ def restore_in_place(ctx: RunContext, restore_to: str, timeout: float = 900) -> 
     return result
 
 
-def wait_readyz(ctx: RunContext, timeout: float) -> str:
-    """Wait for the api's /readyz green through the load balancer (as users reach it);
-    returns the URL that answered."""
-    address = public_address(ctx)
-    if address is None:
-        raise StepFailed("no load balancer or server address to reach the api through")
-    endpoint = api_endpoint_for(ctx.params, address)
-
-    def ready() -> str | None:
-        try:
-            status, _ = endpoint.get("/readyz")
-        except OSError:
-            return None
-        return endpoint.base_url if status == 200 else None
-
-    return str(wait_for(f"the api's /readyz green through the LB {endpoint.base_url} (it "
-                        "checks Postgres through the pooler)", ready, timeout))
-
-
 def verify_after_restore(ctx: RunContext, restore_to: str, timeout: float = 180) -> StepResult:
     """Read back: every table of the branch at ``restore_to`` is in the live branch again,
     with at least its rows then (the app may write as soon as it reconnects), and the api
@@ -330,7 +309,7 @@ def verify_after_restore(ctx: RunContext, restore_to: str, timeout: float = 180)
         else:
             result.note("tables", "not compared: the inspection did not run in this run "
                         "(a re-run after the restore)")
-        answered = wait_readyz(ctx, timeout)
+        answered = wait_readyz_through_lb(ctx, timeout, "Postgres through the pooler")
         result.check("api /readyz green", bool(answered), f"through {answered}")
         started = float(ctx.shared.get("dr_started") or time.time())
         restored = ctx.shared.get("dr_restored") or {}

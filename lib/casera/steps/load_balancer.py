@@ -137,3 +137,24 @@ def public_address(ctx: RunContext) -> str | None:
             return lb.ipv4
     first = hz.servers.get(ctx.params.server_names()[0])
     return first.ipv4 if first is not None else None
+
+
+def wait_readyz_through_lb(ctx: RunContext, timeout: float, checks: str) -> str:
+    """Wait for the api's /readyz green through the load balancer, as users reach it: the
+    firewall keeps the nodes' api port for the LB alone (origin lock-down), so "green" means
+    green for a client. ``checks`` names what /readyz depends on here, for the wait's message.
+    Returns the base URL that answered."""
+    address = public_address(ctx)
+    if address is None:
+        raise StepFailed("no load balancer or server address to reach the api through")
+    endpoint = api_endpoint_for(ctx.params, address)
+
+    def ready() -> str | None:
+        try:
+            status, _ = endpoint.get("/readyz")
+        except OSError:
+            return None
+        return endpoint.base_url if status == 200 else None
+
+    return str(wait_for(f"the api's /readyz green through the LB {endpoint.base_url} "
+                        f"(it checks {checks})", ready, timeout))

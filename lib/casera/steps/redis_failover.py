@@ -43,8 +43,7 @@ from casera.progress import wait_for
 from casera.providers import b2, docker_swarm, hetzner, redis_db, ssh, ssh_tunnel
 from casera.result import StepResult, timed
 from casera.steps.access import node_ssh
-from casera.steps.api_endpoint import api_endpoint_for
-from casera.steps.load_balancer import public_address
+from casera.steps.load_balancer import wait_readyz_through_lb
 from casera.steps.redis_checks import (
     REDIS_PORT,
     ServiceTask,
@@ -627,7 +626,7 @@ def restore_on_healthy_node(ctx: RunContext, lost: str = "", target: str = "",
         result.check("restored key count", low <= facts.dbsize <= high,
                      f"{facts.dbsize} keys; the snapshot recorded {low}"
                      + (f"-{high}" if high != low else ""))
-        answered = _readyz_green(ctx, timeout)
+        answered = wait_readyz_through_lb(ctx, timeout, "Redis")
         rto = time.time() - detected
         result.check("api /readyz green", bool(answered), f"through {answered}")
         result.note("RPO", f"{age:.0f} s: the snapshot's age when the loss was confirmed "
@@ -676,7 +675,7 @@ def _promote(ctx: RunContext, result: StepResult, plan: Plan, cluster: Cluster,
     result.check("promoted key count", loaded is not None and loaded == promo.get("keys"),
                  f"{loaded} loaded by redis on {node} (its log); the standby saved "
                  f"{promo.get('keys')}; {facts.dbsize} when it answered")
-    answered = _readyz_green(ctx, timeout)
+    answered = wait_readyz_through_lb(ctx, timeout, "Redis")
     rto = time.time() - detected
     result.check("api /readyz green", bool(answered), f"through {answered}")
     result.note("recovered from", f"the warm standby on {node} (promoted, no B2 restore)")
@@ -720,25 +719,6 @@ def _promote_standby(ctx: RunContext, cluster: Cluster, node: str, service_id: s
     redis_standby.remove_standby(ctx, cluster, service_id)
     docker_swarm.empty_volume(cluster.clients[node], _by_digest(_replica_spec(cluster)["image"]),
                               VOLUME, keep="dump.rdb")
-
-
-def _readyz_green(ctx: RunContext, timeout: float) -> str:
-    """Wait for the api's /readyz through the load balancer, as users reach it: the firewall
-    keeps the nodes' api port for the LB alone (origin lock-down), and "green" means green
-    for a client. Returns the base URL that answered."""
-    address = public_address(ctx)
-    if address is None:
-        raise StepFailed("no load balancer or server address to reach the api through")
-    endpoint = api_endpoint_for(ctx.params, address)
-
-    def readyz() -> str | None:
-        try:
-            status, _ = endpoint.get("/readyz")
-        except OSError:
-            return None
-        return endpoint.base_url if status == 200 else None
-
-    return str(wait_for("the api's /readyz green (it checks Redis)", readyz, timeout))
 
 
 def _restore_into_volume(ctx: RunContext, cluster: Cluster, client: Any,
