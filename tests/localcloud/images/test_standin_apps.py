@@ -95,6 +95,13 @@ def test_sigterm_drains_out_of_the_lb_before_the_api_stops(port, tmp_path, start
     assert api.get("/readyz")[0] == 200
     started = time.monotonic()
     api.process.send_signal(signal.SIGTERM)
+    # The handler runs on the app's main thread a moment after kill() returns, while requests
+    # are served on other threads: wait for its "draining" line rather than race it (CI saw
+    # one 200 here in stop 21).
+    deadline = time.monotonic() + 5
+    while '"draining"' not in api.logs():
+        assert time.monotonic() < deadline, "no draining line 5 s after SIGTERM:\n" + api.logs()
+        time.sleep(0.02)
     # Draining: not ready for the LB's health check, yet every request is still answered.
     status, body, _ = api.get("/readyz")
     assert status == 503 and body["draining"] is True, body
