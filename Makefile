@@ -99,7 +99,7 @@ test: install
 	@# xdist workers (each with its own emulators on free ports) halve their wall time on
 	@# 2 cores. The local-cloud ones share one dockerd and run one at a time.
 	$(PYTEST) $(XDIST) -m "not localcloud" tests --ignore=tests/e2e
-	$(PYTEST) -m localcloud tests --ignore=tests/e2e
+	$(PYTEST) --durations=10 -m localcloud tests --ignore=tests/e2e
 	$(PYTEST) --durations=15 tests/e2e
 	$(PYTEST) --nbval-lax runbooks
 
