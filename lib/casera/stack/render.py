@@ -57,6 +57,23 @@ def secret_env_var(name: str) -> str:
     return name.upper()
 
 
+SECRET_ENV_VARS: dict[str, str] = {secret_env_var(name): name for name in SECRETS}
+
+
+def secret_env_in(container_spec: dict[str, object] | None) -> list[str]:
+    """The names (never the values) of the env vars in a ContainerSpec that carry one of the
+    stack's secrets the legacy way."""
+    env = (container_spec or {}).get("Env") or []
+    names = [str(item).split("=", 1)[0] for item in env]  # type: ignore[union-attr]
+    return sorted(name for name in names if name in SECRET_ENV_VARS)
+
+
+def file_forms(value: str) -> list[str]:
+    """How a secret value can appear in a rendered stack file: as itself, and JSON-escaped
+    with ``$`` doubled (what the legacy env lines hold)."""
+    return [form for form in {value, _compose_text(value)[1:-1]} if form]
+
+
 class DatabaseSettings(TypedDict):
     host: str  # the pooler (Neon's -pooler host); the apps never use the direct endpoint
     port: int
