@@ -10,6 +10,7 @@ The rendered file is kept on the manager: an identical file on a converged stack
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -58,12 +59,16 @@ def running_tasks(client: DockerClient) -> dict[str, list[dict[str, Any]]]:
 
 
 def _rolled(task: dict[str, Any], template: dict[str, Any]) -> bool:
-    """The task runs the service's current image, env and secret versions (the secret
-    migration's second roll changes only the env)."""
+    """The task runs the service's current image, env and secret mounts (versions, owner and
+    mode): the secret migration's second roll changes only the env."""
     have, want = task["Spec"].get("ContainerSpec") or {}, template.get("ContainerSpec") or {}
-    return have.get("Image") == want.get("Image") and have.get("Env") == want.get("Env") and (
-        {s.get("SecretID") for s in have.get("Secrets") or []}
-        == {s.get("SecretID") for s in want.get("Secrets") or []})
+    return all(have.get(key) == want.get(key) for key in ("Image", "Env")) and (
+        _mounts(have) == _mounts(want))
+
+
+def _mounts(container: dict[str, Any]) -> list[tuple[str, str]]:
+    return sorted((ref.get("SecretID", ""), json.dumps(ref.get("File") or {}, sort_keys=True))
+                  for ref in container.get("Secrets") or [])
 
 
 def _converged(client: DockerClient, params: Params) -> dict[str, int] | None:
