@@ -194,6 +194,7 @@ _LEGACY_LINE = re.compile(
 def _file_diff(old: str, new: str, masks: list[str] = []) -> list[str]:  # noqa: B006
     """The changed lines, up to 20; any secret value in them (a legacy file) masked. Both
     texts are masked before the diff, so a value that changed shows as an unchanged line."""
+    raw_differs = old != new
     for form in masks:
         old, new = old.replace(form, MASK), new.replace(form, MASK)
     # A value the store no longer has (a deployed legacy file from before a change) is not
@@ -202,6 +203,8 @@ def _file_diff(old: str, new: str, masks: list[str] = []) -> list[str]:  # noqa:
     changed = [line for line in difflib.unified_diff(old.splitlines(), new.splitlines(),
                                                      lineterm="", n=0)
                if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    if raw_differs and not changed:
+        return ["  (only secret values differ; not shown)"]
     return [f"  {line}" for line in changed[:20]] + (
         [f"  ... {len(changed) - 20} more changed lines"] if len(changed) > 20 else [])
 
