@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any
 
 from casera.context import RunContext
-from casera.errors import CaseraError
+from casera.errors import CaseraError, ProviderError
 from casera.operator_secrets import Secret
 from casera.plan import Plan, apply
 from casera.progress import wait_for
@@ -389,8 +389,7 @@ def clean_rollback_targets(ctx: RunContext, mode: str = "migrate") -> StepResult
                 # stopped container, whose inspect still shows the values.
                 plan.add(f"- {node}: stopped container {container['name']} (its task is gone; "
                          "its env holds secret values)",
-                         lambda n=node, c=container["id"]: docker_swarm.remove_container(
-                             cluster.clients[n], c))
+                         lambda n=node, c=container["id"]: _remove_gone(cluster.clients[n], c))
         limit, kept = _history_limit(client)
         if kept is not None:
             plan.add(f"~ swarm task history {limit} -> {kept} (a run stopped during roll 2 "
@@ -400,6 +399,15 @@ def clean_rollback_targets(ctx: RunContext, mode: str = "migrate") -> StepResult
                              "of a deleted task holds one")
         apply(ctx, result, plan)
     return result
+
+
+def _remove_gone(client: DockerClient, container_id: str) -> None:
+    try:
+        docker_swarm.remove_container(client, container_id)
+    except ProviderError as exc:
+        # The node's agent removed it meanwhile (404) or is removing it (409).
+        if exc.code not in ("404", "409"):
+            raise
 
 
 def _leaks(text: str, forms: dict[str, list[str]]) -> list[str]:
