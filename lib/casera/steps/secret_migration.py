@@ -190,6 +190,11 @@ def roll_mounts(ctx: RunContext, mode: str = "migrate", timeout: float = 900) ->
             return result
         services, newest = _state(cluster.manager)
         missing = _missing_mounts(services, newest)
+        if not stack.legacy_env(cluster.manager):
+            # Migrated already: a newer secret version is the stack step's to roll out (this
+            # file would put the env vars back).
+            result.reason = "no service carries a secret env var: nothing to migrate"
+            return result
         if not missing:
             result.reason = "every service already mounts each of its secrets (newest version)"
             return result
