@@ -81,6 +81,18 @@ def _skipped(result: StepResult, mode: str, wanted: str) -> bool:
     return False
 
 
+def _checking(ctx: RunContext, result: StepResult, mode: str, dry: str) -> Cluster | None:
+    """The cluster for a check of mode migrate; None (the reason set) in a dry run or another
+    mode."""
+    if _skipped(result, mode, "migrate"):
+        return None
+    if ctx.dry_run:
+        result.reason = f"dry run: {dry}"
+        return None
+    cluster, _ = cluster_or_reason(ctx)  # a run raises when there is none
+    return cluster
+
+
 def _planned(ctx: RunContext) -> dict[str, Any]:
     return ctx.planned.setdefault(PLANNED, {})
 
@@ -233,13 +245,9 @@ def verify_file_sources(ctx: RunContext, mode: str = "migrate",
     """Every running task of api, worker and backup reads each of its secrets from the file."""
     with timed(StepResult("secrets read from files", "api, worker, backup",
                           dry_run=ctx.dry_run)) as result:
-        if _skipped(result, mode, "migrate"):
+        cluster = _checking(ctx, result, mode, "nothing rolled, nothing to ask the tasks")
+        if cluster is None:
             return result
-        if ctx.dry_run:
-            result.reason = "dry run: nothing rolled, nothing to ask the tasks"
-            return result
-        cluster, _ = cluster_or_reason(ctx)
-        assert cluster is not None  # a run raises instead
         stack.wait_converged(ctx, cluster.manager, timeout)
         services = stack.stack_services(cluster.manager)
 
@@ -426,13 +434,9 @@ def verify_no_values(ctx: RunContext, values: dict[str, Secret],
     in what is shown."""
     with timed(StepResult("no secret values left", "specs, tasks, containers, stack file",
                           dry_run=ctx.dry_run)) as result:
-        if _skipped(result, mode, "migrate"):
+        cluster = _checking(ctx, result, mode, "nothing changed to verify")
+        if cluster is None:
             return result
-        if ctx.dry_run:
-            result.reason = "dry run: nothing changed to verify"
-            return result
-        cluster, _ = cluster_or_reason(ctx)
-        assert cluster is not None
         client = cluster.manager
         forms = {name: file_forms(v.reveal()) for name, v in values.items()
                  if len(v.reveal()) >= 4}
