@@ -43,9 +43,14 @@ class ProbeRow:
 @dataclass
 class SteadyProbe:
     """Steady requests through the load balancer (its loopback address only), alternately a
-    read (``GET /readyz``) and a write (``POST /items``: a row inserted and an Asynq job
-    enqueued), at most ``rate`` a second and for at most ``max_s`` seconds: bounded, never a
-    load test. Use as a context manager; ``rows`` has every request, ``failed`` the failures."""
+    write (``POST /items``: a row inserted and an Asynq job enqueued) and a read of what it
+    wrote (``GET /items/<id>``, through the pooler), at most ``rate`` a second and for at most
+    ``max_s`` seconds: bounded, never a load test. Use as a context manager; ``rows`` has
+    every request, ``failed`` the failures.
+
+    Not ``/readyz``: a stopping api task answers it 503 on purpose while it still serves
+    everything else (the drain that takes it out of the LB's rotation), so a readiness probe
+    through the LB would count the drain working as requests failing."""
 
     api: ApiEndpoint
     rate: float = 4.0
@@ -59,9 +64,9 @@ class SteadyProbe:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _one(self, session: requests.Session, method: str, path: str, want: int,
-             body: dict[str, str] | None = None) -> None:
+             body: dict[str, str] | None = None) -> requests.Response | None:
         started, t0 = time.time(), time.monotonic()
-        detail = ""
+        detail, answer = "", None
         try:
             answer = session.request(method, self.api.url(path), json=body, timeout=10)
             ok = answer.status_code == want
@@ -69,18 +74,20 @@ class SteadyProbe:
         except requests.RequestException as exc:
             ok, detail = False, f"{type(exc).__name__}: {str(exc)[:120]}"
         self.rows.append(ProbeRow(started, (time.monotonic() - t0) * 1000, ok,
-                                  f"{method} {path}", detail))
+                                  f"{method} /{path.split('/')[1]}", detail))
+        return answer if ok else None
 
     def _run(self) -> None:
         session = self.api.requests_session()
         deadline = time.monotonic() + self.max_s
-        write = False
+        write, last_id = True, None
         while not self.stop.is_set() and time.monotonic() < deadline:
             began = time.monotonic()
-            if write:
-                self._one(session, "POST", "/items", 201, {"name": "e2e-probe"})
+            if write or last_id is None:
+                made = self._one(session, "POST", "/items", 201, {"name": "e2e-probe"})
+                last_id = int(made.json()["id"]) if made is not None else last_id
             else:
-                self._one(session, "GET", "/readyz", 200)
+                self._one(session, "GET", f"/items/{last_id}", 200)
             write = not write
             self.stop.wait(max(0.0, 1 / self.rate - (time.monotonic() - began)))
 
