@@ -125,6 +125,18 @@ def test_migration_under_a_steady_probe(tmp_path: Path,
             secret.remove()
         marks["rollback"] = time.monotonic() - started
 
+        # A dry run plans every change and makes none.
+        done = casera("run", RUNBOOK, "--env", "local", "-p", "dry_run=true")
+        assert done.returncode == 0, done.stderr[-2000:]
+        _, meta = latest_run()
+        planned = {name: s["changed"] for name, s in steps_of(meta).items()}
+        assert planned["docker secrets"] == len(stack_secret_values(ctx))
+        assert planned["roll 1: add secret files"] == 1
+        assert planned["roll 2: remove secret env vars"] == 1
+        assert planned["clean rollback targets"] == len(SERVICE_SECRETS)
+        assert not manager.secrets.list(filters={"label": f"{PREFIX}.secret"})
+        assert all(s[1] == [] for s in env_and_mounts(manager).values())
+
         # 2. Stopped right after roll 1: env vars and files on every service.
         run_stopped_after("roll_mounts", tmp_path)
         state = env_and_mounts(manager)
@@ -139,8 +151,10 @@ def test_migration_under_a_steady_probe(tmp_path: Path,
         kept, meta = latest_run()
         ran = steps_of(meta)
         assert ran["roll 1: add secret files"]["changed"] == 0  # the stopped run did it
-        assert ran["roll 2: remove secret env vars"]["changed"] >= 1
-        assert ran["clean rollback targets"]["changed"] >= 1  # roll 1's spec was the previous
+        # What the dry run planned for these steps is what they did.
+        assert ran["roll 2: remove secret env vars"]["changed"] == planned[
+            "roll 2: remove secret env vars"]
+        assert ran["clean rollback targets"]["changed"] == planned["clean rollback targets"]
         assert all(c["ok"] for s in ran.values() for c in s["checks"])
     failed = probe.failed
     f = figures(probe.rows)  # type: ignore[arg-type]
