@@ -86,6 +86,12 @@ def run_stopped_after(call: str, tmp: Path) -> None:
         f"the run failed before {call}: {stopped.value.ename}: {stopped.value.evalue[:600]}"
 
 
+def respecs(step: dict[str, Any]) -> list[str]:
+    """The services whose clean spec a clean-up step sends again (stopped containers the node
+    had not removed yet may come on top: a race with the node's agent, not a plan)."""
+    return sorted(line.split(":")[0] for line in step["diff"] if line.startswith("~ casera_"))
+
+
 def env_and_mounts(client: Any) -> dict[str, tuple[list[str], list[str]]]:
     """service -> (secret env var names in its spec, secret file names it mounts)."""
     services = stack.stack_services(client)
@@ -129,11 +135,12 @@ def test_migration_under_a_steady_probe(tmp_path: Path,
         done = casera("run", RUNBOOK, "--env", "local", "-p", "dry_run=true")
         assert done.returncode == 0, done.stderr[-2000:]
         _, meta = latest_run()
-        planned = {name: s["changed"] for name, s in steps_of(meta).items()}
+        dry = steps_of(meta)
+        planned = {name: s["changed"] for name, s in dry.items()}
         assert planned["docker secrets"] == len(stack_secret_values(ctx))
         assert planned["roll 1: add secret files"] == 1
         assert planned["roll 2: remove secret env vars"] == 1
-        assert planned["clean rollback targets"] == len(SERVICE_SECRETS)
+        assert len(respecs(dry["clean rollback targets"])) == len(SERVICE_SECRETS)
         assert not manager.secrets.list(filters={"label": f"{PREFIX}.secret"})
         assert all(s[1] == [] for s in env_and_mounts(manager).values())
 
@@ -154,7 +161,7 @@ def test_migration_under_a_steady_probe(tmp_path: Path,
         # What the dry run planned for these steps is what they did.
         assert ran["roll 2: remove secret env vars"]["changed"] == planned[
             "roll 2: remove secret env vars"]
-        assert ran["clean rollback targets"]["changed"] == planned["clean rollback targets"]
+        assert respecs(ran["clean rollback targets"]) == respecs(dry["clean rollback targets"])
         assert all(c["ok"] for s in ran.values() for c in s["checks"])
     failed = probe.failed
     f = figures(probe.rows)  # type: ignore[arg-type]
