@@ -35,6 +35,7 @@ from e2e_harness import SteadyProbe, casera, hcloud
 from papermill.exceptions import PapermillExecutionError
 
 from casera.context import RunContext
+from casera.errors import CaseraError
 from casera.load_stats import figures
 from casera.operator_secrets import SecretStore
 from casera.params import load_params
@@ -126,6 +127,9 @@ def test_migration_under_a_steady_probe(tmp_path: Path,
         state = env_and_mounts(manager)
         for name, secrets in SERVICE_SECRETS.items():
             assert state[name] == (sorted(s.upper() for s in secrets), []), (name, state[name])
+        # The bootstrap's stack step leaves a legacy stack to this runbook.
+        with pytest.raises(CaseraError, match="casera run secret-migration --env local"):
+            stack.ensure_stack(ctx)
         # What a stack that never had Docker secrets looks like: none of ours exist.
         for secret in manager.secrets.list(filters={"label": f"{PREFIX}.secret"}):
             secret.remove()
