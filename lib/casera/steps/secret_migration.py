@@ -383,6 +383,10 @@ def clean_rollback_targets(ctx: RunContext, mode: str = "migrate") -> StepResult
         if cluster is None:
             return result
         client = cluster.manager
+        if not ctx.dry_run:
+            # A run stopped during roll 2 left Swarm rolling: a spec sent now would restart
+            # the update, and the history limit restored too early would keep old tasks.
+            stack.wait_converged(ctx, client, 900)
         plan = Plan()
         rolled = _planned(ctx).get("roll2") and ctx.dry_run
         for service in docker_swarm.services(client):
