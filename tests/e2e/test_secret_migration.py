@@ -136,7 +136,7 @@ def test_migration_under_a_steady_probe(tmp_path: Path,
         marks["rollback"] = time.monotonic() - started
 
         # A dry run plans every change and makes none.
-        done = casera("run", RUNBOOK, "--env", "local", "-p", "dry_run=true")
+        done = casera("run", RUNBOOK, "--env", "local", "--dry-run")
         assert done.returncode == 0, done.stderr[-2000:]
         _, meta = latest_run()
         dry = steps_of(meta)
