@@ -81,6 +81,15 @@ def _skipped(result: StepResult, mode: str, wanted: str) -> bool:
     return False
 
 
+def _changing(ctx: RunContext, result: StepResult, mode: str, wanted: str) -> Cluster | None:
+    """The cluster for a step of mode ``wanted``; None (the reason set) in another mode, or
+    in a dry run with no swarm yet (what the earlier steps would make is planned)."""
+    if _skipped(result, mode, wanted):
+        return None
+    cluster, result.reason = cluster_or_reason(ctx)
+    return cluster
+
+
 def _checking(ctx: RunContext, result: StepResult, mode: str, dry: str) -> Cluster | None:
     """The cluster for a check of mode migrate; None (the reason set) in a dry run or another
     mode."""
@@ -195,9 +204,7 @@ def roll_mounts(ctx: RunContext, mode: str = "migrate", timeout: float = 900) ->
     env vars."""
     with timed(StepResult("roll 1: add secret files", "api, worker, backup",
                           dry_run=ctx.dry_run)) as result:
-        if _skipped(result, mode, "migrate"):
-            return result
-        cluster, result.reason = cluster_or_reason(ctx)
+        cluster = _changing(ctx, result, mode, "migrate")
         if cluster is None:
             return result
         services, newest = _state(cluster.manager)
@@ -319,9 +326,7 @@ def roll_env_out(ctx: RunContext, mode: str = "migrate", timeout: float = 900) -
     the old tasks and their stopped containers deleted as they are replaced."""
     with timed(StepResult("roll 2: remove secret env vars", "api, worker, backup",
                           dry_run=ctx.dry_run)) as result:
-        if _skipped(result, mode, "migrate"):
-            return result
-        cluster, result.reason = cluster_or_reason(ctx)
+        cluster = _changing(ctx, result, mode, "migrate")
         if cluster is None:
             return result
         client = cluster.manager
@@ -377,9 +382,7 @@ def clean_rollback_targets(ctx: RunContext, mode: str = "migrate") -> StepResult
     task is replaced (the task spec does not change)."""
     with timed(StepResult("clean rollback targets", "every service",
                           dry_run=ctx.dry_run)) as result:
-        if _skipped(result, mode, "migrate"):
-            return result
-        cluster, result.reason = cluster_or_reason(ctx)
+        cluster = _changing(ctx, result, mode, "migrate")
         if cluster is None:
             return result
         client = cluster.manager
@@ -488,9 +491,7 @@ def rollback(ctx: RunContext, mode: str = "migrate", timeout: float = 900) -> St
     Docker secrets stay (nothing mounts them; the next migration uses them)."""
     with timed(StepResult("rollback to env vars", "api, worker, backup",
                           dry_run=ctx.dry_run)) as result:
-        if _skipped(result, mode, "rollback"):
-            return result
-        cluster, result.reason = cluster_or_reason(ctx)
+        cluster = _changing(ctx, result, mode, "rollback")
         if cluster is None:
             return result
         leader = str(cluster.leader)
