@@ -322,6 +322,15 @@ class CloudflareParams(_Strict):
     proxied: bool = True
 
 
+class StackParams(_Strict):
+    # Where the services get their secrets. docker_secrets: files under /run/secrets (the
+    # plan). legacy_env: the values in the services' environment variables, as before the
+    # migration (the before-state the secret-migration runbook starts from; never for a new
+    # environment). The bootstrap deploys what this says and refuses to move a running
+    # legacy stack itself: runbooks/secret-migration.ipynb does that under its checks.
+    secrets_source: Literal["docker_secrets", "legacy_env"] = "docker_secrets"
+
+
 class RunnerParams(_Strict):
     cell_timeout_s: int = Field(default=1800, ge=10)
     approval: Literal["auto", "required"]
@@ -401,6 +410,7 @@ class Params(_Strict):
     edge: EdgeParams | None = None
     redis: RedisParams = RedisParams()
     load_test: LoadTestParams = Field(default_factory=LoadTestParams)
+    stack: StackParams = Field(default_factory=StackParams)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> Params:

@@ -471,3 +471,60 @@ def write_into_volume(client: docker.DockerClient, image: str, volume: str, file
         image, entrypoint=["chown", owner, f"/data/{file_name}"], command=[], user="root",
         volumes={volume: {"bind": "/data", "mode": "rw"}}, network_mode="none")
     _run_once(container, f"writing {file_name} into volume {volume}", archive.getvalue())
+
+
+@mapped
+def service_spec(client: docker.DockerClient, service_id: str) -> tuple[int, dict[str, Any]]:
+    """(version, spec) of a service exactly as stored: no defaults inserted, so sending it
+    back changes nothing the orchestrator compares (no task is replaced)."""
+    found = client.api.inspect_service(service_id)
+    return int(found["Version"]["Index"]), dict(found.get("Spec") or {})
+
+
+@mapped
+def update_service_spec(client: docker.DockerClient, service_id: str, version: int,
+                        spec: dict[str, Any]) -> None:
+    """Send ``spec`` as the service's whole new spec (the low-level call: docker-py's
+    ``Service.update`` cannot add or remove secrets, docker-py#2908). Swarm keeps the spec
+    it replaces as PreviousSpec."""
+    client.api.update_service(
+        service_id, version, task_template=spec.get("TaskTemplate"), name=spec.get("Name"),
+        labels=spec.get("Labels") or {}, mode=spec.get("Mode"),
+        update_config=spec.get("UpdateConfig"), rollback_config=spec.get("RollbackConfig"),
+        endpoint_spec=spec.get("EndpointSpec"))
+
+
+@mapped
+def swarm_spec(client: docker.DockerClient) -> tuple[int, dict[str, Any]]:
+    """(version, spec) of the swarm (a manager's view): Orchestration, Labels, Raft, ..."""
+    found = client.api.inspect_swarm()
+    return int(found["Version"]["Index"]), dict(found.get("Spec") or {})
+
+
+@mapped
+def update_swarm_spec(client: docker.DockerClient, version: int, spec: dict[str, Any]) -> None:
+    """Send the whole swarm spec back changed (docker-py's ``Swarm.update`` builds a partial
+    spec from its arguments, which would reset every setting it does not name)."""
+    client.api.update_swarm(version, swarm_spec=spec)
+
+
+@mapped
+def container_envs(client: docker.DockerClient) -> list[dict[str, Any]]:
+    """Every container on this engine, running or not, as ``docker inspect`` has it: id,
+    name, running, its swarm service's name (if any), and Config.Env. The env holds values:
+    callers scan it and report names only."""
+    out = []
+    for found in client.api.containers(all=True):
+        attrs = client.api.inspect_container(found["Id"])
+        labels = (attrs.get("Config") or {}).get("Labels") or {}
+        out.append({"id": attrs["Id"], "name": attrs.get("Name", "").lstrip("/"),
+                    "running": bool((attrs.get("State") or {}).get("Running")),
+                    "service": labels.get("com.docker.swarm.service.name", ""),
+                    "task": labels.get("com.docker.swarm.task.id", ""),
+                    "env": list((attrs.get("Config") or {}).get("Env") or [])})
+    return out
+
+
+@mapped
+def remove_container(client: docker.DockerClient, container_id: str) -> None:
+    client.api.remove_container(container_id)

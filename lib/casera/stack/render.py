@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NotRequired, TypedDict
 
 from casera.errors import CaseraError
+from casera.operator_secrets import Secret
 from casera.params import REPLICA_RANGES
 
 if TYPE_CHECKING:
@@ -33,6 +34,44 @@ DOZZLE_PORT = 9999
 # The backup service gets only the backups key (write and list under its prefix).
 SECRETS = ("db_password", "secret_key", "b2_uploads_key_id", "b2_uploads_key",
            "b2_certs_key_id", "b2_certs_key", "apns_key", "b2_backups_key_id", "b2_backups_key")
+
+# Which secrets each service gets (the rest get none). The worker never gets the uploads
+# (read/write) key; the backup service only its own.
+SERVICE_SECRETS: dict[str, tuple[str, ...]] = {
+    "api": ("db_password", "secret_key", "b2_uploads_key_id", "b2_uploads_key",
+            "b2_certs_key_id", "b2_certs_key", "apns_key"),
+    "worker": ("db_password", "secret_key", "b2_certs_key_id", "b2_certs_key", "apns_key"),
+    "backup": ("b2_backups_key_id", "b2_backups_key"),
+}
+# docker_secrets: mounts only (the plan). legacy_env: the values in env vars and no mounts
+# (before the migration). both: env vars and mounts, the secret migration's first roll.
+SecretsSource = Literal["docker_secrets", "legacy_env", "both"]
+SECRETS_SOURCES: tuple[str, ...] = ("docker_secrets", "legacy_env", "both")
+# Docker secret file mode: read by the owner (the app's uid) only.
+SECRET_FILE_MODE = 0o400
+
+
+def secret_env_var(name: str) -> str:
+    """The env var a secret lived in before the migration (the stand-in apps' fallback,
+    ``apps.common.env_var_for``): DB_PASSWORD, SECRET_KEY, ..."""
+    return name.upper()
+
+
+SECRET_ENV_VARS: dict[str, str] = {secret_env_var(name): name for name in SECRETS}
+
+
+def secret_env_in(container_spec: dict[str, object] | None) -> list[str]:
+    """The names (never the values) of the env vars in a ContainerSpec that carry one of the
+    stack's secrets the legacy way."""
+    env = (container_spec or {}).get("Env") or []
+    names = [str(item).split("=", 1)[0] for item in env]  # type: ignore[union-attr]
+    return sorted(name for name in names if name in SECRET_ENV_VARS)
+
+
+def file_forms(value: str) -> list[str]:
+    """How a secret value can appear in a rendered stack file: as itself, and JSON-escaped
+    with ``$`` doubled (what the legacy env lines hold)."""
+    return [form for form in {value, _compose_text(value)[1:-1]} if form]
 
 
 class DatabaseSettings(TypedDict):
@@ -72,6 +111,9 @@ class StackSettings(TypedDict):
     # balancer takes it out of rotation before it stops accepting (Params.lb_unhealthy_after_s).
     # 0 or absent: it stops at once.
     api_drain_s: NotRequired[int]
+    # Absent: docker_secrets. legacy_env and both need secret_values (every name in SECRETS).
+    secrets_source: NotRequired[SecretsSource]
+    secret_values: NotRequired[dict[str, Secret]]
 
 
 # The seed's production networking: encrypted overlay (IPsec; the firewall must pass ESP),
@@ -102,7 +144,19 @@ def validate(settings: StackSettings) -> None:
     """Refuse settings that would deploy something the runbooks cannot stand behind."""
     for key in ("images", "replicas", "users", "healthchecks"):
         _require_keys(key, settings[key], SERVICES)  # type: ignore[literal-required]
-    _require_keys("secrets", settings["secrets"], SECRETS)
+    source = settings.get("secrets_source", "docker_secrets")
+    if source not in SECRETS_SOURCES:
+        raise StackSettingsError(f"secrets_source: {source!r} must be one of "
+                                 f"{', '.join(SECRETS_SOURCES)}")
+    if source != "legacy_env":
+        _require_keys("secrets", settings["secrets"], SECRETS)
+    if source != "docker_secrets":
+        _require_keys("secret_values", dict(settings.get("secret_values") or {}), SECRETS)
+    for service in SERVICE_SECRETS:
+        if source != "legacy_env" and not _numeric_owner(settings["users"][service]):
+            raise StackSettingsError(
+                f"users.{service}: {settings['users'][service]!r} must be numeric uid:gid, "
+                "the owner of its secret files (Docker cannot resolve a user name there)")
     for service, count in settings["replicas"].items():
         low, high = REPLICA_RANGES[service]
         if not low <= count <= high:
@@ -132,6 +186,42 @@ def validate(settings: StackSettings) -> None:
     if settings["database"]["sslmode"] in ("disable", "allow", "prefer"):
         raise StackSettingsError(f"database.sslmode: {settings['database']['sslmode']!r} "
                                  "allows plain text; use require or verify-full")
+
+
+def _numeric_owner(user: str) -> bool:
+    uid, _, gid = user.partition(":")
+    return uid.isdigit() and (gid or uid).isdigit()
+
+
+def _compose_text(value: str) -> str:
+    """A value as a JSON string with ``$`` doubled: `docker stack deploy` interpolates
+    ``$NAME`` in the file, so a secret holding a ``$`` would otherwise arrive altered."""
+    return json.dumps(value).replace("$", "$$")
+
+
+def _secret_values(settings: StackSettings) -> dict[str, str]:
+    source = settings.get("secrets_source", "docker_secrets")
+    secrets, users = settings["secrets"], settings["users"]
+    values: dict[str, str] = {}
+    for service, names in SERVICE_SECRETS.items():
+        uid, _, gid = users[service].partition(":")
+        mounts = [] if source == "legacy_env" else [
+            {"source": name, "target": name, "uid": uid, "gid": gid or uid,
+             "mode": SECRET_FILE_MODE} for name in names]
+        values[f"mounts_{service}"] = json.dumps(mounts)
+        # The values are revealed here only, into the text of a legacy stack file.
+        env = [] if source == "docker_secrets" else [
+            f"{secret_env_var(name)}: "
+            f"{_compose_text(settings['secret_values'][name].reveal())}" for name in names]
+        values[f"legacy_env_{service}"] = "\n      ".join(env)
+    values["secret_definitions"] = json.dumps({} if source == "legacy_env" else {
+        name: {"external": True, "name": secrets[name]} for name in SECRETS})
+    values["secrets_source_note"] = {
+        "docker_secrets": "Secrets: files under /run/secrets only.",
+        "legacy_env": "Secrets: LEGACY - values in the services' env vars, none mounted.",
+        "both": "Secrets: env vars AND files (the secret migration's first roll).",
+    }[source]
+    return values
 
 
 def _notes(network: NetworkSettings) -> dict[str, str]:
@@ -186,8 +276,7 @@ def render_stack(settings: StackSettings) -> str:
         values[f"replicas_{service}"] = json.dumps(int(settings["replicas"][service]))
         values[f"user_{service}"] = json.dumps(settings["users"][service])
         values[f"healthcheck_{service}"] = json.dumps(list(settings["healthchecks"][service]))
-    for name in SECRETS:
-        values[f"secret_{name}"] = json.dumps(settings["secrets"][name])
+    values.update(_secret_values(settings))
     # substitute(), not safe_substitute(): a placeholder without a value is a bug to see now.
     return string.Template(TEMPLATE.read_text()).substitute(values)
 
@@ -203,6 +292,8 @@ def settings_from_params(
     secrets: dict[str, str],
     docker_socket_gid: int,
     images: dict[str, str] | None = None,
+    secrets_source: SecretsSource | None = None,
+    secret_values: dict[str, Secret] | None = None,
 ) -> StackSettings:
     """Stack settings from an environment's params plus what only the cluster knows: the
     current secret versions and the group owning the nodes' Docker socket (Dozzle's group,
@@ -211,7 +302,7 @@ def settings_from_params(
     users = {name: getattr(services, name).user for name in SERVICES}
     users["dozzle"] = f"{users['dozzle'].split(':')[0]}:{docker_socket_gid}"
     neon, swarm = params.neon, params.swarm
-    return {
+    settings: StackSettings = {
         "env": params.env,
         "images": images or {name: getattr(services, name).image for name in SERVICES},
         "replicas": {name: getattr(services, name).replicas for name in SERVICES},
@@ -230,4 +321,8 @@ def settings_from_params(
                    "prefix": params.redis.backup.prefix,
                    "realm": params.b2.node_realm or params.b2.realm},
         "api_drain_s": params.lb_unhealthy_after_s(),
+        "secrets_source": secrets_source or params.stack.secrets_source,
     }
+    if secret_values is not None:
+        settings["secret_values"] = dict(secret_values)
+    return settings

@@ -10,22 +10,33 @@ The rendered file is kept on the manager: an identical file on a converged stack
 from __future__ import annotations
 
 import difflib
+import json
+import re
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from casera.context import RunContext
 from casera.errors import CaseraError, WaitTimeout
-from casera.operator_secrets import Secret
+from casera.operator_secrets import MASK, Secret
 from casera.params import Params
 from casera.plan import Plan, apply
 from casera.progress import wait_for
 from casera.providers import docker_swarm, ssh
 from casera.result import StepResult, timed
-from casera.stack import DOZZLE_PORT, SECRETS, render_stack, settings_from_params
+from casera.stack import (
+    DOZZLE_PORT,
+    SECRET_ENV_VARS,
+    SECRETS,
+    SecretsSource,
+    file_forms,
+    render_stack,
+    secret_env_in,
+    settings_from_params,
+)
 from casera.steps.access import node_ssh
-from casera.steps.swarm import DockerClient, cluster_or_reason, connect_cluster
-from casera.steps.swarm_secrets import current_names
+from casera.steps.swarm import Cluster, DockerClient, cluster_or_reason, connect_cluster
+from casera.steps.swarm_secrets import current_names, stack_secret_values
 
 STACK = "casera"
 REMOTE_FILE = "casera-stack.yml"
@@ -48,11 +59,16 @@ def running_tasks(client: DockerClient) -> dict[str, list[dict[str, Any]]]:
 
 
 def _rolled(task: dict[str, Any], template: dict[str, Any]) -> bool:
-    """The task runs the service's current image and secret versions."""
+    """The task runs the service's current image, env and secret mounts (versions, owner and
+    mode): the secret migration's second roll changes only the env."""
     have, want = task["Spec"].get("ContainerSpec") or {}, template.get("ContainerSpec") or {}
-    return have.get("Image") == want.get("Image") and (
-        {s.get("SecretID") for s in have.get("Secrets") or []}
-        == {s.get("SecretID") for s in want.get("Secrets") or []})
+    return all(have.get(key) == want.get(key) for key in ("Image", "Env")) and (
+        _mounts(have) == _mounts(want))
+
+
+def _mounts(container: dict[str, Any]) -> list[tuple[str, str]]:
+    return sorted((ref.get("SecretID", ""), json.dumps(ref.get("File") or {}, sort_keys=True))
+                  for ref in container.get("Secrets") or [])
 
 
 def _converged(client: DockerClient, params: Params) -> dict[str, int] | None:
@@ -74,9 +90,61 @@ def _converged(client: DockerClient, params: Params) -> dict[str, int] | None:
     return counts
 
 
+def converged(ctx: RunContext, client: DockerClient) -> dict[str, int] | None:
+    """service -> running tasks once every service runs its replicas on its current spec."""
+    return _converged(client, ctx.params)
+
+
+def wait_converged(ctx: RunContext, client: DockerClient, timeout: float) -> dict[str, int]:
+    return wait_for("every service at its replica count, each task on the current spec",
+                    lambda: _converged(client, ctx.params), timeout)
+
+
+def legacy_env(client: DockerClient) -> dict[str, list[str]]:
+    """service -> the names of the secret env vars its spec still carries (legacy)."""
+    return {name: found for name, service in stack_services(client).items()
+            if (found := secret_env_in(service["spec"]["TaskTemplate"].get("ContainerSpec")))}
+
+
+def render_for(ctx: RunContext, cluster: Cluster, conn: ssh.Connection,
+               source: SecretsSource) -> tuple[str, list[str]]:
+    """The stack file params render, with its secrets as ``source`` says, and the forms of
+    the secret values it may hold (to mask in anything shown). In a dry run before the
+    secrets step, v1 stands in for versions not made yet (shown as such)."""
+    gid = int(ssh.run(conn, "stat -c %g /var/run/docker.sock"))
+    names: dict[str, str] = {}
+    if source != "legacy_env":
+        try:
+            names = current_names(cluster.manager, list(SECRETS))
+        except LookupError:
+            if not ctx.dry_run:
+                raise
+            names = {n: f"casera_{n}_v1" for n in SECRETS}
+    values = stack_secret_values(ctx) if source != "docker_secrets" else None
+    text = render_stack(settings_from_params(ctx.params, secrets=names,
+                                             docker_socket_gid=gid, secrets_source=source,
+                                             secret_values=values))
+    masks = sorted({form for value in (values or {}).values()
+                    for form in file_forms(value.reveal())}, key=len, reverse=True)
+    return text, masks
+
+
+def deployed_file(conn: ssh.Connection) -> str:
+    return ssh.run(conn, f"cat {REMOTE_FILE} 2>/dev/null || true")
+
+
+def deploy_text(conn: ssh.Connection, text: str) -> None:
+    """``docker stack deploy`` of ``text``, kept on the manager as the deployed file (mode
+    0600: a legacy file holds secret values)."""
+    ssh.put_text(conn, text, REMOTE_FILE)
+    ssh.run(conn, f"chmod 600 {REMOTE_FILE}")
+    docker_swarm.stack_deploy(conn, REMOTE_FILE, STACK)
+
+
 def ensure_stack(ctx: RunContext, timeout: float = 600) -> StepResult:
     """The stack deployed from params, every service at its replica count."""
     p = ctx.params
+    source = p.stack.secrets_source
     with timed(StepResult("stack", STACK, dry_run=ctx.dry_run)) as result:
         plan = Plan()
         cluster, result.reason = cluster_or_reason(ctx)
@@ -87,26 +155,26 @@ def ensure_stack(ctx: RunContext, timeout: float = 600) -> StepResult:
             return result
         client, leader = cluster.manager, str(cluster.leader)
         conn = node_ssh(ctx, leader, cluster.nodes[leader])
-        gid = int(ssh.run(conn, "stat -c %g /var/run/docker.sock"))
-        try:
-            names = current_names(client, list(SECRETS))
-        except LookupError as exc:
-            if not ctx.dry_run:
-                raise
-            names = {n: f"casera_{n}_v1" for n in SECRETS}
-            plan.show(f"  ({exc}; assuming v1)")
-        text = render_stack(settings_from_params(p, secrets=names, docker_socket_gid=gid))
-        deployed = ssh.run(conn, f"cat {REMOTE_FILE} 2>/dev/null || true")
+        if source == "docker_secrets" and (legacy := legacy_env(client)):
+            # Deploying over it would drop the env vars and add the mounts in one roll, with
+            # none of the migration's checks (every task reads the file first).
+            raise CaseraError(
+                "the running stack still has secret values in env vars ("
+                + "; ".join(f"{svc}: {', '.join(names)}" for svc, names in legacy.items())
+                + f"), and params say stack.secrets_source: docker_secrets. Run the secret "
+                f"migration first (casera run secret-migration --env {ctx.env}), or set "
+                f"stack.secrets_source: legacy_env in params/{ctx.env}.yaml to keep it")
+        if source == "legacy_env":
+            plan.show("  (params say stack.secrets_source: legacy_env: secret values go in "
+                      "env vars, none are mounted)")
+        text, masks = render_for(ctx, cluster, conn, source)
+        deployed = deployed_file(conn)
         if deployed.strip() == text.strip() and _converged(client, p):
             result.reason = "deployed file unchanged and every service at its replicas"
         else:
-            def deploy() -> None:
-                ssh.put_text(conn, text, REMOTE_FILE)
-                docker_swarm.stack_deploy(conn, REMOTE_FILE, STACK)
-
             plan.add(f"~ docker stack deploy {STACK}" if deployed else
-                     f"+ docker stack deploy {STACK}", deploy)
-            for line in _file_diff(deployed, text):
+                     f"+ docker stack deploy {STACK}", lambda: deploy_text(conn, text))
+            for line in _file_diff(deployed, text, masks):
                 plan.show(line)
         if apply(ctx, result, plan).dry_run:
             return result
@@ -119,10 +187,24 @@ def ensure_stack(ctx: RunContext, timeout: float = 600) -> StepResult:
     return result
 
 
-def _file_diff(old: str, new: str) -> list[str]:
+_LEGACY_LINE = re.compile(
+    r"^(\s*(?:" + "|".join(SECRET_ENV_VARS) + r"):)\s.*$", re.MULTILINE)
+
+
+def _file_diff(old: str, new: str, masks: list[str] = []) -> list[str]:  # noqa: B006
+    """The changed lines, up to 20; any secret value in them (a legacy file) masked. Both
+    texts are masked before the diff, so a value that changed shows as an unchanged line."""
+    raw_differs = old != new
+    for form in masks:
+        old, new = old.replace(form, MASK), new.replace(form, MASK)
+    # A value the store no longer has (a deployed legacy file from before a change) is not
+    # in masks: every legacy env line's value is masked by its name as well.
+    old, new = _LEGACY_LINE.sub(rf"\1 {MASK}", old), _LEGACY_LINE.sub(rf"\1 {MASK}", new)
     changed = [line for line in difflib.unified_diff(old.splitlines(), new.splitlines(),
                                                      lineterm="", n=0)
                if line[:1] in "+-" and not line.startswith(("+++", "---"))]
+    if raw_differs and not changed:
+        return ["  (only secret values differ; not shown)"]
     return [f"  {line}" for line in changed[:20]] + (
         [f"  ... {len(changed) - 20} more changed lines"] if len(changed) > 20 else [])
 
@@ -202,9 +284,15 @@ def _placement(p: Params, services: dict[str, dict[str, Any]],
         user = spec.get("User") or ""
         found.append((f"{name} non-root", bool(user) and user.split(":")[0] not in
                       ("0", "root"), f"user {user or '(image default)'}"))
-    found.append(("no secret values in service environments", not leaked,
-                  "checked every service's Env against every secret value"
-                  if not leaked else f"FOUND in {', '.join(leaked)} (values not shown)"))
+    if p.stack.secrets_source == "legacy_env":
+        found.append(("secret values in service environments", True,
+                      "params say stack.secrets_source: legacy_env, so they are there by "
+                      f"design ({', '.join(leaked) or 'none found'}); "
+                      "runbooks/secret-migration.ipynb moves them to Docker secrets"))
+    else:
+        found.append(("no secret values in service environments", not leaked,
+                      "checked every service's Env against every secret value"
+                      if not leaked else f"FOUND in {', '.join(leaked)} (values not shown)"))
     return found
 
 
