@@ -55,7 +55,7 @@ def _rolled(task: dict[str, Any], template: dict[str, Any]) -> bool:
         == {s.get("SecretID") for s in want.get("Secrets") or []})
 
 
-def _converged(client: DockerClient, params: Params) -> dict[str, int] | None:
+def services_converged(client: DockerClient, params: Params) -> dict[str, int] | None:
     """service -> running tasks, once every service runs exactly its replicas, each on the
     service's current image and secrets: right after `docker stack deploy` the old tasks
     still run, and a rolling update (a new secret version) is not done until they are gone."""
@@ -97,7 +97,7 @@ def ensure_stack(ctx: RunContext, timeout: float = 600) -> StepResult:
             plan.show(f"  ({exc}; assuming v1)")
         text = render_stack(settings_from_params(p, secrets=names, docker_socket_gid=gid))
         deployed = ssh.run(conn, f"cat {REMOTE_FILE} 2>/dev/null || true")
-        if deployed.strip() == text.strip() and _converged(client, p):
+        if deployed.strip() == text.strip() and services_converged(client, p):
             result.reason = "deployed file unchanged and every service at its replicas"
         else:
             def deploy() -> None:
@@ -111,7 +111,7 @@ def ensure_stack(ctx: RunContext, timeout: float = 600) -> StepResult:
         if apply(ctx, result, plan).dry_run:
             return result
         counts = wait_for("every service at its replica count",
-                          lambda: _converged(client, p), timeout)
+                          lambda: services_converged(client, p), timeout)
         for name, count in counts.items():
             wanted = getattr(p.services, name).replicas
             result.check(f"{name} replicas", count == wanted,
