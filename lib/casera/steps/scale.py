@@ -366,6 +366,10 @@ def idle_nodes(spread: dict[str, dict[str, int]], nodes: list[str]) -> list[str]
 
 
 def _update_done(client: Any, service_id: str, replicas: int) -> bool | None:
+    """True once the forced update is through: as many running tasks as replicas, each made
+    from the service's current ``ForceUpdate`` counter, and Swarm no longer updating. (Right
+    after the call the service may still show the *previous* update as completed, so the
+    state alone would end the wait before anything moved.)"""
     service = next((s for s in docker_swarm.services(client) if s["id"] == service_id), None)
     if service is None:
         raise StepFailed(f"service {service_id[:12]} disappeared during its rolling update")
@@ -374,8 +378,10 @@ def _update_done(client: Any, service_id: str, replicas: int) -> bool | None:
         raise StepFailed(f"the forced update of {service['name']} ended {state}: Swarm rolled "
                          "it back or paused it. See `docker service ps "
                          f"{service['name']}`; re-run once the cause is fixed")
+    counter = (service["spec"].get("TaskTemplate") or {}).get("ForceUpdate", 0)
     running = running_tasks(client).get(service_id, [])
-    return True if state in ("completed", "") and len(running) == replicas else None
+    fresh = [t for t in running if (t.get("Spec") or {}).get("ForceUpdate", 0) == counter]
+    return True if state != "updating" and len(fresh) == len(running) == replicas else None
 
 
 def rebalance(ctx: RunContext, timeout: float = 600) -> StepResult:
@@ -534,8 +540,9 @@ def _entries(client: Any, names: list[str]) -> dict[str, dict[str, Any]]:
 
 
 def _tasks_on(client: Any, node_id: str) -> int:
-    return sum(1 for t in docker_swarm.tasks(client, {"node": node_id,
-                                                       "desired-state": "running"})
+    """Containers still running on the node, draining ones included (a task told to shut
+    down keeps serving through the api's graceful stop)."""
+    return sum(1 for t in docker_swarm.tasks(client, {"node": node_id})
                if t["Status"]["State"] in ("running", "starting", "preparing", "assigned"))
 
 
