@@ -381,21 +381,30 @@ def _update_done(client: Any, service_id: str, replicas: int) -> bool | None:
     counter = (service["spec"].get("TaskTemplate") or {}).get("ForceUpdate", 0)
     running = running_tasks(client).get(service_id, [])
     fresh = [t for t in running if (t.get("Spec") or {}).get("ForceUpdate", 0) == counter]
-    return True if state != "updating" and len(fresh) == len(running) == replicas else None
+    # Not waiting out the update's monitor window (30 s after the last task): the tasks are
+    # placed, which is what a rebalance is for; a later rollback still shows in verify_scale.
+    return True if len(fresh) == len(running) == replicas else None
+
+
+# Worker first: the api publishes its port in host mode (one task per node at most), so it
+# already runs on as many nodes as it has replicas; Swarm places a task on the node with the
+# fewest tasks of its service, then the fewest tasks in all (swarmkit scheduler's nodeLess),
+# so the workers' new tasks go to the idle nodes. The api is rolled only if a node is still
+# idle after that.
+REBALANCE_ORDER = ("worker", "api")
 
 
 def rebalance(ctx: RunContext, timeout: float = 600) -> StepResult:
-    """Spread api and worker over every node: when a node runs neither, a forced rolling
-    update of each (``docker service update --force``, one task at a time under the
-    service's update_config, so capacity never drops by more than one task), api first so
-    the worker's placement sees the api's new spread. Swarm never moves running tasks by
-    itself. Redis and Dozzle are pinned by labels and not touched; replica counts stay as
-    params say. Nothing to do when every node already carries one."""
+    """Spread api and worker over every node when a node runs neither: a forced rolling
+    update (``docker service update --force``, one task at a time under the service's
+    update_config, so capacity never drops by more than one task) of the worker, then of the
+    api only if a node is still idle. Swarm never moves running tasks by itself. Redis and
+    Dozzle are pinned by labels and not touched; replica counts stay as params say. Nothing
+    to do when every node already carries one."""
     p = ctx.params
     with timed(StepResult("rebalance", ", ".join(STATELESS), dry_run=ctx.dry_run)) as result:
         nodes = p.server_names()
-        cluster = reachable_cluster(ctx)
-        client = cluster.manager
+        client = reachable_cluster(ctx).manager
         spread = distribution(client)
         idle = idle_nodes(spread, nodes)
         result.note("before", describe_distribution(spread))
@@ -404,20 +413,33 @@ def rebalance(ctx: RunContext, timeout: float = 600) -> StepResult:
         if missing:
             raise StepFailed(f"the stack has no {', '.join(missing)} service: run the "
                              "bootstrap's stack step first")
+
+        def roll(name: str) -> None:
+            replicas = getattr(p.services, name).replicas
+            sid = services[name]["id"]
+            docker_swarm.force_update(client, sid)
+            wait_for(f"the forced rolling update of {name} ({replicas} task(s), one at a "
+                     "time)", lambda: _update_done(client, sid, replicas), timeout)
+
+        def roll_all() -> None:
+            roll(REBALANCE_ORDER[0])
+            for name in REBALANCE_ORDER[1:]:
+                still = idle_nodes(distribution(client), nodes)
+                if not still:
+                    return
+                result.diff.append(f"~ {name}: forced rolling update (still idle: "
+                                   f"{', '.join(still)})")
+                result.changed += 1
+                roll(name)
+
         plan = Plan()
         if idle:
-            for name in STATELESS:
-                replicas = getattr(p.services, name).replicas
-
-                def roll(sid: str = services[name]["id"], n: str = name, r: int = replicas
-                         ) -> None:
-                    docker_swarm.force_update(client, sid)
-                    wait_for(f"the forced rolling update of {n} ({r} task(s), one at a time)",
-                             lambda: _update_done(client, sid, r), timeout)
-
-                plan.add(f"~ {name}: forced rolling update, {replicas} task(s) one at a time "
-                         f"(idle: {', '.join(idle)})", roll)
-            plan.show(f"  unchanged: {', '.join(PINNED)} (pinned by node labels)")
+            first = REBALANCE_ORDER[0]
+            plan.add(f"~ {first}: forced rolling update, "
+                     f"{getattr(p.services, first).replicas} task(s) one at a time "
+                     f"(idle: {', '.join(idle)})", roll_all)
+            plan.show(f"  then {', '.join(REBALANCE_ORDER[1:])} only if a node is still idle; "
+                      f"unchanged: {', '.join(PINNED)} (pinned by node labels)")
         else:
             result.reason = "every node runs an api or worker task"
         if apply(ctx, result, plan).dry_run:
