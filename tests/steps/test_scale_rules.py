@@ -157,3 +157,19 @@ def test_only_the_highest_numbered_servers_may_leave() -> None:
     gap = scale.Removal([names[1], names[4]], [], names)
     [why] = scale.tail_refusals(ctx, gap)
     assert names[3] in why and "gap" in why
+
+
+def test_api_replicas_follow_the_nodes_in_host_mode_within_the_seed_range() -> None:
+    p = local_ctx().params
+    assert p.swarm.publish_mode == "host"  # the local cloud: one api task per node answers
+    assert scale.api_replicas_for(p, 5) == 5
+    assert scale.api_replicas_for(p, 3) == p.services.api.replicas == 3
+    assert scale.api_replicas_for(p, 9) == 6  # capped at the seed's maximum
+    assert scale.api_replicas_for(p, 5, 4) == 4
+    ingress = p.model_copy(update={"swarm": p.swarm.model_copy(
+        update={"publish_mode": "ingress"})})
+    assert scale.api_replicas_for(ingress, 5) == 3  # the routing mesh: every node answers
+    for bad in (2, 7, "5", True):
+        with pytest.raises(StepFailed, match="parameter api_replicas"):
+            scale.api_replicas_for(p, 5, bad)
+    assert scale.with_count(local_ctx(), 5).params.services.api.replicas == 5

@@ -27,6 +27,7 @@ from typing import Any
 
 from casera.context import RunContext
 from casera.errors import CaseraError, StepFailed
+from casera.params import REPLICA_RANGES, Params
 from casera.plan import Plan, apply
 from casera.progress import wait_for
 from casera.providers import docker_swarm, hetzner
@@ -288,14 +289,36 @@ def preflight_scale_in(ctx: RunContext, nodes: Any = None, count: Any = 0) -> St
 
 # --- the scale-out ---------------------------------------------------------------------------
 
-def with_count(ctx: RunContext, count: int) -> RunContext:
-    """``ctx`` with ``hetzner.server_count`` set to ``count``: the bootstrap's ensure steps
-    then converge that many servers, managers and allowlist entries. The run's journal, pools
-    and dry-run plan (``shared``, ``planned``) are the same objects, so later steps see what
-    earlier ones made or planned."""
+def api_replicas_for(params: Params, nodes: int, api_replicas: Any = 0) -> int:
+    """The api's replicas for ``nodes`` nodes: ``api_replicas`` when the runbook sets it
+    (within the seed's range), else params' count, raised to one per node when the api
+    publishes its port in host mode (each node then answers the LB only with a task of its
+    own: a node without one is an unhealthy target), within the seed's range."""
+    low, high = REPLICA_RANGES["api"]
+    if not isinstance(api_replicas, int) or isinstance(api_replicas, bool) or not (
+            api_replicas == 0 or low <= api_replicas <= high):
+        raise StepFailed(f"parameter api_replicas must be 0 (automatic) or {low}..{high}, the "
+                         f"seed's range, got {api_replicas!r}")
+    if api_replicas:
+        return api_replicas
+    wanted = params.services.api.replicas
+    if params.swarm.publish_mode == "host":
+        wanted = max(wanted, nodes)
+    return max(low, min(high, wanted))
+
+
+def with_count(ctx: RunContext, count: int, api_replicas: Any = 0) -> RunContext:
+    """``ctx`` with ``hetzner.server_count`` set to ``count`` (and the api's replicas as
+    :func:`api_replicas_for` says): the bootstrap's ensure steps then converge that many
+    servers, managers, allowlist entries and api tasks. The run's journal, pools and dry-run
+    plan (``shared``, ``planned``) are the same objects, so later steps see what earlier ones
+    made or planned."""
     p = ctx.params
-    params = p.model_copy(update={"hetzner": p.hetzner.model_copy(
-        update={"server_count": count})})
+    services = p.services.model_copy(update={"api": p.services.api.model_copy(
+        update={"replicas": api_replicas_for(p, count, api_replicas)})})
+    params = p.model_copy(update={
+        "hetzner": p.hetzner.model_copy(update={"server_count": count}),
+        "services": services})
     return dataclasses.replace(ctx, params=params, planned=ctx.planned, shared=ctx.shared)
 
 
@@ -311,13 +334,15 @@ def current_servers(ctx: RunContext) -> list[str]:
     return sorted(found, key=lambda n: (_prefix_number(ctx, n) or 0, n))
 
 
-def scale_out_context(ctx: RunContext, target: Any, extra_worker: Any = False) -> RunContext:
+def scale_out_context(ctx: RunContext, target: Any, extra_worker: Any = False,
+                      api_replicas: Any = 0) -> RunContext:
     """Check the runbook's ``target`` and ``extra_worker`` before anything is read remotely
     beyond the server list, and return the context whose params name ``target`` servers.
     ``target`` 0: the current server count + 2."""
     if not isinstance(target, int) or isinstance(target, bool) or target < 0:
         raise StepFailed(f"parameter target must be a whole number of nodes (0: current + 2), "
                          f"got {target!r}")
+    api_replicas_for(ctx.params, 1, api_replicas)  # a bad value stops here, before any read
     if not isinstance(extra_worker, bool):
         raise StepFailed(f"parameter extra_worker must be true or false, got {extra_worker!r}")
     if extra_worker:
@@ -334,7 +359,7 @@ def scale_out_context(ctx: RunContext, target: Any, extra_worker: Any = False) -
     if not 1 <= target <= MAX_SERVERS:
         raise StepFailed(f"parameter target is {target}: params allow 1..{MAX_SERVERS} "
                          "servers (hetzner.server_count)")
-    return with_count(ctx, target)
+    return with_count(ctx, target, api_replicas)
 
 
 def distribution(client: Any) -> dict[str, dict[str, int]]:
@@ -535,8 +560,9 @@ def verify_scale(ctx: RunContext, timeout: float = 120) -> StepResult:
                      "yes" if not idle else f"idle: {', '.join(idle)}")
         url = wait_readyz_through_lb(ctx, timeout, "the database and Redis")
         result.check("/readyz through the LB", True, url)
-        result.note("params", f"set hetzner.server_count: {p.hetzner.server_count} in "
-                    f"params/{ctx.env}.yaml so the bootstrap and health converge this count")
+        result.note("params", f"set hetzner.server_count: {p.hetzner.server_count} and "
+                    f"services.api.replicas: {p.services.api.replicas} in params/{ctx.env}.yaml "
+                    "so the bootstrap and health converge this count")
     return result
 
 
@@ -551,10 +577,13 @@ def scale_in_removal(ctx: RunContext) -> Removal:
     return found
 
 
-def scale_in_contexts(ctx: RunContext) -> tuple[RunContext, RunContext]:
-    """(every server now, the servers that stay) as contexts for the bootstrap's steps."""
+def scale_in_contexts(ctx: RunContext, api_replicas: Any = 0
+                      ) -> tuple[RunContext, RunContext]:
+    """(every server now, the servers that stay) as contexts for the bootstrap's steps; the
+    api's replicas in the second are those for the nodes that stay."""
     removal = scale_in_removal(ctx)
-    return with_count(ctx, len(removal.servers)), with_count(ctx, len(removal.remaining))
+    return (with_count(ctx, len(removal.servers)),
+            with_count(ctx, len(removal.remaining), api_replicas))
 
 
 def _entries(client: Any, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -573,7 +602,7 @@ def drain_nodes(ctx: RunContext, timeout: float = 600) -> StepResult:
     graceful stop turns its /readyz red first, so the LB stops sending before it goes) and
     every service back at its replicas elsewhere. A node that is down has nothing to wait
     for: Swarm already runs its tasks elsewhere."""
-    all_ctx, _ = scale_in_contexts(ctx)
+    all_ctx, rest_ctx = scale_in_contexts(ctx)
     removal = scale_in_removal(ctx)
     with timed(StepResult("drain", ", ".join(removal.remove) or "nothing",
                           dry_run=ctx.dry_run)) as result:
@@ -591,7 +620,7 @@ def drain_nodes(ctx: RunContext, timeout: float = 600) -> StepResult:
                     wait_for(f"{e['hostname']}'s tasks to stop (drained)",
                              lambda: _tasks_on(client, e["id"]) == 0, timeout)
                 wait_for("every service at its replica count on the other nodes",
-                         lambda: services_converged(client, ctx.params), timeout)
+                         lambda: services_converged(client, rest_ctx.params), timeout)
 
             plan.add(f"~ drain {name} ({entry['state']}) and wait for its tasks elsewhere",
                      drain)
@@ -603,7 +632,7 @@ def drain_nodes(ctx: RunContext, timeout: float = 600) -> StepResult:
             left = _tasks_on(client, entry["id"]) if entry["state"] == "ready" else 0
             result.check(f"{name} drained", entry["availability"] == "drain" and left == 0,
                          f"{entry['availability']}, {left} task(s) running")
-        counts = services_converged(client, ctx.params)
+        counts = services_converged(client, rest_ctx.params)
         result.check("services at their replicas", bool(counts),
                      ", ".join(f"{k} {v}" for k, v in (counts or {}).items()) or
                      "not every service runs its replicas")
