@@ -178,24 +178,6 @@ def test_a_rerun_of_the_scale_out_changes_nothing(
     assert not changed, changed
 
 
-def test_a_new_node_killed_after_its_join_converges_on_a_rerun(
-        ctx: RunContext, on_scale: Any,  # noqa: F811
-        record_property: Callable[[str, object], None]) -> None:
-    """A node the scale-out added dies (its server hangs; the API still says running): the
-    re-run judges it dead by the Swarm's view, resets it behind the gate and converges.
-    Killed after the run that added it, not during it: the run's own steps are the same."""
-    victim = scale.with_count(ctx, 5).params.server_names()[-1]
-    assert casera("local", "kill-node", victim).returncode == 0
-    started = time.monotonic()
-    done = casera("run", "scale-out", "--env", "local", "-p", "target=5", "--approve")
-    took = time.monotonic() - started
-    assert done.returncode == 0, done.stdout[-3000:]
-    ssh_step = next(s for s in latest_run("scale-out")["steps"] if s["step"] == "ssh")
-    assert any(victim in line and "reset" in line for line in ssh_step["diff"]), ssh_step
-    record_property("measured", f"scale-out re-run after kill-node {victim}: {took:.0f} s")
-    assert_nodes(ctx, 5)
-
-
 def test_scale_in_back_to_three_under_the_probe_loses_no_request(
         ctx: RunContext, on_scale: Any,  # noqa: F811
         record_property: Callable[[str, object], None]) -> None:
