@@ -1,7 +1,15 @@
-"""Benchmark, not a test: what a node dying costs the requests through the load balancer, on
-the bootstrapped local cloud, and how long the bootstrap's re-run takes to bring it back.
+"""Benchmark, not a test: what scaling and a node dying cost the requests through the load
+balancer, on the bootstrapped local cloud.
 
     python scripts/bench_scale.py --kill-only        # kill a node under a steady probe
+    python scripts/bench_scale.py --out              # 3 -> 5 (scale-out runbook, target=5)
+    python scripts/bench_scale.py --in               # 5 -> 3 (scale-in runbook, count=2)
+    python scripts/bench_scale.py --out --in         # both, one after the other
+
+For 3 -> 5 and 5 -> 3 it prints requests, failures and p99 of the probe during the run, the
+run's wall time split into servers / join / rebalance (scale-out) or drain / leave / servers
+(scale-in), from the steps' durations in the kept notebook, and the api/worker task
+distribution per node before and after.
 
 A probe thread sends a bounded, steady load (``--rate`` requests a second, alternately a
 write, ``POST /items``, and a read of what it wrote, ``GET /items/<id>``) to the load balancer's
@@ -12,28 +20,26 @@ probe still runs. Printed: requests, failures and p99 for the kill window and th
 when the last failure came (goal: <= 1 % failed, none after the LB's health-check window,
 ``Params.lb_unhealthy_after_s``), and the re-run's wall time (goal <= 60 s).
 
-The 3 -> 5 and 5 -> 3 figures (issue 10) need the scale-out and scale-in runbooks, which are
-not built yet: those modes are not offered.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
-
-import requests
+from pathlib import Path
+from typing import Any
 
 from casera.load_stats import figures
 from casera.operator_secrets import SecretStore
 from casera.params import Params, load_params
+from casera.paths import outputs_dir
+from casera.steady_probe import MAX_RATE_PER_S, Row, SteadyProbe
 from casera.steps.api_endpoint import ApiEndpoint, api_endpoint_for
-
-MAX_RATE_PER_S = 50.0  # bounded: loopback only, never a load test
 
 
 @functools.cache
@@ -56,50 +62,6 @@ def api() -> ApiEndpoint:
         raise SystemExit(f"no local load balancer on loopback (found {address!r}): run "
                          "`casera run bootstrap --env local` first")
     return api_endpoint_for(params(), address)
-
-
-@dataclass
-class Row:
-    start: float  # unix seconds, as casera.load_stats expects
-    ms: float
-    ok: bool
-    what: str = ""
-
-
-@dataclass
-class Probe:
-    """Steady requests through the LB until stopped: a write, then a read of it."""
-
-    rate: float
-    rows: list[Row] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-
-    def _one(self, session: requests.Session, method: str, path: str,
-             want: int, body: dict | None = None) -> requests.Response | None:
-        started, t0 = time.time(), time.monotonic()
-        answer: requests.Response | None = None
-        try:
-            answer = session.request(method, api().url(path), json=body, timeout=10)
-            ok = answer.status_code == want
-        except requests.RequestException:
-            ok = False
-        self.rows.append(Row(started, (time.monotonic() - t0) * 1000, ok,
-                             f"{method} {path.split('/')[1]}"))
-        return answer if ok else None
-
-    def run(self) -> None:
-        session = api().requests_session()
-        write = True
-        last_id: int | None = None
-        while not self.stop.is_set():
-            began = time.monotonic()
-            if write or last_id is None:
-                made = self._one(session, "POST", "/items", 201, {"name": "bench-scale"})
-                last_id = int(made.json()["id"]) if made is not None else last_id
-            else:
-                self._one(session, "GET", f"/items/{last_id}", 200)
-            write = not write
-            self.stop.wait(max(0.0, 1 / self.rate - (time.monotonic() - began)))
 
 
 def casera(*args: str) -> subprocess.CompletedProcess[str]:
@@ -126,7 +88,7 @@ def summary(label: str, rows: list[Row]) -> str:
 def kill_only(rate: float, watch: float) -> int:
     window = params().lb_unhealthy_after_s()
     node = victim()
-    probe = Probe(rate)
+    probe = SteadyProbe(api(), rate)
     thread = threading.Thread(target=probe.run, daemon=True)
     thread.start()
     time.sleep(5)
@@ -165,21 +127,92 @@ def kill_only(rate: float, watch: float) -> int:
     return 0 if rerun.returncode == 0 else 1
 
 
+# Which steps of each runbook make up each part of the wall time (the steps' own names).
+PARTS = {
+    "scale-out": {"servers": ("servers", "firewall", "ssh", "ssh hardening", "neon ip allowlist"),
+                  "join": ("swarm", "swarm health", "node labels", "overlay traffic"),
+                  "rebalance": ("rebalance", "load balancer targets", "scale verified")},
+    "scale-in": {"drain": ("drain", "load balancer: leaving targets"),
+                 "leave": ("swarm: remove nodes",),
+                 "servers": ("servers: delete", "firewall", "neon ip allowlist",
+                             "load balancer targets", "scale verified")},
+}
+
+
+def distribution() -> str:
+    from casera.context import RunContext
+    from casera.steps import scale
+    from casera.steps.redis_checks import reachable_cluster
+
+    ctx = RunContext(env="local", params=params(), secrets=SecretStore("local"),
+                     interactive=False, run_id="bench-scale", operator="bench")
+    count = len(scale.current_servers(ctx))
+    spread = scale.distribution(reachable_cluster(scale.with_count(ctx, count)).manager)
+    return "; ".join(f"{node}: " + (", ".join(f"{svc} x{n}" for svc, n in sorted(t.items())
+                                              if svc in scale.STATELESS) or "-")
+                     for node, t in sorted(spread.items()))
+
+
+def kept_steps(runbook: str) -> list[dict[str, Any]]:
+    path: Path = sorted((outputs_dir("local") / runbook).glob("*.ipynb"))[-1]
+    return list(json.loads(path.read_text())["metadata"]["casera"]["steps"])
+
+
+def scale_mode(runbook: str, args: list[str], rate: float) -> int:
+    before = distribution()
+    probe = SteadyProbe(api(), rate)
+    with probe:
+        time.sleep(2)
+        started, t0 = time.time(), time.monotonic()
+        done = casera("run", runbook, "--env", "local", *args, "--approve")
+        wall = time.monotonic() - t0
+        ended = time.time()
+        time.sleep(2)
+    rows = [r for r in probe.rows if started <= r.start <= ended]
+    print(f"{runbook} {' '.join(args)}: exit {done.returncode}, wall {wall:.0f} s")
+    if done.returncode != 0:
+        print(done.stdout[-3000:], done.stderr[-2000:], file=sys.stderr)
+        return 1
+    durations: dict[str, float] = {}
+    for step in kept_steps(runbook):
+        for part, names in PARTS[runbook].items():
+            if step["step"] in names:
+                durations[part] = durations.get(part, 0.0) + float(step.get("duration_s", 0))
+    print("  split: " + ", ".join(f"{k} {v:.0f} s" for k, v in durations.items())
+          + f", other {wall - sum(durations.values()):.0f} s (start, preflight, papermill)")
+    print("  " + summary("probe during the run", rows))
+    failed = [r for r in rows if not r.ok]
+    if failed:
+        print("  failed: " + ", ".join(sorted({r.what for r in failed})))
+    print(f"  before: {before}")
+    print(f"  after:  {distribution()}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--kill-only", action="store_true", required=True,
-                        help="kill one node under a steady probe, then converge it back "
-                             "(the only mode until the scale runbooks exist)")
-    parser.add_argument("--rate", type=float, default=20.0,
+    parser.add_argument("--kill-only", action="store_true",
+                        help="kill one node under a steady probe, then converge it back")
+    parser.add_argument("--out", action="store_true", help="3 -> 5 with the scale-out runbook")
+    parser.add_argument("--in", dest="in_", action="store_true",
+                        help="5 -> 3 with the scale-in runbook (count=2)")
+    parser.add_argument("--rate", type=float, default=5.0,
                         help=f"probe requests a second (at most {MAX_RATE_PER_S:g})")
     parser.add_argument("--watch", type=float, default=40.0,
-                        help="seconds to probe with the node down before converging it back")
+                        help="--kill-only: seconds to probe with the node down")
     args = parser.parse_args()
     if not 0 < args.rate <= MAX_RATE_PER_S:
         parser.error(f"--rate must be in (0, {MAX_RATE_PER_S:g}]")
     if not 0 <= args.watch <= 600:
         parser.error("--watch must be 0..600 seconds")
-    return kill_only(args.rate, args.watch)
+    if args.kill_only == (args.out or args.in_):
+        parser.error("choose --kill-only, or --out and/or --in")
+    if args.kill_only:
+        return kill_only(args.rate, args.watch)
+    rc = scale_mode("scale-out", ["-p", "target=5"], args.rate) if args.out else 0
+    if args.in_ and rc == 0:
+        rc = scale_mode("scale-in", ["-p", "count=2"], args.rate)
+    return rc
 
 
 if __name__ == "__main__":

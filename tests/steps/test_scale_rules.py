@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from casera.errors import StepFailed
 from casera.steps import scale
 
 
@@ -88,3 +89,87 @@ def test_a_node_carrying_redis_or_dozzle_is_refused() -> None:
 def test_an_unknown_node_is_named() -> None:
     refusals = scale.scale_in_refusals(FIVE, ["n-9", "n-5"], {})
     assert any("n-9 is not a node" in r for r in refusals)
+
+
+# --- scale-out / scale-in helpers (no cloud: pure, or refused before any remote call) --------
+
+def local_ctx() -> Any:
+    from casera.context import RunContext
+    from casera.operator_secrets import SecretStore
+    from casera.params import load_params
+
+    return RunContext(env="local", params=load_params("local"), secrets=SecretStore("local"),
+                      interactive=False, run_id="unit", operator="unit")
+
+
+def test_with_count_changes_only_the_server_count_and_shares_the_run() -> None:
+    ctx = local_ctx()
+    five = scale.with_count(ctx, 5)
+    assert five.params.server_names()[-1] == f"{ctx.params.hetzner.name_prefix}-5"
+    assert len(ctx.params.server_names()) == ctx.params.hetzner.server_count  # unchanged
+    assert five.shared is ctx.shared and five.planned is ctx.planned
+    assert five.params.firewall == ctx.params.firewall
+
+
+@pytest.mark.parametrize("target, extra, names", [
+    ("5", False, "parameter target"), (-1, False, "parameter target"),
+    (True, False, "parameter target"), (5, "yes", "parameter extra_worker"),
+    (4, True, "extra_worker: joining a node as a worker is not built"),
+])
+def test_bad_scale_out_parameters_stop_before_any_remote_call(target: Any, extra: Any,
+                                                              names: str) -> None:
+    # Checked before the server list is read from Hetzner: nothing remote is asked.
+    with pytest.raises(StepFailed) as caught:
+        scale.scale_out_context(local_ctx(), target, extra)
+    assert names in str(caught.value)
+
+
+@pytest.mark.parametrize("value, want", [
+    ("a-5, a-4", ["a-5", "a-4"]), (["a-5"], ["a-5"]), ("", []), ([], [])])
+def test_nodes_parameter_accepts_a_list_or_commas(value: Any, want: list[str]) -> None:
+    assert scale.nodes_param(value) == want
+
+
+@pytest.mark.parametrize("bad", [5, [1, 2], {"a": 1}])
+def test_nodes_parameter_refuses_anything_else_naming_it(bad: Any) -> None:
+    with pytest.raises(StepFailed, match="parameter nodes"):
+        scale.nodes_param(bad)
+
+
+@pytest.mark.parametrize("bad", ["2", -1, 1.5, False])
+def test_count_parameter_refuses_non_counts_naming_it(bad: Any) -> None:
+    with pytest.raises(StepFailed, match="parameter count"):
+        scale.count_param(bad)
+
+
+def test_idle_nodes_are_those_without_api_or_worker_planned_ones_included() -> None:
+    spread = {"n-1": {"redis": 1, "api": 1}, "n-2": {"worker": 2}, "n-3": {"admin": 1},
+              "n-4": {}}
+    assert scale.idle_nodes(spread, ["n-1", "n-2", "n-3", "n-4", "n-5"]) == ["n-3", "n-4", "n-5"]
+
+
+def test_only_the_highest_numbered_servers_may_leave() -> None:
+    ctx = local_ctx()
+    names = scale.with_count(ctx, 5).params.server_names()
+    tail = scale.Removal(names[3:], [], names)
+    assert scale.tail_refusals(ctx, tail) == []
+    assert tail.remaining == names[:3]
+    gap = scale.Removal([names[1], names[4]], [], names)
+    [why] = scale.tail_refusals(ctx, gap)
+    assert names[3] in why and "gap" in why
+
+
+def test_api_replicas_follow_the_nodes_in_host_mode_within_the_seed_range() -> None:
+    p = local_ctx().params
+    assert p.swarm.publish_mode == "host"  # the local cloud: one api task per node answers
+    assert scale.api_replicas_for(p, 5) == 5
+    assert scale.api_replicas_for(p, 3) == p.services.api.replicas == 3
+    assert scale.api_replicas_for(p, 9) == 6  # capped at the seed's maximum
+    assert scale.api_replicas_for(p, 5, 4) == 4
+    ingress = p.model_copy(update={"swarm": p.swarm.model_copy(
+        update={"publish_mode": "ingress"})})
+    assert scale.api_replicas_for(ingress, 5) == 3  # the routing mesh: every node answers
+    for bad in (2, 7, "5", True):
+        with pytest.raises(StepFailed, match="parameter api_replicas"):
+            scale.api_replicas_for(p, 5, bad)
+    assert scale.with_count(local_ctx(), 5).params.services.api.replicas == 5

@@ -281,6 +281,34 @@ def remove_node(client: docker.DockerClient, node_id: str, demote: bool) -> None
 
 
 @mapped
+def set_node_availability(client: docker.DockerClient, node_id: str, availability: str) -> None:
+    """``active``, ``pause`` or ``drain`` (drain: Swarm moves the node's tasks elsewhere)."""
+    node = client.nodes.get(node_id)
+    node.update(dict(node.attrs["Spec"], Availability=availability))
+
+
+@mapped
+def demote_node(client: docker.DockerClient, node_id: str) -> None:
+    """Make a manager a worker: it leaves the Raft group (the quorum is counted without it)."""
+    node = client.nodes.get(node_id)
+    node.update(dict(node.attrs["Spec"], Role="worker"))
+
+
+@mapped
+def leave_swarm(client: docker.DockerClient) -> None:
+    """On the node itself: leave the swarm. Not forced: Docker refuses a manager that leaves
+    without ``--force``, which is the guard wanted here (demote it first)."""
+    client.swarm.leave(force=False)
+
+
+@mapped
+def force_update(client: docker.DockerClient, service_id: str) -> None:
+    """``docker service update --force``: replace every task under the service's own
+    update_config (parallelism, order, delay), so the scheduler places them afresh."""
+    client.services.get(service_id).force_update()
+
+
+@mapped
 def set_node_labels(client: docker.DockerClient, node_id: str, labels: dict[str, str]) -> None:
     """Replace the node's labels with ``labels`` (the rest of its spec as it is)."""
     node = client.nodes.get(node_id)

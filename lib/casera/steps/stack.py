@@ -71,7 +71,7 @@ def _mounts(container: dict[str, Any]) -> list[tuple[str, str]]:
                   for ref in container.get("Secrets") or [])
 
 
-def _converged(client: DockerClient, params: Params) -> dict[str, int] | None:
+def services_converged(client: DockerClient, params: Params) -> dict[str, int] | None:
     """service -> running tasks, once every service runs exactly its replicas, each on the
     service's current image and secrets: right after `docker stack deploy` the old tasks
     still run, and a rolling update (a new secret version) is not done until they are gone."""
@@ -92,12 +92,12 @@ def _converged(client: DockerClient, params: Params) -> dict[str, int] | None:
 
 def converged(ctx: RunContext, client: DockerClient) -> dict[str, int] | None:
     """service -> running tasks once every service runs its replicas on its current spec."""
-    return _converged(client, ctx.params)
+    return services_converged(client, ctx.params)
 
 
 def wait_converged(ctx: RunContext, client: DockerClient, timeout: float) -> dict[str, int]:
     return wait_for("every service at its replica count, each task on the current spec",
-                    lambda: _converged(client, ctx.params), timeout)
+                    lambda: services_converged(client, ctx.params), timeout)
 
 
 def legacy_env(client: DockerClient) -> dict[str, list[str]]:
@@ -169,7 +169,7 @@ def ensure_stack(ctx: RunContext, timeout: float = 600) -> StepResult:
                       "env vars, none are mounted)")
         text, masks = render_for(ctx, cluster, conn, source)
         deployed = deployed_file(conn)
-        if deployed.strip() == text.strip() and _converged(client, p):
+        if deployed.strip() == text.strip() and services_converged(client, p):
             result.reason = "deployed file unchanged and every service at its replicas"
         else:
             plan.add(f"~ docker stack deploy {STACK}" if deployed else
@@ -179,7 +179,7 @@ def ensure_stack(ctx: RunContext, timeout: float = 600) -> StepResult:
         if apply(ctx, result, plan).dry_run:
             return result
         counts = wait_for("every service at its replica count",
-                          lambda: _converged(client, p), timeout)
+                          lambda: services_converged(client, p), timeout)
         for name, count in counts.items():
             wanted = getattr(p.services, name).replicas
             result.check(f"{name} replicas", count == wanted,

@@ -145,6 +145,10 @@ def ensure_swarm(ctx: RunContext, timeout: float = 120) -> StepResult:
             plan.add(f"+ {name} joins as manager via {leader}", functools.partial(
                 lambda n: docker_swarm.swarm_join(clients[n], nodes[leader], token(), nodes[n]),
                 name))
+        if ctx.dry_run:
+            # Servers the dry run's server step planned (a scale-out): the run joins them too.
+            for name in [n for n in ctx.planned.get("servers", []) if n not in nodes]:
+                plan.add(f"+ {name} joins as manager via {leader} (planned server)")
         if not plan:
             result.reason = "every server is already a manager of this swarm"
         if apply(ctx, result, plan).dry_run:
@@ -229,8 +233,15 @@ def ensure_node_labels(ctx: RunContext) -> StepResult:
                        for name in ctx.params.server_names()]
         else:
             entries = docker_swarm.nodes(cluster.manager)
-        desired = desired_node_labels(ctx, list(cluster.nodes) if cluster
-                                      else ctx.params.server_names())
+            if ctx.dry_run:
+                # Planned servers (a scale-out's dry run) join unlabelled, as above.
+                entries += [{"hostname": name, "state": "ready", "labels": {}, "id": None}
+                            for name in ctx.planned.get("servers", [])
+                            if name not in cluster.nodes]
+        desired = desired_node_labels(ctx, list(cluster.nodes) + [
+            n for n in ctx.planned.get("servers", []) if n not in cluster.nodes]
+            if cluster and ctx.dry_run else list(cluster.nodes) if cluster
+            else ctx.params.server_names())
         plan = Plan()
         for entry in entries:
             if entry["hostname"] not in desired or entry["state"] != "ready":

@@ -155,6 +155,20 @@ class LoadBalancers(ResourceClient[LoadBalancer]):
             return Action.of(self._api.load_balancers.add_target(
                 HLoadBalancer(id=lb.id), _label_target(label_selector)))
 
+    def target_health(self, lb: LoadBalancer) -> dict[int, list[str]]:
+        """server id -> the health status of each of the LB's services on it, for every
+        server its label-selector targets resolve to (Hetzner lists them under the label
+        target's ``targets``; server targets carry ``health_status`` themselves)."""
+        with hetzner_errors(f"read the targets of {lb.name}", self._where):
+            bound = self._api.load_balancers.get_by_id(lb.id)
+        found: dict[int, list[str]] = {}
+        for target in bound.targets or []:
+            resolved = target.targets if target.type == "label_selector" else [target]
+            for t in resolved or []:
+                if t.server is not None:
+                    found[int(t.server.id)] = [str(h.status) for h in t.health_status or []]
+        return found
+
     def delete(self, lb: LoadBalancer) -> bool:
         """Delete by id (its public address goes back to Hetzner); False when it was already
         gone."""

@@ -1,0 +1,97 @@
+"""A steady, bounded probe through the load balancer, for the benches and the e2e tests that
+must show a change loses no request (scale-out, scale-in, a killed node): alternately a write
+(``POST /items``) and a read of what it wrote (``GET /items/<id>``), at most
+``MAX_RATE_PER_S`` requests a second, to a loopback address only (never a load test, never
+anyone else's host)."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+import time
+from dataclasses import dataclass, field
+
+import requests
+
+from casera.load_stats import Figures, figures
+from casera.steps.api_endpoint import ApiEndpoint
+
+MAX_RATE_PER_S = 50.0
+
+
+@dataclass
+class Row:
+    start: float  # unix seconds, as casera.load_stats expects
+    ms: float
+    ok: bool
+    what: str = ""
+
+
+@dataclass
+class SteadyProbe:
+    """``with SteadyProbe(api, rate) as probe:`` sends until the block ends; ``rows`` holds
+    every request, ``failed()`` the ones that did not answer as expected."""
+
+    api: ApiEndpoint
+    rate: float = 5.0
+    rows: list[Row] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.rate <= MAX_RATE_PER_S:
+            raise ValueError(f"probe rate must be in (0, {MAX_RATE_PER_S:g}] requests a "
+                             f"second, got {self.rate}")
+        if not ipaddress.ip_address(self.api.address).is_loopback:
+            raise ValueError(f"the probe sends to loopback addresses only, not "
+                             f"{self.api.address}")
+        self._thread = threading.Thread(target=self.run, daemon=True)
+
+    def _one(self, session: requests.Session, method: str, path: str,
+             want: int, body: dict | None = None) -> requests.Response | None:
+        started, t0 = time.time(), time.monotonic()
+        answer: requests.Response | None = None
+        try:
+            answer = session.request(method, self.api.url(path), json=body, timeout=10)
+            ok = answer.status_code == want
+        except requests.RequestException:
+            ok = False
+        self.rows.append(Row(started, (time.monotonic() - t0) * 1000, ok,
+                             f"{method} {path.split('/')[1]}"
+                             + ("" if ok else f" -> {answer.status_code if answer else 'error'}")))
+        return answer if ok else None
+
+    def run(self) -> None:
+        session = self.api.requests_session()
+        write = True
+        last_id: int | None = None
+        while not self.stop.is_set():
+            began = time.monotonic()
+            if write or last_id is None:
+                made = self._one(session, "POST", "/items", 201, {"name": "steady-probe"})
+                last_id = int(made.json()["id"]) if made is not None else last_id
+            else:
+                self._one(session, "GET", f"/items/{last_id}", 200)
+            write = not write
+            self.stop.wait(max(0.0, 1 / self.rate - (time.monotonic() - began)))
+
+    def __enter__(self) -> SteadyProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self._thread.join(15)
+
+    def failed(self) -> list[Row]:
+        return [r for r in self.rows if not r.ok]
+
+    def figures(self, since: float = 0.0, until: float = float("inf")) -> Figures | None:
+        rows = [r for r in self.rows if since <= r.start < until]
+        return figures(rows) if rows else None  # type: ignore[arg-type]
+
+
+def summary(label: str, f: Figures | None) -> str:
+    if f is None:
+        return f"{label}: no requests"
+    return (f"{label}: {f.requests} requests, {f.errors} failed ({f.error_ratio:.2%}), "
+            f"p99 {f.p99_ms:.0f} ms")
