@@ -1,7 +1,8 @@
 """Scale-out 3 -> 5 and scale-in 5 -> 3 on the bootstrapped local cloud (issue 10), through
 `casera run` as operators run them, each under a steady probe through the LB (writes and
 reads, loopback only). First the refusals, each before any change, read from the real swarm
-(Redis's task, the managers' reachability) and the Hetzner API (offer, live prices).
+(Redis's task, the managers' reachability) and the Hetzner API (offer, live prices). Between
+the scale-out and the scale-in, casera-local-5 is killed and the same scale-out converges back.
 
 The Neon project is on Scale for the module (test_neon_scale's fixture), so the allowlist is
 enforced and must follow the nodes; it is back on Launch with no list afterwards. The module
@@ -22,6 +23,7 @@ from casera.context import RunContext
 from casera.operator_secrets import SecretStore
 from casera.params import load_params
 from casera.paths import outputs_dir
+from casera.progress import wait_for
 from casera.providers import docker_swarm
 from casera.result import ChecksFailed
 from casera.steady_probe import SteadyProbe, summary
@@ -176,6 +178,62 @@ def test_a_rerun_of_the_scale_out_changes_nothing(
     record_property("measured", f"scale-out re-run: {time.monotonic() - started:.0f} s")
     changed = {k: v for k, v in changes("scale-out").items() if v}
     assert not changed, changed
+
+
+def test_a_node_killed_after_the_scale_out_converges_on_a_rerun(
+        ctx: RunContext, on_scale: Any,  # noqa: F811
+        record_property: Callable[[str, object], None]) -> None:
+    """The issue's "a node killed mid-scale-out: the re-run converges": casera-local-5 dies,
+    and the same scale-out (target 5) brings it back through the bootstrap's path (the
+    preflight accepts a down node inside the target, the SSH step judges it dead by the
+    Swarm's view and hard-resets it) instead of stopping in its preflight."""
+    killed = scale.with_count(ctx, 5).params.server_names()[-1]
+    assert killed != ctx.params.server_names()[ctx.params.swarm.redis_node - 1]
+    server_id = hcloud().servers.get_by_name(killed).id
+    # Read through casera-local-1..3 only (ctx has the params' three): never the killed node.
+    client = reachable_cluster(ctx).manager
+    window = ctx.params.lb_unhealthy_after_s()
+    with SteadyProbe(endpoint(ctx), PROBE_RATE) as probe:
+        time.sleep(2)
+        kill_started = time.time()
+        assert casera("local", "kill-node", killed).returncode == 0
+        killed_at = time.time()
+        # The state the preflight used to refuse ("casera-local-5 (down, active)"): wait for
+        # the Swarm to say it, so the run below starts from it rather than racing the
+        # heartbeat and finding every node still ready.
+        wait_for(f"the swarm to report {killed} down", lambda: any(
+            n["hostname"] == killed and n["state"] == "down"
+            for n in docker_swarm.nodes(client)), 90, show=False)
+        started = time.monotonic()
+        done = casera("run", "scale-out", "--env", "local", "-p", "target=5", "--approve")
+        took = time.monotonic() - started
+        time.sleep(3)
+    failed = probe.failed()
+    last = (f"the last {max(r.start for r in failed) - killed_at:.1f} s after the kill"
+            if failed else "none after the kill")
+    record_property("measured", f"{killed} killed, scale-out re-run converged in {took:.0f} s;"
+                    f" {summary('probe', probe.figures())}; {last} (LB health-check window "
+                    f"{window} s)")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    steps = {s["step"]: s for s in latest_run("scale-out")["steps"]}
+    preflight = {c["name"]: c for c in steps["scale-out preflight"]["checks"]}
+    detail = preflight["nodes ready and active"]["detail"]
+    assert f"{killed} down" in detail and "resets it" in detail, detail
+    # Judged dead by the Swarm's view after a short silence, then reset: not replaced.
+    assert any(killed in line and "reset" in line and "dead" in line
+               for line in steps["ssh"]["diff"]), steps["ssh"]["diff"]
+    assert steps["servers"]["changed"] == 0, steps["servers"]
+    assert hcloud().servers.get_by_name(killed).id == server_id
+    assert_nodes(ctx, 5)
+    # The killed node's LB target fails requests until the LB's health checks mark it
+    # unhealthy (Params.lb_unhealthy_after_s: the check that just passed, retries + 1 failing
+    # ones, the last taking its timeout); none may fail outside that window: not before the
+    # kill (less the probe's 10 s request timeout, for a request in flight when it died), and
+    # not during the reset, the rejoin or the LB taking the node back. 2 s: the LB's and the
+    # probe's own scheduling.
+    outside = [r for r in failed if not kill_started - 10 <= r.start <= killed_at + window + 2]
+    assert probe.rows and not outside, [(round(r.start - killed_at, 1), r.what)
+                                        for r in outside][:10]
 
 
 def test_scale_in_back_to_three_under_the_probe_loses_no_request(

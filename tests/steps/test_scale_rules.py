@@ -42,6 +42,103 @@ def test_not_ready_names_the_node_and_what_it_is() -> None:
     assert scale.not_ready(nodes) == ["n-4 (down, active)", "n-5 (ready, drain)"]
 
 
+# --- scale-out preflight: a node down inside the target (a killed node, then a re-run) ------
+
+TARGET = ["n-1", "n-2", "n-3", "n-4", "n-5"]
+
+
+def checks(health: scale.ScaleOutHealth) -> dict[str, tuple[bool, str]]:
+    return {name: (ok, detail) for name, ok, detail in health.checks}
+
+
+def test_all_healthy_is_unchanged() -> None:
+    health = scale.scale_out_health(FIVE, TARGET)
+    assert health.ok and health.reset == []
+    assert checks(health) == {
+        "quorum healthy": (True, scale.quorum(FIVE).text()),
+        "nodes ready and active": (True, "all 5")}
+
+
+def test_a_down_node_inside_the_target_is_accepted_and_named_for_a_reset() -> None:
+    # What `casera local kill-node n-5` leaves after a completed 3 -> 5: Swarm says down and
+    # Raft unreachable; 4 of 5 managers and a leader remain.
+    nodes = FIVE[:4] + [node("n-5", state="down", reachability="unreachable")]
+    health = scale.scale_out_health(nodes, TARGET)
+    assert health.ok and health.reset == ["n-5"]
+    quorum_ok, quorum_detail = checks(health)["quorum healthy"]
+    assert quorum_ok and "4/5 managers reachable" in quorum_detail
+    assert "majority" in quorum_detail and "n-5" in quorum_detail
+    nodes_ok, detail = checks(health)["nodes ready and active"]
+    assert nodes_ok and "4 of 5 ready" in detail and "n-5 down" in detail
+    assert "resets it" in detail and "hard-resets" in detail
+
+
+def test_a_down_node_inside_a_growing_target_is_accepted() -> None:
+    # 3 -> 5 with n-2 dead: the SSH step resets it before the new managers join.
+    nodes = [THREE[0], node("n-2", state="down", reachability="unreachable"), THREE[2]]
+    health = scale.scale_out_health(nodes, TARGET)
+    assert health.ok and health.reset == ["n-2"]
+
+
+def test_a_down_node_outside_the_target_is_refused() -> None:
+    nodes = FIVE + [node("n-6", role="worker", state="down")]
+    health = scale.scale_out_health(nodes, TARGET)
+    assert not health.ok and health.reset == []
+    ok, detail = checks(health)["nodes ready and active"]
+    assert not ok and "n-6 (down, active)" in detail and "scale-in" in detail
+    assert checks(health)["quorum healthy"][0]  # the managers themselves are all fine
+
+
+def test_a_down_manager_outside_the_target_fails_both_checks() -> None:
+    nodes = FIVE[:4] + [node("n-5", state="down", reachability="unreachable")]
+    health = scale.scale_out_health(nodes, TARGET[:3])
+    assert not health.ok and health.reset == []
+    ok, detail = checks(health)["quorum healthy"]
+    assert not ok and "n-5 unreachable but not a down node inside the target" in detail
+    assert not checks(health)["nodes ready and active"][0]
+
+
+def test_majority_lost_is_refused_even_inside_the_target() -> None:
+    nodes = FIVE[:2] + [node(n, state="down", reachability="unreachable")
+                        for n in ("n-3", "n-4", "n-5")]
+    health = scale.scale_out_health(nodes, TARGET)
+    assert not health.ok and health.reset == []
+    ok, detail = checks(health)["quorum healthy"]
+    assert not ok and "2/5 managers reachable" in detail and "no majority" in detail
+    ok, detail = checks(health)["nodes ready and active"]
+    assert not ok and "quorum check above is red" in detail
+
+
+def test_no_leader_is_refused_even_with_a_majority() -> None:
+    nodes = [node(n) for n in TARGET[:4]] + [node("n-5", state="down",
+                                                  reachability="unreachable")]
+    health = scale.scale_out_health(nodes, TARGET)
+    assert not health.ok and "no majority reachable with a leader" in checks(
+        health)["quorum healthy"][1]
+
+
+def test_a_stale_down_entry_beside_a_ready_one_is_not_taken_for_a_dead_node() -> None:
+    nodes = FIVE + [node("n-5", state="down", reachability="unreachable")]
+    health = scale.scale_out_health(nodes, TARGET)
+    assert not health.ok and health.reset == []
+
+
+@pytest.mark.parametrize("availability", ["drain", "pause"])
+def test_a_drained_or_paused_down_node_is_refused_inside_the_target(availability: str) -> None:
+    # An operator's choice: a reset would not undo it, and the verify step would stay red.
+    nodes = FIVE[:4] + [node("n-5", state="down", availability=availability,
+                             reachability="unreachable")]
+    health = scale.scale_out_health(nodes, TARGET)
+    assert not health.ok and health.reset == []
+
+
+def test_a_ready_but_unreachable_manager_is_refused() -> None:
+    # Not dead (Swarm still says ready): the SSH step would not reset it, nothing fixes it.
+    nodes = FIVE[:4] + [node("n-5", reachability="unreachable")]
+    health = scale.scale_out_health(nodes, TARGET)
+    assert not health.ok and not checks(health)["quorum healthy"][0]
+
+
 @pytest.mark.parametrize("managers, nodes, target, worker, ok", [
     (3, 3, 5, False, True),
     (3, 3, 7, False, True),

@@ -32,7 +32,7 @@ from casera.plan import Plan, apply
 from casera.progress import wait_for
 from casera.providers import docker_swarm, hetzner
 from casera.result import StepResult, timed
-from casera.steps.access import known_hosts
+from casera.steps.access import DEAD_AFTER_S, known_hosts
 from casera.steps.load_balancer import wait_readyz_through_lb
 from casera.steps.redis_checks import reachable_cluster
 from casera.steps.stack import running_tasks, services_converged, stack_services
@@ -78,6 +78,86 @@ def not_ready(swarm_nodes: list[dict[str, Any]]) -> list[str]:
     """Nodes that are not Ready and Active, each with what it is."""
     return [f"{n['hostname']} ({n['state']}, {n['availability']})" for n in swarm_nodes
             if n["state"] != "ready" or n["availability"] != "active"]
+
+
+@dataclass(frozen=True)
+class ScaleOutHealth:
+    """The scale-out preflight's view of the swarm now: its two checks (name, ok, detail)
+    and ``reset``, the down nodes inside the target that this run brings back."""
+
+    checks: list[tuple[str, bool, str]]
+    reset: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return all(ok for _, ok, _ in self.checks)
+
+
+def scale_out_health(swarm_nodes: list[dict[str, Any]], target_names: list[str]
+                     ) -> ScaleOutHealth:
+    """Quorum and node state before a scale-out toward ``target_names`` (the servers
+    ``<prefix>-1..target``, which the run's own steps converge).
+
+    A node that is down (Swarm says so; not drained or paused, which an operator chose) and is
+    one of ``target_names`` does not stop the run: its SSH step declares it dead after
+    ``DEAD_AFTER_S`` of silence with the Swarm's word, hard-resets it and waits for it,
+    and its swarm step waits for it to be a ready manager again, as a bootstrap re-run after
+    a killed node does. That holds only while the swarm can still change: a majority of the
+    managers reachable and a leader (every other unreachable manager must be one of those down
+    nodes). A down node outside the target is refused before any change: nothing in this run
+    brings it back, so the run could only end red in its verify step."""
+    q = quorum(swarm_nodes)
+    # A hostname that also has a ready entry is a replaced server's stale entry, not a dead
+    # node: nothing to reset, and it stays refused as before.
+    ready = {n["hostname"] for n in swarm_nodes if n["state"] == "ready"}
+    targets = set(target_names) - ready
+    reset = sorted({n["hostname"] for n in swarm_nodes if n["state"] == "down"
+                    and n["availability"] == "active" and n["hostname"] in targets})
+    unreachable = [n["hostname"] for n in swarm_nodes if n["role"] == "manager"
+                   and n.get("reachability") != "reachable"]
+    majority = q.leader and q.reachable * 2 > q.managers
+    if q.healthy:
+        quorum_ok, quorum_detail = True, q.text()
+    elif majority and reset and set(unreachable) <= set(reset):
+        quorum_ok = True
+        quorum_detail = (f"{q.text()}; a majority ({q.reachable} of {q.managers}) is "
+                         f"reachable, the unreachable manager(s) ({', '.join(unreachable)}) "
+                         "are down inside the target and reset by this run")
+    else:
+        quorum_ok = False
+        others = [n for n in unreachable if n not in reset]
+        quorum_detail = q.text() + (
+            f"; no majority reachable with a leader: the swarm cannot take a change now "
+            f"(restore {q.managers // 2 + 1} of {q.managers} managers first)" if not majority
+            else f"; {', '.join(others)} unreachable but not a down node inside the target: "
+            "this run would not bring it back")
+    refused = not_ready([n for n in swarm_nodes if n["hostname"] not in reset])
+    if refused:
+        nodes_ok = False
+        nodes_detail = ", ".join(refused) + (
+            f": not ready and outside what this run brings back (a down node among "
+            f"{', '.join(target_names)} is reset; a drained or paused node is an operator's "
+            "choice). A dead node outside the target: remove it with the scale-in runbook "
+            "(demote, then node rm --force)")
+    elif reset and not quorum_ok:
+        nodes_ok = False
+        nodes_detail = (f"{', '.join(reset)} down (Swarm), inside the target, but the quorum "
+                        "check above is red: no reset is tried while the swarm cannot take a "
+                        "change")
+    elif reset:
+        nodes_ok = True
+        nodes_detail = (f"{len(swarm_nodes) - len(reset)} of {len(swarm_nodes)} ready and "
+                        f"active; {', '.join(reset)} down (Swarm), inside the target: this "
+                        "run resets " + ("it" if len(reset) == 1 else "them") + " through "
+                        "the bootstrap's path (the SSH step judges a node dead after "
+                        f"{DEAD_AFTER_S:.0f} s of silence with the Swarm's word, hard-resets "
+                        "it through the API with its disk kept, and the swarm step waits for "
+                        "it to be a ready manager again)")
+    else:
+        nodes_ok, nodes_detail = True, f"all {len(swarm_nodes)}"
+    return ScaleOutHealth([("quorum healthy", quorum_ok, quorum_detail),
+                           ("nodes ready and active", nodes_ok, nodes_detail)],
+                          reset if quorum_ok else [])
 
 
 def scale_out_refusals(managers: int, nodes: int, target: int, extra_worker: bool) -> list[str]:
@@ -146,10 +226,12 @@ def _carriers(client: Any) -> dict[str, set[str]]:
 
 def preflight_scale_out(ctx: RunContext, target: int = 0,
                         extra_worker: bool = False) -> StepResult:
-    """Before adding nodes: quorum healthy, every node Ready and Active, the target keeps the
-    managers odd (or adds exactly one worker when ``extra_worker`` says so) and within
-    ``MAX_MANAGERS``, the server type offered at the location, and the monthly cost
-    difference from Hetzner's live prices. ``target`` 0: the current count + 2."""
+    """Before adding nodes: quorum healthy, every node Ready and Active (except a node down
+    among the target's servers while a majority of managers and a leader remain: the run
+    resets it, :func:`scale_out_health`), the target keeps the managers odd (or adds exactly
+    one worker when ``extra_worker`` says so) and within ``MAX_MANAGERS``, the server type
+    offered at the location, and the monthly cost difference from Hetzner's live prices.
+    ``target`` 0: the current count + 2."""
     p = ctx.params
     with timed(StepResult("scale-out preflight", p.cluster_label,
                           dry_run=ctx.dry_run)) as result:
@@ -157,10 +239,11 @@ def preflight_scale_out(ctx: RunContext, target: int = 0,
         q = quorum(entries)
         target = target or len(entries) + 2
         result.target = f"{len(entries)} -> {target} nodes"
-        result.check("quorum healthy", q.healthy, q.text())
-        late = not_ready(entries)
-        result.check("nodes ready and active", not late,
-                     f"all {len(entries)}" if not late else ", ".join(late))
+        # The target's servers (numbered 1..target) are what this run converges, so one of
+        # them found down is reset by its SSH step, not a reason to stop (scale_out_health).
+        health = scale_out_health(entries, with_count(ctx, target).params.server_names())
+        for name, ok, detail in health.checks:
+            result.check(name, ok, detail)
         refusals = scale_out_refusals(q.managers, len(entries), target, extra_worker)
         result.check("target", not refusals, "; ".join(refusals) or (
             f"{target - len(entries)} new node(s); managers "
