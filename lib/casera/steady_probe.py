@@ -64,9 +64,10 @@ class SteadyProbe:
             detail = "" if ok else f"HTTP {answer.status_code} {answer.text[:80]}"
         except requests.RequestException as exc:
             ok, detail = False, f"{type(exc).__name__}: {str(exc)[:120]}"
+        # A Response is falsy for a 4xx or 5xx: compare it with None, never test it as a bool.
+        status = "error" if answer is None else answer.status_code
         self.rows.append(Row(started, (time.monotonic() - t0) * 1000, ok,
-                             f"{method} {path.split('/')[1]}"
-                             + ("" if ok else f" -> {answer.status_code if answer else 'error'}"),
+                             f"{method} {path.split('/')[1]}" + ("" if ok else f" -> {status}"),
                              detail))
         return answer if ok else None
 
