@@ -3,9 +3,9 @@ balancer, on the bootstrapped local cloud.
 
     python scripts/bench_secrets.py [--rate 4]
 
-A steady probe (tests/e2e/e2e_harness.SteadyProbe: alternately ``GET /readyz`` and
-``POST /items``, a row inserted and an Asynq job enqueued, at most ``--rate`` requests a second,
-to the load balancer's loopback address only) runs while ``casera run secret-migration -p
+A steady probe (casera.steady_probe.SteadyProbe: alternately ``POST /items``, a row inserted
+and an Asynq job enqueued, and ``GET /items/<id>`` of that row, at most ``--rate`` requests a
+second, to the load balancer's loopback address only) runs while ``casera run secret-migration -p
 mode=rollback`` makes the before-state (values in env vars) and ``casera run
 secret-migration`` migrates again. Printed for each: requests, failures, p99 latency and wall
 time. The cloud is left migrated (the normal state).
@@ -21,11 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
 
-from e2e_harness import ProbeRow, SteadyProbe, hcloud  # noqa: E402
+from e2e_harness import hcloud  # noqa: E402
 
 from casera.load_stats import figures  # noqa: E402
 from casera.operator_secrets import SecretStore  # noqa: E402
 from casera.params import load_params  # noqa: E402
+from casera.steady_probe import Row, SteadyProbe  # noqa: E402
 from casera.steps.api_endpoint import api_endpoint_for  # noqa: E402
 
 MAX_RATE_PER_S = 20.0  # bounded: loopback only, never a load test
@@ -39,7 +40,7 @@ def phase(probe: SteadyProbe, label: str, *args: str) -> str:
     wall = time.monotonic() - t0
     if done.returncode != 0:
         raise SystemExit(f"{label} failed (exit {done.returncode}): {done.stderr[-1500:]}")
-    rows: list[ProbeRow] = [r for r in probe.rows if r.start >= began]
+    rows: list[Row] = [r for r in probe.rows if r.start >= began]
     f = figures(rows)  # type: ignore[arg-type]
     failed = [r for r in rows if not r.ok]
     return (f"{label}: {f.requests} requests, {len(failed)} failed, p99 {f.p99_ms:.0f} ms "

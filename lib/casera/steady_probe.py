@@ -1,8 +1,13 @@
 """A steady, bounded probe through the load balancer, for the benches and the e2e tests that
 must show a change loses no request (scale-out, scale-in, a killed node): alternately a write
-(``POST /items``) and a read of what it wrote (``GET /items/<id>``), at most
-``MAX_RATE_PER_S`` requests a second, to a loopback address only (never a load test, never
-anyone else's host)."""
+(``POST /items``: a row inserted and an Asynq job enqueued) and a read of what it wrote
+(``GET /items/<id>``, through the pooler), at most ``MAX_RATE_PER_S`` requests a second, for at
+most ``max_s`` seconds, to a loopback address only (never a load test, never anyone else's
+host).
+
+Not ``/readyz``: a stopping api task answers it 503 on purpose while it still serves everything
+else (the drain that takes it out of the LB's rotation), so a readiness probe through the LB
+would count the drain working as requests failing."""
 
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ class Row:
     ms: float
     ok: bool
     what: str = ""
+    detail: str = ""  # why it failed: the status and the start of the body, or the exception
 
 
 @dataclass
@@ -34,6 +40,7 @@ class SteadyProbe:
 
     api: ApiEndpoint
     rate: float = 5.0
+    max_s: float = 1800.0  # a probe whose block never ends still stops
     rows: list[Row] = field(default_factory=list)
     stop: threading.Event = field(default_factory=threading.Event)
 
@@ -50,21 +57,26 @@ class SteadyProbe:
              want: int, body: dict | None = None) -> requests.Response | None:
         started, t0 = time.time(), time.monotonic()
         answer: requests.Response | None = None
+        detail = ""
         try:
             answer = session.request(method, self.api.url(path), json=body, timeout=10)
             ok = answer.status_code == want
-        except requests.RequestException:
-            ok = False
+            detail = "" if ok else f"HTTP {answer.status_code} {answer.text[:80]}"
+        except requests.RequestException as exc:
+            ok, detail = False, f"{type(exc).__name__}: {str(exc)[:120]}"
+        # A Response is falsy for a 4xx or 5xx: compare it with None, never test it as a bool.
+        status = "error" if answer is None else answer.status_code
         self.rows.append(Row(started, (time.monotonic() - t0) * 1000, ok,
-                             f"{method} {path.split('/')[1]}"
-                             + ("" if ok else f" -> {answer.status_code if answer else 'error'}")))
+                             f"{method} {path.split('/')[1]}" + ("" if ok else f" -> {status}"),
+                             detail))
         return answer if ok else None
 
     def run(self) -> None:
         session = self.api.requests_session()
         write = True
         last_id: int | None = None
-        while not self.stop.is_set():
+        deadline = time.monotonic() + self.max_s
+        while not self.stop.is_set() and time.monotonic() < deadline:
             began = time.monotonic()
             if write or last_id is None:
                 made = self._one(session, "POST", "/items", 201, {"name": "steady-probe"})

@@ -31,7 +31,7 @@ from typing import Any
 import nbformat
 import papermill
 import pytest
-from e2e_harness import SteadyProbe, casera, hcloud
+from e2e_harness import casera, hcloud
 from papermill.exceptions import PapermillExecutionError
 
 from casera.context import RunContext
@@ -42,6 +42,7 @@ from casera.params import load_params
 from casera.paths import outputs_dir, runbook_file
 from casera.providers import docker_swarm
 from casera.stack import SECRET_ENV_VARS, SERVICE_SECRETS
+from casera.steady_probe import SteadyProbe
 from casera.steps import stack
 from casera.steps.access import node_addresses
 from casera.steps.api_endpoint import api_endpoint_for
@@ -167,7 +168,7 @@ def test_migration_under_a_steady_probe(tmp_path: Path,
             "roll 2: remove secret env vars"]
         assert respecs(ran["clean rollback targets"]) == respecs(dry["clean rollback targets"])
         assert all(c["ok"] for s in ran.values() for c in s["checks"])
-    failed = probe.failed
+    failed = probe.failed()
     f = figures(probe.rows)  # type: ignore[arg-type]
     record_property("measured", f"secret migration under the probe: {f.requests} requests "
                     f"through the LB ({len(failed)} failed), p99 {f.p99_ms:.0f} ms; "
