@@ -641,8 +641,8 @@ def verify_scale(ctx: RunContext, timeout: float = 120) -> StepResult:
         idle = idle_nodes(spread, p.server_names())
         result.check("every node runs api or worker", not idle,
                      "yes" if not idle else f"idle: {', '.join(idle)}")
-        url = wait_readyz_through_lb(ctx, timeout, "the database and Redis")
-        result.check("/readyz through the LB", True, url)
+        answered = wait_readyz_through_lb(ctx, timeout, "the database and Redis")
+        result.check("/readyz through the LB", bool(answered), f"through {answered}")
         result.note("params", f"set hetzner.server_count: {p.hetzner.server_count} and "
                     f"services.api.replicas: {p.services.api.replicas} in params/{ctx.env}.yaml "
                     "so the bootstrap and health converge this count")
