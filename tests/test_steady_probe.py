@@ -3,43 +3,32 @@ and its bounds (rate, time, loopback only). Against a tiny local HTTP server, no
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 import pytest
+from http_fixtures import JsonHandler
 
 from casera.steady_probe import SteadyProbe
 from casera.steps.api_endpoint import ApiEndpoint
 
 
-class Items(BaseHTTPRequestHandler):
+class Items(JsonHandler):
     """POST /items answers 201 with an id; GET /items/<id> answers 200, or 503 while the
     server's ``broken`` flag is set (a request that fails mid-roll)."""
-
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - signature
-        pass
-
-    def _answer(self, status: int, body: dict) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_POST(self) -> None:  # noqa: N802 - http.server's name
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
         self.server.made += 1  # type: ignore[attr-defined]
-        self._answer(201, {"id": self.server.made})  # type: ignore[attr-defined]
+        self.send_json(201, {"id": self.server.made})  # type: ignore[attr-defined]
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         if self.server.broken.is_set():  # type: ignore[attr-defined]
-            self._answer(503, {"draining": True})
+            self.send_json(503, {"draining": True})
         else:
-            self._answer(200, {"id": int(self.path.rsplit("/", 1)[1])})
+            self.send_json(200, {"id": int(self.path.rsplit("/", 1)[1])})
 
 
 @pytest.fixture()

@@ -11,14 +11,11 @@ the unversioned GET /version, and a 400 with moby's wording for a version outsid
 from __future__ import annotations
 
 import ast
-import json
 import re
 import socketserver
 import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any
 
 import docker
 import docker.errors
@@ -26,6 +23,7 @@ import paramiko
 import pytest
 from docker.transport import UnixHTTPAdapter
 from docker.utils import version_lt
+from http_fixtures import JsonHandler
 
 from casera.errors import ProviderError
 from casera.providers import docker_swarm
@@ -48,22 +46,11 @@ class FakeEngine(socketserver.ThreadingUnixStreamServer):
         super().__init__(path, _Handler)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     server: FakeEngine
 
     def address_string(self) -> str:  # a unix socket has no peer address
         return "unix"
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - signature
-        pass
-
-    def _send(self, status: int, body: object) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         engine = self.server.version
@@ -74,25 +61,25 @@ class _Handler(BaseHTTPRequestHandler):
             asked, path = match.groups()
             # moby api/server/middleware/version.go wording, status 400.
             if version_lt(asked, engine["MinAPIVersion"]):
-                return self._send(400, {"message": (
+                return self.send_json(400, {"message": (
                     f"client version {asked} is too old. Minimum supported API version is "
                     f"{engine['MinAPIVersion']}, please upgrade your client to a newer version")})
             if version_lt(engine["ApiVersion"], asked):
-                return self._send(400, {"message": (
+                return self.send_json(400, {"message": (
                     f"client version {asked} is too new. Maximum supported API version is "
                     f"{engine['ApiVersion']}")})
         if path == "/version":
-            return self._send(200, engine)
+            return self.send_json(200, engine)
         if path == "/info":
-            return self._send(200, {"Swarm": {"LocalNodeState": "active", "NodeID": "n1",
+            return self.send_json(200, {"Swarm": {"LocalNodeState": "active", "NodeID": "n1",
                                               "ControlAvailable": True,
                                               "Cluster": {"ID": "c1"}, "Managers": 3,
                                               "Nodes": 3, "Error": ""}})
         if path == "/nodes":
             # A node outside any swarm: moby daemon/cluster/helpers.go errNoManager, served as
             # 503 (errdefs.Unavailable).
-            return self._send(503, {"message": NOT_A_MANAGER})
-        return self._send(404, {"message": f"page not found: {path}"})
+            return self.send_json(503, {"message": NOT_A_MANAGER})
+        return self.send_json(404, {"message": f"page not found: {path}"})
 
 
 @pytest.fixture(params=[DOCKER_29, DEBIAN_20_10], ids=["docker-29", "debian-20.10"])
