@@ -329,6 +329,15 @@ class StackParams(_Strict):
     # environment). The bootstrap deploys what this says and refuses to move a running
     # legacy stack itself: runbooks/secret-migration.ipynb does that under its checks.
     secrets_source: Literal["docker_secrets", "legacy_env"] = "docker_secrets"
+    # Rolling-update pace. healthcheck_interval_s: how often Docker checks api, worker, admin
+    # and Redis; a new task counts as running only once its first check passes (swarmkit
+    # waits for "healthy" before it reports a task with a healthcheck running), so every task
+    # replaced in a roll-out waits about this long. update_delay_s: the pause between two
+    # replaced tasks, which must let the LB count the new api task healthy before the next
+    # old one stops (see Params.lb_healthy_after_s). Production keeps Docker's customary 10 s;
+    # the local cloud checks more often to keep its e2e roll-outs short.
+    healthcheck_interval_s: int = Field(default=10, ge=2, le=60)
+    update_delay_s: int = Field(default=10, ge=0, le=120)
 
 
 class RunnerParams(_Strict):
@@ -435,6 +444,14 @@ class Params(_Strict):
         if self.edge is not None and not self.load_balancer.enabled:
             raise ValueError("edge needs the load balancer (TLS ends there): set "
                              "load_balancer.enabled: true or remove edge")
+        if self.swarm.publish_mode == "host" and \
+                self.stack.update_delay_s < self.lb_healthy_after_s():
+            # Host-mode api tasks are the LB's targets: an old task stopped before the LB
+            # counts the new one healthy takes two of them out of rotation at once.
+            raise ValueError(f"stack.update_delay_s ({self.stack.update_delay_s}) is shorter "
+                             f"than the LB needs to count a new api task healthy "
+                             f"({self.lb_healthy_after_s()} s from edge.health_check); "
+                             "raise stack.update_delay_s or shorten the health check")
         return self
 
     @property
@@ -452,6 +469,17 @@ class Params(_Strict):
             return 0
         check = self.edge.health_check if self.edge else HealthCheckParams()
         return (check.retries + 1) * check.interval_s + check.timeout_s
+
+    def lb_healthy_after_s(self) -> int:
+        """The longest until the load balancer sends traffic to a target that has just turned
+        healthy: ``retries`` passing checks in a row (at least one; Hetzner: "an unhealthy
+        target needs the same number of successful retries to become healthy again",
+        https://docs.hetzner.cloud/reference/cloud#load-balancers), each up to ``interval``
+        plus ``timeout`` apart. 0 without an LB."""
+        if not self.load_balancer.enabled:
+            return 0
+        check = self.edge.health_check if self.edge else HealthCheckParams()
+        return max(1, check.retries) * (check.interval_s + check.timeout_s)
 
     def server_names(self) -> list[str]:
         return [f"{self.hetzner.name_prefix}-{i}" for i in range(1, self.hetzner.server_count + 1)]

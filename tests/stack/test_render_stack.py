@@ -8,6 +8,7 @@ import copy
 import pytest
 import yaml
 
+from casera.errors import ParamsError
 from casera.params import load_params
 from casera.stack import (
     DOZZLE_PORT,
@@ -267,7 +268,7 @@ def test_b2_key_mounts_agree_with_the_params_key_table(env):
 
 @pytest.mark.parametrize("env, window", [
     # (retries + 1) * interval + timeout of each file's edge.health_check
-    ("production", 4 * 10 + 5), ("local", 3 * 5 + 3)])
+    ("production", 4 * 10 + 5), ("local", 2 * 3 + 2)])
 def test_the_api_drains_for_the_lbs_health_check_window(env, window):
     params = load_params(env, for_run=False)
     assert params.lb_unhealthy_after_s() == window
@@ -276,6 +277,27 @@ def test_the_api_drains_for_the_lbs_health_check_window(env, window):
     assert api["environment"]["DRAIN_S"] == str(window)
     # Docker must not kill the task before the drain and the requests in flight are done.
     assert api["stop_grace_period"] == f"{window + 10}s"
+
+
+@pytest.mark.parametrize("env, interval, delay", [("production", "10s", "10s"),
+                                                  ("local", "4s", "5s")])
+def test_roll_out_pace_comes_from_params(env, interval, delay):
+    stack = parsed(settings_from_params(load_params(env, for_run=False),
+                                        secrets=dict(SECRET_NAMES), docker_socket_gid=998))
+    for name in ("api", "worker", "admin", "redis"):
+        assert stack["services"][name]["healthcheck"]["interval"] == interval, name
+    for name in ("api", "worker", "admin"):
+        assert stack["services"][name]["deploy"]["update_config"]["delay"] == delay, name
+
+
+def test_a_host_mode_roll_out_waits_until_the_lb_counts_the_new_task_healthy():
+    # local: 1 x (3 + 2) s for the LB; a 4 s pause would stop the next task too early.
+    with pytest.raises(ParamsError, match=r"stack.update_delay_s \(4\) is shorter than the LB "
+                                          r"needs to count a new api task healthy \(5 s"):
+        load_params("local", for_run=False, overrides={"stack.update_delay_s": 4})
+    # Ingress (production): the LB's targets are nodes, not tasks, so no such bound.
+    assert load_params("production", for_run=False,
+                       overrides={"stack.update_delay_s": 0}).stack.update_delay_s == 0
 
 
 def test_without_a_load_balancer_the_api_stops_at_once():

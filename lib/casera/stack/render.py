@@ -111,6 +111,10 @@ class StackSettings(TypedDict):
     # balancer takes it out of rotation before it stops accepting (Params.lb_unhealthy_after_s).
     # 0 or absent: it stops at once.
     api_drain_s: NotRequired[int]
+    # Roll-out pace (params.StackParams): Docker's healthcheck interval for api, worker, admin
+    # and Redis, and the pause between replaced tasks. Absent: 10 s each.
+    healthcheck_interval_s: NotRequired[int]
+    update_delay_s: NotRequired[int]
     # Absent: docker_secrets. legacy_env and both need secret_values (every name in SECRETS).
     secrets_source: NotRequired[SecretsSource]
     secret_values: NotRequired[dict[str, Secret]]
@@ -269,6 +273,8 @@ def render_stack(settings: StackSettings) -> str:
         # Docker kills a task this long after SIGTERM: the drain plus time for the requests in
         # flight (the app waits up to 5 s for them) and its exit.
         "api_stop_grace": json.dumps(f"{int(drain_s) + 10}s"),
+        "healthcheck_interval": json.dumps(f"{int(settings.get('healthcheck_interval_s', 10))}s"),
+        "update_delay": json.dumps(f"{int(settings.get('update_delay_s', 10))}s"),
         **_notes(network),
     }
     for service in SERVICES:
@@ -321,6 +327,8 @@ def settings_from_params(
                    "prefix": params.redis.backup.prefix,
                    "realm": params.b2.node_realm or params.b2.realm},
         "api_drain_s": params.lb_unhealthy_after_s(),
+        "healthcheck_interval_s": params.stack.healthcheck_interval_s,
+        "update_delay_s": params.stack.update_delay_s,
         "secrets_source": secrets_source or params.stack.secrets_source,
     }
     if secret_values is not None:

@@ -72,7 +72,7 @@ class ProxyHealthCheck:
     port: int  # on the target
     interval: float  # seconds between checks
     timeout: float  # seconds
-    retries: int  # failed checks before a healthy target counts as unhealthy
+    retries: int  # failed checks before a healthy target counts as unhealthy, and passes back
     http_path: str = "/"
     http_domain: str | None = None
     http_response: str = ""  # body must contain this (empty: no check)

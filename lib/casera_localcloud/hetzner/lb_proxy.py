@@ -3,8 +3,12 @@ in a background thread. Implements ``backend.LoadBalancerBackend``.
 
 Each service listens on ``host:local_port`` and hands every new connection to the next
 healthy target in round-robin order, trying the following one if a connect fails. A target
-starts "unknown" and gets no traffic until a check passes, like Hetzner's LB; a healthy
-target turns unhealthy after ``retries`` consecutive failures beyond the first.
+starts "unknown" and gets no traffic until checks pass, like Hetzner's LB; a healthy target
+turns unhealthy after ``retries`` consecutive failures beyond the first, and an unknown or
+unhealthy one turns healthy after ``retries`` consecutive passes (at least one): "an
+unhealthy target needs the same number of successful retries to become healthy again"
+(Hetzner Cloud API, load balancer service health_check.retries,
+https://docs.hetzner.cloud/reference/cloud#load-balancers).
 """
 
 from __future__ import annotations
@@ -30,7 +34,21 @@ _CHUNK = 64 * 1024
 class _TargetState:
     status: str = "unknown"
     failures: int = 0
+    passes: int = 0  # consecutive passes while not healthy
     task: asyncio.Task[None] | None = None
+
+
+def checked(state: _TargetState, ok: bool, retries: int) -> None:
+    """``state`` after one health check that passed (``ok``) or failed."""
+    if ok:
+        state.failures = 0
+        state.passes = 0 if state.status == "healthy" else state.passes + 1
+        if state.passes >= max(1, retries):
+            state.status, state.passes = "healthy", 0
+    else:
+        state.failures, state.passes = state.failures + 1, 0
+        if state.status != "healthy" or state.failures > retries:
+            state.status = "unhealthy"
 
 
 @dataclass
@@ -168,12 +186,7 @@ class LoadBalancerProxies:
             except (OSError, TimeoutError, ValueError):
                 ok = False
             with self._lock:
-                if ok:
-                    state.status, state.failures = "healthy", 0
-                else:
-                    state.failures += 1
-                    if state.status != "healthy" or state.failures > check.retries:
-                        state.status = "unhealthy"
+                checked(state, ok, check.retries)
             await asyncio.sleep(check.interval)
 
     # --- forwarding ----------------------------------------------------------------------
