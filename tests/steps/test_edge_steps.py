@@ -123,7 +123,7 @@ def test_https_service_rotation_and_retirement(
     assert pending is None and [(s.protocol, s.listen_port, s.redirect_http) for s in services] \
         == [("https", 443, True)]
     assert (services[0].health_path, services[0].health_interval, services[0].health_timeout,
-            services[0].health_retries) == ("/readyz", 5, 3, 2)
+            services[0].health_retries) == ("/readyz", 3, 2, 1)  # params/local.yaml
     created = edge.hetzner.for_env(ctx.params, ctx.secrets).load_balancers.create_or_get(
         "casera-local", "lb11", "fsn1", services, ctx.params.cluster_label, {})
     assert created[0].services[0].certificate_ids == (hz.certificates.get_all()[0].id,)
