@@ -183,6 +183,33 @@ def test_a_node_carrying_redis_or_dozzle_is_refused() -> None:
     assert any("n-5 carries dozzle" in r for r in refusals)
 
 
+# --- scale-in quorum: a dead node among the leaving ones is the force-remove path ----------
+
+DEAD_5 = THREE + [node("n-4"), node("n-5", state="down", reachability="unreachable")]
+
+
+def test_a_healthy_quorum_is_clear_for_a_scale_in() -> None:
+    assert scale.scale_in_quorum(FIVE, ["n-4", "n-5"]) == (True, scale.quorum(FIVE).text())
+
+
+def test_a_dead_manager_among_the_leaving_nodes_is_force_removed() -> None:
+    ok, detail = scale.scale_in_quorum(DEAD_5, ["n-4", "n-5"])
+    assert ok and "n-5 unreachable and among the nodes to remove" in detail, detail
+    assert "node rm --force" in detail and "4 of 5" in detail, detail
+
+
+def test_a_dead_manager_that_stays_is_refused_naming_it() -> None:
+    ok, detail = scale.scale_in_quorum(DEAD_5, ["n-4"])
+    assert not ok and "n-5 unreachable and not among the nodes to remove" in detail, detail
+
+
+def test_a_scale_in_without_a_majority_is_refused() -> None:
+    lost = [node("n-1", leader=True), node("n-2"), node("n-3", reachability="unreachable"),
+            node("n-4", reachability="unreachable"), node("n-5", reachability="unreachable")]
+    ok, detail = scale.scale_in_quorum(lost, ["n-4", "n-5"])
+    assert not ok and "no majority" in detail and "restore 3 of 5" in detail, detail
+
+
 def test_an_unknown_node_is_named() -> None:
     refusals = scale.scale_in_refusals(FIVE, ["n-9", "n-5"], {})
     assert any("n-9 is not a node" in r for r in refusals)

@@ -211,6 +211,33 @@ def scale_in_refusals(swarm_nodes: list[dict[str, Any]], remove: list[str],
     return refusals
 
 
+def scale_in_quorum(swarm_nodes: list[dict[str, Any]], remove: list[str]
+                    ) -> tuple[bool, str]:
+    """Whether the swarm can take this scale-in now, and why. Healthy quorum: yes. A manager
+    that is already dead (unreachable) is fine only when it is one of the nodes this run
+    removes (Docker's path for a lost manager: demote it, then ``node rm --force`` from a
+    manager; docs.docker.com/engine/swarm/admin_guide/#forcibly-remove-a-node) and a majority
+    of the managers with a leader remains to take those changes. Any other unreachable
+    manager is refused: this run would leave it, and the result would not be healthy."""
+    q = quorum(swarm_nodes)
+    if q.healthy:
+        return True, q.text()
+    unreachable = sorted(n["hostname"] for n in swarm_nodes if n["role"] == "manager"
+                         and n.get("reachability") != "reachable")
+    if not (q.leader and q.reachable * 2 > q.managers):
+        return False, (f"{q.text()}; no majority reachable with a leader: the swarm cannot "
+                       f"take a change now (restore {q.managers // 2 + 1} of {q.managers} "
+                       "managers first)")
+    others = [n for n in unreachable if n not in remove]
+    if others:
+        return False, (f"{q.text()}; {', '.join(others)} unreachable and not among the nodes "
+                       "to remove: name it too (a dead node is demoted and force-removed), or "
+                       "bring it back first (a scale-out re-run resets it)")
+    return True, (f"{q.text()}; {', '.join(unreachable)} unreachable and among the nodes to "
+                  f"remove: demoted and force-removed (node rm --force) by a majority "
+                  f"({q.reachable} of {q.managers})")
+
+
 def _carriers(client: Any) -> dict[str, set[str]]:
     """node hostname -> the pinned services running a task there."""
     names = {n["id"]: n["hostname"] for n in docker_swarm.nodes(client)}
@@ -334,7 +361,8 @@ def tail_refusals(ctx: RunContext, removal: Removal) -> list[str]:
 
 
 def preflight_scale_in(ctx: RunContext, nodes: Any = None, count: Any = 0) -> StepResult:
-    """Before removing nodes: quorum healthy now, the result keeps at least ``MIN_MANAGERS``
+    """Before removing nodes: quorum healthy now (or only the leaving nodes dead, with a
+    majority left: :func:`scale_in_quorum`), the result keeps at least ``MIN_MANAGERS``
     managers and an odd count, and no named node carries Redis or Dozzle. ``nodes`` names
     them; else ``count`` picks the highest-numbered servers that carry neither. Named nodes
     an earlier run already removed are reported, not refused, so a re-run converges."""
@@ -353,7 +381,7 @@ def preflight_scale_in(ctx: RunContext, nodes: Any = None, count: Any = 0) -> St
         if removal.gone:
             result.note("already removed", ", ".join(removal.gone))
         q = quorum(entries)
-        result.check("quorum healthy", q.healthy, q.text())
+        result.check("quorum healthy", *scale_in_quorum(entries, remove))
         in_swarm = [n for n in remove if n in {e["hostname"] for e in entries}]
         refusals = (scale_in_refusals(entries, in_swarm, carriers) + tail_refusals(
             ctx, removal) + [f"{n} is not a node of this swarm nor a server of this "
@@ -754,6 +782,19 @@ def verify_lb_left(ctx: RunContext, timeout: float = 120) -> StepResult:
     return result
 
 
+def force_remove(client: Any, entry: dict[str, Any], timeout: float) -> None:
+    """A dead node's way out (it cannot leave by itself): demoted when a manager, waited for
+    until it is out of the Raft group (no manager status: the managers removed it from the
+    group, which they do only while a majority remains), then ``node rm --force``. Removing
+    it before the demotion is through is refused by Docker ("must be demoted")."""
+    if entry["role"] == "manager":
+        docker_swarm.demote_node(client, entry["id"])
+        wait_for(f"{entry['hostname']} out of the managers' Raft group (demoted)", lambda: all(
+            e["reachability"] is None for e in docker_swarm.nodes(client)
+            if e["id"] == entry["id"]), timeout)
+    docker_swarm.remove_node(client, entry["id"], demote=False)
+
+
 def remove_from_swarm(ctx: RunContext, timeout: float = 120) -> StepResult:
     """Each leaving node demoted (the managers' quorum is counted without it), then it
     leaves the swarm itself and its entry is removed from a manager (``docker node rm``).
@@ -770,9 +811,9 @@ def remove_from_swarm(ctx: RunContext, timeout: float = 120) -> StepResult:
         for name, entry in _entries(client, removal.remove).items():
             node_id = entry["id"]
             if entry["state"] != "ready" or name not in cluster.clients:
-                plan.add(f"- {name} ({entry['state']}): demote, then node rm --force",
-                         functools.partial(docker_swarm.remove_node, client, node_id,
-                                           demote=entry["role"] == "manager"),
+                plan.add(f"- {name} ({entry['state']}, unreachable): demote, then node rm "
+                         "--force from a manager",
+                         functools.partial(force_remove, client, entry, timeout),
                          destructive=True)
                 continue
             own = cluster.clients[name]
