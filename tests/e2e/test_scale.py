@@ -144,7 +144,7 @@ def assert_nodes(ctx: RunContext, count: int) -> None:
 
 
 def kill(ctx: RunContext, name: str) -> tuple[float, float]:
-    """``casera local kill-node name``, then wait until the Swarm reports it down (read
+    """``casera local kill-node name``, then wait until the Swarm reports it dead (read
     through the params' three nodes, never the killed one), so the run that follows starts
     from that state rather than racing the heartbeat. (when the kill started, when it
     returned), wall clock, as the probe's rows are."""
@@ -153,9 +153,11 @@ def kill(ctx: RunContext, name: str) -> tuple[float, float]:
     kill_started = time.time()
     assert casera("local", "kill-node", name).returncode == 0
     killed_at = time.time()
-    wait_for(f"the swarm to report {name} down", lambda: any(
-        n["hostname"] == name and n["state"] == "down" for n in docker_swarm.nodes(client)),
-        90, show=False)
+    # Down (the dispatcher's heartbeats) and unreachable (Raft's own probes): two views
+    # that settle at different times; the runs below are meant to start from both.
+    wait_for(f"the swarm to report {name} down and unreachable", lambda: any(
+        n["hostname"] == name and n["state"] == "down" and n["reachability"] != "reachable"
+        for n in docker_swarm.nodes(client)), 90, show=False)
     return kill_started, killed_at
 
 
