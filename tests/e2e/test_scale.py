@@ -13,6 +13,7 @@ ends with the cloud at three converged nodes, as test_bootstrap.py left it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
@@ -23,6 +24,7 @@ import pytest
 from e2e_harness import casera, hcloud, run_stopped_after
 from test_neon_scale import allowlist, on_scale, operator_source_as_neon_sees_it  # noqa: F401
 
+from casera import steps
 from casera.context import RunContext
 from casera.operator_secrets import SecretStore
 from casera.params import load_params
@@ -75,10 +77,24 @@ def test_scaling_in_the_redis_node_is_refused(ctx: RunContext) -> None:
 
 
 def test_an_even_target_without_the_worker_flag_is_refused(ctx: RunContext) -> None:
+    before = state(ctx)
     message = refused(ctx, lambda: scale.preflight_scale_out(ctx, target=4))
     assert "even" in message and "extra_worker" in message, message
-    # The same count as one extra worker is what the flag is for.
+    # The same count as one extra worker is what the flag is for: cleared, and its dry run
+    # (the runbook's servers, join and label steps on the real cloud) plans the one new
+    # server joining as a worker, with no Dozzle label (managers only).
     assert scale.preflight_scale_out(ctx, target=4, extra_worker=True).ok
+    dry = dataclasses.replace(ctx, dry_run=True, planned={}, shared={})
+    octx = scale.scale_out_context(dry, 4, True)
+    fourth = octx.params.server_names()[-1]
+    assert octx.params.swarm.workers == [fourth]
+    assert steps.servers.ensure_servers(octx).changed == 1
+    joined = steps.swarm.ensure_swarm(octx).diff
+    assert [line for line in joined if fourth in line] == [
+        f"+ {fourth} joins as worker via {ctx.params.server_names()[0]} (planned server)"], joined
+    labels = steps.swarm.ensure_node_labels(octx).diff
+    assert not [line for line in labels if fourth in line and "dozzle" in line], labels
+    assert state(ctx) == before
 
 
 def test_the_default_scale_out_is_cleared_with_its_cost(ctx: RunContext) -> None:

@@ -150,6 +150,10 @@ def test_a_ready_but_unreachable_manager_is_refused() -> None:
     (3, 3, 5, True, False),      # the worker flag adds exactly one
     (3, 3, 2, False, False),     # below: that is a scale-in
     (3, 4, 6, False, True),      # 3 managers + 1 worker: +2 managers = 5
+    (3, 4, 4, True, True),       # the extra worker is there: a re-run adds nothing
+    (3, 4, 5, True, False),      # a second worker is not what the flag is for
+    (4, 4, 5, True, False),      # even managers already: add a manager instead
+    (3, 3, 3, True, False),      # the flag, but no worker there and nothing added
 ])
 def test_scale_out_target(managers: int, nodes: int, target: int, worker: bool,
                           ok: bool) -> None:
@@ -238,7 +242,6 @@ def test_with_count_changes_only_the_server_count_and_shares_the_run() -> None:
 @pytest.mark.parametrize("target, extra, names", [
     ("5", False, "parameter target"), (-1, False, "parameter target"),
     (True, False, "parameter target"), (5, "yes", "parameter extra_worker"),
-    (4, True, "extra_worker: joining a node as a worker is not built"),
 ])
 def test_bad_scale_out_parameters_stop_before_any_remote_call(target: Any, extra: Any,
                                                               names: str) -> None:
@@ -297,3 +300,55 @@ def test_api_replicas_follow_the_nodes_in_host_mode_within_the_seed_range() -> N
         with pytest.raises(StepFailed, match="parameter api_replicas"):
             scale.api_replicas_for(p, 5, bad)
     assert scale.with_count(local_ctx(), 5).params.services.api.replicas == 5
+
+
+# --- extra_worker: one node that joins as a worker -----------------------------------------
+
+def test_extra_worker_names_the_highest_numbered_server_of_the_target() -> None:
+    ctx = local_ctx()
+    prefix = ctx.params.hetzner.name_prefix
+    assert scale.workers_for(ctx, 4, True) == [f"{prefix}-4"]
+    assert scale.workers_for(ctx, 5, False) == []
+    four = scale.with_count(ctx, 4, 0, scale.workers_for(ctx, 4, True))
+    assert four.params.manager_names() == [f"{prefix}-{i}" for i in (1, 2, 3)]
+    assert four.params.swarm.workers == [f"{prefix}-4"] and ctx.params.swarm.workers == []
+    # A later plain scale-out keeps the worker params name, and adds managers.
+    kept = scale.with_count(ctx, 4, 0, [f"{prefix}-4"])
+    assert scale.workers_for(kept, 6, False) == [f"{prefix}-4"]
+
+
+def test_role_refusals_name_a_worker_params_do_not_know_and_how_to_fix_it() -> None:
+    live = THREE + [node("n-4", role="worker")]
+    assert scale.role_refusals(live, ["n-4"]) == []
+    (stray,) = scale.role_refusals(live, [])
+    assert "n-4 is a worker" in stray and "swarm.workers: [n-4]" in stray, stray
+    (manager,) = scale.role_refusals(FIVE, ["n-5"])
+    assert "n-5 is a manager" in manager and "docker node demote" in manager, manager
+
+
+def test_the_extra_worker_is_left_out_of_the_scale_in_quorum_count() -> None:
+    live = THREE + [node("n-4", role="worker")]
+    assert scale.scale_in_refusals(live, ["n-4"], {}) == []  # still 3 managers
+    assert scale.quorum(live).managers == 3
+
+
+@pytest.mark.parametrize("count, workers, why", [
+    (4, ["casera-local-4", "casera-local-3"], "at most one server"),
+    (4, ["casera-local-9"], "at most one server"),
+    (4, ["casera-local-1"], "the first server starts the swarm"),
+    (5, ["casera-local-5"], "keep the manager count odd"),
+])
+def test_params_refuse_workers_that_break_the_odd_managers(count: int, workers: list[str],
+                                                           why: str) -> None:
+    from pydantic import ValidationError
+
+    from casera.params import Params
+
+    data = local_ctx().params.model_dump()
+    data["hetzner"]["server_count"], data["swarm"]["workers"] = count, workers
+    with pytest.raises(ValidationError, match="swarm.workers") as caught:
+        Params.model_validate(data)
+    assert why in str(caught.value)
+    data["hetzner"]["server_count"], data["swarm"]["workers"] = 4, ["casera-local-4"]
+    assert Params.model_validate(data).manager_names() == [
+        "casera-local-1", "casera-local-2", "casera-local-3"]

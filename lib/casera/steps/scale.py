@@ -162,14 +162,24 @@ def scale_out_health(swarm_nodes: list[dict[str, Any]], target_names: list[str]
 
 def scale_out_refusals(managers: int, nodes: int, target: int, extra_worker: bool) -> list[str]:
     """Why adding nodes up to ``target`` (every new node a manager, or with ``extra_worker``
-    one worker) must not go ahead; empty when it may."""
+    one worker) must not go ahead; empty when it may.
+
+    Why a worker and not a fourth manager: Raft needs a majority, so 4 managers tolerate 1
+    failure, as 3 do, while one more member must answer every write. A worker adds capacity
+    (api and worker tasks) without a vote, so the managers stay odd."""
     if target < nodes:
         return [f"target {target} is below the current {nodes} nodes: that is a scale-in "
                 "(runbooks/scale-in.ipynb), not a scale-out"]
     if extra_worker:
+        workers = nodes - managers
+        if target == nodes and workers == 1:
+            return []  # the extra worker is there: a re-run, nothing to add
         if target != nodes + 1:
             return [f"extra_worker adds exactly one worker: target must be {nodes + 1}, "
                     f"got {target}"]
+        if workers:
+            return [f"the swarm has {workers} worker(s) already: extra_worker adds the one "
+                    "extra worker; add managers (an odd count) instead"]
         if managers % 2 == 0:
             return [f"the swarm has {managers} managers (even) already: add a manager to "
                     "make it odd instead of a worker"]
@@ -264,14 +274,15 @@ def preflight_scale_out(ctx: RunContext, target: int = 0,
                           dry_run=ctx.dry_run)) as result:
         entries = docker_swarm.nodes(reachable_cluster(ctx).manager)
         q = quorum(entries)
-        target = target or len(entries) + 2
+        target = target or len(entries) + (1 if extra_worker else 2)
         result.target = f"{len(entries)} -> {target} nodes"
         # The target's servers (numbered 1..target) are what this run converges, so one of
         # them found down is reset by its SSH step, not a reason to stop (scale_out_health).
         health = scale_out_health(entries, with_count(ctx, target).params.server_names())
         for name, ok, detail in health.checks:
             result.check(name, ok, detail)
-        refusals = scale_out_refusals(q.managers, len(entries), target, extra_worker)
+        refusals = scale_out_refusals(q.managers, len(entries), target, extra_worker) + (
+            role_refusals(entries, workers_for(ctx, target, extra_worker)))
         result.check("target", not refusals, "; ".join(refusals) or (
             f"{target - len(entries)} new node(s); managers "
             f"{q.managers} -> {q.managers + (0 if extra_worker else target - len(entries))}"))
@@ -323,6 +334,7 @@ class Removal:
     remove: list[str]
     gone: list[str]
     servers: list[str]
+    workers: list[str] = dataclasses.field(default_factory=list)  # the live swarm's
 
     @property
     def remaining(self) -> list[str]:
@@ -344,7 +356,8 @@ def pick_removal(ctx: RunContext, entries: list[dict[str, Any]],
             _prefix_number(ctx, n["hostname"]) or 0, n["hostname"]))
             if not carriers.get(n["hostname"])]
         remove, gone = (free[::-1][:count] if count > 0 else []), []
-    return Removal(remove, gone, servers)
+    return Removal(remove, gone, servers, sorted(n["hostname"] for n in entries
+                                                 if n["role"] == "worker"))
 
 
 def tail_refusals(ctx: RunContext, removal: Removal) -> list[str]:
@@ -418,18 +431,20 @@ def api_replicas_for(params: Params, nodes: int, api_replicas: Any = 0) -> int:
     return max(low, min(high, wanted))
 
 
-def with_count(ctx: RunContext, count: int, api_replicas: Any = 0) -> RunContext:
+def with_count(ctx: RunContext, count: int, api_replicas: Any = 0,
+               workers: list[str] | None = None) -> RunContext:
     """``ctx`` with ``hetzner.server_count`` set to ``count`` (and the api's replicas as
-    :func:`api_replicas_for` says): the bootstrap's ensure steps then converge that many
-    servers, managers, allowlist entries and api tasks. The run's journal, pools and dry-run
-    plan (``shared``, ``planned``) are the same objects, so later steps see what earlier ones
-    made or planned."""
+    :func:`api_replicas_for` says, and ``swarm.workers`` when given): the bootstrap's ensure
+    steps then converge that many servers, managers (and workers), allowlist entries and api
+    tasks. The run's journal, pools and dry-run plan (``shared``, ``planned``) are the same
+    objects, so later steps see what earlier ones made or planned."""
     p = ctx.params
     services = p.services.model_copy(update={"api": p.services.api.model_copy(
         update={"replicas": api_replicas_for(p, count, api_replicas)})})
+    swarm = p.swarm if workers is None else p.swarm.model_copy(update={"workers": workers})
     params = p.model_copy(update={
         "hetzner": p.hetzner.model_copy(update={"server_count": count}),
-        "services": services})
+        "services": services, "swarm": swarm})
     return dataclasses.replace(ctx, params=params, planned=ctx.planned, shared=ctx.shared)
 
 
@@ -456,9 +471,6 @@ def scale_out_context(ctx: RunContext, target: Any, extra_worker: Any = False,
     api_replicas_for(ctx.params, 1, api_replicas)  # a bad value stops here, before any read
     if not isinstance(extra_worker, bool):
         raise StepFailed(f"parameter extra_worker must be true or false, got {extra_worker!r}")
-    if extra_worker:
-        raise StepFailed("parameter extra_worker: joining a node as a worker is not built yet "
-                         "(every node this runbook adds is a manager); nothing was changed")
     now = current_servers(ctx)
     numbers = [_prefix_number(ctx, n) for n in now]
     if sorted(n for n in numbers if n) != list(range(1, len(now) + 1)):
@@ -466,11 +478,41 @@ def scale_out_context(ctx: RunContext, target: Any, extra_worker: Any = False,
                          f"{len(now)} (found {', '.join(now)}): the bootstrap's server step "
                          "names them by count, so a gap would be filled, not grown. Re-run "
                          "the bootstrap or scale-in first; nothing was changed")
-    target = target or len(now) + 2
+    target = target or len(now) + (1 if extra_worker else 2)
     if not 1 <= target <= MAX_SERVERS:
         raise StepFailed(f"parameter target is {target}: params allow 1..{MAX_SERVERS} "
                          "servers (hetzner.server_count)")
-    return with_count(ctx, target, api_replicas)
+    return with_count(ctx, target, api_replicas, workers_for(ctx, target, extra_worker))
+
+
+def workers_for(ctx: RunContext, target: int, extra_worker: bool) -> list[str]:
+    """The workers of a scale-out to ``target``: params' ``swarm.workers`` within the target,
+    and with ``extra_worker`` the highest-numbered server (the one it adds, or added on an
+    earlier run). The preflight checks this against the live swarm."""
+    names = [f"{ctx.params.hetzner.name_prefix}-{i}" for i in range(1, target + 1)]
+    workers = [w for w in ctx.params.swarm.workers if w in names]
+    if extra_worker and target > 1 and names[-1] not in workers:
+        workers.append(names[-1])
+    return workers
+
+
+def role_refusals(swarm_nodes: list[dict[str, Any]], workers: list[str]) -> list[str]:
+    """Nodes whose role in the live swarm is not what this run converges (``workers``
+    workers, every other node a manager): the join step never changes a member's role, so
+    the run would end red. Names the params change or the command that fixes it."""
+    live = sorted(n["hostname"] for n in swarm_nodes if n["role"] == "worker")
+    stray = [n for n in live if n not in workers]
+    promoted = [n["hostname"] for n in swarm_nodes
+                if n["hostname"] in workers and n["role"] == "manager"]
+    refusals = []
+    if stray:
+        refusals.append(f"{', '.join(stray)} is a worker but params' swarm.workers does not "
+                        f"name it: set swarm.workers: [{', '.join(stray)}] in params "
+                        "(or pass extra_worker on the run that keeps it)")
+    if promoted:
+        refusals.append(f"{', '.join(promoted)} is a manager, not the worker this run asks "
+                        "for: drop extra_worker, or demote it first (docker node demote)")
+    return refusals
 
 
 def distribution(client: Any) -> dict[str, dict[str, int]]:
@@ -655,7 +697,7 @@ def verify_scale(ctx: RunContext, timeout: float = 120) -> StepResult:
         client = reachable_cluster(ctx).manager
         entries = docker_swarm.nodes(client)
         q = quorum(entries)
-        result.check("quorum", q.healthy and q.managers == p.hetzner.server_count
+        result.check("quorum", q.healthy and q.managers == len(p.manager_names())
                      and q.managers % 2 == 1, q.text())
         late = not_ready(entries)
         result.check("nodes ready and active", not late,
@@ -671,9 +713,11 @@ def verify_scale(ctx: RunContext, timeout: float = 120) -> StepResult:
                      "yes" if not idle else f"idle: {', '.join(idle)}")
         answered = wait_readyz_through_lb(ctx, timeout, "the database and Redis")
         result.check("/readyz through the LB", bool(answered), f"through {answered}")
-        result.note("params", f"set hetzner.server_count: {p.hetzner.server_count} and "
-                    f"services.api.replicas: {p.services.api.replicas} in params/{ctx.env}.yaml "
-                    "so the bootstrap and health converge this count")
+        result.note("params", f"set hetzner.server_count: {p.hetzner.server_count}"
+                    + (f", swarm.workers: [{', '.join(p.swarm.workers)}]"
+                       if p.swarm.workers else "")
+                    + f" and services.api.replicas: {p.services.api.replicas} in "
+                    f"params/{ctx.env}.yaml so the bootstrap and health converge this count")
     return result
 
 
@@ -693,8 +737,9 @@ def scale_in_contexts(ctx: RunContext, api_replicas: Any = 0
     """(every server now, the servers that stay) as contexts for the bootstrap's steps; the
     api's replicas in the second are those for the nodes that stay."""
     removal = scale_in_removal(ctx)
-    return (with_count(ctx, len(removal.servers)),
-            with_count(ctx, len(removal.remaining), api_replicas))
+    return (with_count(ctx, len(removal.servers), 0, removal.workers),
+            with_count(ctx, len(removal.remaining), api_replicas,
+                       [w for w in removal.workers if w in removal.remaining]))
 
 
 def _entries(client: Any, names: list[str]) -> dict[str, dict[str, Any]]:
