@@ -93,6 +93,7 @@ def test_an_even_target_without_the_worker_flag_is_refused(ctx: RunContext) -> N
     assert [line for line in joined if fourth in line] == [
         f"+ {fourth} joins as worker via {ctx.params.server_names()[0]} (planned server)"], joined
     labels = steps.swarm.ensure_node_labels(octx).diff
+    assert ctx.params.swarm.dozzle_on_managers  # so a manager would get the label
     assert not [line for line in labels if fourth in line and "dozzle" in line], labels
     assert state(ctx) == before
 
