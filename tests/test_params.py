@@ -62,7 +62,8 @@ _DELETE = object()
 @pytest.mark.parametrize(("mutate", "key", "words"), [
     ({"hetzner.servr_type": "cx33"}, "hetzner.servr_type", "unknown key"),
     ({"hetzner.server_count": "3"}, "hetzner.server_count", "expected an integer"),
-    ({"hetzner.server_count": 4}, "hetzner.server_count", "keep the manager count odd"),
+    # A cross-check (the count less swarm.workers), so at the top level; it names the key.
+    ({"hetzner.server_count": 4}, "(top level)", "hetzner.server_count 4 is 4 managers"),
     ({"services.worker.replicas": 4}, "services.worker", "outside the plan's range (2 to 3)"),
     ({"services.api.replicas": 2}, "services.api", "outside the plan's range (3 to 6)"),
     ({"services.redis.replicas": 2}, "services.redis", "exactly 1"),

@@ -73,15 +73,6 @@ class HetznerParams(_Strict):
             raise ValueError("must be an http(s) URL ending in /v1")
         return value
 
-    @field_validator("server_count")
-    @classmethod
-    def _odd(cls, value: int) -> int:
-        # Every node is a manager; 4 managers tolerate no more failures than 3.
-        if value % 2 == 0:
-            raise ValueError(f"{value} managers tolerate no more failures than {value - 1}; "
-                             "keep the manager count odd")
-        return value
-
 
 class SSHParams(_Strict):
     port: int = Field(ge=1, le=65535)
@@ -140,6 +131,9 @@ class SwarmParams(_Strict):
     publish_mode: Literal["ingress", "host"]
     redis_node: int = Field(ge=1, description="index (1-based) of the server that holds Redis")
     dozzle_on_managers: bool = True
+    workers: list[str] = Field(default_factory=list, description=(
+        "servers that join as workers, not managers: at most one, the scale-out's "
+        "extra_worker (an even node count with an odd manager count)"))
     api_published_port: int = Field(default=80, ge=1, le=65535)
     probe_image: str = Field(description="an image with python3, for the overlay traffic probe")
 
@@ -426,6 +420,23 @@ class Params(_Strict):
         if self.swarm.redis_node > self.hetzner.server_count:
             raise ValueError(f"swarm.redis_node is {self.swarm.redis_node} but there are only "
                              f"{self.hetzner.server_count} servers")
+        workers, count = self.swarm.workers, self.hetzner.server_count
+        names = self.server_names()
+        if len(workers) > 1 or not set(workers) <= set(names[1:]):
+            raise ValueError(
+                f"swarm.workers is {workers}: it names at most one server, one of "
+                f"{', '.join(names[1:]) or 'none'} (the first server starts the swarm as a "
+                "manager); the scale-out's extra_worker sets it")
+        managers = count - len(workers)
+        if managers % 2 == 0:
+            # Every node but swarm.workers is a manager; 4 managers tolerate no more
+            # failures than 3.
+            raise ValueError(
+                f"hetzner.server_count {count}" + (f" less swarm.workers {workers}" if workers
+                                                   else "")
+                + f" is {managers} managers, which tolerate no more failures than "
+                f"{managers - 1}; keep the manager count odd (an even server count only with "
+                "one worker: the scale-out's extra_worker)")
         if self.redis.standby and self.hetzner.server_count < 2:
             raise ValueError("redis.standby is true but hetzner.server_count is "
                              f"{self.hetzner.server_count}: the standby needs a node other "
@@ -483,6 +494,10 @@ class Params(_Strict):
 
     def server_names(self) -> list[str]:
         return [f"{self.hetzner.name_prefix}-{i}" for i in range(1, self.hetzner.server_count + 1)]
+
+    def manager_names(self) -> list[str]:
+        """The servers that are swarm managers: all but ``swarm.workers``."""
+        return [n for n in self.server_names() if n not in self.swarm.workers]
 
     def public_dict(self) -> dict[str, Any]:
         """Everything here, for metadata and papermill: params hold no secrets by construction."""

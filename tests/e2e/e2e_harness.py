@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
 from hcloud import Client
 
@@ -26,3 +28,35 @@ def hcloud() -> Client:
     return Client(read_local_secrets()["CASERA_HCLOUD_TOKEN"], api_endpoint=HETZNER)
 
 
+
+
+STOPPED = "e2e: run stopped right after"
+
+
+def run_stopped_after(runbook: str, call: str, tmp: Path, parameters: dict[str, Any]) -> None:
+    """``runbook``'s own cells in a real kernel up to and including the first code cell that
+    contains ``call``, then a cell that raises, as a crash or a Ctrl-C right there would:
+    whatever the run made so far stays, the rest never runs. Fails if the run failed
+    earlier than that."""
+    import nbformat
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    from casera.paths import runbook_file
+
+    nb = nbformat.read(runbook_file(runbook), as_version=4)
+    index = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and call in c.source)
+    nb.cells = nb.cells[:index + 1] + [nbformat.v4.new_code_cell(
+        f"raise RuntimeError({f'{STOPPED} {call}'!r})")]
+    source, output = tmp / "stopped.ipynb", tmp / "stopped-out.ipynb"
+    nbformat.write(nb, source)
+    try:
+        papermill.execute_notebook(
+            str(source), str(output), kernel_name="python3", progress_bar=False,
+            cwd=str(runbook_file(runbook).parent), execution_timeout=900,
+            parameters={"env": "local", "interactive": False, **parameters})
+    except PapermillExecutionError as stopped:
+        assert stopped.ename == "RuntimeError" and STOPPED in stopped.evalue, (
+            f"the run failed before {call}: {stopped.ename}: {stopped.evalue[:600]}")
+    else:
+        raise AssertionError(f"the run of {runbook} did not stop after {call}")

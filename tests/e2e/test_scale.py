@@ -1,8 +1,11 @@
 """Scale-out 3 -> 5 and scale-in 5 -> 3 on the bootstrapped local cloud (issue 10), through
 `casera run` as operators run them, each under a steady probe through the LB (writes and
 reads, loopback only). First the refusals, each before any change, read from the real swarm
-(Redis's task, the managers' reachability) and the Hetzner API (offer, live prices). Between
-the scale-out and the scale-in, casera-local-5 is killed and the same scale-out converges back.
+(Redis's task, the managers' reachability) and the Hetzner API (offer, live prices). The
+scale-out is stopped right after its join (the runbook's cells in a real kernel, then a cell
+that raises), casera-local-5 is killed, and the re-run converges to 5; a second re-run
+changes nothing. The scale-in names casera-local-4 and -5, with -5 killed first: one leaves
+the planned way, the other by demote and ``node rm --force``.
 
 The Neon project is on Scale for the module (test_neon_scale's fixture), so the allowlist is
 enforced and must follow the nodes; it is back on Launch with no list afterwards. The module
@@ -10,15 +13,18 @@ ends with the cloud at three converged nodes, as test_bootstrap.py left it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
-from e2e_harness import casera, hcloud
+from e2e_harness import casera, hcloud, run_stopped_after
 from test_neon_scale import allowlist, on_scale, operator_source_as_neon_sees_it  # noqa: F401
 
+from casera import steps
 from casera.context import RunContext
 from casera.operator_secrets import SecretStore
 from casera.params import load_params
@@ -71,10 +77,25 @@ def test_scaling_in_the_redis_node_is_refused(ctx: RunContext) -> None:
 
 
 def test_an_even_target_without_the_worker_flag_is_refused(ctx: RunContext) -> None:
+    before = state(ctx)
     message = refused(ctx, lambda: scale.preflight_scale_out(ctx, target=4))
     assert "even" in message and "extra_worker" in message, message
-    # The same count as one extra worker is what the flag is for.
+    # The same count as one extra worker is what the flag is for: cleared, and its dry run
+    # (the runbook's servers, join and label steps on the real cloud) plans the one new
+    # server joining as a worker, with no Dozzle label (managers only).
     assert scale.preflight_scale_out(ctx, target=4, extra_worker=True).ok
+    dry = dataclasses.replace(ctx, dry_run=True, planned={}, shared={})
+    octx = scale.scale_out_context(dry, 4, True)
+    fourth = octx.params.server_names()[-1]
+    assert octx.params.swarm.workers == [fourth]
+    assert steps.servers.ensure_servers(octx).changed == 1
+    joined = steps.swarm.ensure_swarm(octx).diff
+    assert [line for line in joined if fourth in line] == [
+        f"+ {fourth} joins as worker via {ctx.params.server_names()[0]} (planned server)"], joined
+    labels = steps.swarm.ensure_node_labels(octx).diff
+    assert ctx.params.swarm.dozzle_on_managers  # so a manager would get the label
+    assert not [line for line in labels if fourth in line and "dozzle" in line], labels
+    assert state(ctx) == before
 
 
 def test_the_default_scale_out_is_cleared_with_its_cost(ctx: RunContext) -> None:
@@ -139,34 +160,96 @@ def assert_nodes(ctx: RunContext, count: int) -> None:
     assert listed == set(ips.values()) | {operator_source_as_neon_sees_it()}, listed
 
 
-def run_under_probe(ctx: RunContext, runbook: str, *args: str
-                    ) -> tuple[float, SteadyProbe, dict[str, dict[str, int]]]:
+def kill(ctx: RunContext, name: str) -> tuple[float, float]:
+    """``casera local kill-node name``, then wait until the Swarm reports it dead (read
+    through the params' three nodes, never the killed one), so the run that follows starts
+    from that state rather than racing the heartbeat. (when the kill started, when it
+    returned), wall clock, as the probe's rows are."""
+    assert name != ctx.params.server_names()[ctx.params.swarm.redis_node - 1]
+    client = reachable_cluster(ctx).manager
+    kill_started = time.time()
+    assert casera("local", "kill-node", name).returncode == 0
+    killed_at = time.time()
+    # Down (the dispatcher's heartbeats) and unreachable (Raft's own probes): two views
+    # that settle at different times; the runs below are meant to start from both.
+    wait_for(f"the swarm to report {name} down and unreachable", lambda: any(
+        n["hostname"] == name and n["state"] == "down" and n["reachability"] != "reachable"
+        for n in docker_swarm.nodes(client)), 90, show=False)
+    return kill_started, killed_at
+
+
+def outside_window(ctx: RunContext, probe: SteadyProbe, kill_started: float,
+                   killed_at: float) -> list[tuple[float, str]]:
+    """Failed probe requests outside the killed node's LB window: its target fails requests
+    until the LB's health checks mark it unhealthy (Params.lb_unhealthy_after_s: the check
+    that just passed, retries + 1 failing ones, the last taking its timeout). Before the kill
+    less the probe's 10 s request timeout (a request in flight when it died) and after the
+    window, nothing may fail. 2 s: the LB's and the probe's own scheduling."""
+    window = ctx.params.lb_unhealthy_after_s()
+    return [(round(r.start - killed_at, 1), r.what) for r in probe.failed()
+            if not kill_started - 10 <= r.start <= killed_at + window + 2]
+
+
+def killed_note(probe: SteadyProbe, killed_at: float, ctx: RunContext) -> str:
+    failed = probe.failed()
+    last = (f"the last {max(r.start for r in failed) - killed_at:.1f} s after the kill"
+            if failed else "none after the kill")
+    return (f"{summary('probe', probe.figures())}; {last} (LB health-check window "
+            f"{ctx.params.lb_unhealthy_after_s()} s)")
+
+
+def test_a_scale_out_stopped_after_the_join_with_a_new_node_killed_converges(
+        ctx: RunContext, on_scale: Any, tmp_path: Path,  # noqa: F811
+        record_property: Callable[[str, object], None]) -> None:
+    """Scale-out 3 -> 5 under the probe, as the issue's "a node killed mid-scale-out: the
+    re-run converges": the runbook stops right after its join (casera-local-4 and -5 exist
+    and are managers; no labels, overlay check, api replicas, rebalance or LB check yet),
+    casera-local-5 is killed, and ``casera run scale-out -p target=5`` converges: its
+    preflight accepts the down node inside the target, its SSH step judges it dead by the
+    Swarm's view and hard-resets it (not a new server), and the run ends with what the
+    issue's Done asks of 5 nodes. No request may fail outside the killed node's LB window."""
+    five = scale.with_count(ctx, 5).params.server_names()
+    killed = five[-1]
+    before = scale.distribution(reachable_cluster(ctx).manager)
     with SteadyProbe(endpoint(ctx), PROBE_RATE) as probe:
         time.sleep(2)
         started = time.monotonic()
-        done = casera("run", runbook, "--env", "local", *args, "--approve")
-        took = time.monotonic() - started
+        run_stopped_after("scale-out", "steps.swarm.ensure_swarm(octx)", tmp_path, {
+            "dry_run": False, "approve": True, "run_id": "e2e-scale-stopped", "target": 5})
+        stopped = time.monotonic() - started
+        # Stopped where meant: the new servers are managers, nothing after the join ran.
+        assert sorted(server_ips()) == five
+        q = scale.quorum(docker_swarm.nodes(reachable_cluster(ctx).manager))
+        assert (q.managers, q.reachable) == (5, 5), q.text()
+        server_id = hcloud().servers.get_by_name(killed).id
+        kill_started, killed_at = kill(ctx, killed)
+        rerun = time.monotonic()
+        done = casera("run", "scale-out", "--env", "local", "-p", "target=5", "--approve")
+        took = time.monotonic() - rerun
         time.sleep(3)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    spread = scale.distribution(reachable_cluster(ctx).manager)
-    return took, probe, spread
-
-
-def test_scale_out_to_five_under_the_probe_loses_no_request(
-        ctx: RunContext, on_scale: Any,  # noqa: F811
-        record_property: Callable[[str, object], None]) -> None:
-    before = scale.distribution(reachable_cluster(ctx).manager)
-    took, probe, after = run_under_probe(ctx, "scale-out", "-p", "target=5")
-    record_property("measured", f"3->5 in {took:.0f} s; "
-                    + summary("probe", probe.figures())
+    after = scale.distribution(reachable_cluster(ctx).manager)
+    record_property("measured", f"3->5 stopped after the join in {stopped:.0f} s, {killed} "
+                    f"killed, the re-run converged in {took:.0f} s; "
+                    + killed_note(probe, killed_at, ctx)
                     + f"; before: {scale.describe_distribution(before)}"
                     + f"; after: {scale.describe_distribution(after)}")
-    assert probe.rows and not probe.failed(), [r.what for r in probe.failed()][:10]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    steps = {s["step"]: s for s in latest_run("scale-out")["steps"]}
+    preflight = {c["name"]: c for c in steps["scale-out preflight"]["checks"]}
+    detail = preflight["nodes ready and active"]["detail"]
+    assert f"{killed} down" in detail and "resets it" in detail, detail
+    # Judged dead by the Swarm's view after a short silence, then reset: not replaced.
+    assert any(killed in line and "reset" in line and "dead" in line
+               for line in steps["ssh"]["diff"]), steps["ssh"]["diff"]
+    assert steps["servers"]["changed"] == 0, steps["servers"]
+    assert hcloud().servers.get_by_name(killed).id == server_id
     assert_nodes(ctx, 5)
-    assert not scale.idle_nodes(after, scale.with_count(ctx, 5).params.server_names()), after
+    assert not scale.idle_nodes(after, five), after
     # Redis did not move: still on the params' node.
     redis_node = ctx.params.server_names()[ctx.params.swarm.redis_node - 1]
     assert after[redis_node].get("redis") == 1, after
+    outside = outside_window(ctx, probe, kill_started, killed_at)
+    assert probe.rows and not outside, outside[:10]
 
 
 def test_a_rerun_of_the_scale_out_changes_nothing(
@@ -180,71 +263,41 @@ def test_a_rerun_of_the_scale_out_changes_nothing(
     assert not changed, changed
 
 
-def test_a_node_killed_after_the_scale_out_converges_on_a_rerun(
+def test_scale_in_by_name_with_one_leaving_node_dead(
         ctx: RunContext, on_scale: Any,  # noqa: F811
         record_property: Callable[[str, object], None]) -> None:
-    """The issue's "a node killed mid-scale-out: the re-run converges": casera-local-5 dies,
-    and the same scale-out (target 5) brings it back through the bootstrap's path (the
-    preflight accepts a down node inside the target, the SSH step judges it dead by the
-    Swarm's view and hard-resets it) instead of stopping in its preflight."""
-    killed = scale.with_count(ctx, 5).params.server_names()[-1]
-    assert killed != ctx.params.server_names()[ctx.params.swarm.redis_node - 1]
-    server_id = hcloud().servers.get_by_name(killed).id
-    # Read through casera-local-1..3 only (ctx has the params' three): never the killed node.
-    client = reachable_cluster(ctx).manager
-    window = ctx.params.lb_unhealthy_after_s()
+    """Scale-in 5 -> 3 naming the nodes, under the probe, with casera-local-5 killed first:
+    the same run drains casera-local-4, demotes it, lets it leave and removes its entry (the
+    planned path), and demotes casera-local-5 and force-removes its entry from a manager
+    (Docker's path for a dead node); both servers are deleted. No request may fail outside
+    the killed node's LB window."""
+    five = scale.with_count(ctx, 5).params.server_names()
+    alive, dead = five[3:]
     with SteadyProbe(endpoint(ctx), PROBE_RATE) as probe:
         time.sleep(2)
-        kill_started = time.time()
-        assert casera("local", "kill-node", killed).returncode == 0
-        killed_at = time.time()
-        # The state the preflight used to refuse ("casera-local-5 (down, active)"): wait for
-        # the Swarm to say it, so the run below starts from it rather than racing the
-        # heartbeat and finding every node still ready.
-        wait_for(f"the swarm to report {killed} down", lambda: any(
-            n["hostname"] == killed and n["state"] == "down"
-            for n in docker_swarm.nodes(client)), 90, show=False)
+        kill_started, killed_at = kill(ctx, dead)
         started = time.monotonic()
-        done = casera("run", "scale-out", "--env", "local", "-p", "target=5", "--approve")
+        done = casera("run", "scale-in", "--env", "local", "-p", f"nodes={alive},{dead}",
+                      "--approve")
         took = time.monotonic() - started
         time.sleep(3)
-    failed = probe.failed()
-    last = (f"the last {max(r.start for r in failed) - killed_at:.1f} s after the kill"
-            if failed else "none after the kill")
-    record_property("measured", f"{killed} killed, scale-out re-run converged in {took:.0f} s;"
-                    f" {summary('probe', probe.figures())}; {last} (LB health-check window "
-                    f"{window} s)")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    steps = {s["step"]: s for s in latest_run("scale-out")["steps"]}
-    preflight = {c["name"]: c for c in steps["scale-out preflight"]["checks"]}
-    detail = preflight["nodes ready and active"]["detail"]
-    assert f"{killed} down" in detail and "resets it" in detail, detail
-    # Judged dead by the Swarm's view after a short silence, then reset: not replaced.
-    assert any(killed in line and "reset" in line and "dead" in line
-               for line in steps["ssh"]["diff"]), steps["ssh"]["diff"]
-    assert steps["servers"]["changed"] == 0, steps["servers"]
-    assert hcloud().servers.get_by_name(killed).id == server_id
-    assert_nodes(ctx, 5)
-    # The killed node's LB target fails requests until the LB's health checks mark it
-    # unhealthy (Params.lb_unhealthy_after_s: the check that just passed, retries + 1 failing
-    # ones, the last taking its timeout); none may fail outside that window: not before the
-    # kill (less the probe's 10 s request timeout, for a request in flight when it died), and
-    # not during the reset, the rejoin or the LB taking the node back. 2 s: the LB's and the
-    # probe's own scheduling.
-    outside = [r for r in failed if not kill_started - 10 <= r.start <= killed_at + window + 2]
-    assert probe.rows and not outside, [(round(r.start - killed_at, 1), r.what)
-                                        for r in outside][:10]
-
-
-def test_scale_in_back_to_three_under_the_probe_loses_no_request(
-        ctx: RunContext, on_scale: Any,  # noqa: F811
-        record_property: Callable[[str, object], None]) -> None:
-    took, probe, after = run_under_probe(ctx, "scale-in", "-p", "count=2")
-    record_property("measured", f"5->3 in {took:.0f} s; " + summary("probe", probe.figures())
+    after = scale.distribution(reachable_cluster(ctx).manager)
+    record_property("measured", f"5->3 ({dead} dead) in {took:.0f} s; "
+                    + killed_note(probe, killed_at, ctx)
                     + f"; after: {scale.describe_distribution(after)}")
-    assert probe.rows and not probe.failed(), [r.what for r in probe.failed()][:10]
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    steps = {s["step"]: s for s in latest_run("scale-in")["steps"]}
+    quorum_check = {c["name"]: c for c in steps["scale-in preflight"]["checks"]}[
+        "quorum healthy"]
+    assert f"{dead} unreachable and among the nodes to remove" in quorum_check["detail"]
+    removed = steps["swarm: remove nodes"]["diff"]
+    assert any(line.startswith(f"- {dead} (") and "node rm --force" in line
+               for line in removed), removed
+    assert any(line.startswith(f"- {alive} leaves the swarm") for line in removed), removed
+    assert any(line.startswith(f"~ demote {alive}") for line in removed), removed
     assert_nodes(ctx, 3)
     assert sorted(after) == ctx.params.server_names(), after
     pinned = scale.known_hosts(ctx).names()
-    gone = scale.with_count(ctx, 5).params.server_names()[3:]
-    assert not set(gone) & set(pinned), pinned
+    assert not {alive, dead} & set(pinned), pinned
+    outside = outside_window(ctx, probe, kill_started, killed_at)
+    assert probe.rows and not outside, outside[:10]

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from casera.context import RunContext
-from casera.errors import StepFailed
+from casera.errors import StepFailed, WaitTimeout
 from casera.operator_secrets import Secret, SecretStore
 from casera.params import load_params
 from casera.steps import access, stack, swarm, swarm_secrets
@@ -80,3 +80,44 @@ def test_a_run_without_servers_stops_naming_what_to_run_first(ctx: RunContext, s
         step(ctx)
     # It asked for the servers and opened nothing: no pool was even made.
     assert ctx.shared["asked"] and "docker" not in ctx.shared and "ssh" not in ctx.shared
+
+
+def test_a_dry_run_with_an_extra_worker_joins_it_as_a_worker_without_dozzle(
+        ctx: RunContext) -> None:
+    """hetzner.server_count 4 with swarm.workers naming the fourth (the scale-out's
+    extra_worker): it joins with the worker token and gets no Dozzle label (managers only)."""
+    p = ctx.params
+    four = p.model_copy(update={
+        "hetzner": p.hetzner.model_copy(update={"server_count": 4}),
+        "swarm": p.swarm.model_copy(update={"workers": [f"{p.hetzner.name_prefix}-4"]})})
+    dry = replace(ctx, params=four, dry_run=True)
+    names = four.server_names()
+    made = swarm.ensure_swarm(dry)
+    assert made.target == "3 managers, 1 worker"
+    assert made.diff == [f"+ swarm init on {names[0]}"] + [
+        f"+ {n} joins as manager" for n in names[1:3]] + [f"+ {names[3]} joins as worker"]
+    labels = swarm.ensure_node_labels(dry)
+    assert not any(line.startswith(f"+ {names[3]} {swarm.DOZZLE_LABEL}") for line in labels.diff)
+    assert (sum(swarm.DOZZLE_LABEL in line for line in labels.diff)
+            == (3 if p.swarm.dozzle_on_managers else 0)), labels.diff
+
+
+def test_the_swarm_check_wants_the_worker_a_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    from casera.result import StepResult
+
+    def entry(name: str, role: str) -> dict:
+        return {"hostname": name, "role": role, "state": "ready", "leader": name == "n-1",
+                "reachability": "reachable" if role == "manager" else None}
+
+    live = [entry("n-1", "manager"), entry("n-2", "manager"), entry("n-3", "manager"),
+            entry("n-4", "worker")]
+    monkeypatch.setattr(swarm.docker_swarm, "nodes", lambda client: live)
+    nodes = {f"n-{i}": f"10.0.0.{i}" for i in range(1, 5)}
+    result = StepResult("swarm", "test")
+    swarm._verify_managers(None, nodes, result, 1, ["n-4"])
+    checks = {c.name: (c.ok, c.detail) for c in result.checks}
+    assert checks["workers"] == (True, "1 of 1 ready: n-4"), checks
+    assert checks["managers"][0] and checks["odd manager count"][0], checks
+    # The same swarm without params naming the worker: not converged, within the timeout.
+    with pytest.raises(WaitTimeout, match="4 reachable managers"):
+        swarm._verify_managers(None, nodes, StepResult("swarm", "test"), 1)

@@ -256,6 +256,26 @@ def test_scale_refuses_an_allowlist_without_nodes(scale):
     assert dry.changed == 3 + sum("(operator" in d for d in dry.diff) >= 4, dry.diff
 
 
+def test_a_scale_out_and_in_dry_run_plans_what_the_run_changes(scale):
+    """The scale-out's dry run passes the servers that exist (their addresses) and plans the
+    new ones from the servers step; the run then adds exactly those. The scale-in's dry run
+    and run remove the same addresses."""
+    assert database.ensure_ip_allowlist(ctx_for(scale), NODES).ok  # three nodes listed
+    dry_ctx = ctx_for(scale, dry_run=True)
+    dry_ctx.planned["servers"] = ["casera-local-4", "casera-local-5"]
+    dry = database.ensure_ip_allowlist(dry_ctx, NODES)
+    new = ["10.77.0.14", "10.77.0.15"]
+    run = database.ensure_ip_allowlist(ctx_for(scale), NODES + new)
+    assert dry.changed == run.changed == 2, (dry.diff, run.diff)
+    assert dry.diff == [f"+ <casera-local-{i}: address known after apply> (node)"
+                        for i in (4, 5)]
+    assert run.diff == [f"+ {ip}/32 (node)" for ip in new]
+    dry_in = database.ensure_ip_allowlist(ctx_for(scale, dry_run=True), NODES)
+    run_in = database.ensure_ip_allowlist(ctx_for(scale), NODES)
+    assert dry_in.diff == run_in.diff == [f"- {ip}/32" for ip in new]
+    assert dry_in.changed == run_in.changed == 2
+
+
 def test_launch_with_a_leftover_allowlist_is_red(scale):
     # Set on Scale, then the account moves to Launch behind the emulator's back (the
     # emulator itself refuses that order): the step must not call it fine.

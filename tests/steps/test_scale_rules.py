@@ -150,6 +150,10 @@ def test_a_ready_but_unreachable_manager_is_refused() -> None:
     (3, 3, 5, True, False),      # the worker flag adds exactly one
     (3, 3, 2, False, False),     # below: that is a scale-in
     (3, 4, 6, False, True),      # 3 managers + 1 worker: +2 managers = 5
+    (3, 4, 4, True, True),       # the extra worker is there: a re-run adds nothing
+    (3, 4, 5, True, False),      # a second worker is not what the flag is for
+    (4, 4, 5, True, False),      # even managers already: add a manager instead
+    (3, 3, 3, True, False),      # the flag, but no worker there and nothing added
 ])
 def test_scale_out_target(managers: int, nodes: int, target: int, worker: bool,
                           ok: bool) -> None:
@@ -183,6 +187,33 @@ def test_a_node_carrying_redis_or_dozzle_is_refused() -> None:
     assert any("n-5 carries dozzle" in r for r in refusals)
 
 
+# --- scale-in quorum: a dead node among the leaving ones is the force-remove path ----------
+
+DEAD_5 = THREE + [node("n-4"), node("n-5", state="down", reachability="unreachable")]
+
+
+def test_a_healthy_quorum_is_clear_for_a_scale_in() -> None:
+    assert scale.scale_in_quorum(FIVE, ["n-4", "n-5"]) == (True, scale.quorum(FIVE).text())
+
+
+def test_a_dead_manager_among_the_leaving_nodes_is_force_removed() -> None:
+    ok, detail = scale.scale_in_quorum(DEAD_5, ["n-4", "n-5"])
+    assert ok and "n-5 unreachable and among the nodes to remove" in detail, detail
+    assert "node rm --force" in detail and "4 of 5" in detail, detail
+
+
+def test_a_dead_manager_that_stays_is_refused_naming_it() -> None:
+    ok, detail = scale.scale_in_quorum(DEAD_5, ["n-4"])
+    assert not ok and "n-5 unreachable and not among the nodes to remove" in detail, detail
+
+
+def test_a_scale_in_without_a_majority_is_refused() -> None:
+    lost = [node("n-1", leader=True), node("n-2"), node("n-3", reachability="unreachable"),
+            node("n-4", reachability="unreachable"), node("n-5", reachability="unreachable")]
+    ok, detail = scale.scale_in_quorum(lost, ["n-4", "n-5"])
+    assert not ok and "no majority" in detail and "restore 3 of 5" in detail, detail
+
+
 def test_an_unknown_node_is_named() -> None:
     refusals = scale.scale_in_refusals(FIVE, ["n-9", "n-5"], {})
     assert any("n-9 is not a node" in r for r in refusals)
@@ -211,7 +242,6 @@ def test_with_count_changes_only_the_server_count_and_shares_the_run() -> None:
 @pytest.mark.parametrize("target, extra, names", [
     ("5", False, "parameter target"), (-1, False, "parameter target"),
     (True, False, "parameter target"), (5, "yes", "parameter extra_worker"),
-    (4, True, "extra_worker: joining a node as a worker is not built"),
 ])
 def test_bad_scale_out_parameters_stop_before_any_remote_call(target: Any, extra: Any,
                                                               names: str) -> None:
@@ -270,3 +300,55 @@ def test_api_replicas_follow_the_nodes_in_host_mode_within_the_seed_range() -> N
         with pytest.raises(StepFailed, match="parameter api_replicas"):
             scale.api_replicas_for(p, 5, bad)
     assert scale.with_count(local_ctx(), 5).params.services.api.replicas == 5
+
+
+# --- extra_worker: one node that joins as a worker -----------------------------------------
+
+def test_extra_worker_names_the_highest_numbered_server_of_the_target() -> None:
+    ctx = local_ctx()
+    prefix = ctx.params.hetzner.name_prefix
+    assert scale.workers_for(ctx, 4, True) == [f"{prefix}-4"]
+    assert scale.workers_for(ctx, 5, False) == []
+    four = scale.with_count(ctx, 4, 0, scale.workers_for(ctx, 4, True))
+    assert four.params.manager_names() == [f"{prefix}-{i}" for i in (1, 2, 3)]
+    assert four.params.swarm.workers == [f"{prefix}-4"] and ctx.params.swarm.workers == []
+    # A later plain scale-out keeps the worker params name, and adds managers.
+    kept = scale.with_count(ctx, 4, 0, [f"{prefix}-4"])
+    assert scale.workers_for(kept, 6, False) == [f"{prefix}-4"]
+
+
+def test_role_refusals_name_a_worker_params_do_not_know_and_how_to_fix_it() -> None:
+    live = THREE + [node("n-4", role="worker")]
+    assert scale.role_refusals(live, ["n-4"]) == []
+    (stray,) = scale.role_refusals(live, [])
+    assert "n-4 is a worker" in stray and "swarm.workers: [n-4]" in stray, stray
+    (manager,) = scale.role_refusals(FIVE, ["n-5"])
+    assert "n-5 is a manager" in manager and "docker node demote" in manager, manager
+
+
+def test_the_extra_worker_is_left_out_of_the_scale_in_quorum_count() -> None:
+    live = THREE + [node("n-4", role="worker")]
+    assert scale.scale_in_refusals(live, ["n-4"], {}) == []  # still 3 managers
+    assert scale.quorum(live).managers == 3
+
+
+@pytest.mark.parametrize("count, workers, why", [
+    (4, ["casera-local-4", "casera-local-3"], "at most one server"),
+    (4, ["casera-local-9"], "at most one server"),
+    (4, ["casera-local-1"], "the first server starts the swarm"),
+    (5, ["casera-local-5"], "keep the manager count odd"),
+])
+def test_params_refuse_workers_that_break_the_odd_managers(count: int, workers: list[str],
+                                                           why: str) -> None:
+    from pydantic import ValidationError
+
+    from casera.params import Params
+
+    data = local_ctx().params.model_dump()
+    data["hetzner"]["server_count"], data["swarm"]["workers"] = count, workers
+    with pytest.raises(ValidationError, match="swarm.workers") as caught:
+        Params.model_validate(data)
+    assert why in str(caught.value)
+    data["hetzner"]["server_count"], data["swarm"]["workers"] = 4, ["casera-local-4"]
+    assert Params.model_validate(data).manager_names() == [
+        "casera-local-1", "casera-local-2", "casera-local-3"]

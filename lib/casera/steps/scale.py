@@ -162,14 +162,24 @@ def scale_out_health(swarm_nodes: list[dict[str, Any]], target_names: list[str]
 
 def scale_out_refusals(managers: int, nodes: int, target: int, extra_worker: bool) -> list[str]:
     """Why adding nodes up to ``target`` (every new node a manager, or with ``extra_worker``
-    one worker) must not go ahead; empty when it may."""
+    one worker) must not go ahead; empty when it may.
+
+    Why a worker and not a fourth manager: Raft needs a majority, so 4 managers tolerate 1
+    failure, as 3 do, while one more member must answer every write. A worker adds capacity
+    (api and worker tasks) without a vote, so the managers stay odd."""
     if target < nodes:
         return [f"target {target} is below the current {nodes} nodes: that is a scale-in "
                 "(runbooks/scale-in.ipynb), not a scale-out"]
     if extra_worker:
+        workers = nodes - managers
+        if target == nodes and workers == 1:
+            return []  # the extra worker is there: a re-run, nothing to add
         if target != nodes + 1:
             return [f"extra_worker adds exactly one worker: target must be {nodes + 1}, "
                     f"got {target}"]
+        if workers:
+            return [f"the swarm has {workers} worker(s) already: extra_worker adds the one "
+                    "extra worker; add managers (an odd count) instead"]
         if managers % 2 == 0:
             return [f"the swarm has {managers} managers (even) already: add a manager to "
                     "make it odd instead of a worker"]
@@ -211,6 +221,33 @@ def scale_in_refusals(swarm_nodes: list[dict[str, Any]], remove: list[str],
     return refusals
 
 
+def scale_in_quorum(swarm_nodes: list[dict[str, Any]], remove: list[str]
+                    ) -> tuple[bool, str]:
+    """Whether the swarm can take this scale-in now, and why. Healthy quorum: yes. A manager
+    that is already dead (unreachable) is fine only when it is one of the nodes this run
+    removes (Docker's path for a lost manager: demote it, then ``node rm --force`` from a
+    manager; docs.docker.com/engine/swarm/admin_guide/#forcibly-remove-a-node) and a majority
+    of the managers with a leader remains to take those changes. Any other unreachable
+    manager is refused: this run would leave it, and the result would not be healthy."""
+    q = quorum(swarm_nodes)
+    if q.healthy:
+        return True, q.text()
+    unreachable = sorted(n["hostname"] for n in swarm_nodes if n["role"] == "manager"
+                         and n.get("reachability") != "reachable")
+    if not (q.leader and q.reachable * 2 > q.managers):
+        return False, (f"{q.text()}; no majority reachable with a leader: the swarm cannot "
+                       f"take a change now (restore {q.managers // 2 + 1} of {q.managers} "
+                       "managers first)")
+    others = [n for n in unreachable if n not in remove]
+    if others:
+        return False, (f"{q.text()}; {', '.join(others)} unreachable and not among the nodes "
+                       "to remove: name it too (a dead node is demoted and force-removed), or "
+                       "bring it back first (a scale-out re-run resets it)")
+    return True, (f"{q.text()}; {', '.join(unreachable)} unreachable and among the nodes to "
+                  f"remove: demoted and force-removed (node rm --force) by a majority "
+                  f"({q.reachable} of {q.managers})")
+
+
 def _carriers(client: Any) -> dict[str, set[str]]:
     """node hostname -> the pinned services running a task there."""
     names = {n["id"]: n["hostname"] for n in docker_swarm.nodes(client)}
@@ -237,14 +274,15 @@ def preflight_scale_out(ctx: RunContext, target: int = 0,
                           dry_run=ctx.dry_run)) as result:
         entries = docker_swarm.nodes(reachable_cluster(ctx).manager)
         q = quorum(entries)
-        target = target or len(entries) + 2
+        target = target or len(entries) + (1 if extra_worker else 2)
         result.target = f"{len(entries)} -> {target} nodes"
         # The target's servers (numbered 1..target) are what this run converges, so one of
         # them found down is reset by its SSH step, not a reason to stop (scale_out_health).
         health = scale_out_health(entries, with_count(ctx, target).params.server_names())
         for name, ok, detail in health.checks:
             result.check(name, ok, detail)
-        refusals = scale_out_refusals(q.managers, len(entries), target, extra_worker)
+        refusals = scale_out_refusals(q.managers, len(entries), target, extra_worker) + (
+            role_refusals(entries, workers_for(ctx, target, extra_worker)))
         result.check("target", not refusals, "; ".join(refusals) or (
             f"{target - len(entries)} new node(s); managers "
             f"{q.managers} -> {q.managers + (0 if extra_worker else target - len(entries))}"))
@@ -296,6 +334,7 @@ class Removal:
     remove: list[str]
     gone: list[str]
     servers: list[str]
+    workers: list[str] = dataclasses.field(default_factory=list)  # the live swarm's
 
     @property
     def remaining(self) -> list[str]:
@@ -317,7 +356,8 @@ def pick_removal(ctx: RunContext, entries: list[dict[str, Any]],
             _prefix_number(ctx, n["hostname"]) or 0, n["hostname"]))
             if not carriers.get(n["hostname"])]
         remove, gone = (free[::-1][:count] if count > 0 else []), []
-    return Removal(remove, gone, servers)
+    return Removal(remove, gone, servers, sorted(n["hostname"] for n in entries
+                                                 if n["role"] == "worker"))
 
 
 def tail_refusals(ctx: RunContext, removal: Removal) -> list[str]:
@@ -334,7 +374,8 @@ def tail_refusals(ctx: RunContext, removal: Removal) -> list[str]:
 
 
 def preflight_scale_in(ctx: RunContext, nodes: Any = None, count: Any = 0) -> StepResult:
-    """Before removing nodes: quorum healthy now, the result keeps at least ``MIN_MANAGERS``
+    """Before removing nodes: quorum healthy now (or only the leaving nodes dead, with a
+    majority left: :func:`scale_in_quorum`), the result keeps at least ``MIN_MANAGERS``
     managers and an odd count, and no named node carries Redis or Dozzle. ``nodes`` names
     them; else ``count`` picks the highest-numbered servers that carry neither. Named nodes
     an earlier run already removed are reported, not refused, so a re-run converges."""
@@ -353,7 +394,7 @@ def preflight_scale_in(ctx: RunContext, nodes: Any = None, count: Any = 0) -> St
         if removal.gone:
             result.note("already removed", ", ".join(removal.gone))
         q = quorum(entries)
-        result.check("quorum healthy", q.healthy, q.text())
+        result.check("quorum healthy", *scale_in_quorum(entries, remove))
         in_swarm = [n for n in remove if n in {e["hostname"] for e in entries}]
         refusals = (scale_in_refusals(entries, in_swarm, carriers) + tail_refusals(
             ctx, removal) + [f"{n} is not a node of this swarm nor a server of this "
@@ -390,18 +431,20 @@ def api_replicas_for(params: Params, nodes: int, api_replicas: Any = 0) -> int:
     return max(low, min(high, wanted))
 
 
-def with_count(ctx: RunContext, count: int, api_replicas: Any = 0) -> RunContext:
+def with_count(ctx: RunContext, count: int, api_replicas: Any = 0,
+               workers: list[str] | None = None) -> RunContext:
     """``ctx`` with ``hetzner.server_count`` set to ``count`` (and the api's replicas as
-    :func:`api_replicas_for` says): the bootstrap's ensure steps then converge that many
-    servers, managers, allowlist entries and api tasks. The run's journal, pools and dry-run
-    plan (``shared``, ``planned``) are the same objects, so later steps see what earlier ones
-    made or planned."""
+    :func:`api_replicas_for` says, and ``swarm.workers`` when given): the bootstrap's ensure
+    steps then converge that many servers, managers (and workers), allowlist entries and api
+    tasks. The run's journal, pools and dry-run plan (``shared``, ``planned``) are the same
+    objects, so later steps see what earlier ones made or planned."""
     p = ctx.params
     services = p.services.model_copy(update={"api": p.services.api.model_copy(
         update={"replicas": api_replicas_for(p, count, api_replicas)})})
+    swarm = p.swarm if workers is None else p.swarm.model_copy(update={"workers": workers})
     params = p.model_copy(update={
         "hetzner": p.hetzner.model_copy(update={"server_count": count}),
-        "services": services})
+        "services": services, "swarm": swarm})
     return dataclasses.replace(ctx, params=params, planned=ctx.planned, shared=ctx.shared)
 
 
@@ -428,9 +471,6 @@ def scale_out_context(ctx: RunContext, target: Any, extra_worker: Any = False,
     api_replicas_for(ctx.params, 1, api_replicas)  # a bad value stops here, before any read
     if not isinstance(extra_worker, bool):
         raise StepFailed(f"parameter extra_worker must be true or false, got {extra_worker!r}")
-    if extra_worker:
-        raise StepFailed("parameter extra_worker: joining a node as a worker is not built yet "
-                         "(every node this runbook adds is a manager); nothing was changed")
     now = current_servers(ctx)
     numbers = [_prefix_number(ctx, n) for n in now]
     if sorted(n for n in numbers if n) != list(range(1, len(now) + 1)):
@@ -438,11 +478,41 @@ def scale_out_context(ctx: RunContext, target: Any, extra_worker: Any = False,
                          f"{len(now)} (found {', '.join(now)}): the bootstrap's server step "
                          "names them by count, so a gap would be filled, not grown. Re-run "
                          "the bootstrap or scale-in first; nothing was changed")
-    target = target or len(now) + 2
+    target = target or len(now) + (1 if extra_worker else 2)
     if not 1 <= target <= MAX_SERVERS:
         raise StepFailed(f"parameter target is {target}: params allow 1..{MAX_SERVERS} "
                          "servers (hetzner.server_count)")
-    return with_count(ctx, target, api_replicas)
+    return with_count(ctx, target, api_replicas, workers_for(ctx, target, extra_worker))
+
+
+def workers_for(ctx: RunContext, target: int, extra_worker: bool) -> list[str]:
+    """The workers of a scale-out to ``target``: params' ``swarm.workers`` within the target,
+    and with ``extra_worker`` the highest-numbered server (the one it adds, or added on an
+    earlier run). The preflight checks this against the live swarm."""
+    names = [f"{ctx.params.hetzner.name_prefix}-{i}" for i in range(1, target + 1)]
+    workers = [w for w in ctx.params.swarm.workers if w in names]
+    if extra_worker and target > 1 and names[-1] not in workers:
+        workers.append(names[-1])
+    return workers
+
+
+def role_refusals(swarm_nodes: list[dict[str, Any]], workers: list[str]) -> list[str]:
+    """Nodes whose role in the live swarm is not what this run converges (``workers``
+    workers, every other node a manager): the join step never changes a member's role, so
+    the run would end red. Names the params change or the command that fixes it."""
+    live = sorted(n["hostname"] for n in swarm_nodes if n["role"] == "worker")
+    stray = [n for n in live if n not in workers]
+    promoted = [n["hostname"] for n in swarm_nodes
+                if n["hostname"] in workers and n["role"] == "manager"]
+    refusals = []
+    if stray:
+        refusals.append(f"{', '.join(stray)} is a worker but params' swarm.workers does not "
+                        f"name it: set swarm.workers: [{', '.join(stray)}] in params "
+                        "(or pass extra_worker on the run that keeps it)")
+    if promoted:
+        refusals.append(f"{', '.join(promoted)} is a manager, not the worker this run asks "
+                        "for: drop extra_worker, or demote it first (docker node demote)")
+    return refusals
 
 
 def distribution(client: Any) -> dict[str, dict[str, int]]:
@@ -627,7 +697,7 @@ def verify_scale(ctx: RunContext, timeout: float = 120) -> StepResult:
         client = reachable_cluster(ctx).manager
         entries = docker_swarm.nodes(client)
         q = quorum(entries)
-        result.check("quorum", q.healthy and q.managers == p.hetzner.server_count
+        result.check("quorum", q.healthy and q.managers == len(p.manager_names())
                      and q.managers % 2 == 1, q.text())
         late = not_ready(entries)
         result.check("nodes ready and active", not late,
@@ -643,9 +713,11 @@ def verify_scale(ctx: RunContext, timeout: float = 120) -> StepResult:
                      "yes" if not idle else f"idle: {', '.join(idle)}")
         answered = wait_readyz_through_lb(ctx, timeout, "the database and Redis")
         result.check("/readyz through the LB", bool(answered), f"through {answered}")
-        result.note("params", f"set hetzner.server_count: {p.hetzner.server_count} and "
-                    f"services.api.replicas: {p.services.api.replicas} in params/{ctx.env}.yaml "
-                    "so the bootstrap and health converge this count")
+        result.note("params", f"set hetzner.server_count: {p.hetzner.server_count}"
+                    + (f", swarm.workers: [{', '.join(p.swarm.workers)}]"
+                       if p.swarm.workers else "")
+                    + f" and services.api.replicas: {p.services.api.replicas} in "
+                    f"params/{ctx.env}.yaml so the bootstrap and health converge this count")
     return result
 
 
@@ -665,8 +737,9 @@ def scale_in_contexts(ctx: RunContext, api_replicas: Any = 0
     """(every server now, the servers that stay) as contexts for the bootstrap's steps; the
     api's replicas in the second are those for the nodes that stay."""
     removal = scale_in_removal(ctx)
-    return (with_count(ctx, len(removal.servers)),
-            with_count(ctx, len(removal.remaining), api_replicas))
+    return (with_count(ctx, len(removal.servers), 0, removal.workers),
+            with_count(ctx, len(removal.remaining), api_replicas,
+                       [w for w in removal.workers if w in removal.remaining]))
 
 
 def _entries(client: Any, names: list[str]) -> dict[str, dict[str, Any]]:
@@ -754,6 +827,19 @@ def verify_lb_left(ctx: RunContext, timeout: float = 120) -> StepResult:
     return result
 
 
+def force_remove(client: Any, entry: dict[str, Any], timeout: float) -> None:
+    """A dead node's way out (it cannot leave by itself): demoted when a manager, waited for
+    until it is out of the Raft group (no manager status: the managers removed it from the
+    group, which they do only while a majority remains), then ``node rm --force``. Removing
+    it before the demotion is through is refused by Docker ("must be demoted")."""
+    if entry["role"] == "manager":
+        docker_swarm.demote_node(client, entry["id"])
+        wait_for(f"{entry['hostname']} out of the managers' Raft group (demoted)", lambda: all(
+            e["reachability"] is None for e in docker_swarm.nodes(client)
+            if e["id"] == entry["id"]), timeout)
+    docker_swarm.remove_node(client, entry["id"], demote=False)
+
+
 def remove_from_swarm(ctx: RunContext, timeout: float = 120) -> StepResult:
     """Each leaving node demoted (the managers' quorum is counted without it), then it
     leaves the swarm itself and its entry is removed from a manager (``docker node rm``).
@@ -770,9 +856,9 @@ def remove_from_swarm(ctx: RunContext, timeout: float = 120) -> StepResult:
         for name, entry in _entries(client, removal.remove).items():
             node_id = entry["id"]
             if entry["state"] != "ready" or name not in cluster.clients:
-                plan.add(f"- {name} ({entry['state']}): demote, then node rm --force",
-                         functools.partial(docker_swarm.remove_node, client, node_id,
-                                           demote=entry["role"] == "manager"),
+                plan.add(f"- {name} ({entry['state']}, unreachable): demote, then node rm "
+                         "--force from a manager",
+                         functools.partial(force_remove, client, entry, timeout),
                          destructive=True)
                 continue
             own = cluster.clients[name]

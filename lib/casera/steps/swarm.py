@@ -1,6 +1,8 @@
 """Docker Swarm across the servers: every node a manager, node labels, the overlay network.
 
-Every server is a manager (the seed: 3 managers tolerate 1 loss). A node already in this
+Every server is a manager (the seed: 3 managers tolerate 1 loss), except one that
+``swarm.workers`` names (the scale-out's extra worker: an even node count whose managers stay
+odd). A node already in this
 swarm is left alone; a node in another swarm is never touched (the step fails and says so);
 a replaced server leaves a "down" entry under its hostname, which is demoted and removed
 before the new server joins, so the manager count stays what params say.
@@ -106,16 +108,22 @@ def manager_client(ctx: RunContext, stack: ExitStack | None = None) -> DockerCli
 
 
 def ensure_swarm(ctx: RunContext, timeout: float = 120) -> StepResult:
-    """One swarm, every server a manager, initialised on the first server when none exists."""
-    with timed(StepResult("swarm", f"{len(ctx.params.server_names())} managers",
-                          dry_run=ctx.dry_run)) as result:
+    """One swarm, every server a manager (a server ``swarm.workers`` names: a worker),
+    initialised on the first server when none exists."""
+    workers = ctx.params.swarm.workers
+
+    def role(name: str) -> str:
+        return "worker" if name in workers else "manager"
+
+    with timed(StepResult("swarm", f"{len(ctx.params.manager_names())} managers" + (
+            f", {len(workers)} worker" if workers else ""), dry_run=ctx.dry_run)) as result:
         plan = Plan(gate_title="Remove swarm entries of replaced servers")
         cluster, result.reason = cluster_or_reason(ctx, need_swarm=False)
         if cluster is None:
             first, *others = ctx.params.server_names()
             plan.add(f"+ swarm init on {first}")
             for name in others:
-                plan.add(f"+ {name} joins as manager")
+                plan.add(f"+ {name} joins as {role(name)}")
             apply(ctx, result, plan)
             return result
         nodes, clients, states, leader = (cluster.nodes, cluster.clients, cluster.states,
@@ -140,20 +148,21 @@ def ensure_swarm(ctx: RunContext, timeout: float = 120) -> StepResult:
                              docker_swarm.remove_node, clients[leader], entry["id"],
                              demote=entry["role"] == "manager"), destructive=True)
         # Read after the init (made first): only then does the new swarm have a token.
-        token = functools.cache(lambda: docker_swarm.join_tokens(clients[leader])["Manager"])
+        tokens = functools.cache(lambda: docker_swarm.join_tokens(clients[leader]))
         for name in joining:
-            plan.add(f"+ {name} joins as manager via {leader}", functools.partial(
-                lambda n: docker_swarm.swarm_join(clients[n], nodes[leader], token(), nodes[n]),
+            plan.add(f"+ {name} joins as {role(name)} via {leader}", functools.partial(
+                lambda n: docker_swarm.swarm_join(clients[n], nodes[leader],
+                                                  tokens()[role(n).capitalize()], nodes[n]),
                 name))
         if ctx.dry_run:
             # Servers the dry run's server step planned (a scale-out): the run joins them too.
             for name in [n for n in ctx.planned.get("servers", []) if n not in nodes]:
-                plan.add(f"+ {name} joins as manager via {leader} (planned server)")
+                plan.add(f"+ {name} joins as {role(name)} via {leader} (planned server)")
         if not plan:
-            result.reason = "every server is already a manager of this swarm"
+            result.reason = "every server is already in this swarm"
         if apply(ctx, result, plan).dry_run:
             return result
-        _verify_managers(clients[leader], nodes, result, timeout)
+        _verify_managers(clients[leader], nodes, result, timeout, workers)
     return result
 
 
@@ -167,16 +176,30 @@ def _stale_entries(client: DockerClient, joining: list[str]) -> list[dict[str, A
 
 
 def _verify_managers(client: DockerClient, nodes: dict[str, str], result: StepResult,
-                     timeout: float) -> None:
-    wanted = set(nodes)
+                     timeout: float, workers: list[str] | None = None) -> None:
+    """Every node but ``workers`` a ready, reachable manager; each of ``workers`` a ready
+    worker."""
+    wanted = set(nodes) - set(workers or [])
+    wanted_workers = set(nodes) & set(workers or [])
+
+    def is_worker(e: dict[str, Any]) -> bool:
+        return e["hostname"] in wanted_workers and e["role"] == "worker" and (
+            e["state"] == "ready")
 
     def converged() -> list[dict[str, Any]] | None:
-        entries = [e for e in docker_swarm.nodes(client) if e["hostname"] in wanted]
-        ok = [e for e in entries if e["role"] == "manager" and e["state"] == "ready"
-              and e["reachability"] == "reachable"]
-        return entries if len(ok) == len(wanted) else None
+        entries = [e for e in docker_swarm.nodes(client) if e["hostname"] in nodes]
+        ok = [e for e in entries if e["hostname"] in wanted and e["role"] == "manager"
+              and e["state"] == "ready" and e["reachability"] == "reachable"]
+        fine = len(ok) == len(wanted) and sum(map(is_worker, entries)) == len(wanted_workers)
+        return entries if fine else None
 
-    entries = wait_for(f"{len(wanted)} reachable managers", converged, timeout)
+    entries = wait_for(f"{len(wanted)} reachable managers" + (
+        f" and {len(wanted_workers)} ready worker" if wanted_workers else ""), converged, timeout)
+    if wanted_workers:
+        ready_workers = sorted(e["hostname"] for e in entries if is_worker(e))
+        result.check("workers", set(ready_workers) == wanted_workers,
+                     f"{len(ready_workers)} of {len(wanted_workers)} ready: "
+                     f"{', '.join(ready_workers) or 'none'}")
     leaders = [e["hostname"] for e in entries if e["leader"]]
     ready = sorted(e["hostname"] for e in entries if e["role"] == "manager"
                    and e["state"] == "ready" and e["reachability"] == "reachable")
@@ -200,11 +223,15 @@ def verify_swarm(ctx: RunContext) -> StepResult:
         result.check("one swarm", len(clusters) == 1 and None not in clusters,
                      f"{len(clusters)} cluster id(s) among {len(cluster.nodes)} nodes")
         for name, state in states.items():
-            result.check(f"{name} manager", state["manager"],
-                         f"{state['state']}, sees {state['managers']} managers"
+            worker = name in ctx.params.swarm.workers
+            result.check(f"{name} {'worker' if worker else 'manager'}",
+                         state["state"] == "active" if worker else state["manager"],
+                         f"{state['state']}, " + ("a worker" if not state["manager"] else
+                                                  f"sees {state['managers']} managers")
                          + (f", error {state['error']}" if state["error"] else ""))
         if cluster.leader:
-            _verify_managers(cluster.manager, cluster.nodes, result, 30)
+            _verify_managers(cluster.manager, cluster.nodes, result, 30,
+                             ctx.params.swarm.workers)
     return result
 
 
@@ -216,7 +243,7 @@ def desired_node_labels(ctx: RunContext, names: list[str]) -> dict[str, dict[str
         labels[name] = {}
         if name == redis_host:
             labels[name][REDIS_LABEL] = "true"
-        if ctx.params.swarm.dozzle_on_managers:
+        if ctx.params.swarm.dozzle_on_managers and name not in ctx.params.swarm.workers:
             labels[name][DOZZLE_LABEL] = "true"
     return labels
 
