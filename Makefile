@@ -97,9 +97,13 @@ test: install
 	$(VBIN)/casera local down --purge
 	@# The tests that need no local cloud mostly wait on kernels and subprocesses: three
 	@# xdist workers (each with its own emulators on free ports) halve their wall time on
-	@# 2 cores. The local-cloud ones share one dockerd and run one at a time.
-	$(PYTEST) $(XDIST) -m "not localcloud" tests --ignore=tests/e2e
-	$(PYTEST) --durations=10 -m localcloud tests --ignore=tests/e2e
+	@# 2 cores. They run beside the local-cloud ones, which share one dockerd, run one at a
+	@# time and leave the CPU mostly idle (their log is printed after, not interleaved).
+	@mkdir -p .make; echo "tests needing no local cloud: running beside the local-cloud tests"
+	@$(PYTEST) $(XDIST) -m "not localcloud" tests --ignore=tests/e2e > .make/no-cloud.log 2>&1 & \
+	  nc=$$!; $(PYTEST) --durations=10 -m localcloud tests --ignore=tests/e2e; lc=$$?; \
+	  wait $$nc; ncrc=$$?; echo "--- tests needing no local cloud (exit $$ncrc):"; \
+	  cat .make/no-cloud.log; test $$lc -eq 0 && test $$ncrc -eq 0
 	$(PYTEST) --durations=15 tests/e2e
 	$(PYTEST) --nbval-lax runbooks
 
