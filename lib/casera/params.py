@@ -329,6 +329,11 @@ class StackParams(_Strict):
     # environment). The bootstrap deploys what this says and refuses to move a running
     # legacy stack itself: runbooks/secret-migration.ipynb does that under its checks.
     secrets_source: Literal["docker_secrets", "legacy_env"] = "docker_secrets"
+    # runbooks/rotate-secrets.ipynb's clean-up: the newest versions of each Docker secret
+    # kept (older ones no service references are removed), and how long the previous APNs
+    # key version stays after a rotation, for a rollback to it.
+    keep_secret_versions: int = Field(default=2, ge=1, le=20)
+    apns_grace_h: int = Field(default=72, ge=0, le=24 * 90)
 
 
 class RunnerParams(_Strict):
