@@ -1,7 +1,9 @@
-"""Secret rotation (runbooks/rotate-secrets.ipynb) on the live local cloud, under the steady
-probe through the load balancer and the app's own B2 traffic: 0 failed requests, B2 never
-refused while a task held a key, the old B2 keys refused afterwards, the new APNs key mounted
-and the previous one kept for the grace period.
+"""Secret rotation (runbooks/rotate-secrets.ipynb) of SECRET_KEY, the B2 keys and the APNs key
+on the live local cloud, under the steady probe through the load balancer, a token probe
+(mint and verify through the LB, and verify a token signed before the rotation) and the app's
+own B2 traffic: 0 failed requests, B2 never refused while a task held a key, the old B2 keys
+refused afterwards, the pre-rotation token still valid, the new APNs key mounted and the
+previous one kept for the grace period.
 
 Runs after tests/e2e/test_bootstrap.py on the cloud it left (never brings the cloud up or
 down) and leaves it converged, every service on the new versions:
@@ -9,11 +11,13 @@ down) and leaves it converged, every service on the new versions:
     pytest tests/e2e/test_bootstrap.py tests/e2e/test_secret_rotation.py
 
 One pass, each roll counted once:
-1. the operator puts a new APNs key in secrets/local.env (Apple issues it);
+1. the operator puts a new SECRET_KEY and APNs key in secrets/local.env;
 2. a dry run plans every change and makes none;
-3. the rotation stopped right after its rolling update (the runbook's own cells in a real
-   kernel, then a cell that raises): every task on the new versions, the old keys still in B2;
-4. the re-run converges: the old B2 keys deleted (and refused), old versions cleaned up
+3. the rotation stopped between its two rolling updates (the runbook's own cells in a real
+   kernel, then a cell that raises): every task on the new B2/APNs versions and accepting the
+   new SECRET_KEY, the old one still signing, the old keys still in B2;
+4. the re-run converges: roll 2 (the new SECRET_KEY signs, the old one accepted), the old B2
+   keys deleted (and refused), old versions cleaned up
    (``stack.keep_secret_versions=1``), the previous APNs version kept (grace);
 5. another re-run reports 0 changes.
 """
@@ -75,10 +79,49 @@ def rotate(rotation: str, *extra: str) -> tuple[Path, dict[str, dict[str, Any]]]
     return kept, steps_of(meta)
 
 
-def rotation_stopped_after_the_roll(rotation: str, tmp: Path) -> None:
+class TokenProbe(SteadyProbe):
+    """The SECRET_KEY contract under load, through the LB (the steady probe's bounds, rows
+    and failures): mint a token, verify it (likely on another task), verify the token signed
+    before the rotation."""
+
+    before: str = ""
+
+    def run(self) -> None:
+        session = self.api.requests_session()
+        deadline = time.monotonic() + self.max_s
+        while not self.stop.is_set() and time.monotonic() < deadline:
+            began = time.monotonic()
+            made = self._one(session, "POST", "/tokens", 201, {"sub": "probe"})
+            if made is not None:
+                self._one(session, "POST", "/tokens/verify", 200, {"token": made.json()["token"]})
+            self._one(session, "POST", "/tokens/verify", 200, {"token": self.before})
+            self.stop.wait(max(0.0, 3 / self.rate - (time.monotonic() - began)))
+
+
+def mint_before(api: Any) -> str:
+    answer = api.requests_session().post(api.url("/tokens"), json={"sub": "before"}, timeout=10)
+    assert answer.status_code == 201, answer.text[:200]
+    return str(answer.json()["token"])
+
+
+def verify_token(api: Any, token: str) -> dict[str, Any]:
+    answer = api.requests_session().post(api.url("/tokens/verify"), json={"token": token},
+                                         timeout=10)
+    assert answer.status_code in (200, 401), answer.text[:200]
+    return dict(answer.json())
+
+
+def signing_mounts(client: Any) -> dict[str, str]:
+    """The api spec's SECRET_KEY mounts: target -> version."""
+    container = stack.stack_services(client)["api"]["spec"]["TaskTemplate"]["ContainerSpec"]
+    return {r["File"]["Name"]: r["SecretName"] for r in container.get("Secrets") or []
+            if r["File"]["Name"].startswith("secret_key")}
+
+
+def rotation_stopped_between_the_rolls(rotation: str, tmp: Path) -> None:
     nb = nbformat.read(runbook_file(RUNBOOK), as_version=4)
     index = next(i for i, c in enumerate(nb.cells)
-                 if c.cell_type == "code" and "secret_rotation.roll(" in c.source)
+                 if c.cell_type == "code" and "secret_rotation.verify_rolled(" in c.source)
     nb.cells = nb.cells[:index + 1] + [
         nbformat.v4.new_code_cell(f"raise RuntimeError({STOPPED!r})")]
     source, output = tmp / "stopped.ipynb", tmp / "stopped-out.ipynb"
@@ -118,37 +161,49 @@ def test_rotation_under_a_steady_probe(tmp_path: Path, traffic: B2Traffic,  # no
     assert old_keys, "no B2 key store: run tests/e2e/test_bootstrap.py first"
     old_apns = ctx.secrets.get("apns_key")
     new_apns = f"e2e-apns-{random.token_urlsafe(24)}"
+    old_key, new_key = ctx.secrets.get("secret_key"), f"e2e-sk-{random.token_urlsafe(32)}"
     cluster = connect_cluster(ctx, node_addresses(ctx))
     manager = cluster.manager
     before = versions(manager)
     assert before["apns_key"][-1][2] == digest("apns_key", old_apns), "not converged before"
 
-    # 1. The operator's new APNs key, where Apple's would go.
-    write_local_secret(SPECS_BY_NAME["apns_key"].env_var, new_apns)
     lb = hcloud().load_balancers.get_by_name(ctx.params.load_balancer.name)
     api = api_endpoint_for(ctx.params, lb.public_net.ipv4.ip)
+    token_before = mint_before(api)
+    assert verify_token(api, token_before)["signed_with"] == "current"
+    signed_before = signing_mounts(manager)["secret_key"]
+
+    # 1. The operator's new SECRET_KEY and APNs key (Apple's), in the operator's store.
+    write_local_secret(SPECS_BY_NAME["apns_key"].env_var, new_apns)
+    write_local_secret(SPECS_BY_NAME["secret_key"].env_var, new_key)
     marks: dict[str, float] = {}
-    with SteadyProbe(api) as probe:
+    tokens = TokenProbe(api)
+    tokens.before = token_before
+    with SteadyProbe(api) as probe, tokens:
         # 2. The dry run plans every change and makes none.
         _, dry = rotate(rotation, "--dry-run")
         n_keys = len(ctx.params.b2.keys)
         assert dry["new B2 keys"]["changed"] == n_keys
-        assert dry["docker secrets"]["changed"] == 1 + 2 * n_keys
-        assert dry["roll onto the new versions"]["changed"] == 1
+        assert dry["docker secrets"]["changed"] == 2 + 2 * n_keys
+        assert dry["roll 1: new versions beside the old"]["changed"] == 1
+        assert dry["roll 2: sign with the new SECRET_KEY"]["changed"] == 1
         assert versions(manager) == before and b2_keys.key_store("local").load() == old_keys
         marks["dry run"] = time.monotonic() - started
 
-        # 3. Stopped right after the roll: every task on the new versions, old keys in B2.
+        # 3. Stopped between the rolls: new versions mounted, the new SECRET_KEY accepted only.
         traffic.enter("rotation: stopped run")
-        rotation_stopped_after_the_roll(rotation, tmp_path)
+        rotation_stopped_between_the_rolls(rotation, tmp_path)
         now = versions(manager)
         mounted = mounted_versions(manager)
         for name in ["apns_key"] + [f"b2_{kp.bucket}_key" for kp in ctx.params.b2.keys]:
             assert len(now[name]) == len(before[name]) + 1, name
             assert mounted[name] == {now[name][-1][1]}, (name, mounted[name])
         assert now["apns_key"][-1][2] == digest("apns_key", Secret("apns_key", new_apns))
+        assert now["secret_key"][-1][2] == digest("secret_key", Secret("secret_key", new_key))
+        assert signing_mounts(manager) == {"secret_key": signed_before,
+                                           "secret_key_accept": now["secret_key"][-1][1]}
         assert b2_keys.key_store("local").retiring(), "the old keys are not recorded"
-        marks["roll (stopped run)"] = time.monotonic() - started
+        marks["roll 1 (stopped run)"] = time.monotonic() - started
 
         # 4. The re-run converges: the old keys go once unused, old versions are cleaned up.
         traffic.enter("rotation: converging run")
@@ -156,7 +211,8 @@ def test_rotation_under_a_steady_probe(tmp_path: Path, traffic: B2Traffic,  # no
         marks["converging run"] = time.monotonic() - started
         assert ran["new B2 keys"]["changed"] == 0  # the stopped run made them
         assert ran["docker secrets"]["changed"] == 0
-        assert ran["roll onto the new versions"]["changed"] == 0
+        assert ran["roll 1: new versions beside the old"]["changed"] == 0
+        assert ran["roll 2: sign with the new SECRET_KEY"]["changed"] == 1
         assert ran["b2 old keys"]["changed"] == n_keys
         # What the dry run planned for the clean-up is what the run removed.
         assert removed(ran["clean up old secret versions"]) == removed(
@@ -168,11 +224,25 @@ def test_rotation_under_a_steady_probe(tmp_path: Path, traffic: B2Traffic,  # no
                     f"through the LB ({len(failed)} failed), p99 {f.p99_ms:.0f} ms; "
                     + ", ".join(f"{k} done at {v:.0f} s" for k, v in marks.items()))
     assert probe.rows and not failed, Counter(f"{r.what}: {r.detail[:60]}" for r in failed)
+    t = figures(tokens.rows)  # type: ignore[arg-type]
+    record_property("measured", f"tokens through the LB during the rotation: {t.requests} "
+                    f"mints and verifies ({len(tokens.failed())} failed), p99 {t.p99_ms:.0f} ms")
+    assert tokens.rows and not tokens.failed(), Counter(
+        f"{r.what}: {r.detail[:60]}" for r in tokens.failed())
+    # The new SECRET_KEY signs, the old one is still accepted: the pre-rotation token verifies.
+    assert signing_mounts(manager) == {"secret_key": versions(manager)["secret_key"][-1][1],
+                                       "secret_key_accept": signed_before}
+    assert verify_token(api, token_before) == {"valid": True, "sub": "before",
+                                               "signed_with": "accepted"}
+    assert verify_token(api, mint_before(api))["signed_with"] == "current"
 
     # The old B2 keys are gone and refused, the app never lost B2 access.
     assert_rotated(traffic, old_keys)
-    # Old versions: only the newest (keep 1) of each, plus the previous APNs key (grace).
+    # Old versions: only the newest (keep 1) of each, plus the previous APNs key (grace) and
+    # the accepted SECRET_KEY (mounted).
     after = versions(manager)
+    assert [v[1] for v in after.pop("secret_key")] == [signed_before, signing_mounts(manager)[
+        "secret_key"]]
     assert [v[2] for v in after["apns_key"][-2:]] == [
         digest("apns_key", old_apns), digest("apns_key", Secret("apns_key", new_apns))]
     assert all(len(items) == 1 for name, items in after.items() if name != "apns_key"), {
@@ -180,8 +250,9 @@ def test_rotation_under_a_steady_probe(tmp_path: Path, traffic: B2Traffic,  # no
     assert len(after["apns_key"]) == 2
     # No value in the kept notebook, the old or the new.
     text = kept.read_text()
-    values = [new_apns, old_apns.reveal()] + [s.reveal() for _, s in old_keys.values()] + [
-        s.reveal() for _, s in b2_keys.key_store("local").load().values()]
+    values = [new_apns, old_apns.reveal(), new_key, old_key.reveal()]
+    values += [s.reveal() for _, s in old_keys.values()]
+    values += [s.reveal() for _, s in b2_keys.key_store("local").load().values()]
     assert not [v for v in values if v in text or json.dumps(v)[1:-1] in text]
 
     # 5. A re-run changes nothing.

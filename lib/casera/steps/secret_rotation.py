@@ -1,31 +1,40 @@
 """Secret rotation on a live stack (runbooks/rotate-secrets.ipynb): each selected secret gets
 a new value, the services roll onto it, and the old value stays valid until no task uses it.
+One pair of rolling updates covers every selected class:
 
-Built here (issue 9's rotation half, in part):
+- roll 1 (:func:`roll_new_beside_old`): the newest B2 and APNs versions, and the new
+  SECRET_KEY mounted as ``secret_key_accept`` while the current one keeps signing;
+- :func:`verify_rolled`: no task uses an older B2/APNs version; every api and worker task
+  accepts the new SECRET_KEY;
+- roll 2 (:func:`roll_old_out`): the stack as the bootstrap renders it: the new SECRET_KEY
+  signs, the previous one stays accepted (``swarm_secrets.stack_secret_names``).
 
+Per class:
+- ``secret_key``: the store's value (``CASERA_SECRET_KEY``, the operator puts a new random
+  one there) as a new version; the contract on the app is in
+  ``casera_localcloud/images/apps/tokens.py``.
 - ``b2_keys``: per ``b2.keys`` entry, a new application key with the same scope, made with the
   master key and stored in the B2 key store (the old key recorded as retiring in the same
-  write); new Docker secret versions; the roll; then ``storage.retire_replaced_keys`` deletes
-  the old key once Swarm shows nothing mounts it.
-- ``apns_key``: the value in the operator's store (Apple issues APNs keys; the runbook cannot
-  make one) becomes a new Docker secret version and is rolled out; the previous version stays
-  for ``params.stack.apns_grace_h`` hours after the new one was made (a ``docker service
-  rollback`` of api/worker mounts it again), then the clean-up removes it.
-- clean-up: versions no service, rollback target or live task references are removed,
-  keeping the newest ``params.stack.keep_secret_versions`` of each secret.
+  write); then ``storage.retire_replaced_keys`` deletes the old key once nothing mounts it.
+- ``apns_key``: the store's value (Apple issues APNs keys) as a new version; the previous one
+  stays ``params.stack.apns_grace_h`` hours after the new one was made (a ``docker service
+  rollback`` mounts it again), then the clean-up removes it.
+- clean-up (:func:`clean_old_versions`): versions no service, rollback target or live task
+  references are removed, keeping the newest ``params.stack.keep_secret_versions``.
 
-NOT built (a selection naming them is refused before any change): ``db_password`` (two login
-roles used alternately) and ``secret_key`` (sign with the current key, accept the previous).
+NOT built (a selection naming it is refused before any change): ``db_password`` (two Neon
+login roles used alternately).
 
 A rotation has an id (default: today's UTC date). The new B2 keys record it in the key store,
-so a re-run of the same rotation finds them made and changes nothing, and a run stopped
-anywhere converges when run again: the old key is deleted only after the roll, once unused.
-APNs needs no id: a version whose digest equals the store's value is already rolled.
+so a re-run of the same rotation finds them made and changes nothing; SECRET_KEY and APNs need
+none (a version whose digest equals the store's value is made; the deployed file says what is
+rolled). A run stopped anywhere converges when run again.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
@@ -45,19 +54,20 @@ from casera.steps.access import node_ssh
 from casera.steps.secret_migration import _roll
 from casera.steps.swarm import cluster_or_reason
 from casera.steps.swarm_secrets import (
+    SECRET_KEY_ACCEPT,
     b2_secret_names,
+    deployed_secret_key,
     ensure_swarm_secrets,
     secret_users,
+    stack_secret_names,
     stack_secret_values,
     versions,
 )
 
 CLASSES = ("db_password", "secret_key", "b2_keys", "apns_key")
-BUILT = ("b2_keys", "apns_key")
+BUILT = ("secret_key", "b2_keys", "apns_key")
 NOT_BUILT_WHY = {
     "db_password": "needs two Neon login roles used alternately (not built yet)",
-    "secret_key": "needs the app to accept the previous key while signing with the current "
-                  "one (not built yet)",
 }
 ROTATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
 PLANNED = "secret_rotation"  # ctx.planned key: what a dry run's earlier steps would do
@@ -98,7 +108,7 @@ def _planned(ctx: RunContext) -> dict[str, Any]:
 
 def secret_names(ctx: RunContext, selection: Selection) -> list[str]:
     """The stack's Docker secret names the selected classes rotate."""
-    names = ["apns_key"] if "apns_key" in selection.classes else []
+    names = [c for c in ("secret_key", "apns_key") if c in selection.classes]
     if "b2_keys" in selection.classes:
         names += [n for kp in ctx.params.b2.keys for n in b2_secret_names(kp)]
     return names
@@ -187,36 +197,77 @@ def new_versions(ctx: RunContext, selection: Selection) -> StepResult:
     return result
 
 
-def roll(ctx: RunContext, selection: Selection, timeout: float = 900) -> StepResult:
-    """The rolling update: the stack file as params render it, which names the newest version
-    of every secret; every api, worker and backup task mounting a rotated secret is replaced."""
-    with timed(StepResult("roll onto the new versions", "api, worker, backup",
+def _roll_to(ctx: RunContext, result: StepResult, names: Callable[[Any], dict[str, str] | None],
+             planned: bool, line: str, title: str, timeout: float) -> None:
+    """One rolling update to the stack file rendered with ``names(client)`` (None: as params
+    and the swarm say, what the bootstrap renders); nothing when that file is deployed and
+    every task runs it. ``planned``: a dry run in which earlier steps would make versions."""
+    cluster, result.reason = cluster_or_reason(ctx)
+    if cluster is None:
+        return
+    leader = str(cluster.leader)
+    conn = node_ssh(ctx, leader, cluster.nodes[leader])
+    text, _ = stack.render_for(ctx, cluster, conn, "docker_secrets", names(cluster.manager))
+    if not (ctx.dry_run and planned) and (
+            stack.deployed_file(conn).strip() == text.strip()
+            and stack.converged(ctx, cluster.manager)):
+        result.reason = "the stack file is deployed and every task runs it"
+        return
+    plan = Plan()
+    for version in _planned(ctx).get("versions", []) if ctx.dry_run else []:
+        plan.show(f"  new version: {version}")
+    # The file is rendered again inside: in a dry run it shows the versions existing now.
+    _roll(ctx, cluster, "docker_secrets", result, plan, line, title, timeout,
+          names=names(cluster.manager))
+
+
+def _signing_beside_new(client: Any) -> dict[str, str] | None:
+    """Roll 1's names when the newest SECRET_KEY is not signing yet: the newest versions of
+    everything, except that the key that signs now keeps signing and the new one is mounted
+    as ``secret_key_accept`` (every task accepts it before any task signs with it)."""
+    names = stack_secret_names(client)
+    signing = deployed_secret_key(client).get("secret_key")
+    if signing and signing != names["secret_key"]:
+        names[SECRET_KEY_ACCEPT] = names["secret_key"]
+        names["secret_key"] = signing
+    return names
+
+
+def roll_new_beside_old(ctx: RunContext, selection: Selection,
+                        timeout: float = 900) -> StepResult:
+    """Roll 1: every task mounts the new versions (B2 keys, APNs key), and the new
+    SECRET_KEY beside the one that still signs."""
+    with timed(StepResult("roll 1: new versions beside the old", "api, worker, backup",
                           dry_run=ctx.dry_run)) as result:
-        cluster, result.reason = cluster_or_reason(ctx)
-        if cluster is None:
-            return result
-        leader = str(cluster.leader)
-        conn = node_ssh(ctx, leader, cluster.nodes[leader])
-        text, _ = stack.render_for(ctx, cluster, conn, "docker_secrets")
-        planned = _planned(ctx).get("versions", [])
-        if not (ctx.dry_run and planned) and (
-                stack.deployed_file(conn).strip() == text.strip()
-                and stack.converged(ctx, cluster.manager)):
-            result.reason = "every task mounts the newest version of each secret"
-            return result
-        plan = Plan()
-        if planned:
-            plan.show(f"  new versions mounted: {', '.join(planned)}")
-        _roll(ctx, cluster, "docker_secrets", result, plan,
-              "~ docker stack deploy casera: newest secret versions (rolling)",
-              "secret rotation: every api, worker and backup task is replaced, one at a time, "
-              "onto the new secret versions", timeout)
+        planned = bool(_planned(ctx).get("versions"))
+        _planned(ctx)["roll1"] = planned
+        _roll_to(ctx, result, _signing_beside_new, planned,
+                 "~ docker stack deploy casera: newest versions; a new SECRET_KEY accepted, "
+                 "not yet signing (rolling)",
+                 "secret rotation, roll 1: every api, worker and backup task is replaced, one "
+                 "at a time, onto the new secret versions", timeout)
+    return result
+
+
+def roll_old_out(ctx: RunContext, selection: Selection, timeout: float = 900) -> StepResult:
+    """Roll 2: the stack as the bootstrap renders it: the new SECRET_KEY signs, the previous
+    one stays accepted (tokens signed before the rotation still verify)."""
+    with timed(StepResult("roll 2: sign with the new SECRET_KEY", "api, worker",
+                          dry_run=ctx.dry_run)) as result:
+        planned = any(v.startswith("casera_secret_key_v")
+                      for v in _planned(ctx).get("versions", []))
+        _roll_to(ctx, result, lambda client: None, planned,
+                 "~ docker stack deploy casera: the new SECRET_KEY signs, the previous one is "
+                 "accepted (rolling)",
+                 "secret rotation, roll 2: every api and worker task is replaced, one at a time, "
+                 "to sign with the new SECRET_KEY", timeout)
     return result
 
 
 def verify_rolled(ctx: RunContext, selection: Selection, timeout: float = 300) -> StepResult:
-    """No service spec, rollback target or live task uses an older version of a rotated
-    secret: every task runs on the new values."""
+    """After roll 1: no service spec, rollback target or live task uses an older version of
+    a rotated B2 or APNs key, and every running api and worker task mounts the newest
+    SECRET_KEY (it accepts tokens signed with it before any task signs with it)."""
     with timed(StepResult("every task on the new versions", "api, worker, backup",
                           dry_run=ctx.dry_run)) as result:
         if ctx.dry_run:
@@ -226,7 +277,7 @@ def verify_rolled(ctx: RunContext, selection: Selection, timeout: float = 300) -
         client = cluster.manager  # type: ignore[union-attr]  # a run raises without one
         stack.wait_converged(ctx, client, timeout)
         history = versions(client)
-        names = secret_names(ctx, selection)
+        names = [n for n in secret_names(ctx, selection) if n != "secret_key"]
         ids = {s["name"]: s["id"] for s in docker_swarm.secrets(client, "casera.secret")}
         old = {name: {ids[v[1]]: v[1] for v in history.get(name, [])[:-1]} for name in names}
 
@@ -243,6 +294,20 @@ def verify_rolled(ctx: RunContext, selection: Selection, timeout: float = 300) -
             using = sorted({u for i in old[name] for u in users.get(i, [])})
             result.check(f"{name}: only {history[name][-1][1]} in use", not using,
                          "; ".join(using[:4]) or f"{len(old[name])} older version(s) unused")
+        if "secret_key" in selection.classes:
+            newest = history["secret_key"][-1][1]
+            services = stack.stack_services(client)
+            running = stack.running_tasks(client)
+            lacking, seen = [], 0
+            for service in ("api", "worker"):
+                for task in running.get(services[service]["id"], []):
+                    seen += 1
+                    refs = (task["Spec"].get("ContainerSpec") or {}).get("Secrets") or []
+                    if newest not in {r["SecretName"] for r in refs}:
+                        lacking.append(f"{service} task {task['ID'][:12]}")
+            result.check(f"secret_key: every api and worker task accepts {newest}",
+                         seen > 0 and not lacking,
+                         "; ".join(lacking[:4]) or f"{seen} running task(s) mount it")
     return result
 
 
@@ -292,11 +357,15 @@ def clean_old_versions(ctx: RunContext) -> StepResult:
             for version in old:
                 candidates[listed[version]["id"]] = version
         users = secret_users(client, set(candidates))
+        # A dry run before the rolls: they move every user off an older version, except the
+        # SECRET_KEY that roll 2 keeps accepted (the one signing now, when a new one comes).
+        deployed = deployed_secret_key(client)
+        accepted_after = deployed.get("secret_key" if any(
+            p.startswith("casera_secret_key_v") for p in planned) else SECRET_KEY_ACCEPT)
         removing = []
         for secret_id, version in sorted(candidates.items(), key=lambda i: i[1]):
             using = users.get(secret_id, [])
-            # A dry run before the roll: the roll moves every user off an older version.
-            if not using or (ctx.dry_run and planned):
+            if not using or (ctx.dry_run and planned and version != accepted_after):
                 removing.append(version)
                 plan.add(f"- {version}: older than the newest {keep}; "
                          + ("nothing references it" if not using else
