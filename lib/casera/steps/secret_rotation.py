@@ -81,6 +81,9 @@ class Selection:
 
 def select(ctx: RunContext, secrets: str = "all", rotation: str = "") -> Selection:
     """The classes to rotate and the rotation's id, validated before anything remote."""
+    # -p values are read as YAML: a list, or an id that looks like a number, arrive typed.
+    secrets = ",".join(secrets) if isinstance(secrets, list) else str(secrets)
+    rotation = str(rotation) if rotation is not None else ""
     asked = [s.strip() for s in secrets.split(",") if s.strip()]
     if not asked:
         raise CaseraError(f"secrets={secrets!r}: name the secrets to rotate, e.g. "
@@ -348,12 +351,14 @@ def clean_old_versions(ctx: RunContext) -> StepResult:
             coming = sum(1 for p in planned if p.startswith(f"casera_{name}_v"))
             names = [v[1] for v in items]
             old = names[:max(0, len(names) + coming - keep)]
-            if name == "apns_key" and old:
-                successor = names[len(old)] if len(old) < len(names) else None
-                if successor is None or age_h(listed[successor]["created"]) < grace:
-                    kept = old.pop()  # the rollback target
-                    result.note(f"{kept} kept", f"previous APNs key, within the {grace} h "
-                                "grace period")
+            if name == "apns_key":
+                # The rollback target: the version before the newest (the newest now, when a
+                # new one comes), while the newest is younger than the grace period.
+                previous = names[-1] if coming else (names[-2] if len(names) > 1 else None)
+                if previous in old and (coming or age_h(listed[names[-1]]["created"]) < grace):
+                    old.remove(previous)
+                    result.note(f"{previous} kept", f"previous APNs key, for a rollback within "
+                                f"{grace} h of its successor")
             for version in old:
                 candidates[listed[version]["id"]] = version
         users = secret_users(client, set(candidates))
