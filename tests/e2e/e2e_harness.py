@@ -6,9 +6,16 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
+import nbformat
+import papermill
+import pytest
 from hcloud import Client
+from papermill.exceptions import PapermillExecutionError
 
+from casera.paths import runbook_file
 from casera_localcloud.local_credentials import read_local_secrets
 
 HETZNER = "http://127.0.0.1:18001/v1"
@@ -26,3 +33,22 @@ def hcloud() -> Client:
     return Client(read_local_secrets()["CASERA_HCLOUD_TOKEN"], api_endpoint=HETZNER)
 
 
+
+
+def run_stopped_after(runbook: str, call: str, tmp: Path, parameters: dict[str, Any]) -> None:
+    """The runbook's own cells in a real kernel up to the first cell calling ``call``, then a
+    cell that raises, as a crash or a Ctrl-C there would; fails if it stopped anywhere else."""
+    stop = f"e2e: run stopped right after {call}"
+    nb = nbformat.read(runbook_file(runbook), as_version=4)
+    index = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and call in c.source)
+    nb.cells = nb.cells[:index + 1] + [nbformat.v4.new_code_cell(f"raise RuntimeError({stop!r})")]
+    source, output = tmp / "stopped.ipynb", tmp / "stopped-out.ipynb"
+    nbformat.write(nb, source)
+    with pytest.raises(PapermillExecutionError) as stopped:
+        papermill.execute_notebook(
+            str(source), str(output), kernel_name="python3", progress_bar=False,
+            cwd=str(runbook_file(runbook).parent), execution_timeout=900,
+            parameters={"env": "local", "interactive": False, **parameters})
+    assert stopped.value.ename == "RuntimeError" and stop in stopped.value.evalue, \
+        f"the run failed before {call}: {stopped.value.ename}: {stopped.value.evalue[:800]}"
+    output.unlink(missing_ok=True)

@@ -28,18 +28,16 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-import nbformat
-import papermill
 import pytest
 from e2e_harness import casera, hcloud
-from papermill.exceptions import PapermillExecutionError
+from e2e_harness import run_stopped_after as stopped_after
 
 from casera.context import RunContext
 from casera.errors import CaseraError
 from casera.load_stats import figures
 from casera.operator_secrets import SecretStore
 from casera.params import load_params
-from casera.paths import outputs_dir, runbook_file
+from casera.paths import outputs_dir
 from casera.providers import docker_swarm
 from casera.stack import SECRET_ENV_VARS, SERVICE_SECRETS
 from casera.steady_probe import SteadyProbe
@@ -51,7 +49,6 @@ from casera.steps.swarm_secrets import PREFIX, stack_secret_values
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 RUNBOOK = "secret-migration"
-STOPPED = "e2e: run stopped right after"
 
 
 def local_ctx() -> RunContext:
@@ -72,20 +69,7 @@ def steps_of(meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def run_stopped_after(call: str, tmp: Path) -> None:
-    nb = nbformat.read(runbook_file(RUNBOOK), as_version=4)
-    index = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and call in c.source)
-    nb.cells = nb.cells[:index + 1] + [nbformat.v4.new_code_cell(
-        f"raise RuntimeError({f'{STOPPED} {call}'!r})")]
-    source, output = tmp / "stopped.ipynb", tmp / "stopped-out.ipynb"
-    nbformat.write(nb, source)
-    with pytest.raises(PapermillExecutionError) as stopped:
-        papermill.execute_notebook(
-            str(source), str(output), kernel_name="python3", progress_bar=False,
-            cwd=str(runbook_file(RUNBOOK).parent), execution_timeout=900,
-            parameters={"env": "local", "interactive": False, "run_id": "e2e-stopped",
-                        "mode": "migrate"})
-    assert stopped.value.ename == "RuntimeError" and STOPPED in stopped.value.evalue, \
-        f"the run failed before {call}: {stopped.value.ename}: {stopped.value.evalue[:600]}"
+    stopped_after(RUNBOOK, call, tmp, {"run_id": "e2e-stopped", "mode": "migrate"})
 
 
 def respecs(step: dict[str, Any]) -> list[str]:

@@ -32,17 +32,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import nbformat
-import papermill
 import pytest
-from e2e_harness import casera, hcloud
-from papermill.exceptions import PapermillExecutionError
+from e2e_harness import casera, hcloud, run_stopped_after
 from test_b2_key_rotation import B2Traffic, assert_rotated, local_ctx, traffic  # noqa: F401
 
 from casera import b2_keys
 from casera.load_stats import figures
 from casera.operator_secrets import SPECS_BY_NAME, Secret
-from casera.paths import outputs_dir, runbook_file
+from casera.paths import outputs_dir
 from casera.steady_probe import SteadyProbe
 from casera.steps import stack
 from casera.steps.access import node_addresses
@@ -53,7 +50,6 @@ from casera_localcloud.local_credentials import write_local_secret
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 RUNBOOK = "rotate-secrets"
-STOPPED = "e2e: rotation stopped right after"
 KEEP = "stack.keep_secret_versions=1"
 
 
@@ -118,25 +114,6 @@ def signing_mounts(client: Any) -> dict[str, str]:
             if r["File"]["Name"].startswith("secret_key")}
 
 
-def rotation_stopped_between_the_rolls(rotation: str, tmp: Path) -> None:
-    nb = nbformat.read(runbook_file(RUNBOOK), as_version=4)
-    index = next(i for i, c in enumerate(nb.cells)
-                 if c.cell_type == "code" and "secret_rotation.verify_rolled(" in c.source)
-    nb.cells = nb.cells[:index + 1] + [
-        nbformat.v4.new_code_cell(f"raise RuntimeError({STOPPED!r})")]
-    source, output = tmp / "stopped.ipynb", tmp / "stopped-out.ipynb"
-    nbformat.write(nb, source)
-    with pytest.raises(PapermillExecutionError) as stopped:
-        papermill.execute_notebook(
-            str(source), str(output), kernel_name="python3", progress_bar=False,
-            cwd=str(runbook_file(RUNBOOK).parent), execution_timeout=900,
-            parameters={"env": "local", "interactive": False, "run_id": "e2e-rotation-stopped",
-                        "rotation": rotation, "overrides": {"stack.keep_secret_versions": 1}})
-    assert stopped.value.ename == "RuntimeError" and STOPPED in stopped.value.evalue, \
-        f"the run failed before the roll: {stopped.value.ename}: {stopped.value.evalue[:800]}"
-    output.unlink(missing_ok=True)
-
-
 def mounted_versions(client: Any) -> dict[str, set[str]]:
     """secret file name -> the Docker secret versions the stack's specs and running tasks
     mount."""
@@ -192,7 +169,9 @@ def test_rotation_under_a_steady_probe(tmp_path: Path, traffic: B2Traffic,  # no
 
         # 3. Stopped between the rolls: new versions mounted, the new SECRET_KEY accepted only.
         traffic.enter("rotation: stopped run")
-        rotation_stopped_between_the_rolls(rotation, tmp_path)
+        run_stopped_after(RUNBOOK, "secret_rotation.verify_rolled(", tmp_path, {
+            "run_id": "e2e-rotation-stopped", "rotation": rotation,
+            "overrides": {"stack.keep_secret_versions": 1}})
         now = versions(manager)
         mounted = mounted_versions(manager)
         for name in ["apns_key"] + [f"b2_{kp.bucket}_key" for kp in ctx.params.b2.keys]:

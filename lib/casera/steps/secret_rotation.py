@@ -243,7 +243,6 @@ def roll_new_beside_old(ctx: RunContext, selection: Selection,
     with timed(StepResult("roll 1: new versions beside the old", "api, worker, backup",
                           dry_run=ctx.dry_run)) as result:
         planned = bool(_planned(ctx).get("versions"))
-        _planned(ctx)["roll1"] = planned
         _roll_to(ctx, result, _signing_beside_new, planned,
                  "~ docker stack deploy casera: newest versions; a new SECRET_KEY accepted, "
                  "not yet signing (rolling)",
