@@ -240,29 +240,31 @@ def roll_new_beside_old(ctx: RunContext, selection: Selection,
                         timeout: float = 900) -> StepResult:
     """Roll 1: every task mounts the new versions (B2 keys, APNs key), and the new
     SECRET_KEY beside the one that still signs."""
-    with timed(StepResult("roll 1: new versions beside the old", "api, worker, backup",
-                          dry_run=ctx.dry_run)) as result:
-        planned = bool(_planned(ctx).get("versions"))
-        _roll_to(ctx, result, _signing_beside_new, planned,
-                 "~ docker stack deploy casera: newest versions; a new SECRET_KEY accepted, "
-                 "not yet signing (rolling)",
-                 "secret rotation, roll 1: every api, worker and backup task is replaced, one "
-                 "at a time, onto the new secret versions", timeout)
-    return result
+    result = StepResult("roll 1: new versions beside the old", "api, worker, backup",
+                        dry_run=ctx.dry_run)
+    return _roll_step(ctx, result, _signing_beside_new, bool(_planned(ctx).get("versions")),
+                      "newest versions; a new SECRET_KEY accepted, not yet signing",
+                      "api, worker and backup", timeout)
 
 
 def roll_old_out(ctx: RunContext, selection: Selection, timeout: float = 900) -> StepResult:
     """Roll 2: the stack as the bootstrap renders it: the new SECRET_KEY signs, the previous
     one stays accepted (tokens signed before the rotation still verify)."""
-    with timed(StepResult("roll 2: sign with the new SECRET_KEY", "api, worker",
-                          dry_run=ctx.dry_run)) as result:
-        planned = any(v.startswith("casera_secret_key_v")
-                      for v in _planned(ctx).get("versions", []))
-        _roll_to(ctx, result, lambda client: None, planned,
-                 "~ docker stack deploy casera: the new SECRET_KEY signs, the previous one is "
-                 "accepted (rolling)",
-                 "secret rotation, roll 2: every api and worker task is replaced, one at a time, "
-                 "to sign with the new SECRET_KEY", timeout)
+    result = StepResult("roll 2: sign with the new SECRET_KEY", "api, worker",
+                        dry_run=ctx.dry_run)
+    planned = any(v.startswith("casera_secret_key_v") for v in _planned(ctx).get("versions", []))
+    return _roll_step(ctx, result, lambda client: None, planned,
+                      "the new SECRET_KEY signs, the previous one is accepted", "api and worker",
+                      timeout)
+
+
+def _roll_step(ctx: RunContext, result: StepResult,
+               names: Callable[[Any], dict[str, str] | None], planned: bool, what: str,
+               tasks: str, timeout: float) -> StepResult:
+    with timed(result):
+        _roll_to(ctx, result, names, planned, f"~ docker stack deploy casera: {what} (rolling)",
+                 f"secret rotation, {result.step}: every {tasks} task is replaced, one at a "
+                 "time", timeout)
     return result
 
 
