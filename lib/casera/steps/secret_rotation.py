@@ -285,15 +285,21 @@ def verify_rolled(ctx: RunContext, selection: Selection, timeout: float = 300) -
         ids = {s["name"]: s["id"] for s in docker_swarm.secrets(client, "casera.secret")}
         old = {name: {ids[v[1]]: v[1] for v in history.get(name, [])[:-1]} for name in names}
 
+        old_ids = {i for ids in old.values() for i in ids}
+
         def free() -> dict[str, list[str]] | None:
-            users = secret_users(client, {i for ids in old.values() for i in ids})
+            # Non-empty (a key per old id) when nothing uses them: truthy for wait_for.
+            users = secret_users(client, old_ids)
             return None if any(users.values()) else users
 
-        try:
-            users = wait_for("the old tasks mounting older secret versions to stop", free,
-                             timeout, interval=2)
-        except WaitTimeout:
-            users = secret_users(client, {i for ids in old.values() for i in ids})
+        users = secret_users(client, old_ids)
+        if any(users.values()):
+            # Old tasks may still be stopping: wait for them (read-only), then say who is left.
+            try:
+                users = wait_for("the old tasks mounting older secret versions to stop", free,
+                                 timeout, interval=2)
+            except WaitTimeout:
+                users = secret_users(client, old_ids)
         for name in names:
             using = sorted({u for i in old[name] for u in users.get(i, [])})
             result.check(f"{name}: only {history[name][-1][1]} in use", not using,
