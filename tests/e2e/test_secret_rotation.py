@@ -164,11 +164,12 @@ def test_rotation_under_a_steady_probe(tmp_path: Path, traffic: B2Traffic,  # no
         assert dry["docker secrets"]["changed"] == 2 + 2 * n_keys
         assert dry["roll 1: new versions beside the old"]["changed"] == 1
         assert dry["roll 2: sign with the new SECRET_KEY"]["changed"] == 1
+        assert dry["b2 old keys"]["changed"] == n_keys
         assert versions(manager) == before and b2_keys.key_store("local").load() == old_keys
         marks["dry run"] = time.monotonic() - started
 
         # 3. Stopped between the rolls: new versions mounted, the new SECRET_KEY accepted only.
-        traffic.enter("rotation: stopped run")
+        traffic.phase = "rotation: stopped run"  # labels failures; no need to wait for rounds
         run_stopped_after(RUNBOOK, "secret_rotation.verify_rolled(", tmp_path, {
             "run_id": "e2e-rotation-stopped", "rotation": rotation,
             "overrides": {"stack.keep_secret_versions": 1}})
@@ -185,7 +186,7 @@ def test_rotation_under_a_steady_probe(tmp_path: Path, traffic: B2Traffic,  # no
         marks["roll 1 (stopped run)"] = time.monotonic() - started
 
         # 4. The re-run converges: the old keys go once unused, old versions are cleaned up.
-        traffic.enter("rotation: converging run")
+        traffic.phase = "rotation: converging run"
         kept, ran = rotate(rotation)
         marks["converging run"] = time.monotonic() - started
         assert ran["new B2 keys"]["changed"] == 0  # the stopped run made them

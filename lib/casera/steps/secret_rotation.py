@@ -180,6 +180,25 @@ def _new_key(api: b2.B2Api, store: B2KeyStore, kp: B2KeyParams,
     return created.info.key_id
 
 
+def retire_old_b2_keys(ctx: RunContext) -> StepResult:
+    """The B2 keys this rotation replaced, deleted once nothing mounts them
+    (``storage.retire_replaced_keys``). A dry run plans the deletions the run will make: the
+    keys in use now, which the new keys replace."""
+    planned = _planned(ctx).get("b2", []) if ctx.dry_run else []
+    if not planned:
+        return storage.retire_replaced_keys(ctx)
+    with timed(StepResult("b2 old keys", ", ".join(k.name for k in ctx.params.b2.keys),
+                          dry_run=True)) as result:
+        stored = key_store(ctx.env).load()
+        plan = Plan(gate_title="B2: delete the replaced application keys")
+        for name in planned:
+            plan.add(f"- key {name} ({stored[name][0]}): replaced by this rotation; deleted "
+                     "once no service spec, rollback target or live task mounts it",
+                     destructive=True)
+        apply(ctx, result, plan)
+    return result
+
+
 # ------------------------------------------------------------------ Docker secret versions
 
 
