@@ -35,7 +35,9 @@ def test_rotation_makes_new_keys_keeps_old_ones_then_retires_them(cloud) -> None
     dry_ctx = ctx_for(cloud, dry_run=True)
     selection = secret_rotation.select(dry_ctx, "b2_keys", "r-test")
     planned = secret_rotation.new_b2_keys(dry_ctx, selection)
-    retire_plan = secret_rotation.retire_old_b2_keys(dry_ctx)
+    retire_plan = secret_rotation.retire_old_b2_keys(dry_ctx, selection)
+    other = secret_rotation.select(dry_ctx, "apns_key", "r-test")
+    assert secret_rotation.retire_old_b2_keys(ctx_for(cloud), other).changed == 0
     assert planned.changed == retire_plan.changed == len(names)
     assert sorted(line.split()[2] for line in retire_plan.diff) == names
     assert all(f"({old[n][0]})" in " ".join(retire_plan.diff) for n in names)

@@ -180,15 +180,18 @@ def _new_key(api: b2.B2Api, store: B2KeyStore, kp: B2KeyParams,
     return created.info.key_id
 
 
-def retire_old_b2_keys(ctx: RunContext) -> StepResult:
+def retire_old_b2_keys(ctx: RunContext, selection: Selection) -> StepResult:
     """The B2 keys this rotation replaced, deleted once nothing mounts them
     (``storage.retire_replaced_keys``). A dry run plans the deletions the run will make: the
-    keys in use now, which the new keys replace."""
+    keys in use now, which the new keys replace. Not selected: left to the bootstrap's
+    storage step, which retires replaced keys too."""
     planned = _planned(ctx).get("b2", []) if ctx.dry_run else []
-    if not planned:
+    if not planned and "b2_keys" in selection.classes:
         return storage.retire_replaced_keys(ctx)
     with timed(StepResult("b2 old keys", ", ".join(k.name for k in ctx.params.b2.keys),
-                          dry_run=True)) as result:
+                          dry_run=ctx.dry_run)) as result:
+        if _skip(result, selection, "b2_keys"):
+            return result
         stored = key_store(ctx.env).load()
         plan = Plan(gate_title="B2: delete the replaced application keys")
         for name in planned:
