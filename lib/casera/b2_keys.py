@@ -29,6 +29,9 @@ class B2KeyStore:
     SECRET_SUFFIX = "_APPLICATION_KEY"
     # Ids of replaced keys not deleted yet: comma-separated, never secrets (B2 lists ids).
     RETIRING_SUFFIX = "_RETIRING"
+    # The rotation (runbooks/rotate-secrets.ipynb's id) that made the current key: a re-run of
+    # that rotation finds it done. Not a secret.
+    ROTATION_SUFFIX = "_ROTATION"
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -62,15 +65,23 @@ class B2KeyStore:
         return found
 
     def put(self, name: str, key_id: str, secret: Secret,
-            retiring: Iterable[str] | None = None) -> None:
+            retiring: Iterable[str] | None = None, rotation: str | None = None) -> None:
         """Store a key; ``retiring`` (when given) replaces the ids recorded as replaced, in
-        the same atomic write, so a crash never leaves a new key without its old one noted."""
+        the same atomic write, so a crash never leaves a new key without its old one noted.
+        ``rotation`` names the rotation that made it (dropped when a key is stored without)."""
         lines = self._lines()
         lines[name + self.ID_SUFFIX] = key_id
         lines[name + self.SECRET_SUFFIX] = secret.reveal()
+        lines.pop(name + self.ROTATION_SUFFIX, None)
+        if rotation:
+            lines[name + self.ROTATION_SUFFIX] = rotation
         if retiring is not None:
             self._set_retiring(lines, name, retiring)
         self._write(lines)
+
+    def rotation(self, name: str) -> str | None:
+        """The rotation that made key ``name``'s current entry, if a rotation made it."""
+        return self._lines().get(name + self.ROTATION_SUFFIX)
 
     def retiring(self) -> dict[str, list[str]]:
         """key name -> ids of its replaced keys that are not deleted yet."""
@@ -92,7 +103,8 @@ class B2KeyStore:
     def forget(self, name: str) -> None:
         """Drop a key's entry (its id, secret and retiring ids): the key was deleted in B2."""
         lines = self._lines()
-        for suffix in (self.ID_SUFFIX, self.SECRET_SUFFIX, self.RETIRING_SUFFIX):
+        for suffix in (self.ID_SUFFIX, self.SECRET_SUFFIX, self.RETIRING_SUFFIX,
+                       self.ROTATION_SUFFIX):
             lines.pop(name + suffix, None)
         self._write(lines)
 

@@ -332,6 +332,11 @@ class StackParams(_Strict):
     # the local cloud checks more often to keep its e2e roll-outs short.
     healthcheck_interval_s: int = Field(default=10, ge=2, le=60)
     update_delay_s: int = Field(default=10, ge=0, le=120)
+    # runbooks/rotate-secrets.ipynb's clean-up: the newest versions of each Docker secret
+    # kept (older ones no service references are removed), and how long the previous APNs
+    # key version stays after a rotation, for a rollback to it.
+    keep_secret_versions: int = Field(default=2, ge=1, le=20)
+    apns_grace_h: int = Field(default=72, ge=0, le=24 * 90)
 
 
 class RunnerParams(_Strict):

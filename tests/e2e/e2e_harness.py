@@ -9,8 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import nbformat
+import papermill
 from hcloud import Client
+from papermill.exceptions import PapermillExecutionError
 
+from casera.paths import runbook_file
 from casera_localcloud.local_credentials import read_local_secrets
 
 HETZNER = "http://127.0.0.1:18001/v1"
@@ -28,8 +32,6 @@ def hcloud() -> Client:
     return Client(read_local_secrets()["CASERA_HCLOUD_TOKEN"], api_endpoint=HETZNER)
 
 
-
-
 STOPPED = "e2e: run stopped right after"
 
 
@@ -38,12 +40,6 @@ def run_stopped_after(runbook: str, call: str, tmp: Path, parameters: dict[str, 
     contains ``call``, then a cell that raises, as a crash or a Ctrl-C right there would:
     whatever the run made so far stays, the rest never runs. Fails if the run failed
     earlier than that."""
-    import nbformat
-    import papermill
-    from papermill.exceptions import PapermillExecutionError
-
-    from casera.paths import runbook_file
-
     nb = nbformat.read(runbook_file(runbook), as_version=4)
     index = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and call in c.source)
     nb.cells = nb.cells[:index + 1] + [nbformat.v4.new_code_cell(

@@ -112,3 +112,19 @@ def test_inventory_names():
     shaped = [n for n in ("DB_PASSWORD", "CASERA_SECRET_NAMES", "DB_USER", "STRIPE_TOKEN",
                           "B2_UPLOADS_KEY_ID", "APNS_KEY", "REDIS_HOST") if SECRET_SHAPED.search(n)]
     assert shaped == ["DB_PASSWORD", "STRIPE_TOKEN", "B2_UPLOADS_KEY_ID", "APNS_KEY"]
+
+
+def test_an_accepted_secret_key_is_mounted_beside_it_where_secret_key_is():
+    params = load_params("local", for_run=False)
+    names = {**NAMES, "secret_key_accept": "casera_secret_key_v2"}
+    stack = yaml.safe_load(render_stack(settings_from_params(
+        params, secrets=names, docker_socket_gid=998)))
+    assert stack["secrets"]["secret_key_accept"] == {"external": True,
+                                                     "name": "casera_secret_key_v2"}
+    for service, wanted in SERVICE_SECRETS.items():
+        targets = [m["target"] for m in stack["services"][service]["secrets"]]
+        extra = ["secret_key_accept"] if "secret_key" in wanted else []
+        assert targets == [*wanted, *extra], service
+    with pytest.raises(StackSettingsError, match="unknown \\['secret_key_next'\\]"):
+        render_stack(settings_from_params(params, secrets={**NAMES, "secret_key_next": "x"},
+                                          docker_socket_gid=998))

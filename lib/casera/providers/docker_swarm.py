@@ -227,8 +227,10 @@ def tasks(client: docker.DockerClient, filters: dict[str, Any] | None = None
 
 @mapped
 def secrets(client: docker.DockerClient, label: str) -> list[dict[str, Any]]:
-    """Docker secrets carrying ``label``: id, name, labels (values are never readable)."""
-    return [{"id": s.id, "name": s.name, "labels": s.attrs["Spec"].get("Labels") or {}}
+    """Docker secrets carrying ``label``: id, name, labels, created (RFC 3339; values are
+    never readable)."""
+    return [{"id": s.id, "name": s.name, "labels": s.attrs["Spec"].get("Labels") or {},
+             "created": s.attrs.get("CreatedAt", "")}
             for s in client.secrets.list(filters={"label": label})]
 
 
@@ -329,6 +331,12 @@ def create_overlay(client: docker.DockerClient, name: str, encrypted: bool,
 def create_secret(client: docker.DockerClient, name: str, data: bytes,
                   labels: dict[str, str]) -> str:
     return str(client.secrets.create(name=name, data=data, labels=labels).id)
+
+
+@mapped
+def remove_secret(client: docker.DockerClient, secret_id: str) -> None:
+    """Remove a Docker secret (the manager refuses one a service still mounts)."""
+    client.api.remove_secret(secret_id)
 
 
 @mapped

@@ -43,6 +43,10 @@ SERVICE_SECRETS: dict[str, tuple[str, ...]] = {
     "worker": ("db_password", "secret_key", "b2_certs_key_id", "b2_certs_key", "apns_key"),
     "backup": ("b2_backups_key_id", "b2_backups_key"),
 }
+# The SECRET_KEY the apps also accept (never sign with), mounted beside secret_key when the
+# settings name a version for it: the previous key after a rotation, or the new one during
+# its first roll (the contract: casera_localcloud/images/apps/tokens.py).
+SECRET_KEY_ACCEPT = "secret_key_accept"
 # docker_secrets: mounts only (the plan). legacy_env: the values in env vars and no mounts
 # (before the migration). both: env vars and mounts, the secret migration's first roll.
 SecretsSource = Literal["docker_secrets", "legacy_env", "both"]
@@ -153,7 +157,9 @@ def validate(settings: StackSettings) -> None:
         raise StackSettingsError(f"secrets_source: {source!r} must be one of "
                                  f"{', '.join(SECRETS_SOURCES)}")
     if source != "legacy_env":
-        _require_keys("secrets", settings["secrets"], SECRETS)
+        names = dict(settings["secrets"])
+        names.pop(SECRET_KEY_ACCEPT, None)  # optional
+        _require_keys("secrets", names, SECRETS)
     if source != "docker_secrets":
         _require_keys("secret_values", dict(settings.get("secret_values") or {}), SECRETS)
     for service in SERVICE_SECRETS:
@@ -209,9 +215,11 @@ def _secret_values(settings: StackSettings) -> dict[str, str]:
     values: dict[str, str] = {}
     for service, names in SERVICE_SECRETS.items():
         uid, _, gid = users[service].partition(":")
+        accept = [SECRET_KEY_ACCEPT] if SECRET_KEY_ACCEPT in secrets and (
+            "secret_key" in names) else []
         mounts = [] if source == "legacy_env" else [
             {"source": name, "target": name, "uid": uid, "gid": gid or uid,
-             "mode": SECRET_FILE_MODE} for name in names]
+             "mode": SECRET_FILE_MODE} for name in (*names, *accept)]
         values[f"mounts_{service}"] = json.dumps(mounts)
         # The values are revealed here only, into the text of a legacy stack file.
         env = [] if source == "docker_secrets" else [
@@ -219,7 +227,8 @@ def _secret_values(settings: StackSettings) -> dict[str, str]:
             f"{_compose_text(settings['secret_values'][name].reveal())}" for name in names]
         values[f"legacy_env_{service}"] = "\n      ".join(env)
     values["secret_definitions"] = json.dumps({} if source == "legacy_env" else {
-        name: {"external": True, "name": secrets[name]} for name in SECRETS})
+        name: {"external": True, "name": secrets[name]} for name in SECRETS
+        + ((SECRET_KEY_ACCEPT,) if SECRET_KEY_ACCEPT in secrets else ())})
     values["secrets_source_note"] = {
         "docker_secrets": "Secrets: files under /run/secrets only.",
         "legacy_env": "Secrets: LEGACY - values in the services' env vars, none mounted.",

@@ -178,12 +178,14 @@ def _missing_mounts(services: dict[str, dict[str, Any]], newest: dict[str, str]
 
 def _roll(ctx: RunContext, cluster: Cluster, source: SecretsSource, result: StepResult,
           plan: Plan, line: str, title: str, timeout: float,
-          before: Callable[[], None] | None = None) -> bool:
-    """Plan one rolling update (``docker stack deploy`` of the file rendered for ``source``)
-    behind the gate, apply it, wait until every task runs the new spec. False in a dry run."""
+          before: Callable[[], None] | None = None,
+          names: dict[str, str] | None = None) -> bool:
+    """Plan one rolling update (``docker stack deploy`` of the file rendered for ``source``,
+    with the secret versions ``names`` when given) behind the gate, apply it, wait until every
+    task runs the new spec. False in a dry run."""
     leader = str(cluster.leader)
     conn = node_ssh(ctx, leader, cluster.nodes[leader])
-    text, _ = stack.render_for(ctx, cluster, conn, source)
+    text, _ = stack.render_for(ctx, cluster, conn, source, names)
 
     def deploy() -> None:
         if before is not None:

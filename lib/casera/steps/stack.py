@@ -36,7 +36,7 @@ from casera.stack import (
 )
 from casera.steps.access import node_ssh
 from casera.steps.swarm import Cluster, DockerClient, cluster_or_reason, connect_cluster
-from casera.steps.swarm_secrets import current_names, stack_secret_values
+from casera.steps.swarm_secrets import stack_secret_names, stack_secret_values
 
 STACK = "casera"
 REMOTE_FILE = "casera-stack.yml"
@@ -107,19 +107,21 @@ def legacy_env(client: DockerClient) -> dict[str, list[str]]:
 
 
 def render_for(ctx: RunContext, cluster: Cluster, conn: ssh.Connection,
-               source: SecretsSource) -> tuple[str, list[str]]:
+               source: SecretsSource, names: dict[str, str] | None = None
+               ) -> tuple[str, list[str]]:
     """The stack file params render, with its secrets as ``source`` says, and the forms of
     the secret values it may hold (to mask in anything shown). In a dry run before the
-    secrets step, v1 stands in for versions not made yet (shown as such)."""
+    secrets step, v1 stands in for versions not made yet (shown as such). ``names``
+    overrides the Docker secret versions (the rotation's first roll)."""
     gid = int(ssh.run(conn, "stat -c %g /var/run/docker.sock"))
-    names: dict[str, str] = {}
-    if source != "legacy_env":
+    if source != "legacy_env" and names is None:
         try:
-            names = current_names(cluster.manager, list(SECRETS))
+            names = stack_secret_names(cluster.manager)
         except LookupError:
             if not ctx.dry_run:
                 raise
             names = {n: f"casera_{n}_v1" for n in SECRETS}
+    names = names or {}
     values = stack_secret_values(ctx) if source != "docker_secrets" else None
     text = render_stack(settings_from_params(ctx.params, secrets=names,
                                              docker_socket_gid=gid, secrets_source=source,

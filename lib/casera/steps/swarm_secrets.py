@@ -22,6 +22,7 @@ from casera.plan import Plan, apply
 from casera.progress import wait_for
 from casera.providers import docker_swarm
 from casera.result import StepResult, timed
+from casera.stack.render import SECRET_KEY_ACCEPT, SECRETS
 from casera.steps import storage
 from casera.steps.swarm import DockerClient, cluster_or_reason
 
@@ -147,6 +148,34 @@ def current_names(client: DockerClient, names: list[str]) -> dict[str, str]:
     if missing:
         raise LookupError(f"no Docker secret for {', '.join(missing)}: run the secrets step")
     return {name: existing[name][-1][1] for name in names}
+
+
+def deployed_secret_key(client: DockerClient) -> dict[str, str]:
+    """target -> Docker secret version, of the api spec's SECRET_KEY mounts (``secret_key``,
+    ``secret_key_accept``); empty before the stack exists."""
+    for service in docker_swarm.services(client):
+        if service["name"] == f"{PREFIX}_api":
+            container = service["spec"]["TaskTemplate"].get("ContainerSpec") or {}
+            return {ref["File"]["Name"]: ref["SecretName"]
+                    for ref in container.get("Secrets") or []
+                    if ref.get("File", {}).get("Name") in ("secret_key", SECRET_KEY_ACCEPT)}
+    return {}
+
+
+def stack_secret_names(client: DockerClient) -> dict[str, str]:
+    """What the stack file mounts: the newest version of each secret and, as
+    ``secret_key_accept`` (verified, never signed with), the SECRET_KEY that signed until
+    now when the newest is new, else the one accepted already: tokens signed before a
+    rotation keep verifying after it."""
+    names = current_names(client, list(SECRETS))
+    deployed = deployed_secret_key(client)
+    existing = {name for items in versions(client).values() for _, name, _ in items}
+    signing, accepted = deployed.get("secret_key"), deployed.get(SECRET_KEY_ACCEPT)
+    if signing and signing != names["secret_key"] and signing in existing:
+        names[SECRET_KEY_ACCEPT] = signing
+    elif accepted and accepted != names["secret_key"] and accepted in existing:
+        names[SECRET_KEY_ACCEPT] = accepted
+    return names
 
 
 def stack_secret_values(ctx: RunContext) -> dict[str, Secret]:

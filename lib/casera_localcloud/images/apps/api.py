@@ -7,6 +7,9 @@ GET /secret-sources where each secret came from ("file", "env", "missing"), neve
 POST /items         {"name": ...}: a row in Postgres and an Asynq task in Redis, so drills
                     have data to keep or lose
 GET /items/<id>     that row, with processed_at once a worker handled it
+POST /tokens        {"sub": ...}: a token signed with the current SECRET_KEY (tokens.py: the
+                    rotation contract, sign with the current key, accept current and previous)
+POST /tokens/verify {"token": ...}: 200 {"valid": true, "signed_with": ...} or 401
 POST /digests       {"count": n, "batch": "..."}: n digest tasks enqueued at once (the nightly
                     digest burst of the load test; Casera's real api needs an equivalent, e.g.
                     the scheduler's fan-out, for the load-test runbook to drive it)
@@ -21,7 +24,7 @@ import threading
 from http import HTTPStatus
 from typing import Any
 
-from . import asynq
+from . import asynq, tokens
 from .common import (
     ITEMS_COUNTER_DDL,
     ITEMS_DDL,
@@ -146,6 +149,9 @@ class Handler(AppHandler):
         if self.path.split("?", 1)[0] == "/digests":
             self._post_digests()
             return
+        if self.path.split("?", 1)[0] in ("/tokens", "/tokens/verify"):
+            self._post_tokens(self.path.split("?", 1)[0])
+            return
         if self.path.split("?", 1)[0] != "/items":
             self.send_json(HTTPStatus.NOT_FOUND, {"error": "not found"})
             return
@@ -162,6 +168,24 @@ class Handler(AppHandler):
             log("item_failed", error=error_text(exc))
             self.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": error_text(exc)})
 
+
+    def _post_tokens(self, path: str) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = json.loads(self.rfile.read(length) or b"{}")
+            if path == "/tokens":
+                self.send_json(HTTPStatus.CREATED,
+                               {"token": tokens.mint(str(body.get("sub") or "user"))})
+                return
+            claims = tokens.verify(str(body.get("token") or ""))
+        except (ValueError, AttributeError):
+            self.send_json(HTTPStatus.BAD_REQUEST, {"error": "body must be a JSON object"})
+            return
+        except RuntimeError as exc:
+            self.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": str(exc)})
+            return
+        self.send_json(HTTPStatus.OK if claims else HTTPStatus.UNAUTHORIZED,
+                       {"valid": bool(claims), **(claims or {})})
 
     def _post_digests(self) -> None:
         try:
