@@ -15,6 +15,7 @@ from hcloud import Client
 from papermill.exceptions import PapermillExecutionError
 
 from casera.paths import runbook_file
+from casera.result import JOURNAL_ENV
 from casera_localcloud.local_credentials import read_local_secrets
 
 HETZNER = "http://127.0.0.1:18001/v1"
@@ -35,14 +36,18 @@ def hcloud() -> Client:
 STOPPED = "e2e: run stopped right after"
 
 
-def run_stopped_after(runbook: str, call: str, tmp: Path, parameters: dict[str, Any]) -> None:
+def run_stopped_after(runbook: str, call: str, tmp: Path, parameters: dict[str, Any],
+                      journal: Path | None = None) -> None:
     """``runbook``'s own cells in a real kernel up to and including the first code cell that
     contains ``call``, then a cell that raises, as a crash or a Ctrl-C right there would:
     whatever the run made so far stays, the rest never runs. Fails if the run failed
-    earlier than that."""
+    earlier than that. ``journal``: where the steps journal, told to the kernel as the
+    runner tells it (in its environment, before the first step)."""
     nb = nbformat.read(runbook_file(runbook), as_version=4)
     index = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and call in c.source)
-    nb.cells = nb.cells[:index + 1] + [nbformat.v4.new_code_cell(
+    first = [nbformat.v4.new_code_cell(f"import os\nos.environ[{JOURNAL_ENV!r}] = "
+                                       f"{str(journal)!r}")] if journal else []
+    nb.cells = first + nb.cells[:index + 1] + [nbformat.v4.new_code_cell(
         f"raise RuntimeError({f'{STOPPED} {call}'!r})")]
     source, output = tmp / "stopped.ipynb", tmp / "stopped-out.ipynb"
     nbformat.write(nb, source)

@@ -36,19 +36,15 @@ from pathlib import Path
 from typing import Any
 
 import docker
-import nbformat
-import papermill
 import pytest
-from e2e_harness import casera
-from papermill.exceptions import PapermillExecutionError
+from e2e_harness import casera, run_stopped_after
 
 from casera import b2_keys
 from casera.context import RunContext
 from casera.operator_secrets import Secret, SecretStore
 from casera.params import load_params
-from casera.paths import outputs_dir, runbook_file
+from casera.paths import outputs_dir
 from casera.providers import b2
-from casera.result import JOURNAL_ENV
 from casera.steps import storage
 from casera.steps.access import node_addresses
 from casera.steps.swarm import docker_clients
@@ -60,7 +56,6 @@ CERT_PROBE = f"{PROBE_DIR}/cert.pem"
 READ_MOUNTED = ("import json, pathlib; d = pathlib.Path('/run/secrets'); print(json.dumps({"
                 "p.name: p.read_text().strip() for p in d.iterdir() if p.name.startswith('b2_')"
                 "}))")
-STOPPED = "e2e: run stopped right after"
 
 
 def latest_run() -> dict[str, Any]:
@@ -93,29 +88,11 @@ def listed_ids() -> set[str]:
 
 
 def run_bootstrap_stopped_after(call: str, tmp: Path, run_id: str) -> dict[str, Any]:
-    """The bootstrap's cells in a real kernel up to the first cell that calls ``call``, then a
-    cell that raises: a run stopped right after that step. Returns ``{"steps": [...]}`` from
-    its journal, shaped as a kept run's metadata."""
-    nb = nbformat.read(runbook_file("bootstrap"), as_version=4)
-    index = next(i for i, c in enumerate(nb.cells) if c.cell_type == "code" and call in c.source)
+    """The bootstrap stopped right after the step that ``call`` makes. Returns
+    ``{"steps": [...]}`` from its journal, shaped as a kept run's metadata."""
     journal = tmp / f"stopped-{run_id}.jsonl"
-    # The kernel is told where to journal as the runner tells it: in its environment, before
-    # the first step.
-    nb.cells = [nbformat.v4.new_code_cell(
-        f"import os\nos.environ[{JOURNAL_ENV!r}] = {str(journal)!r}")] + nb.cells[:index + 1] + [
-        nbformat.v4.new_code_cell(f"raise RuntimeError({f'{STOPPED} {call}'!r})")]
-    source, output = tmp / f"stopped-{run_id}.ipynb", tmp / f"stopped-{run_id}-out.ipynb"
-    nbformat.write(nb, source)
-    with pytest.raises(PapermillExecutionError) as stopped:
-        papermill.execute_notebook(
-            str(source), str(output), kernel_name="python3", progress_bar=False,
-            cwd=str(runbook_file("bootstrap").parent), execution_timeout=900,
-            parameters={"env": "local", "dry_run": False, "approve": False,
-                        "interactive": False, "run_id": run_id, "overrides": {}})
-    # It stopped where it was told, not at an earlier failure.
-    assert stopped.value.ename == "RuntimeError" and STOPPED in stopped.value.evalue, \
-        f"the run failed before {call}: {stopped.value.ename}: {stopped.value.evalue[:300]}"
-    output.unlink(missing_ok=True)  # step output only, but no reason to keep it
+    run_stopped_after("bootstrap", call, tmp, {"dry_run": False, "approve": False,
+                                               "run_id": run_id, "overrides": {}}, journal)
     return {"steps": [json.loads(line) for line in journal.read_text().splitlines()
                       if line.strip()]}
 
