@@ -233,6 +233,18 @@ def secrets(client: docker.DockerClient, label: str) -> list[dict[str, Any]]:
 
 
 @mapped
+def config_ids(client: docker.DockerClient) -> set[str]:
+    """Ids of every Docker config in the swarm (their data is not read)."""
+    return {c.id for c in client.configs.list()}
+
+
+@mapped
+def secret_ids(client: docker.DockerClient) -> set[str]:
+    """Ids of every Docker secret in the swarm (values are never readable)."""
+    return {s.id for s in client.secrets.list()}
+
+
+@mapped
 def network(client: docker.DockerClient, name: str) -> dict[str, Any] | None:
     """The network named exactly ``name`` (the API's name filter matches substrings),
     inspected: Id, Name, Driver, Options, Labels; None when there is none."""
@@ -260,6 +272,23 @@ def swarm_init(client: docker.DockerClient, address: str) -> str:
     """Make this node the first manager of a new swarm, advertised and listening on
     ``address``; returns its node id."""
     return str(client.swarm.init(advertise_addr=address, listen_addr=f"{address}:2377"))
+
+
+@mapped
+def force_new_cluster(client: docker.DockerClient, address: str) -> str:
+    """``docker swarm init --force-new-cluster`` on a manager that lost its quorum: it becomes
+    the only manager of the same swarm (services, secrets, configs and networks kept, the
+    other managers dropped from Raft). Docker ignores ``advertise_addr`` here and keeps the
+    address the node had (docker/for-linux#523): callers read it back (:func:`advertised`).
+    Returns the node id."""
+    return str(client.swarm.init(advertise_addr=address, listen_addr=f"{address}:2377",
+                                 force_new_cluster=True))
+
+
+@mapped
+def advertised(client: docker.DockerClient) -> str:
+    """The address this manager advertises to the swarm (``docker info``: Swarm.NodeAddr)."""
+    return str((client.info().get("Swarm") or {}).get("NodeAddr") or "")
 
 
 @mapped
