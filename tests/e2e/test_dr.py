@@ -1,7 +1,14 @@
-"""Disaster recovery, scenario database-pitr (issue 12): writes, note T, more writes and a
-DROP TABLE; ``casera run dr-restore`` brings back exactly the rows up to T, keeps the state
-after T in branch ``pre-restore-<T>``, the api is green through the LB, and a re-run changes
-nothing.
+"""Disaster recovery (issue 12), each scenario a drill with a ledger of writes made before
+the disaster, then a re-run that changes nothing.
+
+- database-pitr: writes, note T, more writes and a DROP TABLE; ``casera run dr-restore``
+  brings back exactly the rows up to T, keeps the state after T in branch
+  ``pre-restore-<T>``, the api is green through the LB.
+- quorum-lost: items through the api and marker keys in Redis, then two of the three nodes
+  killed (``casera local kill-node``, never Redis's); the runbook fences them, forces a new
+  cluster on the survivor and replaces them through the bootstrap's steps: three managers,
+  every service, secret and config the same objects as before, every item readable and
+  processed, every marker key in Redis (the same Redis process).
 
 Runs after tests/e2e/test_bootstrap.py on the cloud it bootstrapped (file order does that):
 
@@ -25,9 +32,15 @@ import requests
 from e2e_harness import casera, hcloud
 from test_bootstrap import PARAMS
 
+from casera.context import RunContext
+from casera.operator_secrets import SecretStore
+from casera.params import load_params
 from casera.paths import outputs_dir
+from casera.progress import wait_for
+from casera.providers import docker_swarm
 from casera.steps.api_endpoint import api_endpoint_for
 from casera.steps.database_restore import preserved_name
+from casera.steps.redis_checks import reachable_cluster, redis_client, running_task
 from casera_localcloud.local_credentials import read_local_secrets
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
@@ -79,7 +92,7 @@ def readyz() -> int:
 
 
 def test_a_scenario_not_built_yet_is_refused_before_any_change():
-    done = casera("run", "dr-restore", "--env", "local", "-p", "scenario=quorum-lost",
+    done = casera("run", "dr-restore", "--env", "local", "-p", "scenario=total-loss",
                   "--approve")
     assert done.returncode == 1, done.stdout[-2000:]
     meta = latest_run()
@@ -170,3 +183,105 @@ def test_database_pitr_restores_exactly_the_rows_up_to_t(record_property):
     wait_ops(neon("DELETE", f"/projects/{PROJECT}/branches/{kept[0]['id']}"))
     with db() as conn:
         conn.execute("DROP TABLE IF EXISTS e2e_dr_ledger, e2e_dr_scratch")
+
+
+# --- quorum-lost ------------------------------------------------------------------------------
+
+LEDGER_KEYS = 20
+LEDGER_ITEMS = 10
+
+
+def local_ctx() -> RunContext:
+    secrets = SecretStore("local")
+    return RunContext(env="local", params=load_params("local", secrets=secrets),
+                      secrets=secrets, interactive=False, run_id="e2e-dr", operator="e2e")
+
+
+def swarm_objects(ctx: RunContext) -> dict[str, set[tuple[str, str]]]:
+    """(name, id) of every service, secret and config: the same ids after the recovery
+    means the same objects, kept through the new cluster, not made again."""
+    client = reachable_cluster(ctx).manager
+    return {"services": {(s.name, s.id) for s in client.services.list()},
+            "secrets": {(s.name, s.id) for s in client.secrets.list()},
+            "configs": {(c.name, c.id) for c in client.configs.list()}}
+
+
+def processed(ids: list[int]) -> dict[int, int] | None:
+    with db() as conn:
+        rows = dict(conn.execute("SELECT id, process_count FROM items WHERE id = ANY(%s)",
+                                 (ids,)).fetchall())
+    return rows if len(rows) == len(ids) and all(rows.values()) else None
+
+
+def test_quorum_lost_restores_three_managers_with_every_service_and_secret(record_property):
+    ctx = local_ctx()
+    lb = hcloud().load_balancers.get_by_name(PARAMS.load_balancer.name)
+    endpoint = api_endpoint_for(PARAMS, lb.public_net.ipv4.ip)
+    session = endpoint.requests_session()
+    # The ledger: items (a row and a job each) and marker keys in Redis, and the swarm's
+    # objects, all before the disaster.
+    items = []
+    for n in range(LEDGER_ITEMS):
+        made = session.post(endpoint.url("/items"), json={"name": f"e2e-quorum-{n}"}, timeout=10)
+        assert made.status_code == 201, made.text
+        items.append(int(made.json()["id"]))
+    with redis_client(ctx) as (client, task):
+        for n in range(LEDGER_KEYS):
+            client.set(f"e2e:dr:quorum:{n}", str(n))
+    redis_node = task.node
+    before = swarm_objects(ctx)
+    assert before["secrets"] and before["services"]
+    dead = [n for n in PARAMS.server_names() if n != redis_node]
+    for name in dead:
+        assert casera("local", "kill-node", name).returncode == 0
+
+    started = time.monotonic()
+    done = casera("run", "dr-restore", "--env", "local", "-p", "scenario=quorum-lost",
+                  "--approve")
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    meta = latest_run()
+    assert meta["status"] == "succeeded", meta.get("failed_step")
+    detected = {c["name"]: c for c in step(meta, "quorum")["checks"]}
+    assert detected["quorum lost"]["ok"], detected
+    assert any(w in detected["quorum lost"]["detail"] for w in
+               ("context deadline exceeded", "does not have a leader")), detected
+    assert all(f"server {n}: power off" in " ".join(step(meta, "fence")["diff"])
+               for n in dead), step(meta, "fence")
+    forced = {c["name"]: c for c in step(meta, "force new cluster")["checks"]}
+    assert forced["advertised address"]["ok"], forced
+    assert step(meta, "servers: delete")["changed"] == len(dead)
+    assert step(meta, "servers")["changed"] == len(dead)
+
+    # Three managers again, the same swarm objects, the ledger whole.
+    entries = docker_swarm.nodes(reachable_cluster(ctx).manager)
+    assert sorted(e["hostname"] for e in entries) == PARAMS.server_names(), entries
+    assert all(e["role"] == "manager" and e["state"] == "ready"
+               and e["reachability"] == "reachable" for e in entries), entries
+    after = swarm_objects(ctx)
+    assert after == before, {k: before[k] ^ after[k] for k in before}
+    assert sorted(s.name for s in hcloud().servers.get_all()) == PARAMS.server_names()
+    read = [session.get(endpoint.url(f"/items/{i}"), timeout=10).status_code for i in items]
+    assert read == [200] * len(items), read
+    assert wait_for("the ledger's jobs processed", lambda: processed(items), 120)
+    with redis_client(ctx) as (client, task):
+        keys = [client.get(f"e2e:dr:quorum:{n}") for n in range(LEDGER_KEYS)]
+        client.delete(*[f"e2e:dr:quorum:{n}" for n in range(LEDGER_KEYS)])
+    assert task.node == redis_node
+    lost_keys = sum(1 for n, v in enumerate(keys) if v != str(n))
+    assert lost_keys == 0, keys
+    verified = {c["name"]: c for c in step(meta, "swarm recovered")["checks"]}
+    assert all(c["ok"] for c in verified.values()), verified
+    assert verified["redis data intact"]["ok"]
+    rto = verified["RTO"]["detail"]
+
+    # A re-run finds the swarm whole and changes nothing.
+    again = casera("run", "dr-restore", "--env", "local", "-p", "scenario=quorum-lost",
+                   "--approve")
+    assert again.returncode == 0, again.stdout[-3000:]
+    rerun = latest_run()
+    assert rerun["steps"] and all(s["changed"] == 0 for s in rerun["steps"]), rerun["steps"]
+    assert "whole" in step(rerun, "quorum")["reason"]
+    assert running_task(ctx, "redis").node == redis_node
+    record_property("measured", f"dr quorum-lost: run {took:.0f} s, RTO {rto}; RPO 0 of "
+                    f"{LEDGER_ITEMS} items, 0 of {LEDGER_KEYS} keys lost")

@@ -61,7 +61,7 @@ def branch_names(ctx):
 
 
 @pytest.mark.parametrize(("scenario", "restore_to", "words"), [
-    ("quorum-lost", "", "not built yet"),
+    ("quorum-lost", "2026-12-02T10:15:00Z", "for scenario database-pitr only"),
     ("total-loss", "", "not built yet"),
     ("database", "", "is not one of"),
     ("database-pitr", "yesterday", "not an ISO 8601 time"),

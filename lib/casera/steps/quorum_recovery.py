@@ -62,6 +62,10 @@ from casera.steps.swarm_secrets import digest, stack_secret_values, versions
 
 SCENARIO = "quorum-lost"
 DEADLINE = "context deadline exceeded"
+# What a manager without quorum answers: first its calls wait out dockerd's request timeout
+# (the deadline); once Raft has had no leader for a while (swarmkit's lostQuorumTimeout) they
+# fail at once with swarmkit's lost-quorum message.
+NO_QUORUM = (DEADLINE, "does not have a leader", "Lost quorum")
 REDIS_SERVICE = f"{STACK}_redis"
 
 
@@ -104,7 +108,7 @@ def assess(names: list[str], power: dict[str, str], states: dict[str, dict[str, 
     silent = {n: ("off in Hetzner (fenced)" if power[n] == "off" else
                   f"{power[n]} in Hetzner, but its engine does not answer over SSH")
               for n in names if n in power and n not in states}
-    lost = sorted(n for n, st in states.items() if DEADLINE in (st.get("error") or ""))
+    lost = sorted(n for n, st in states.items() if no_quorum(st.get("error") or ""))
     managers = sorted(n for n, st in states.items()
                       if st.get("state") == "active" and (st.get("manager") or n in lost))
     refusals = []
@@ -127,6 +131,10 @@ def assess(names: list[str], power: dict[str, str], states: dict[str, dict[str, 
             and e.get("reachability") == "reachable" for e in entries) for n in names)
         and all(e["state"] == "ready" for e in entries))
     return Assessment(names, {}, silent, missing, survivor, bool(lost), whole, refusals)
+
+
+def no_quorum(error: str) -> bool:
+    return any(words in error for words in NO_QUORUM)
 
 
 def _redis_on(node: str, client: Any) -> RedisSeen | None:
@@ -175,7 +183,7 @@ def detect_quorum_loss(ctx: RunContext) -> StepResult:
         # Every engine at once; a manager without quorum answers `docker info` only after
         # dockerd's 20 s request timeout, with the deadline as its swarm error.
         cluster = reachable_cluster(ctx)
-        lost = any(DEADLINE in (st.get("error") or "") for st in cluster.states.values())
+        lost = any(no_quorum(st.get("error") or "") for st in cluster.states.values())
         entries = None
         if cluster.leader is not None and not lost:
             try:
@@ -209,9 +217,10 @@ def detect_quorum_loss(ctx: RunContext) -> StepResult:
             return result
         result.check("a manager answers", facts.survivor is not None,
                      facts.survivor or "none")
-        if facts.quorum_lost:
-            result.check("quorum lost", True,
-                         f"{facts.survivor} answers, its swarm reports '{DEADLINE}'; "
+        if facts.quorum_lost and facts.survivor:
+            error = cluster.states[facts.survivor].get("error") or ""
+            result.check("quorum lost", no_quorum(error),
+                         f"{facts.survivor} answers, its swarm reports '{error[:200]}'; "
                          f"dead: {', '.join(facts.to_replace)}")
         else:
             result.note("quorum", f"held (led from {facts.survivor}): an earlier run forced "
