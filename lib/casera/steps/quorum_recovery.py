@@ -109,8 +109,9 @@ def assess(names: list[str], power: dict[str, str], states: dict[str, dict[str, 
                   f"{power[n]} in Hetzner, but its engine does not answer over SSH")
               for n in names if n in power and n not in states}
     lost = sorted(n for n, st in states.items() if no_quorum(st.get("error") or ""))
+    # A manager that reports the lost quorum counts whatever its local state says.
     managers = sorted(n for n, st in states.items()
-                      if st.get("state") == "active" and (st.get("manager") or n in lost))
+                      if n in lost or (st.get("state") == "active" and st.get("manager")))
     refusals = []
     if not states:
         gone = [f"{n}: {why}" for n, why in silent.items()] + [f"{n}: missing" for n in missing]
