@@ -52,7 +52,8 @@ PHASES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
                     ("redis", ("redis after quorum loss", "redis restore")),
                     ("replace servers", ("servers: delete", "servers", "firewall", "ssh",
                                          "ssh hardening", "neon ip allowlist")),
-                    ("join", ("swarm", "swarm health", "node labels")),
+                    ("join", ("swarm", "swarm health", "node labels", "overlay network",
+                              "docker secrets")),
                     ("stack and LB", ("stack", "load balancer targets")),
                     ("verify", ("swarm recovered",))],
 }

@@ -91,12 +91,12 @@ def readyz() -> int:
     return api_endpoint_for(PARAMS, lb.public_net.ipv4.ip).get("/readyz")[0]
 
 
-def test_a_scenario_not_built_yet_is_refused_before_any_change():
-    done = casera("run", "dr-restore", "--env", "local", "-p", "scenario=total-loss",
+def test_an_unknown_scenario_is_refused_before_any_change():
+    done = casera("run", "dr-restore", "--env", "local", "-p", "scenario=datacenter-fire",
                   "--approve")
     assert done.returncode == 1, done.stdout[-2000:]
     meta = latest_run()
-    assert meta["status"] == "failed" and "not built yet" in (meta.get("error") or ""), meta
+    assert meta["status"] == "failed" and "is not one of" in (meta.get("error") or ""), meta
     assert all(s["changed"] == 0 for s in meta["steps"]), meta["steps"]
 
 

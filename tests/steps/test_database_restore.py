@@ -62,7 +62,7 @@ def branch_names(ctx):
 
 @pytest.mark.parametrize(("scenario", "restore_to", "words"), [
     ("quorum-lost", "2026-12-02T10:15:00Z", "for scenario database-pitr only"),
-    ("total-loss", "", "not built yet"),
+    ("total-loss", "2026-12-02T10:15:00Z", "for scenario database-pitr only"),
     ("database", "", "is not one of"),
     ("database-pitr", "yesterday", "not an ISO 8601 time"),
     ("database-pitr", "2026-12-02T10:15:00", "has no time zone"),

@@ -64,6 +64,19 @@ def test_no_engine_answering_is_total_loss_and_refused() -> None:
     assert "n-3: missing" in facts.refusals[0]
 
 
+def test_every_server_gone_is_what_total_loss_rebuilds() -> None:
+    facts = quorum_recovery.assess(NAMES, {"n-1": "running", "n-2": "off"}, {}, None,
+                                   "total-loss")
+    assert facts.total and not facts.refusals and not facts.quorum_lost
+    assert facts.to_replace == NAMES and facts.survivor is None
+
+
+def test_a_survivor_with_the_lost_quorum_is_refused_by_total_loss() -> None:
+    facts = quorum_recovery.assess(NAMES, RUNNING, {"n-1": state(error=DEADLINE_ERROR)}, None,
+                                   "total-loss")
+    assert not facts.total and facts.refusals and "scenario quorum-lost" in facts.refusals[0]
+
+
 def test_answering_servers_that_are_no_managers_are_refused() -> None:
     facts = quorum_recovery.assess(NAMES, RUNNING, {"n-1": state(manager=False,
                                                                  swarm="inactive")}, None)
@@ -129,7 +142,15 @@ def test_another_scenarios_step_is_skipped_saying_whose_it_is() -> None:
     assert result.changed == 0 and result.step == "detect quorum loss"
     assert "scenario quorum-lost" in result.reason and "database-pitr" in result.reason
     skipped = quorum_recovery.rebuild(ctx, "database-pitr", lambda c: pytest.fail("ran"))
-    assert skipped.changed == 0 and "quorum-lost" in skipped.reason
+    assert skipped.changed == 0 and "quorum-lost and total-loss" in skipped.reason
+
+
+def test_a_dry_run_does_not_plan_bootstrap_steps_on_servers_it_would_replace() -> None:
+    facts = quorum_recovery.assess(NAMES, RUNNING, {"n-1": state(error=DEADLINE_ERROR)}, None)
+    ctx = make_ctx({}, {}, dry_run=True)
+    ctx.shared["quorum"] = facts
+    result = quorum_recovery.rebuild(ctx, "quorum-lost", lambda c: pytest.fail("ran"))
+    assert result.changed == 0 and "n-2, n-3" in result.reason and "dry run" in result.reason
 
 
 def test_restore_to_given_to_quorum_lost_is_refused_before_anything_is_read() -> None:

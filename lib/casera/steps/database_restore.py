@@ -19,8 +19,8 @@ The ``database-pitr`` scenario of the DR runbook (issue 12), in four steps:
 A re-run with the same ``restore_to`` finds ``pre-restore-<T>`` and changes nothing.
 
 Not done here: a restore to an LSN (Neon has it; the runbook takes times), restoring a branch
-from another branch. Scenario ``quorum-lost`` is :mod:`casera.steps.quorum_recovery`;
-``total-loss`` is refused (not built yet).
+from another branch. Scenarios ``quorum-lost`` and ``total-loss`` are
+:mod:`casera.steps.quorum_recovery`.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from casera.steps.database import neon_client, plan_of
 from casera.steps.load_balancer import wait_readyz_through_lb
 
 SCENARIOS = ("database-pitr", "quorum-lost", "total-loss")
-BUILT = ("database-pitr", "quorum-lost")
+BUILT = ("database-pitr", "quorum-lost", "total-loss")
 PRESERVE_PREFIX = "pre-restore-"
 INSPECT_PREFIX = "inspect-"
 # Newest rows shown per table: enough to see where the data stops, short enough to read.
@@ -100,7 +100,10 @@ def check_restore_to(ctx: RunContext, scenario: str, restore_to: str) -> StepRes
                                  f"database-pitr only; scenario {scenario} restores the "
                                  "state as it is. Leave restore_to empty; nothing was changed")
             result.reason = {"quorum-lost": "two of three managers dead: fence them, force a "
-                             "new cluster on the survivor, replace them"}.get(scenario, "")
+                             "new cluster on the survivor, replace them",
+                             "total-loss": "every server gone: new servers, a new swarm, the "
+                             "secrets from the operator's store, Redis from B2"
+                             }.get(scenario, "")
             return result
         if _dry_without_target(ctx, result, restore_to):
             return result

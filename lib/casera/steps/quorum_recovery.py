@@ -58,9 +58,17 @@ from casera.steps.load_balancer import wait_readyz_through_lb
 from casera.steps.redis_checks import reachable_cluster
 from casera.steps.stack import STACK, services_converged, stack_services
 from casera.steps.swarm import REDIS_LABEL, manager_name
-from casera.steps.swarm_secrets import digest, stack_secret_values, versions
+from casera.steps.swarm_secrets import (
+    digest,
+    ensure_swarm_secrets,
+    stack_secret_values,
+    versions,
+)
 
 SCENARIO = "quorum-lost"
+TOTAL = "total-loss"
+# The scenarios that rebuild the swarm with the bootstrap's steps.
+SWARM_SCENARIOS = (SCENARIO, TOTAL)
 DEADLINE = "context deadline exceeded"
 # What a manager without quorum answers: first its calls wait out dockerd's request timeout
 # (the deadline); once Raft has had no leader for a while (swarmkit's lostQuorumTimeout) they
@@ -93,6 +101,7 @@ class Assessment:
     refusals: list[str]
     redis: RedisSeen | None = None
     detected_at: float = 0.0
+    total: bool = False                   # no engine answers: a new swarm is made
 
     @property
     def to_replace(self) -> list[str]:
@@ -100,10 +109,10 @@ class Assessment:
 
 
 def assess(names: list[str], power: dict[str, str], states: dict[str, dict[str, Any]],
-           entries: list[dict[str, Any]] | None) -> Assessment:
+           entries: list[dict[str, Any]] | None, scenario: str = SCENARIO) -> Assessment:
     """The verdict from facts alone: ``power`` (server name -> Hetzner status), ``states``
     (name -> swarm state of each engine that answered), ``entries`` (the swarm's node list,
-    None when it could not be read)."""
+    None when it could not be read), for ``scenario`` (quorum-lost or total-loss)."""
     missing = [n for n in names if n not in power]
     silent = {n: ("off in Hetzner (fenced)" if power[n] == "off" else
                   f"{power[n]} in Hetzner, but its engine does not answer over SSH")
@@ -113,7 +122,9 @@ def assess(names: list[str], power: dict[str, str], states: dict[str, dict[str, 
     managers = sorted(n for n, st in states.items()
                       if n in lost or (st.get("state") == "active" and st.get("manager")))
     refusals = []
-    if not states:
+    if not states and scenario == TOTAL:
+        pass  # every server gone: what total-loss rebuilds
+    elif not states:
         gone = [f"{n}: {why}" for n, why in silent.items()] + [f"{n}: missing" for n in missing]
         refusals.append(f"no server's engine answers ({'; '.join(gone)}): every manager is "
                         "gone, that is scenario total-loss, not quorum-lost")
@@ -125,13 +136,19 @@ def assess(names: list[str], power: dict[str, str], states: dict[str, dict[str, 
             f"{len(managers)} managers answer ({', '.join(managers)}) but none has quorum: "
             "that is a partition, not dead servers. A new cluster forced now would split the "
             "swarm in two; heal the network first (the swarm then regains its quorum)")
+    elif lost and scenario == TOTAL:
+        refusals.append(
+            f"{', '.join(lost)} answers with the lost quorum: a manager survived, that is "
+            "scenario quorum-lost (it keeps the swarm's state; a total-loss rebuild would throw "
+            "it away)")
     survivor = (lost[0] if lost and len(managers) == 1 else
                 manager_name({n: states[n] for n in names if n in states}))
     whole = (not lost and not silent and not missing and entries is not None and all(
         any(e["hostname"] == n and e["role"] == "manager" and e["state"] == "ready"
             and e.get("reachability") == "reachable" for e in entries) for n in names)
         and all(e["state"] == "ready" for e in entries))
-    return Assessment(names, {}, silent, missing, survivor, bool(lost), whole, refusals)
+    return Assessment(names, {}, silent, missing, survivor, bool(lost), whole, refusals,
+                      total=not states and not refusals)
 
 
 def no_quorum(error: str) -> bool:
@@ -172,10 +189,11 @@ def assessment(ctx: RunContext) -> Assessment:
     return found
 
 
-def detect_quorum_loss(ctx: RunContext) -> StepResult:
+def detect_quorum_loss(ctx: RunContext, scenario: str = SCENARIO) -> StepResult:
     """Read only: which servers answer, whether the one manager left has lost its quorum,
-    and where Redis ran. Refuses a partition and a total loss before any change; on a
-    whole swarm it says so and every later step of the scenario changes nothing."""
+    and where Redis ran. Refuses before any change a partition, and what the other scenario
+    recovers (quorum-lost: every server gone; total-loss: a manager survived). On a whole
+    swarm it says so and every later step of the scenario changes nothing."""
     p = ctx.params
     with timed(StepResult("quorum", f"{len(p.server_names())} managers",
                           dry_run=ctx.dry_run)) as result:
@@ -192,7 +210,7 @@ def detect_quorum_loss(ctx: RunContext) -> StepResult:
             except CaseraError as exc:
                 result.note("swarm node list", str(exc)[:200])
         facts = assess(p.server_names(), {n: s.status for n, s in servers.items()},
-                       cluster.states, entries)
+                       cluster.states, entries, scenario)
         redis = None
         if facts.survivor and not facts.whole and facts.survivor in cluster.clients:
             redis = _redis_on(facts.survivor, cluster.clients[facts.survivor])
@@ -209,12 +227,18 @@ def detect_quorum_loss(ctx: RunContext) -> StepResult:
                         + (f", error: {state['error'][:160]}" if state and state.get("error")
                            else ""))
         if facts.refusals:
-            result.check("scenario quorum-lost applies", False,
+            result.check(f"scenario {scenario} applies", False,
                          "; ".join(facts.refusals) + "; nothing was changed")
             return result
         if facts.whole:
             result.reason = (f"the swarm is whole: {len(facts.servers)} ready, reachable "
                              "managers and a leader; nothing to recover")
+            return result
+        if facts.total:
+            result.check("every server gone", True, "; ".join(
+                f"{n}: {facts.silent.get(n, 'missing')}" for n in facts.servers))
+            result.reason = (f"total loss: {', '.join(facts.to_replace)} gone; the run makes "
+                             "new servers and a new swarm")
             return result
         result.check("a manager answers", facts.survivor is not None,
                      facts.survivor or "none")
@@ -298,7 +322,8 @@ def force_new_cluster(ctx: RunContext, timeout: float = 120) -> StepResult:
         return done
     with timed(StepResult("force new cluster", survivor, dry_run=ctx.dry_run)) as result:
         if not facts.quorum_lost:
-            result.reason = "the swarm has its quorum: nothing to force"
+            result.reason = ("no manager survived: the swarm step makes a new swarm"
+                             if facts.total else "the swarm has its quorum: nothing to force")
             return result
         hz = hetzner.for_env(ctx.params, ctx.secrets)
         if not ctx.dry_run:
@@ -375,6 +400,50 @@ def recover_redis(ctx: RunContext) -> StepResult:
     return redis_failover.restore_on_healthy_node(ctx, lost=lost, target=survivor)
 
 
+def restore_redis_snapshot(ctx: RunContext) -> StepResult:
+    """total-loss: the newest B2 snapshot (SHA-256 checked) written as the only file of
+    ``casera-redis-data`` on the Redis node params name, BEFORE the stack step starts Redis
+    there (it loads a lone ``dump.rdb`` with AOF off, then turns AOF on), so Redis never
+    starts on an empty volume. Redis already running (an earlier run got that far): 0
+    changes. The RPO of Redis is the snapshot's age at the loss."""
+    from casera.steps import redis_backup, redis_failover
+    from casera.steps.swarm import cluster_or_reason
+
+    facts = assessment(ctx)
+    p = ctx.params
+    node = p.server_names()[p.swarm.redis_node - 1]
+    if (done := _whole(ctx, "redis restore", node, facts)) is not None:
+        return done
+    with timed(StepResult("redis restore", node, dry_run=ctx.dry_run)) as result:
+        cluster, result.reason = cluster_or_reason(ctx)
+        if cluster is not None and "redis" in stack_services(cluster.manager):
+            result.reason = "Redis is deployed already (an earlier run restored it)"
+            return result
+        found = redis_backup.snapshots(ctx)
+        if not found:
+            raise StepFailed("no Redis snapshot in B2 to restore: the backup service never "
+                             "uploaded; nothing was changed")
+        newest = found[-1]
+        age = facts.detected_at - newest.uploaded_ms / 1000
+        plan = Plan(gate_title=f"Redis: restore {newest.name} (writes after it are lost)")
+        redis = p.services.redis
+        plan.add(f"+ {newest.name} ({age:.0f} s old at the loss, DBSIZE "
+                 f"{newest.info.get('dbsize', '?')}) into {redis_failover.VOLUME} on {node}, "
+                 "before the stack starts Redis there",
+                 lambda: redis_failover.write_snapshot(
+                     ctx, cluster.clients[node] if cluster else None, newest, redis.image,
+                     redis.user), destructive=True)
+        if apply(ctx, result, plan).dry_run:
+            return result
+        ctx.shared["redis_restore"] = {
+            "source": "b2", "rpo_s": round(age, 1), "snapshot": newest.name, "node": node,
+            "recorded": (newest.recorded("dbsize"), newest.recorded("dbsize_after"))}
+        result.note("RPO", f"{age:.0f} s: the snapshot's age at the loss (writes after "
+                    f"{newest.info.get('taken_at', '?')} are lost)")
+        result.reason = f"{newest.name} in place on {node}; the stack step starts Redis on it"
+    return result
+
+
 def recovery_context(ctx: RunContext) -> RunContext:
     """``ctx`` with ``swarm.redis_node`` set to the node Redis runs on after this run's Redis
     step, so the bootstrap's labels step keeps it there (a label moved to a new server would
@@ -408,16 +477,39 @@ def delete_dead_servers(ctx: RunContext, timeout: float = 300) -> StepResult:
     return scale.delete_servers(ctx, timeout)
 
 
+def swarm_step(ctx: RunContext, scenario: str, step: Any, *args: Any) -> StepResult:
+    """A step of the two swarm scenarios (quorum-lost, total-loss); in another scenario a
+    0-change result saying whose step it is."""
+    if scenario not in SWARM_SCENARIOS:
+        return dr.skipped(ctx, dr.step_name(step), scenario,
+                          f"a step of scenarios {' and '.join(SWARM_SCENARIOS)}; this run is "
+                          f"{scenario}")
+    return step(ctx, *args)
+
+
 def rebuild(ctx: RunContext, scenario: str, step: Any, *args: Any) -> StepResult:
-    """One of the bootstrap's own steps in a quorum-lost run on a swarm that was not whole
-    (it converges the servers as params say: new servers, SSH, join, labels); otherwise a
-    0-change result saying why."""
-    if scenario != SCENARIO:
-        return dr.only(ctx, scenario, SCENARIO, step, *args)
+    """One of the bootstrap's own steps in a swarm scenario's run on a swarm that was not
+    whole (it converges the servers as params say: new servers, SSH, join or a new swarm,
+    labels, secrets, stack); otherwise a 0-change result saying why."""
+    if scenario not in SWARM_SCENARIOS:
+        return swarm_step(ctx, scenario, step, *args)
     facts = assessment(ctx)
     if (done := _whole(ctx, dr.step_name(step), "bootstrap step", facts)) is not None:
         return done
+    if ctx.dry_run and facts.to_replace:
+        # The dead servers still exist in a dry run (nothing was deleted): the bootstrap's
+        # steps would plan against them, not against the new servers the run makes.
+        return dr.skipped(ctx, dr.step_name(step), "bootstrap step",
+                          f"dry run: the run deletes {', '.join(facts.to_replace)} and the "
+                          "servers step makes them anew; this step then runs on them")
     return step(ctx, *args)
+
+
+def ensure_secrets(ctx: RunContext) -> StepResult:
+    """The bootstrap's Docker secrets step with the values from the operator's store (and
+    the B2 key store): 0 changes where the swarm kept them (quorum-lost), every secret made
+    again in a new swarm (total-loss)."""
+    return ensure_swarm_secrets(ctx, stack_secret_values(ctx))
 
 
 def ensure_allowlist(ctx: RunContext) -> StepResult:
@@ -487,6 +579,15 @@ def verify_recovered(ctx: RunContext, timeout: float = 240) -> StepResult:
                                                   else "") if not lost else
                      f"missing: {', '.join(lost)}")
         restored = ctx.shared.get("redis_restore") or {}
+        if facts.total and restored.get("recorded"):
+            from casera.steps.redis_failover import _keys_loaded
+
+            low, high = sorted(v or 0 for v in restored["recorded"])
+            loaded = _keys_loaded(ctx, restored["node"])
+            result.check("redis loaded the snapshot", loaded is not None and
+                         low <= loaded <= high,
+                         f"{loaded} keys loaded on {restored['node']} (its log); the snapshot "
+                         f"recorded {low}" + (f"-{high}" if high != low else ""))
         if facts.redis is not None and not facts.whole:
             where = _engine(ctx, facts.redis.node, facts.addresses[facts.redis.node])
             same = _run_id(where, facts.redis.container) == facts.redis.run_id
