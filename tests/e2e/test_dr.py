@@ -9,6 +9,11 @@ the disaster, then a re-run that changes nothing.
   cluster on the survivor and replaces them through the bootstrap's steps: three managers,
   every service, secret and config the same objects as before, every item readable and
   processed, every marker key in Redis (the same Redis process).
+- total-loss: the worker stopped, items made (their jobs wait in Redis), marker keys, a
+  Redis snapshot taken, then a key written after it and files uploaded to B2; all three
+  nodes killed. The runbook rebuilds: every item readable through the api and its job
+  processed, every upload byte-equal through a signed URL, the keys of the snapshot back
+  (the one written after it lost: Redis's RPO is the snapshot's age).
 
 Runs after tests/e2e/test_bootstrap.py on the cloud it bootstrapped (file order does that):
 
@@ -38,9 +43,11 @@ from casera.params import load_params
 from casera.paths import outputs_dir
 from casera.progress import wait_for
 from casera.providers import docker_swarm
+from casera.steps import redis_backup, storage
 from casera.steps.api_endpoint import api_endpoint_for
 from casera.steps.database_restore import preserved_name
 from casera.steps.redis_checks import reachable_cluster, redis_client, running_task
+from casera.steps.stack import stack_services
 from casera_localcloud.local_credentials import read_local_secrets
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
@@ -285,3 +292,91 @@ def test_quorum_lost_restores_three_managers_with_every_service_and_secret(recor
     assert running_task(ctx, "redis").node == redis_node
     record_property("measured", f"dr quorum-lost: run {took:.0f} s, RTO {rto}; RPO 0 of "
                     f"{LEDGER_ITEMS} items, 0 of {LEDGER_KEYS} keys lost")
+
+
+# --- total-loss -------------------------------------------------------------------------------
+
+
+def scale_worker(ctx: RunContext, replicas: int) -> None:
+    client = reachable_cluster(ctx).manager
+    client.services.get(stack_services(client)["worker"]["id"]).scale(replicas)
+
+
+def signed_download(ctx: RunContext, name: str) -> bytes:
+    """A file of the uploads bucket through a signed URL (a download authorization for its
+    name), as the app hands them out."""
+    api = storage.master_api(ctx)
+    bucket = api.get_bucket_by_name(ctx.params.b2.buckets["uploads"].name)
+    token = bucket.get_download_authorization(name, 600)
+    url = f"{api.account_info.get_download_url()}/file/{bucket.name}/{name}"
+    answer = requests.get(url, params={"Authorization": token}, timeout=30)
+    assert answer.status_code == 200, answer.text[:300]
+    return answer.content
+
+
+def test_total_loss_rebuilds_everything_from_neon_b2_and_the_operators_store(record_property):
+    ctx = local_ctx()
+    lb = hcloud().load_balancers.get_by_name(PARAMS.load_balancer.name)
+    endpoint = api_endpoint_for(PARAMS, lb.public_net.ipv4.ip)
+    session = endpoint.requests_session()
+    # Jobs queued and never run before the loss: the worker stopped first.
+    scale_worker(ctx, 0)
+    wait_for("the worker stopped", lambda: running_task(ctx, "worker") is None, 60)
+    items = []
+    for n in range(LEDGER_ITEMS):
+        made = session.post(endpoint.url("/items"), json={"name": f"e2e-total-{n}"}, timeout=10)
+        assert made.status_code == 201, made.text
+        items.append(int(made.json()["id"]))
+    with redis_client(ctx) as (client, _):
+        for n in range(LEDGER_KEYS):
+            client.set(f"e2e:dr:total:{n}", str(n))
+    redis_backup.take_snapshot(ctx)
+    with redis_client(ctx) as (client, _):
+        client.set("e2e:dr:total:after-snapshot", "lost")
+    api = storage.master_api(ctx)
+    bucket = api.get_bucket_by_name(PARAMS.b2.buckets["uploads"].name)
+    uploads = {f"e2e-dr/total-{n}.bin": bytes(range(256)) * (n + 1) for n in range(3)}
+    for name, data in uploads.items():
+        bucket.upload_bytes(data, name)
+    for name in PARAMS.server_names():
+        assert casera("local", "kill-node", name).returncode == 0
+
+    started = time.monotonic()
+    done = casera("run", "dr-restore", "--env", "local", "-p", "scenario=total-loss",
+                  "--approve")
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    meta = latest_run()
+    assert meta["status"] == "succeeded", meta.get("failed_step")
+    assert "total loss" in step(meta, "quorum")["reason"]
+    assert step(meta, "servers: delete")["changed"] == 3
+    assert step(meta, "servers")["changed"] == 3
+    assert step(meta, "docker secrets")["changed"] > 0  # made again in the new swarm
+
+    read = [session.get(endpoint.url(f"/items/{i}"), timeout=10).status_code for i in items]
+    assert read == [200] * len(items), read
+    assert wait_for("the jobs queued before the loss processed", lambda: processed(items), 180)
+    assert {name: signed_download(ctx, name) for name in uploads} == uploads
+    with redis_client(ctx) as (client, _):
+        keys = [client.get(f"e2e:dr:total:{n}") for n in range(LEDGER_KEYS)]
+        after = client.get("e2e:dr:total:after-snapshot")
+        client.delete(*[f"e2e:dr:total:{n}" for n in range(LEDGER_KEYS)])
+    assert keys == [str(n) for n in range(LEDGER_KEYS)], keys
+    assert after is None  # written after the snapshot: within Redis's RPO, lost
+    verified = {c["name"]: c for c in step(meta, "swarm recovered")["checks"]}
+    assert all(c["ok"] for c in verified.values()), verified
+    assert verified["redis loaded the snapshot"]["ok"]
+    rto = verified["RTO"]["detail"]
+    first = outputs_dir("local") / "first-run-seconds"
+    bootstrap = f"{float(first.read_text()):.0f} s" if first.exists() else "not measured here"
+
+    again = casera("run", "dr-restore", "--env", "local", "-p", "scenario=total-loss",
+                   "--approve")
+    assert again.returncode == 0, again.stdout[-3000:]
+    rerun = latest_run()
+    assert rerun["steps"] and all(s["changed"] == 0 for s in rerun["steps"]), rerun["steps"]
+    for name in uploads:
+        bucket.hide_file(name)
+    record_property("measured", f"dr total-loss: run {took:.0f} s, RTO {rto} (first bootstrap "
+                    f"{bootstrap}); RPO 0 of {LEDGER_ITEMS} items and jobs, 0 of "
+                    f"{len(uploads)} uploads, 0 of {LEDGER_KEYS} keys in the snapshot")
