@@ -220,6 +220,48 @@ def processed(ids: list[int]) -> dict[int, int] | None:
     return rows if len(rows) == len(ids) and all(rows.values()) else None
 
 
+def write_ledger(ctx: RunContext, tag: str) -> tuple[list[int], str]:
+    """LEDGER_ITEMS items through the api (a row and an Asynq job each) and LEDGER_KEYS
+    marker keys ``e2e:dr:<tag>:<n>`` in Redis: (the items' ids, Redis's node)."""
+    endpoint = api_endpoint_for(PARAMS, hcloud().load_balancers.get_by_name(
+        PARAMS.load_balancer.name).public_net.ipv4.ip)
+    session = endpoint.requests_session()
+    items = []
+    for n in range(LEDGER_ITEMS):
+        made = session.post(endpoint.url("/items"), json={"name": f"e2e-{tag}-{n}"}, timeout=10)
+        assert made.status_code == 201, made.text
+        items.append(int(made.json()["id"]))
+    with redis_client(ctx) as (client, task):
+        for n in range(LEDGER_KEYS):
+            client.set(f"e2e:dr:{tag}:{n}", str(n))
+    return items, task.node
+
+
+def kill_and_recover(nodes: list[str], scenario: str) -> tuple[float, dict[str, Any]]:
+    """Kill ``nodes`` (`casera local kill-node`), then run the scenario: (its wall time,
+    the kept run's metadata), the run green."""
+    for name in nodes:
+        assert casera("local", "kill-node", name).returncode == 0
+    started = time.monotonic()
+    done = casera("run", "dr-restore", "--env", "local", "-p", f"scenario={scenario}",
+                  "--approve")
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    meta = latest_run()
+    assert meta["status"] == "succeeded", meta.get("failed_step")
+    return took, meta
+
+
+def rerun_changes_nothing(scenario: str) -> None:
+    """A re-run after the recovery finds the swarm whole and changes nothing."""
+    again = casera("run", "dr-restore", "--env", "local", "-p", f"scenario={scenario}",
+                   "--approve")
+    assert again.returncode == 0, again.stdout[-3000:]
+    rerun = latest_run()
+    assert rerun["steps"] and all(s["changed"] == 0 for s in rerun["steps"]), rerun["steps"]
+    assert "whole" in step(rerun, "quorum")["reason"]
+
+
 def test_quorum_lost_restores_three_managers_with_every_service_and_secret(record_property):
     ctx = local_ctx()
     lb = hcloud().load_balancers.get_by_name(PARAMS.load_balancer.name)
@@ -227,28 +269,11 @@ def test_quorum_lost_restores_three_managers_with_every_service_and_secret(recor
     session = endpoint.requests_session()
     # The ledger: items (a row and a job each) and marker keys in Redis, and the swarm's
     # objects, all before the disaster.
-    items = []
-    for n in range(LEDGER_ITEMS):
-        made = session.post(endpoint.url("/items"), json={"name": f"e2e-quorum-{n}"}, timeout=10)
-        assert made.status_code == 201, made.text
-        items.append(int(made.json()["id"]))
-    with redis_client(ctx) as (client, task):
-        for n in range(LEDGER_KEYS):
-            client.set(f"e2e:dr:quorum:{n}", str(n))
-    redis_node = task.node
+    items, redis_node = write_ledger(ctx, "quorum")
     before = swarm_objects(ctx)
     assert before["secrets"] and before["services"]
     dead = [n for n in PARAMS.server_names() if n != redis_node]
-    for name in dead:
-        assert casera("local", "kill-node", name).returncode == 0
-
-    started = time.monotonic()
-    done = casera("run", "dr-restore", "--env", "local", "-p", "scenario=quorum-lost",
-                  "--approve")
-    took = time.monotonic() - started
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    meta = latest_run()
-    assert meta["status"] == "succeeded", meta.get("failed_step")
+    took, meta = kill_and_recover(dead, "quorum-lost")
     detected = {c["name"]: c for c in step(meta, "quorum")["checks"]}
     assert detected["quorum lost"]["ok"], detected
     assert any(w in detected["quorum lost"]["detail"] for w in
@@ -282,13 +307,7 @@ def test_quorum_lost_restores_three_managers_with_every_service_and_secret(recor
     assert verified["redis data intact"]["ok"]
     rto = verified["RTO"]["detail"]
 
-    # A re-run finds the swarm whole and changes nothing.
-    again = casera("run", "dr-restore", "--env", "local", "-p", "scenario=quorum-lost",
-                   "--approve")
-    assert again.returncode == 0, again.stdout[-3000:]
-    rerun = latest_run()
-    assert rerun["steps"] and all(s["changed"] == 0 for s in rerun["steps"]), rerun["steps"]
-    assert "whole" in step(rerun, "quorum")["reason"]
+    rerun_changes_nothing("quorum-lost")
     assert running_task(ctx, "redis").node == redis_node
     record_property("measured", f"dr quorum-lost: run {took:.0f} s, RTO {rto}; RPO 0 of "
                     f"{LEDGER_ITEMS} items, 0 of {LEDGER_KEYS} keys lost")
@@ -322,14 +341,7 @@ def test_total_loss_rebuilds_everything_from_neon_b2_and_the_operators_store(rec
     # Jobs queued and never run before the loss: the worker stopped first.
     scale_worker(ctx, 0)
     wait_for("the worker stopped", lambda: running_task(ctx, "worker") is None, 60)
-    items = []
-    for n in range(LEDGER_ITEMS):
-        made = session.post(endpoint.url("/items"), json={"name": f"e2e-total-{n}"}, timeout=10)
-        assert made.status_code == 201, made.text
-        items.append(int(made.json()["id"]))
-    with redis_client(ctx) as (client, _):
-        for n in range(LEDGER_KEYS):
-            client.set(f"e2e:dr:total:{n}", str(n))
+    items, _ = write_ledger(ctx, "total")
     redis_backup.take_snapshot(ctx)
     with redis_client(ctx) as (client, _):
         client.set("e2e:dr:total:after-snapshot", "lost")
@@ -338,16 +350,7 @@ def test_total_loss_rebuilds_everything_from_neon_b2_and_the_operators_store(rec
     uploads = {f"e2e-dr/total-{n}.bin": bytes(range(256)) * (n + 1) for n in range(3)}
     for name, data in uploads.items():
         bucket.upload_bytes(data, name)
-    for name in PARAMS.server_names():
-        assert casera("local", "kill-node", name).returncode == 0
-
-    started = time.monotonic()
-    done = casera("run", "dr-restore", "--env", "local", "-p", "scenario=total-loss",
-                  "--approve")
-    took = time.monotonic() - started
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    meta = latest_run()
-    assert meta["status"] == "succeeded", meta.get("failed_step")
+    took, meta = kill_and_recover(PARAMS.server_names(), "total-loss")
     assert "total loss" in step(meta, "quorum")["reason"]
     assert step(meta, "servers: delete")["changed"] == 3
     assert step(meta, "servers")["changed"] == 3
@@ -370,11 +373,7 @@ def test_total_loss_rebuilds_everything_from_neon_b2_and_the_operators_store(rec
     first = outputs_dir("local") / "first-run-seconds"
     bootstrap = f"{float(first.read_text()):.0f} s" if first.exists() else "not measured here"
 
-    again = casera("run", "dr-restore", "--env", "local", "-p", "scenario=total-loss",
-                   "--approve")
-    assert again.returncode == 0, again.stdout[-3000:]
-    rerun = latest_run()
-    assert rerun["steps"] and all(s["changed"] == 0 for s in rerun["steps"]), rerun["steps"]
+    rerun_changes_nothing("total-loss")
     for name in uploads:
         bucket.hide_file(name)
     record_property("measured", f"dr total-loss: run {took:.0f} s, RTO {rto} (first bootstrap "

@@ -52,7 +52,7 @@ from casera.plan import Plan, apply
 from casera.progress import wait_for
 from casera.providers import docker_swarm, hetzner
 from casera.result import StepResult, timed
-from casera.steps import dr, scale
+from casera.steps import dr, redis_failover, scale
 from casera.steps.access import docker_pool, known_hosts
 from casera.steps.load_balancer import wait_readyz_through_lb
 from casera.steps.redis_checks import reachable_cluster
@@ -284,15 +284,14 @@ def fence_dead_servers(ctx: RunContext, timeout: float = 120) -> StepResult:
         for name in facts.silent:
             server = hz.servers.get(name)
             if server is not None and server.status != "off":
+                # The Redis runbook's fence: power off, waited for.
                 plan.add(f"~ server {name}: power off ({server.status} -> off)",
-                         partial(hz.servers.power_off, server), destructive=True)
+                         partial(redis_failover._power_off, hz, server, timeout),
+                         destructive=True)
         if not plan:
             result.reason = "every dead server is off already"
-        applied = apply(ctx, result, plan)
-        if applied.dry_run:
+        if apply(ctx, result, plan).dry_run:
             return result
-        hetzner.wait_for([a for a in applied.made if isinstance(a, hetzner.Action)],
-                         "power off of the dead servers", timeout)
         for name in facts.silent:
             now = hz.servers.get(name)
             result.check(f"{name} off", now is None or now.status == "off",
@@ -363,8 +362,6 @@ def recover_redis(ctx: RunContext) -> StepResult:
     (its run id unchanged), so its data is intact, nothing to do. It ran on a dead server:
     the Redis runbook's node-lost restore (the newest B2 snapshot written into the
     survivor's volume, then the label moved there); its RPO is the snapshot's age."""
-    from casera.steps import redis_failover
-
     facts = assessment(ctx)
     if (done := _whole(ctx, "redis after quorum loss", "redis", facts)) is not None:
         return done
@@ -406,7 +403,7 @@ def restore_redis_snapshot(ctx: RunContext) -> StepResult:
     there (it loads a lone ``dump.rdb`` with AOF off, then turns AOF on), so Redis never
     starts on an empty volume. Redis already running (an earlier run got that far): 0
     changes. The RPO of Redis is the snapshot's age at the loss."""
-    from casera.steps import redis_backup, redis_failover
+    from casera.steps import redis_backup
     from casera.steps.swarm import cluster_or_reason
 
     facts = assessment(ctx)
@@ -580,10 +577,8 @@ def verify_recovered(ctx: RunContext, timeout: float = 240) -> StepResult:
                      f"missing: {', '.join(lost)}")
         restored = ctx.shared.get("redis_restore") or {}
         if facts.total and restored.get("recorded"):
-            from casera.steps.redis_failover import _keys_loaded
-
             low, high = sorted(v or 0 for v in restored["recorded"])
-            loaded = _keys_loaded(ctx, restored["node"])
+            loaded = redis_failover._keys_loaded(ctx, restored["node"])
             result.check("redis loaded the snapshot", loaded is not None and
                          low <= loaded <= high,
                          f"{loaded} keys loaded on {restored['node']} (its log); the snapshot "
