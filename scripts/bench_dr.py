@@ -6,6 +6,10 @@ local cloud (issue 12), measured against a ledger of writes made before the disa
 
 - ``database-pitr``: 20 ledger rows, T, 10 more rows and a dropped table; the runbook restores
   to T. RPO: ledger rows up to T missing afterwards (goal 0), rows after T still there (0).
+- ``total-loss``: the worker stopped, 10 items (their jobs queued), 20 keys, a snapshot, 3
+  uploads; all three nodes killed; the runbook rebuilds. RPO: items, queued jobs, uploads
+  (downloaded through signed URLs, byte-compared) and snapshot keys lost (goal 0); RTO goal
+  <= 1.5 x a first bootstrap (scripts/bench_bootstrap.py).
 - ``quorum-lost``: 10 items through the api (a row and a job each) and 20 marker keys in
   Redis; two nodes killed (never Redis's); the runbook recovers. RPO: items not readable
   through the LB or never processed, marker keys missing (goal 0). A steady probe (writes
@@ -29,6 +33,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import requests
 
 from casera.context import RunContext
 from casera.operator_secrets import SecretStore
@@ -56,6 +61,14 @@ PHASES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
                               "docker secrets")),
                     ("stack and LB", ("stack", "load balancer targets")),
                     ("verify", ("swarm recovered",))],
+    "total-loss": [("detect", ("dr scenario", "quorum")), ("fence", ("fence",)),
+                   ("replace servers", ("servers: delete", "servers", "firewall", "ssh",
+                                        "ssh hardening", "neon ip allowlist")),
+                   ("new swarm", ("swarm", "swarm health", "node labels", "overlay network",
+                                  "docker secrets")),
+                   ("redis from B2", ("redis restore",)),
+                   ("stack and LB", ("stack", "load balancer targets")),
+                   ("verify", ("swarm recovered",))],
 }
 
 
@@ -163,8 +176,58 @@ def quorum_lost() -> dict[str, Any]:
             "extra": summary("probe through the LB during the run", probe.figures())}
 
 
+def total_loss() -> dict[str, Any]:
+    from casera.steps import redis_backup, storage
+    from casera.steps.redis_checks import reachable_cluster, running_task
+    from casera.steps.stack import stack_services
+
+    c = ctx()
+    endpoint = api()
+    session = endpoint.requests_session()
+    # Jobs queued and not run at the loss: the worker stopped first.
+    swarm = reachable_cluster(c).manager
+    swarm.services.get(stack_services(swarm)["worker"]["id"]).scale(0)
+    wait_for("the worker stopped", lambda: running_task(c, "worker") is None, 60)
+    ids = [int(session.post(endpoint.url("/items"), json={"name": f"bench-total-{n}"},
+                            timeout=10).json()["id"]) for n in range(10)]
+    with redis_client(c) as (client, _):
+        for n in range(20):
+            client.set(f"bench:total:{n}", str(n))
+    redis_backup.take_snapshot(c)
+    b2api = storage.master_api(c)
+    bucket = b2api.get_bucket_by_name(c.params.b2.buckets["uploads"].name)
+    files = {f"bench-dr/{n}.bin": bytes(range(256)) * (n + 1) for n in range(3)}
+    for name, data in files.items():
+        bucket.upload_bytes(data, name)
+    for name in c.params.server_names():
+        subprocess.run([sys.executable, "-m", "casera.runner.cli", "local", "kill-node", name],
+                       check=True, capture_output=True)
+    code, took, meta = run_dr("scenario=total-loss")
+    session = api().requests_session()
+    readable = sum(session.get(endpoint.url(f"/items/{i}"), timeout=10).status_code == 200
+                   for i in ids)
+    try:
+        done = bool(wait_for("the queued jobs processed", processed(ids), 180))
+    except Exception:  # noqa: BLE001 - reported as jobs lost
+        done = False
+    url = b2api.account_info.get_download_url()
+    equal = sum(requests.get(f"{url}/file/{bucket.name}/{name}", timeout=30, params={
+        "Authorization": bucket.get_download_authorization(name, 600)}).content == data
+        for name, data in files.items())
+    for name in files:
+        bucket.hide_file(name)
+    with redis_client(c) as (client, _):
+        keys = sum(client.get(f"bench:total:{n}") == str(n) for n in range(20))
+        client.delete(*[f"bench:total:{n}" for n in range(20)])
+    return {"code": code, "wall": took, "rto": rto(meta, "swarm recovered"),
+            "rpo": f"{10 - readable} of 10 items, {0 if done else 'some'} of 10 queued jobs, "
+                   f"{3 - equal} of 3 uploads, {20 - keys} of 20 snapshot keys lost",
+            "phases": phases("total-loss", meta), "extra": ""}
+
+
 SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {"database-pitr": pitr,
-                                                      "quorum-lost": quorum_lost}
+                                                      "quorum-lost": quorum_lost,
+                                                      "total-loss": total_loss}
 
 
 def main() -> int:
