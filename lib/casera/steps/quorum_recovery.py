@@ -411,7 +411,11 @@ def restore_redis_snapshot(ctx: RunContext) -> StepResult:
     if (done := _whole(ctx, "redis restore", node, facts)) is not None:
         return done
     with timed(StepResult("redis restore", node, dry_run=ctx.dry_run)) as result:
-        cluster, result.reason = cluster_or_reason(ctx)
+        # A dry run still has the dead servers (nothing deleted): planned on what the run
+        # makes, a new server with an empty volume.
+        cluster, result.reason = ((None, "dry run: planned on the new servers the run makes")
+                                  if ctx.dry_run and facts.to_replace else
+                                  cluster_or_reason(ctx))
         if cluster is not None and "redis" in stack_services(cluster.manager):
             result.reason = "Redis is deployed already (an earlier run restored it)"
             return result
