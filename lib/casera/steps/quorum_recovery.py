@@ -47,7 +47,7 @@ from functools import partial
 from typing import Any
 
 from casera.context import RunContext
-from casera.errors import CaseraError, StepFailed
+from casera.errors import CaseraError, StepFailed, WaitTimeout
 from casera.plan import Plan, apply
 from casera.progress import wait_for
 from casera.providers import docker_swarm, hetzner
@@ -189,7 +189,32 @@ def assessment(ctx: RunContext) -> Assessment:
     return found
 
 
-def detect_quorum_loss(ctx: RunContext, scenario: str = SCENARIO) -> StepResult:
+def _await_verdict(ctx: RunContext, cluster: Any, timeout: float) -> None:
+    """When too few managers answer to hold a majority but the one that answers still reports
+    no error, its swarm has not noticed yet (Raft's leader steps down, or an election times
+    out, some seconds after the others died): ask it again until it reports the lost quorum,
+    updating ``cluster.states``. More managers answering, or none: nothing to wait for."""
+    managers = [n for n, st in cluster.states.items() if st.get("manager")]
+    if not managers or len(managers) * 2 > len(ctx.params.server_names()) or any(
+            no_quorum(st.get("error") or "") for st in cluster.states.values()):
+        return
+    name = managers[0]
+
+    def reported() -> dict[str, Any] | None:
+        state = docker_swarm.swarm_state(cluster.clients[name])
+        return state if no_quorum(state.get("error") or "") else None
+
+    try:
+        cluster.states[name] = wait_for(
+            f"{name}'s swarm to report the lost quorum ({len(managers)} of "
+            f"{len(ctx.params.server_names())} managers answer)", reported, timeout)
+    except WaitTimeout:
+        # It keeps answering: it leads alone (an earlier run forced the new cluster).
+        return
+
+
+def detect_quorum_loss(ctx: RunContext, scenario: str = SCENARIO,
+                       timeout: float = 45) -> StepResult:
     """Read only: which servers answer, whether the one manager left has lost its quorum,
     and where Redis ran. Refuses before any change a partition, and what the other scenario
     recovers (quorum-lost: every server gone; total-loss: a manager survived). On a whole
@@ -202,6 +227,7 @@ def detect_quorum_loss(ctx: RunContext, scenario: str = SCENARIO) -> StepResult:
         # Every engine at once; a manager without quorum answers `docker info` only after
         # dockerd's 20 s request timeout, with the deadline as its swarm error.
         cluster = reachable_cluster(ctx)
+        _await_verdict(ctx, cluster, timeout)
         lost = any(no_quorum(st.get("error") or "") for st in cluster.states.values())
         entries = None
         if cluster.leader is not None and not lost:
