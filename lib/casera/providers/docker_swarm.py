@@ -281,8 +281,11 @@ def force_new_cluster(client: docker.DockerClient, address: str) -> str:
     other managers dropped from Raft). Docker ignores ``advertise_addr`` here and keeps the
     address the node had (docker/for-linux#523): callers read it back (:func:`advertised`).
     Returns the node id."""
-    return str(client.swarm.init(advertise_addr=address, listen_addr=f"{address}:2377",
-                                 force_new_cluster=True))
+    # The low-level call: docker-py's ``client.swarm`` inspects the swarm as soon as it is
+    # made, which fails on a manager without quorum ("The swarm does not have a leader").
+    answer = client.api.init_swarm(advertise_addr=address, listen_addr=f"{address}:2377",
+                                   force_new_cluster=True)
+    return str(answer)
 
 
 @mapped
