@@ -609,6 +609,7 @@ def verify_recovered(ctx: RunContext, timeout: float = 240) -> StepResult:
                                                   else "") if not lost else
                      f"missing: {', '.join(lost)}")
         restored = ctx.shared.get("redis_restore") or {}
+        restarted = False
         if facts.total and restored.get("recorded"):
             low, high = sorted(v or 0 for v in restored["recorded"])
             loaded = redis_failover._keys_loaded(ctx, restored["node"])
@@ -620,6 +621,7 @@ def verify_recovered(ctx: RunContext, timeout: float = 240) -> StepResult:
             where = _engine(ctx, facts.redis.node, facts.addresses[facts.redis.node])
             now = _redis_on(facts.redis.node, where)
             same = now is not None and now.run_id == facts.redis.run_id
+            restarted = now is not None and not same
             result.check("redis data intact", now is not None,
                          f"the same process on {facts.redis.node} since before the loss" if same
                          else f"restarted on {facts.redis.node}, reloaded from its own AOF "
@@ -636,8 +638,10 @@ def verify_recovered(ctx: RunContext, timeout: float = 240) -> StepResult:
                         "and /readyz green through the LB")
         result.note("RPO", "Postgres 0 (Neon is outside the swarm); Redis " + (
             f"{restored.get('rpo_s')} s (restored from {restored.get('snapshot')})"
-            if restored.get("source") == "b2" else "0 (the same process served throughout)"
-            if facts.redis is not None else "unchanged (nothing was lost)"))
+            if restored.get("source") == "b2" else "at most the last second of writes before "
+            "its restart (AOF everysec, reloaded from its own volume)" if restarted else
+            "0 (the same process served throughout)" if facts.redis is not None else
+            "unchanged (nothing was lost)"))
         result.reason = ("swarm whole again" if not facts.whole
                          else "the swarm was whole: verified as it is")
     return result
