@@ -147,6 +147,17 @@ def processed(ids: list[int]) -> Callable[[], bool | None]:
     return probe
 
 
+def items_after(session: Any, endpoint: ApiEndpoint, ids: list[int],
+                timeout: float) -> tuple[int, bool]:
+    """(ledger items readable through the LB, whether every one's job was processed)."""
+    readable = sum(session.get(endpoint.url(f"/items/{i}"), timeout=10).status_code == 200
+                   for i in ids)
+    try:
+        return readable, bool(wait_for("the ledger's jobs processed", processed(ids), timeout))
+    except Exception:  # noqa: BLE001 - reported as jobs lost
+        return readable, False
+
+
 def quorum_lost() -> dict[str, Any]:
     endpoint = api()
     session = endpoint.requests_session()
@@ -161,12 +172,7 @@ def quorum_lost() -> dict[str, Any]:
             subprocess.run([sys.executable, "-m", "casera.runner.cli", "local", "kill-node",
                             name], check=True, capture_output=True)
         code, took, meta = run_dr("scenario=quorum-lost")
-    readable = sum(session.get(endpoint.url(f"/items/{i}"), timeout=10).status_code == 200
-                   for i in ids)
-    try:
-        done = bool(wait_for("the ledger's jobs processed", processed(ids), 120))
-    except Exception:  # noqa: BLE001 - reported as jobs lost
-        done = False
+    readable, done = items_after(session, endpoint, ids, 120)
     with redis_client(ctx()) as (client, _):
         keys = sum(client.get(f"bench:dr:{n}") == str(n) for n in range(20))
         client.delete(*[f"bench:dr:{n}" for n in range(20)])
@@ -204,12 +210,7 @@ def total_loss() -> dict[str, Any]:
                        check=True, capture_output=True)
     code, took, meta = run_dr("scenario=total-loss")
     session = api().requests_session()
-    readable = sum(session.get(endpoint.url(f"/items/{i}"), timeout=10).status_code == 200
-                   for i in ids)
-    try:
-        done = bool(wait_for("the queued jobs processed", processed(ids), 180))
-    except Exception:  # noqa: BLE001 - reported as jobs lost
-        done = False
+    readable, done = items_after(session, endpoint, ids, 180)
     url = b2api.account_info.get_download_url()
     equal = sum(requests.get(f"{url}/file/{bucket.name}/{name}", timeout=30, params={
         "Authorization": bucket.get_download_authorization(name, 600)}).content == data
