@@ -61,8 +61,8 @@ def branch_names(ctx):
 
 
 @pytest.mark.parametrize(("scenario", "restore_to", "words"), [
-    ("quorum-lost", "", "not built yet"),
-    ("total-loss", "", "not built yet"),
+    ("quorum-lost", "2026-12-02T10:15:00Z", "for scenario database-pitr only"),
+    ("total-loss", "2026-12-02T10:15:00Z", "for scenario database-pitr only"),
     ("database", "", "is not one of"),
     ("database-pitr", "yesterday", "not an ISO 8601 time"),
     ("database-pitr", "2026-12-02T10:15:00", "has no time zone"),

@@ -235,6 +235,18 @@ def secrets(client: docker.DockerClient, label: str) -> list[dict[str, Any]]:
 
 
 @mapped
+def config_ids(client: docker.DockerClient) -> set[str]:
+    """Ids of every Docker config in the swarm (their data is not read)."""
+    return {c.id for c in client.configs.list()}
+
+
+@mapped
+def secret_ids(client: docker.DockerClient) -> set[str]:
+    """Ids of every Docker secret in the swarm (values are never readable)."""
+    return {s.id for s in client.secrets.list()}
+
+
+@mapped
 def network(client: docker.DockerClient, name: str) -> dict[str, Any] | None:
     """The network named exactly ``name`` (the API's name filter matches substrings),
     inspected: Id, Name, Driver, Options, Labels; None when there is none."""
@@ -265,6 +277,26 @@ def swarm_init(client: docker.DockerClient, address: str) -> str:
 
 
 @mapped
+def force_new_cluster(client: docker.DockerClient, address: str) -> str:
+    """``docker swarm init --force-new-cluster`` on a manager that lost its quorum: it becomes
+    the only manager of the same swarm (services, secrets, configs and networks kept, the
+    other managers dropped from Raft). Docker ignores ``advertise_addr`` here and keeps the
+    address the node had (docker/for-linux#523): callers read it back (:func:`advertised`).
+    Returns the node id."""
+    # The low-level call: docker-py's ``client.swarm`` inspects the swarm as soon as it is
+    # made, which fails on a manager without quorum ("The swarm does not have a leader").
+    answer = client.api.init_swarm(advertise_addr=address, listen_addr=f"{address}:2377",
+                                   force_new_cluster=True)
+    return str(answer)
+
+
+@mapped
+def advertised(client: docker.DockerClient) -> str:
+    """The address this manager advertises to the swarm (``docker info``: Swarm.NodeAddr)."""
+    return str((client.info().get("Swarm") or {}).get("NodeAddr") or "")
+
+
+@mapped
 def swarm_join(client: docker.DockerClient, manager_address: str, token: str,
                address: str) -> None:
     client.swarm.join(remote_addrs=[f"{manager_address}:2377"], join_token=token,
@@ -277,7 +309,14 @@ def remove_node(client: docker.DockerClient, node_id: str, demote: bool) -> None
     cannot be removed, and a down manager still counts towards the quorum)."""
     node = client.nodes.get(node_id)
     if demote:
-        node.update(dict(node.attrs["Spec"], Role="worker"))
+        try:
+            node.update(dict(node.attrs["Spec"], Role="worker"))
+        except docker.errors.NotFound as exc:
+            # A manager dropped from Raft by `swarm init --force-new-cluster` keeps its
+            # manager entry, but demoting it fails ("can't find manager in raft memberlist");
+            # not being a Raft member, it can be removed as it is.
+            if "raft memberlist" not in str(exc):
+                raise
         node.reload()
     node.remove(force=True)
 

@@ -19,7 +19,8 @@ The ``database-pitr`` scenario of the DR runbook (issue 12), in four steps:
 A re-run with the same ``restore_to`` finds ``pre-restore-<T>`` and changes nothing.
 
 Not done here: a restore to an LSN (Neon has it; the runbook takes times), restoring a branch
-from another branch, the other scenarios (``quorum-lost``, ``total-loss``: refused).
+from another branch. Scenarios ``quorum-lost`` and ``total-loss`` are
+:mod:`casera.steps.quorum_recovery`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from casera.steps.database import neon_client, plan_of
 from casera.steps.load_balancer import wait_readyz_through_lb
 
 SCENARIOS = ("database-pitr", "quorum-lost", "total-loss")
-BUILT = ("database-pitr",)
+BUILT = ("database-pitr", "quorum-lost", "total-loss")
 PRESERVE_PREFIX = "pre-restore-"
 INSPECT_PREFIX = "inspect-"
 # Newest rows shown per table: enough to see where the data stops, short enough to read.
@@ -90,9 +91,20 @@ def check_restore_to(ctx: RunContext, scenario: str, restore_to: str) -> StepRes
             raise StepFailed(f"parameter scenario={scenario!r} is not one of "
                              f"{', '.join(SCENARIOS)}; nothing was changed")
         if scenario not in BUILT:
-            raise StepFailed(f"scenario {scenario!r} is not built yet (issue 12): only "
-                             f"{', '.join(BUILT)} is; nothing was changed")
+            raise StepFailed(f"scenario {scenario!r} is not built yet (issue 12); built: "
+                             f"{', '.join(BUILT)}; nothing was changed")
         ctx.shared["dr_started"] = time.time()
+        if scenario != "database-pitr":
+            if restore_to.strip():
+                raise StepFailed(f"parameter restore_to={restore_to!r} is for scenario "
+                                 f"database-pitr only; scenario {scenario} restores the "
+                                 "state as it is. Leave restore_to empty; nothing was changed")
+            result.reason = {"quorum-lost": "two of three managers dead: fence them, force a "
+                             "new cluster on the survivor, replace them",
+                             "total-loss": "every server gone: new servers, a new swarm, the "
+                             "secrets from the operator's store, Redis from B2"
+                             }.get(scenario, "")
+            return result
         if _dry_without_target(ctx, result, restore_to):
             return result
         when = parse_restore_to(restore_to)

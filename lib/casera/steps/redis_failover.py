@@ -723,6 +723,14 @@ def _promote_standby(ctx: RunContext, cluster: Cluster, node: str, service_id: s
 
 def _restore_into_volume(ctx: RunContext, cluster: Cluster, client: Any,
                          snapshot: Any) -> None:
+    spec = _replica_spec(cluster)
+    write_snapshot(ctx, client, snapshot, _by_digest(spec["image"]), spec["user"])
+
+
+def write_snapshot(ctx: RunContext, client: Any, snapshot: Any, image: str, user: str) -> None:
+    """Download ``snapshot`` from B2, check its SHA-256 against its metadata, and write it as
+    ``dump.rdb`` into the node's ``casera-redis-data`` (made if missing), owned by ``user``,
+    with a short-lived container of the Redis ``image``."""
     import tempfile
     from pathlib import Path
 
@@ -735,9 +743,7 @@ def _restore_into_volume(ctx: RunContext, cluster: Cluster, client: Any,
         data = rdb.read_bytes()
     if redis_backup.sha256_hex(data) != snapshot.info.get("sha256"):
         raise StepFailed(f"{snapshot.name}: SHA-256 differs from its metadata; not restored")
-    spec = _replica_spec(cluster)
-    docker_swarm.write_into_volume(client, _by_digest(spec["image"]), VOLUME, "dump.rdb", data,
-                                   f"{spec['user']}:{spec['user']}")
+    docker_swarm.write_into_volume(client, image, VOLUME, "dump.rdb", data, f"{user}:{user}")
 
 
 def _by_digest(image: str) -> str:
