@@ -25,7 +25,7 @@ from casera.errors import CaseraError
 from casera.progress import wait_for
 from casera_localcloud import process
 from casera_localcloud.local_credentials import read_local_secrets, write_local_secret
-from casera_localcloud.neon import cluster, pgbouncer, pitr, state
+from casera_localcloud.neon import cluster, pgbouncer, pitr, roles, state
 from casera_localcloud.neon.cluster import Instance, owned_dir
 from casera_localcloud.neon.config import (
     DATABASE,
@@ -161,7 +161,8 @@ def apply_allowlist(cfg: NeonConfig, st: state.State) -> list[str]:
         if cluster.write_hba(inst, allowed):
             reload_and_confirm(inst)
             done.append(f"{inst.name}: pg_hba.conf rewritten and reloaded")
-        if pgbouncer.is_running(pooler) and pgbouncer.write_auth(pooler, [ROLE], allowed):
+        if pgbouncer.is_running(pooler) and pgbouncer.write_auth(
+                pooler, roles.login_roles(cfg), allowed):
             pgbouncer.reload(pooler)
             # PgBouncer handles SIGHUP in its event loop; give it that loop turn.
             time.sleep(0.3)
@@ -189,6 +190,8 @@ def scram_matches(verifier: str | None, password: str) -> bool:
 
 
 def ensure_role_and_database(inst: Instance, password: str) -> list[str]:
+    """The project's owner role with ``password`` (what Neon stores for it: the API's last
+    reset, else CASERA_DB_PASSWORD), its database, and ``neon_superuser``."""
     done = []
     with cluster.admin(inst) as conn:
         row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
@@ -200,12 +203,13 @@ def ensure_role_and_database(inst: Instance, password: str) -> list[str]:
         elif not scram_matches(row[0], password):
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
                 sql.Identifier(ROLE), sql.Literal(password)))
-            done.append(f"reset the password of role {ROLE} to CASERA_DB_PASSWORD")
+            done.append(f"reset the password of role {ROLE} to the one the project stores")
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                         (DATABASE,)).fetchone() is None:
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                 sql.Identifier(DATABASE), sql.Identifier(ROLE)))
             done.append(f"created database {DATABASE}")
+        done += roles.ensure_group(conn)
     return done
 
 
@@ -229,8 +233,9 @@ def ensure_postgres(cfg: NeonConfig, inst: Instance, listen: list[str],
 
 def ensure_pooler(cfg: NeonConfig, pooler: Pooler, listen: list[str],
                   allowed: list[str] | None) -> list[str]:
-    need = pgbouncer.configure(pooler, cfg, listen)
-    auth_changed = pgbouncer.write_auth(pooler, [ROLE], allowed)
+    names = roles.login_roles(cfg)
+    need = pgbouncer.configure(pooler, cfg, listen, names)
+    auth_changed = pgbouncer.write_auth(pooler, names, allowed)
     if not pgbouncer.is_running(pooler):
         pgbouncer.start(pooler)
         return [f"started PgBouncer {pooler.name} on port {pooler.port}"]
@@ -439,6 +444,9 @@ def up(plan: str | None = None) -> list[str]:
         elif plan:
             lines += change_plan(st, plan)
         st["api_key_sha256"] = api_key_hash(api_key)
+        # Neon keeps a role's password: after a reset through the API, that one is the
+        # owner role's password, not CASERA_DB_PASSWORD (up must not bring an old one back).
+        password = roles.records(st)[ROLE].get("password") or password
         snapshot = {"project": st["project"], "branches": dict(st["branches"])}
 
     main = main_instance(cfg)
