@@ -129,3 +129,9 @@ def app_credential(ctx: RunContext) -> DbCredential:
     with the operator's ``CASERA_DB_PASSWORD``."""
     return role_store(ctx.env).current() or DbCredential(ctx.params.neon.role,
                                                           ctx.secrets.get("db_password"))
+
+
+def app_role(ctx: RunContext) -> str:
+    """The role of :func:`app_credential`, without needing the password."""
+    current = role_store(ctx.env).current()
+    return current.role if current else ctx.params.neon.role

@@ -17,7 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from casera.context import RunContext
-from casera.db_roles import app_credential
+from casera.db_roles import app_role
 from casera.errors import CaseraError, WaitTimeout
 from casera.operator_secrets import MASK, Secret
 from casera.params import Params
@@ -127,7 +127,7 @@ def render_for(ctx: RunContext, cluster: Cluster, conn: ssh.Connection,
     # DB_USER goes with the password: the role of the db_password version mounted (its
     # label), or, for env values and versions made before the label, the app's credential.
     db_user = (db_role_of(cluster.manager, names.get("db_password"))
-               if source != "legacy_env" else None) or app_credential(ctx).role
+               if source != "legacy_env" else None) or app_role(ctx)
     text = render_stack(settings_from_params(ctx.params, secrets=names,
                                              docker_socket_gid=gid, secrets_source=source,
                                              secret_values=values, db_user=db_user))

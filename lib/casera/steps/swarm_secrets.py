@@ -16,7 +16,7 @@ import re
 from typing import Any
 
 from casera.context import RunContext
-from casera.db_roles import app_credential
+from casera.db_roles import app_credential, app_role
 from casera.operator_secrets import Secret
 from casera.params import B2KeyParams
 from casera.plan import Plan, apply
@@ -52,10 +52,12 @@ def versions(client: DockerClient) -> dict[str, list[tuple[int, str, str]]]:
 DB_ROLE_LABEL = f"{PREFIX}.db_role"
 
 
-def ensure_swarm_secrets(ctx: RunContext, values: dict[str, Secret]) -> StepResult:
+def ensure_swarm_secrets(ctx: RunContext, values: dict[str, Secret],
+                         db_role: str | None = None) -> StepResult:
     """Each of ``values`` exists as its newest version with that value. A new db_password
     version is labelled with the role of the app's credential (``db_roles.app_credential``,
-    where ``stack_secret_values`` takes its value from)."""
+    where ``stack_secret_values`` takes its value from; ``db_role`` in a dry run: the role
+    an earlier step of the run would make the credential of)."""
     with timed(StepResult("docker secrets", f"{len(values)} secrets",
                           dry_run=ctx.dry_run)) as result:
         cluster, result.reason = cluster_or_reason(ctx)
@@ -72,11 +74,9 @@ def ensure_swarm_secrets(ctx: RunContext, values: dict[str, Secret]) -> StepResu
             # The value is revealed only inside the call that sends it to the manager.
             labels = {f"{PREFIX}.secret": name, f"{PREFIX}.version": str(version),
                       f"{PREFIX}.digest": wanted}
-            role = ""
             if name == "db_password":
-                role = labels[DB_ROLE_LABEL] = app_credential(ctx).role
-            plan.add(f"+ {secret_name}" + (" (value changed)" if history else "")
-                     + (f" (role {role})" if role else ""),
+                labels[DB_ROLE_LABEL] = db_role or app_role(ctx)
+            plan.add(f"+ {secret_name}" + (" (value changed)" if history else ""),
                      functools.partial(_create, client, secret_name, value, labels))
         if not plan and cluster is not None:
             result.reason = "every secret's newest version holds the current value"
