@@ -2,14 +2,32 @@
 a new value, the services roll onto it, and the old value stays valid until no task uses it.
 One pair of rolling updates covers every selected class:
 
-- roll 1 (:func:`roll_new_beside_old`): the newest B2 and APNs versions, and the new
-  SECRET_KEY mounted as ``secret_key_accept`` while the current one keeps signing;
-- :func:`verify_rolled`: no task uses an older B2/APNs version; every api and worker task
-  accepts the new SECRET_KEY;
+- roll 1 (:func:`roll_new_beside_old`): the newest B2, APNs and DB password versions (the
+  DB user changes with its password: ``DB_USER`` is read from the mounted version's role
+  label), and the new SECRET_KEY mounted as ``secret_key_accept`` while the current one keeps
+  signing;
+- :func:`verify_rolled`: no task uses an older B2/APNs/DB password version; every api and
+  worker task accepts the new SECRET_KEY;
 - roll 2 (:func:`roll_old_out`): the stack as the bootstrap renders it: the new SECRET_KEY
   signs, the previous one stays accepted (``swarm_secrets.stack_secret_names``).
 
 Per class:
+- ``db_password``: two login roles used alternately, ``neon.role`` (the owner of the
+  database and of every table) and ``<role>_alt`` (:func:`casera.db_roles.alternate_role`),
+  a member of ``neon.role`` whose sessions act as it (``ALTER ROLE ... SET role``), so both
+  have the same privileges on every table and sequence, present and future, and whatever
+  either creates is ``neon.role``'s: nothing a migration makes is out of the other's reach.
+  Made on first use through the Neon API (on Neon a member of neon_superuser, CREATEROLE,
+  never superuser), the grant by SQL as the app's role over the direct host. On Neon a
+  password reset invalidates the old one at once, so a rotation never resets the role in
+  use: :func:`new_db_password` resets the IDLE role's password (Neon generates it and shows
+  it once; it goes straight into ``secrets/<env>.db-role.env``, never through parameters,
+  logs or outputs) and records the role in use as retiring; roll 1 moves every task onto
+  (idle role, new password) while the old role still works, so tasks still on it and the
+  connections they hold open through the pooler are untouched; after the rolls,
+  :func:`retire_old_db_role` checks that nothing mounts a version for the old role and resets
+  its password to a value nobody keeps (its credential is refused from then on, direct and
+  through the pooler); the role stays, idle, for the next rotation, which goes back to it.
 - ``secret_key``: the store's value (``CASERA_SECRET_KEY``, the operator puts a new random
   one there) as a new version; the contract on the app is in
   ``casera_localcloud/images/apps/tokens.py``.
@@ -22,11 +40,9 @@ Per class:
 - clean-up (:func:`clean_old_versions`): versions no service, rollback target or live task
   references are removed, keeping the newest ``params.stack.keep_secret_versions``.
 
-NOT built (a selection naming it is refused before any change): ``db_password`` (two Neon
-login roles used alternately).
-
-A rotation has an id (default: today's UTC date). The new B2 keys record it in the key store,
-so a re-run of the same rotation finds them made and changes nothing; SECRET_KEY and APNs need
+A rotation has an id (default: today's UTC date). The new B2 keys and the new DB credential
+record it in their stores, so a re-run of the same rotation finds them made and changes
+nothing; SECRET_KEY and APNs need
 none (a version whose digest equals the store's value is made; the deployed file says what is
 rolled). A run stopped anywhere converges when run again.
 """

@@ -94,7 +94,19 @@ def ensure_group(conn: Any) -> list[str]:
 
 
 # The three changes below touch the compute only; the caller holds the state lock, so it
-# calls refresh_pooler (which reads the state) once the lock is let go.
+# calls refresh_pooler (which reads the state) once the lock is let go. Each ends by dropping
+# the compute's client connections, as Neon does ("Connections to the compute endpoint are
+# dropped", resetProjectBranchRolePassword and createProjectBranchRole,
+# https://neon.com/docs/reference/api/branches/reset-project-branch-role-password): a
+# transaction in flight fails; PgBouncer opens new server connections for the next ones.
+
+
+def drop_connections(conn: Any) -> int:
+    """Terminate every client backend but this admin session; how many."""
+    rows = conn.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = "
+        "'client backend' AND pid <> pg_backend_pid()").fetchall()
+    return len(rows)
 
 
 def create(cfg: NeonConfig, name: str, password: str) -> None:
@@ -102,17 +114,20 @@ def create(cfg: NeonConfig, name: str, password: str) -> None:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB CREATEROLE BYPASSRLS PASSWORD {} "
                              "IN ROLE {}").format(sql.Identifier(name), sql.Literal(password),
                                                    sql.Identifier(GROUP)))
+        drop_connections(conn)
 
 
 def set_password(cfg: NeonConfig, name: str, password: str) -> None:
     with cluster.admin(main_instance(cfg)) as conn:
         conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(name),
                                                                 sql.Literal(password)))
+        drop_connections(conn)
 
 
 def drop(cfg: NeonConfig, name: str) -> None:
     with cluster.admin(main_instance(cfg)) as conn:
         conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+        drop_connections(conn)
 
 
 def login_roles(cfg: NeonConfig) -> list[str]:
