@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from casera.errors import SecretMissingError
-from casera.operator_secrets import Secret
+from casera.operator_secrets import Secret, SecretStore
 from casera.paths import secrets_file
 
 if TYPE_CHECKING:
@@ -127,8 +127,12 @@ def stored_secret_values(env: str) -> list[str]:
 def app_credential(ctx: RunContext) -> DbCredential:
     """The credential the app uses (or is rolling onto): the rotation's, else ``neon.role``
     with the operator's ``CASERA_DB_PASSWORD``."""
-    return role_store(ctx.env).current() or DbCredential(ctx.params.neon.role,
-                                                          ctx.secrets.get("db_password"))
+    return credential_for(ctx.env, ctx.params.neon.role, ctx.secrets)
+
+
+def credential_for(env: str, role: str, secrets: SecretStore) -> DbCredential:
+    """:func:`app_credential` from its parts (scripts and tests that have no RunContext)."""
+    return role_store(env).current() or DbCredential(role, secrets.get("db_password"))
 
 
 def app_role(ctx: RunContext) -> str:

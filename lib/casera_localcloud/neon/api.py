@@ -474,6 +474,8 @@ class Api:
         def work() -> None:
             with self.branch_lock:
                 service.restore_main_in_place(self.cfg, target, kept_id, slot)
+                for line in roles.reapply(self.cfg):
+                    print(line, flush=True)
             with state.locked(self.cfg) as st2:
                 now = state.now_iso()
                 for child in st2["branches"].values():

@@ -156,3 +156,33 @@ def refresh_pooler(cfg: NeonConfig, allowed: list[str] | None | bool = False) ->
         time.sleep(0.3)
     return changed
 
+
+
+def reapply(cfg: NeonConfig) -> list[str]:
+    """The roles the API knows, with the passwords it stores, applied to the main compute
+    again: after an in-place restore its pg_authid is the old one, while on Neon the control
+    plane's role spec (names, passwords) is applied to a compute whenever it starts. Grants
+    made by SQL are data and stay as restored."""
+    from casera_localcloud.neon.service import scram_matches  # service imports this module
+
+    done = []
+    records_now = records(state.read(cfg))
+    with cluster.admin(main_instance(cfg)) as conn:
+        ensure_group(conn)
+        for name, record in sorted(records_now.items()):
+            password = record.get("password")
+            if not password:
+                continue
+            row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
+                               (name,)).fetchone()
+            if row is None:
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEDB CREATEROLE BYPASSRLS "
+                                     "PASSWORD {} IN ROLE {}").format(
+                    sql.Identifier(name), sql.Literal(password), sql.Identifier(GROUP)))
+                done.append(f"role {name} made again (the restored data predates it)")
+            elif not scram_matches(row[0], password):
+                conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(name), sql.Literal(password)))
+                done.append(f"role {name}: the stored password applied again")
+    refresh_pooler(cfg)
+    return done

@@ -189,9 +189,9 @@ def scram_matches(verifier: str | None, password: str) -> bool:
         return False
 
 
-def ensure_role_and_database(inst: Instance, password: str) -> list[str]:
-    """The project's owner role with ``password`` (what Neon stores for it: the API's last
-    reset, else CASERA_DB_PASSWORD), its database, and ``neon_superuser``."""
+def ensure_role_and_database(inst: Instance, password: str, reset: bool = True) -> list[str]:
+    """The project's owner role (with ``password`` when it is made, or when ``reset``), its
+    database, and ``neon_superuser``."""
     done = []
     with cluster.admin(inst) as conn:
         row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
@@ -200,7 +200,7 @@ def ensure_role_and_database(inst: Instance, password: str) -> list[str]:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
                 sql.Identifier(ROLE), sql.Literal(password)))
             done.append(f"created role {ROLE}")
-        elif not scram_matches(row[0], password):
+        elif reset and not scram_matches(row[0], password):
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
                 sql.Identifier(ROLE), sql.Literal(password)))
             done.append(f"reset the password of role {ROLE} to the one the project stores")
@@ -444,9 +444,10 @@ def up(plan: str | None = None) -> list[str]:
         elif plan:
             lines += change_plan(st, plan)
         st["api_key_sha256"] = api_key_hash(api_key)
-        # Neon keeps a role's password: after a reset through the API, that one is the
-        # owner role's password, not CASERA_DB_PASSWORD (up must not bring an old one back).
-        password = roles.records(st)[ROLE].get("password") or password
+        # Neon never changes a password by itself: once the API reset the owner role's
+        # password (a DB password rotation retires it that way), up leaves it alone rather
+        # than bring CASERA_DB_PASSWORD, a retired credential, back to life.
+        reset_by_api = bool(roles.records(st)[ROLE].get("password"))
         snapshot = {"project": st["project"], "branches": dict(st["branches"])}
 
     main = main_instance(cfg)
@@ -458,7 +459,7 @@ def up(plan: str | None = None) -> list[str]:
     allowed = allowlist_for(snapshot, main_branch)
     lines += ensure_postgres(cfg, main, listen, allowed)
     # The pooler's auth file copies the role's verifier, so the role comes first.
-    lines += ensure_role_and_database(main, password)
+    lines += ensure_role_and_database(main, password, reset=not reset_by_api)
     lines += ensure_pooler(cfg, main_pooler(cfg), listen, allowed)
     lines += maybe_base_backup(cfg, snapshot["project"]["history_retention_seconds"])
     for branch, inst, pooler in computes(cfg, snapshot):
