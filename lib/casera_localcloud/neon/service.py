@@ -363,14 +363,33 @@ def api_answers(cfg: NeonConfig) -> bool:
         return False
 
 
+def api_code_digest() -> str:
+    """A digest of the code the API server runs (this package and the HTTP server under it):
+    a server started from other code is restarted by ``up``, or a checkout's new endpoints
+    would stay unserved while the old process answers."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted([*here.glob("*.py"), here.parent / "http_server.py"]):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def ensure_api(cfg: NeonConfig) -> list[str]:
+    stamp = cfg.home / "api.code"
+    code = api_code_digest()
+    ran = stamp.read_text().strip() if stamp.exists() else ""
+    lines = []
     if api_pid(cfg) and api_answers(cfg):
-        return []
+        if ran == code:
+            return []
+        lines += stop_api(cfg)
+        lines.append(f"the Neon API's code changed ({ran or 'unknown'} -> {code}): restarted")
     pid = process.start_detached(f"the Neon API on {cfg.api_url}",
                                  [sys.executable, "-m", "casera_localcloud.neon"],
                                  _api_pidfile(cfg), cfg.home / "log" / "api.log",
                                  lambda: api_answers(cfg), 30, show=False, cwd=cfg.home)
-    return [f"started the Neon API on {cfg.api_url} (pid {pid})"]
+    stamp.write_text(code + "\n")
+    return [*lines, f"started the Neon API on {cfg.api_url} (pid {pid})"]
 
 
 def stop_api(cfg: NeonConfig) -> list[str]:
