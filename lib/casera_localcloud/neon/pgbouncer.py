@@ -89,11 +89,17 @@ stats_users = {", ".join(stats_users or [ROLE])}
 
 
 def _write(path: Path, text: str, mode: int = 0o600) -> bool:
+    """Write ``path`` as a new file (renamed into place). PgBouncer re-reads its auth file on
+    a reload only when the file's inode, size or mtime (whole seconds) changed: a verifier
+    rewritten in place within the same second, at the same length (every SCRAM verifier
+    has it), would be skipped and the old password still let in."""
     if path.exists() and path.read_text() == text:
         return False
-    path.write_text(text)
-    os.chmod(path, mode)
-    os.chown(path, *_owner_ids())
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, mode)
+    os.chown(tmp, *_owner_ids())
+    tmp.replace(path)
     return True
 
 
