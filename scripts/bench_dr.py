@@ -95,13 +95,19 @@ def db() -> psycopg.Connection:
 
 
 def run_dr(*params: str) -> tuple[int, float, dict[str, Any]]:
+    kept = outputs_dir("local") / "dr-restore"
+    before = set(kept.glob("*.ipynb"))
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "casera.runner.cli", "run", "dr-restore",
                            "--env", "local", "--approve", *[f for p in params
                                                             for f in ("-p", p)]],
                           capture_output=True, text=True)
     took = time.monotonic() - started
-    path = sorted((outputs_dir("local") / "dr-restore").glob("*.ipynb"))[-1]
+    made = sorted(set(kept.glob("*.ipynb")) - before)
+    if not made:  # refused before it kept a notebook (a locked env, bad params)
+        raise SystemExit(f"dr-restore {' '.join(params)} kept no notebook (exit "
+                         f"{done.returncode}):\n{(done.stdout + done.stderr)[-2000:]}")
+    path = made[-1]
     return done.returncode, took, json.loads(path.read_text())["metadata"]["casera"]
 
 

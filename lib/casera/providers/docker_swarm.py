@@ -192,7 +192,9 @@ def nodes(client: docker.DockerClient) -> list[dict[str, Any]]:
         attrs = node.attrs
         manager = attrs.get("ManagerStatus") or {}
         out.append({
-            "id": attrs["ID"], "hostname": attrs["Description"]["Hostname"],
+            # A node still joining has no description yet (seen right after a join the engine
+            # stopped waiting for): it is listed without a hostname rather than failing the list.
+            "id": attrs["ID"], "hostname": (attrs.get("Description") or {}).get("Hostname", ""),
             "role": attrs["Spec"].get("Role"), "state": attrs["Status"].get("State"),
             "availability": attrs["Spec"].get("Availability"),
             "addr": attrs["Status"].get("Addr"), "labels": attrs["Spec"].get("Labels") or {},
@@ -296,11 +298,27 @@ def advertised(client: docker.DockerClient) -> str:
     return str((client.info().get("Swarm") or {}).get("NodeAddr") or "")
 
 
+# What the engine answers (503) when its own wait for a join (swarmConnectTimeout, 20 s) runs
+# out while the join goes on: moby daemon/cluster/errors.go, errSwarmJoinTimeoutReached
+# ("... The attempt to join the swarm will continue in the background. Use the "docker info"
+# command to see the current swarm status of your node.").
+JOIN_GOES_ON = "attempt to join the swarm will continue in the background"
+
+
 @mapped
 def swarm_join(client: docker.DockerClient, manager_address: str, token: str,
-               address: str) -> None:
-    client.swarm.join(remote_addrs=[f"{manager_address}:2377"], join_token=token,
-                      advertise_addr=address, listen_addr=f"{address}:2377")
+               address: str) -> bool:
+    """Join the swarm ``manager_address`` leads. False when the engine stopped waiting (its
+    20 s) but goes on joining in the background: the caller waits for the node to show up,
+    as ``docker info`` would tell an operator to."""
+    try:
+        client.swarm.join(remote_addrs=[f"{manager_address}:2377"], join_token=token,
+                          advertise_addr=address, listen_addr=f"{address}:2377")
+    except docker.errors.APIError as exc:
+        if exc.status_code == 503 and JOIN_GOES_ON in str(exc.explanation or ""):
+            return False
+        raise
+    return True
 
 
 @mapped

@@ -151,8 +151,8 @@ def ensure_swarm(ctx: RunContext, timeout: float = 120) -> StepResult:
         tokens = functools.cache(lambda: docker_swarm.join_tokens(clients[leader]))
         for name in joining:
             plan.add(f"+ {name} joins as {role(name)} via {leader}", functools.partial(
-                lambda n: docker_swarm.swarm_join(clients[n], nodes[leader],
-                                                  tokens()[role(n).capitalize()], nodes[n]),
+                lambda n: _join(clients[leader], clients[n], n, nodes[leader], nodes[n],
+                                tokens()[role(n).capitalize()], role(n), timeout),
                 name))
         if ctx.dry_run:
             # Servers the dry run's server step planned (a scale-out): the run joins them too.
@@ -164,6 +164,26 @@ def ensure_swarm(ctx: RunContext, timeout: float = 120) -> StepResult:
             return result
         _verify_managers(clients[leader], nodes, result, timeout, workers)
     return result
+
+
+def _join(leader: DockerClient, client: DockerClient, name: str, leader_addr: str, addr: str,
+          token: str, role: str, timeout: float) -> None:
+    """``name`` joins, then is waited for as a ready worker or a reachable manager before the
+    next one joins: managers one at a time, as Docker's admin guide adds them. A Raft member
+    still catching up holds up the next member's change, and the engine's own 20 s wait then
+    runs out (seen under bench_dr's probe after a force-new-cluster): the join goes on in the
+    background, and this waits for it instead of failing the run."""
+    finished = docker_swarm.swarm_join(client, leader_addr, token, addr)
+
+    def in_swarm() -> dict[str, Any] | None:
+        return next((e for e in docker_swarm.nodes(leader) if e["hostname"] == name
+                     and e["role"] == role and e["state"] == "ready"
+                     and (role == "worker" or e["reachability"] == "reachable")), None)
+
+    wait_for(f"{name} in the swarm as a " + ("ready worker" if role == "worker" else
+             "reachable manager") + ("" if finished else " (the engine stopped waiting after "
+                                     "20 s; the join goes on in the background)"),
+             in_swarm, timeout)
 
 
 def _stale_entries(client: DockerClient, joining: list[str]) -> list[dict[str, Any]]:
