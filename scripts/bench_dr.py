@@ -36,6 +36,7 @@ import psycopg
 import requests
 
 from casera.context import RunContext
+from casera.db_roles import credential_for
 from casera.operator_secrets import SecretStore
 from casera.params import load_params
 from casera.paths import outputs_dir
@@ -87,8 +88,9 @@ def api() -> ApiEndpoint:
 
 def db() -> psycopg.Connection:
     n = ctx().params.neon
-    return psycopg.connect(host=n.hostaddr, port=n.direct_port, dbname=n.database, user=n.role,
-                           password=SecretStore("local").get("db_password").reveal(),
+    cred = credential_for("local", n.role, SecretStore("local"))  # after a rotation: the other role
+    return psycopg.connect(host=n.hostaddr, port=n.direct_port, dbname=n.database, user=cred.role,
+                           password=cred.password.reveal(),
                            sslmode="require", connect_timeout=10, autocommit=True)
 
 

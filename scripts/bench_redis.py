@@ -29,6 +29,7 @@ import psycopg
 import requests
 
 from casera.context import RunContext
+from casera.db_roles import credential_for
 from casera.operator_secrets import SecretStore
 from casera.params import load_params
 from casera.paths import outputs_dir
@@ -106,9 +107,10 @@ class Load:
 
 def counts(ids: list[int]) -> dict[int, int]:
     n = load_params("local").neon
-    password = SecretStore("local").get("db_password").reveal()
-    with psycopg.connect(host=n.hostaddr, port=n.direct_port, dbname=n.database, user=n.role,
-                         password=password, sslmode="require", connect_timeout=10) as conn:
+    cred = credential_for("local", n.role, SecretStore("local"))  # after a rotation: the other role
+    with psycopg.connect(host=n.hostaddr, port=n.direct_port, dbname=n.database, user=cred.role,
+                         password=cred.password.reveal(), sslmode="require",
+                         connect_timeout=10) as conn:
         rows = conn.execute("SELECT id, process_count FROM items WHERE id = ANY(%s)",
                             (ids,)).fetchall()
     return {int(i): int(c) for i, c in rows}

@@ -5,13 +5,14 @@ through the load balancer, on the bootstrapped local cloud.
 
 A steady probe (casera.steady_probe.SteadyProbe: alternately ``POST /items``, a row inserted
 and an Asynq job enqueued, and ``GET /items/<id>`` of that row, at most ``--rate`` requests a
-second, to the load balancer's loopback address only) runs while ``casera run secret-migration -p
-mode=rollback`` makes the before-state (values in env vars) and ``casera run
-secret-migration`` migrates again; then ``casera run rotate-secrets`` rotates SECRET_KEY, the
-B2 keys and the APNs key (new SECRET_KEY and APNs values are put in secrets/local.env first, as
-the operator would), with the token probe (mint and verify through the LB, and verify a token
-signed before the rotation) beside the steady probe. Printed for each: requests, failures, p99
-latency and wall time. The cloud is left migrated and rotated (the normal state).
+second, to the load balancer's loopback address only) runs while ``casera run secret-migration
+-p mode=rollback`` makes the before-state (values in env vars) and ``casera run
+secret-migration`` migrates again; then ``casera run rotate-secrets`` rotates all four classes:
+the DB password (the other login role, its password from Neon), SECRET_KEY, the B2 keys and the
+APNs key (new SECRET_KEY and APNs values are put in secrets/local.env first, as the operator
+would), with the token probe (mint and verify through the LB, and verify a token signed before
+the rotation) beside the steady probe. Printed for each: requests, failures, p99 latency and
+wall time. The cloud is left migrated and rotated (the normal state).
 """
 
 from __future__ import annotations
@@ -84,8 +85,9 @@ def main() -> int:
                                f"bench-{name}-{secrets.token_urlsafe(32)}")
         tokens.before = mint_before(api)
         with tokens:
-            print(phase(probe, "rotation of SECRET_KEY, B2 keys, APNs key (roll 1, roll 2, "
-                        "old B2 keys deleted, clean-up)", "-p",
+            print(phase(probe, "rotation of the DB password, SECRET_KEY, B2 keys, APNs key "
+                        "(roll 1, roll 2, old B2 keys deleted, old DB role refused, "
+                        "clean-up)", "-p",
                         f"rotation=bench-{int(time.time())}", runbook="rotate-secrets",
                         tokens=tokens), flush=True)
     return 0

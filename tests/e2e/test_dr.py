@@ -38,6 +38,7 @@ from e2e_harness import casera, hcloud
 from test_bootstrap import PARAMS
 
 from casera.context import RunContext
+from casera.db_roles import credential_for
 from casera.operator_secrets import SecretStore
 from casera.params import load_params
 from casera.paths import outputs_dir
@@ -58,8 +59,10 @@ PROJECT = PARAMS.neon.project_id
 def db(port: int | None = None) -> psycopg.Connection:
     """The database as the runbook's operator reaches it: the direct endpoint, TLS."""
     n = PARAMS.neon
+    # The app's credential: after a DB password rotation, the other login role's.
+    cred = credential_for("local", n.role, SecretStore("local"))
     return psycopg.connect(host=n.hostaddr, port=port or n.direct_port, dbname=n.database,
-                           user=n.role, password=read_local_secrets()["CASERA_DB_PASSWORD"],
+                           user=cred.role, password=cred.password.reveal(),
                            sslmode="require", connect_timeout=10, autocommit=True)
 
 

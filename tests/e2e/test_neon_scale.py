@@ -19,6 +19,8 @@ import requests
 from e2e_harness import casera, hcloud
 from test_bootstrap import PARAMS, latest_run
 
+from casera.db_roles import credential_for
+from casera.operator_secrets import SecretStore
 from casera.steps.api_endpoint import api_endpoint_for
 from casera_localcloud.local_credentials import read_local_secrets
 from casera_localcloud.neon.netns import namespace
@@ -44,8 +46,10 @@ def plan() -> str:
 
 
 def login(host: str, port: int) -> dict:
-    return {"host": host, "port": port, "user": PARAMS.neon.role, "dbname": PARAMS.neon.database,
-            "password": read_local_secrets()["CASERA_DB_PASSWORD"], "sslmode": "require"}
+    # The app's credential: after a DB password rotation, the other login role's.
+    cred = credential_for("local", PARAMS.neon.role, SecretStore("local"))
+    return {"host": host, "port": port, "user": cred.role, "dbname": PARAMS.neon.database,
+            "password": cred.password.reveal(), "sslmode": "require"}
 
 
 def operator_source_as_neon_sees_it() -> str:

@@ -28,6 +28,7 @@ from e2e_harness import casera, hcloud
 from test_bootstrap import PARAMS
 
 from casera.context import RunContext
+from casera.db_roles import credential_for
 from casera.operator_secrets import SecretStore
 from casera.params import load_params
 from casera.paths import outputs_dir
@@ -35,7 +36,6 @@ from casera.steps.api_endpoint import ApiEndpoint, api_endpoint_for
 from casera.steps.redis_checks import reachable_cluster, redis_client
 from casera.steps.swarm import connect_cluster
 from casera_localcloud import nodes
-from casera_localcloud.local_credentials import read_local_secrets
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
 NAMES = PARAMS.server_names()
@@ -112,8 +112,9 @@ def enqueue(count: int) -> list[int]:
 
 def process_counts(ids: list[int]) -> dict[int, int]:
     n = PARAMS.neon
-    with psycopg.connect(host=n.hostaddr, port=n.direct_port, dbname=n.database, user=n.role,
-                         password=read_local_secrets()["CASERA_DB_PASSWORD"],
+    cred = credential_for("local", n.role, SecretStore("local"))  # after a rotation: the other role
+    with psycopg.connect(host=n.hostaddr, port=n.direct_port, dbname=n.database, user=cred.role,
+                         password=cred.password.reveal(),
                          sslmode="require", connect_timeout=10) as conn:
         rows = conn.execute("SELECT id, process_count FROM items WHERE id = ANY(%s)",
                             (ids,)).fetchall()

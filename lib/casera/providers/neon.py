@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import requests
 
@@ -158,6 +159,58 @@ class NeonClient:
                                     "preserve_under_name": preserve_under_name})
         self.wait_operations(project_id, answer, f"Neon to restore branch {branch_id} to "
                              f"{source_timestamp}", timeout)
+
+    # ------------------------------------------------------------ roles
+    # A branch's Postgres roles (Neon API v2, createProjectBranchRole and the calls beside it:
+    # https://api-docs.neon.tech/reference/createprojectbranchrole). A password comes back
+    # only in the answer that makes it (create, reset_password): it is a Secret at once.
+
+    def _roles(self, project_id: str, branch_id: str) -> str:
+        return f"/projects/{project_id}/branches/{branch_id}/roles"
+
+    def roles(self, project_id: str, branch_id: str) -> list[str]:
+        """The names of the branch's roles."""
+        answer = self.request("GET", self._roles(project_id, branch_id))
+        return [str(r["name"]) for r in answer.get("roles") or []]
+
+    def get_role(self, project_id: str, branch_id: str, name: str) -> dict[str, Any] | None:
+        """The role (without a password), or None when the branch has no such role."""
+        try:
+            return self.request("GET", f"{self._roles(project_id, branch_id)}/"
+                                f"{quote(name, safe='')}")["role"]
+        except ProviderError as exc:
+            if "HTTP 404" in str(exc):
+                return None
+            raise
+
+    def create_role(self, project_id: str, branch_id: str, name: str,
+                    timeout: float = 120) -> Secret:
+        """A login role (on Neon: a member of neon_superuser, CREATEROLE, never SUPERUSER);
+        its generated password, shown once. Waits for the operations."""
+        answer = self.request("POST", self._roles(project_id, branch_id),
+                              json={"role": {"name": name}})
+        password = Secret(f"db role {name}", str(answer["role"]["password"]))
+        self.wait_operations(project_id, answer, f"Neon to create role {name}", timeout)
+        return password
+
+    def reset_role_password(self, project_id: str, branch_id: str, name: str,
+                            timeout: float = 120) -> Secret:
+        """A new generated password for ``name``; the old one is refused at once
+        (resetProjectBranchRolePassword,
+        https://neon.com/docs/reference/api/branches/reset-project-branch-role-password.md).
+        Waits for the operations."""
+        answer = self.request("POST", f"{self._roles(project_id, branch_id)}/"
+                              f"{quote(name, safe='')}/reset_password")
+        password = Secret(f"db role {name}", str(answer["role"]["password"]))
+        self.wait_operations(project_id, answer, f"Neon to reset the password of {name}",
+                             timeout)
+        return password
+
+    def delete_role(self, project_id: str, branch_id: str, name: str,
+                    timeout: float = 120) -> None:
+        answer = self.request("DELETE", f"{self._roles(project_id, branch_id)}/"
+                              f"{quote(name, safe='')}")
+        self.wait_operations(project_id, answer, f"Neon to delete role {name}", timeout)
 
     def connection_uri(self, project_id: str, branch_id: str, database: str, role: str,
                        pooled: bool = False) -> Secret:

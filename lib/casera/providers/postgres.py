@@ -171,3 +171,26 @@ def table_facts(conn: psycopg.Connection) -> dict[str, TableFacts]:
         assert row is not None
         found[name] = TableFacts(name, int(row[0]), column, row[1])
     return found
+
+
+def acts_as(conn: psycopg.Connection, member: str, owner: str) -> bool:
+    """Whether ``member`` has ``owner``'s privileges and its sessions act as ``owner``: a
+    member of it (with INHERIT) and ``role`` set to it at login (``ALTER ROLE ... SET
+    role``), so what it creates is ``owner``'s and the other login role can use it too."""
+    row = conn.execute(
+        "SELECT pg_has_role(%s, %s, 'USAGE'), EXISTS (SELECT 1 FROM pg_db_role_setting s "
+        "JOIN pg_roles r ON r.oid = s.setrole WHERE r.rolname = %s AND s.setdatabase = 0 "
+        "AND %s = ANY (s.setconfig))", (member, owner, member, f"role={owner}")).fetchone()
+    return bool(row and row[0] and row[1])
+
+
+def make_act_as(conn: psycopg.Connection, member: str, owner: str) -> None:
+    """``GRANT owner TO member`` and ``ALTER ROLE member SET role = owner``: run as a role
+    with CREATEROLE (on Neon every role the API made has it, through neon_superuser)."""
+    from psycopg import sql
+
+    with conn.transaction():
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(owner),
+                                                     sql.Identifier(member)))
+        conn.execute(sql.SQL("ALTER ROLE {} SET role = {}").format(sql.Identifier(member),
+                                                                  sql.Literal(owner)))

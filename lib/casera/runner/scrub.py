@@ -115,11 +115,13 @@ class LiveSecrets:
         stamp = self._mtimes()
         if stamp != self._stamp:
             from casera.b2_keys import stored_secret_values
+            from casera.db_roles import stored_secret_values as db_passwords
             from casera.operator_secrets import SecretStore
             from casera.origin_tls import stored_secret_values as origin_keys
 
             self._values = sorted(set(self._fixed + SecretStore(self.env).values()
                                       + stored_secret_values(self.env)
+                                      + db_passwords(self.env)
                                       + origin_keys(self.env)))
             self._stamp = stamp
         return self._values
@@ -132,11 +134,12 @@ def secret_files_of(env: str) -> list[Path]:
     """Where an environment's secrets live: ``secrets/<env>.env`` and the B2 keys made by runs
     (``casera.b2_keys``)."""
     from casera.b2_keys import key_store_path
+    from casera.db_roles import role_store_path
     from casera.origin_tls import store_dir
     from casera.paths import secrets_file
 
     # The origin key store is a directory: a key added or replaced changes its mtime.
-    return [secrets_file(env), key_store_path(env), store_dir(env)]
+    return [secrets_file(env), key_store_path(env), role_store_path(env), store_dir(env)]
 
 
 def install_kernel_scrub(secrets: SecretSource) -> bool:

@@ -309,10 +309,13 @@ def settings_from_params(
     images: dict[str, str] | None = None,
     secrets_source: SecretsSource | None = None,
     secret_values: dict[str, Secret] | None = None,
+    db_user: str | None = None,
 ) -> StackSettings:
     """Stack settings from an environment's params plus what only the cluster knows: the
     current secret versions and the group owning the nodes' Docker socket (Dozzle's group,
-    so it reads the socket without being root). ``images`` overrides the params' images."""
+    so it reads the socket without being root). ``images`` overrides the params' images;
+    ``db_user`` the params' ``neon.role`` (the role whose password the stack mounts, after a
+    DB password rotation the other login role)."""
     services = params.services
     users = {name: getattr(services, name).user for name in SERVICES}
     users["dozzle"] = f"{users['dozzle'].split(':')[0]}:{docker_socket_gid}"
@@ -325,7 +328,7 @@ def settings_from_params(
         "healthchecks": {name: list(getattr(services, name).healthcheck) for name in SERVICES},
         "secrets": dict(secrets),
         "database": {"host": neon.pooler_host, "port": neon.pooler_port, "name": neon.database,
-                     "user": neon.role, "sslmode": neon.sslmode,
+                     "user": db_user or neon.role, "sslmode": neon.sslmode,
                      "hostaddr": neon.node_hostaddr},
         "network": {"overlay_network": swarm.overlay_network,
                     "overlay_encrypted": swarm.overlay_encrypted,

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from casera.context import RunContext
+from casera.db_roles import app_credential, role_store_path
 from casera.errors import ProviderError, StepFailed
 from casera.operator_secrets import Secret
 from casera.plan import Plan, apply
@@ -346,14 +347,18 @@ def verify_database(ctx: RunContext) -> StepResult:
     n = ctx.params.neon
     target = f"{n.pooler_host}:{n.pooler_port}/{n.database}"
     with timed(StepResult("neon connection", target, dry_run=ctx.dry_run)) as result:
-        password = ctx.secrets.get("db_password")
+        # The app's credential: after a DB password rotation, the other login role's.
+        app = app_credential(ctx)
+        role, password = app.role, app.password
         try:
-            facts = postgres.probe(n.pooler_host, n.pooler_port, n.database, n.role, password,
+            facts = postgres.probe(n.pooler_host, n.pooler_port, n.database, role, password,
                                    n.sslmode, n.sslrootcert, n.hostaddr)
         except ProviderError as exc:
             text = _error_text(exc)
             if "authentication failed" in text:
-                text += f" (is db_password, {ctx.secrets.source('db_password')}, current?)"
+                text += (f" (is the password of {role} current? "
+                         f"{role_store_path(ctx.env).name} after a rotation, else db_password, "
+                         f"{ctx.secrets.source('db_password')})")
             elif any(w in text for w in ("not allowed to connect", "rejected", "pg_hba")):
                 text += (" (the IP allowlist does not hold this machine's address: see "
                          "operator_addresses in casera.steps.database, and ssh.operator_cidrs "
@@ -362,13 +367,13 @@ def verify_database(ctx: RunContext) -> StepResult:
         else:
             failure = ""
         result.check("connect through the pooler", facts is not None,
-                     failure or f"as {n.role}, sslmode={n.sslmode}")
+                     failure or f"as {role}, sslmode={n.sslmode}")
         if facts is None:
             return result
         result.check("server version", bool(facts.server_version),
                      f"PostgreSQL {facts.server_version or '?'}")
         _check_client_tls(result, facts, n.sslmode, n.sslrootcert)
-        _check_plaintext_refused(result, n.pooler_host, n.pooler_port, n.database, n.role,
+        _check_plaintext_refused(result, n.pooler_host, n.pooler_port, n.database, role,
                                  password, n.hostaddr)
     return result
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from casera import load_stats
 from casera.context import RunContext
+from casera.db_roles import app_credential
 from casera.errors import CaseraError, StepFailed
 from casera.progress import Progress, wait_for
 from casera.providers import load_generator, pgbouncer, redis_db
@@ -146,8 +147,9 @@ def _run(ctx: RunContext, name: str, stages: list[tuple[float, int, float]], rat
     console = None
     if m.pool_error is None:
         try:
-            console = pgbouncer.open_console(n.pooler_host, n.pooler_port, n.role,
-                                             ctx.secrets.get("db_password"), n.sslmode,
+            app = app_credential(ctx)
+            console = pgbouncer.open_console(n.pooler_host, n.pooler_port, app.role,
+                                             app.password, n.sslmode,
                                              n.sslrootcert, n.hostaddr)
         except CaseraError as exc:
             m.pool_error = str(exc).splitlines()[0][:300]

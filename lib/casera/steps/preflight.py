@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Callable
 
 from casera.context import RunContext
+from casera.db_roles import app_credential
 from casera.operator_secrets import SECRET_SPECS
 from casera.paths import params_file
 from casera.providers import b2, cloudflare, docker_swarm, hetzner, neon, postgres, ssh
@@ -129,8 +130,9 @@ def verify_endpoints(ctx: RunContext, include_nodes: bool = True) -> StepResult:
         _probe(result, "neon api", neon_api)
 
         def postgres_pooler() -> str:
+            app = app_credential(ctx)  # after a DB password rotation, the other role's
             facts = postgres.probe(p.neon.pooler_host, p.neon.pooler_port, p.neon.database,
-                                   p.neon.role, s.get("db_password"), p.neon.sslmode,
+                                   app.role, app.password, p.neon.sslmode,
                                    p.neon.sslrootcert, p.neon.hostaddr, int(PROBE_TIMEOUT_S))
             return (f"{p.neon.pooler_host} sslmode={p.neon.sslmode}: "
                     f"PostgreSQL {facts.server_version[:40]}")

@@ -2,14 +2,32 @@
 a new value, the services roll onto it, and the old value stays valid until no task uses it.
 One pair of rolling updates covers every selected class:
 
-- roll 1 (:func:`roll_new_beside_old`): the newest B2 and APNs versions, and the new
-  SECRET_KEY mounted as ``secret_key_accept`` while the current one keeps signing;
-- :func:`verify_rolled`: no task uses an older B2/APNs version; every api and worker task
-  accepts the new SECRET_KEY;
+- roll 1 (:func:`roll_new_beside_old`): the newest B2, APNs and DB password versions (the
+  DB user changes with its password: ``DB_USER`` is read from the mounted version's role
+  label), and the new SECRET_KEY mounted as ``secret_key_accept`` while the current one keeps
+  signing;
+- :func:`verify_rolled`: no task uses an older B2/APNs/DB password version; every api and
+  worker task accepts the new SECRET_KEY;
 - roll 2 (:func:`roll_old_out`): the stack as the bootstrap renders it: the new SECRET_KEY
   signs, the previous one stays accepted (``swarm_secrets.stack_secret_names``).
 
 Per class:
+- ``db_password``: two login roles used alternately, ``neon.role`` (the owner of the
+  database and of every table) and ``<role>_alt`` (:func:`casera.db_roles.alternate_role`),
+  a member of ``neon.role`` whose sessions act as it (``ALTER ROLE ... SET role``), so both
+  have the same privileges on every table and sequence, present and future, and whatever
+  either creates is ``neon.role``'s: nothing a migration makes is out of the other's reach.
+  Made on first use through the Neon API (on Neon a member of neon_superuser, CREATEROLE,
+  never superuser), the grant by SQL as the app's role over the direct host. On Neon a
+  password reset invalidates the old one at once, so a rotation never resets the role in
+  use: :func:`new_db_password` resets the IDLE role's password (Neon generates it and shows
+  it once; it goes straight into ``secrets/<env>.db-role.env``, never through parameters,
+  logs or outputs) and records the role in use as retiring; roll 1 moves every task onto
+  (idle role, new password) while the old role still works, so tasks still on it and the
+  connections they hold open through the pooler are untouched; after the rolls,
+  :func:`retire_old_db_role` checks that nothing mounts a version for the old role and resets
+  its password to a value nobody keeps (its credential is refused from then on, direct and
+  through the pooler); the role stays, idle, for the next rotation, which goes back to it.
 - ``secret_key``: the store's value (``CASERA_SECRET_KEY``, the operator puts a new random
   one there) as a new version; the contract on the app is in
   ``casera_localcloud/images/apps/tokens.py``.
@@ -22,11 +40,9 @@ Per class:
 - clean-up (:func:`clean_old_versions`): versions no service, rollback target or live task
   references are removed, keeping the newest ``params.stack.keep_secret_versions``.
 
-NOT built (a selection naming it is refused before any change): ``db_password`` (two Neon
-login roles used alternately).
-
-A rotation has an id (default: today's UTC date). The new B2 keys record it in the key store,
-so a re-run of the same rotation finds them made and changes nothing; SECRET_KEY and APNs need
+A rotation has an id (default: today's UTC date). The new B2 keys and the new DB credential
+record it in their stores, so a re-run of the same rotation finds them made and changes
+nothing; SECRET_KEY and APNs need
 none (a version whose digest equals the store's value is made; the deployed file says what is
 rolled). A run stopped anywhere converges when run again.
 """
@@ -42,18 +58,28 @@ from typing import Any
 
 from casera.b2_keys import B2KeyStore, key_store
 from casera.context import RunContext
-from casera.errors import CaseraError, StepFailed, WaitTimeout
+from casera.db_roles import (
+    DbCredential,
+    DbRoleStore,
+    alternate_role,
+    app_credential,
+    role_store,
+    role_store_path,
+)
+from casera.errors import CaseraError, ProviderError, StepFailed, WaitTimeout
 from casera.operator_secrets import Secret
 from casera.params import B2KeyParams
 from casera.plan import Plan, apply
 from casera.progress import wait_for
-from casera.providers import b2, docker_swarm
+from casera.providers import b2, docker_swarm, neon, postgres
 from casera.result import StepResult, timed
 from casera.steps import stack, storage
 from casera.steps.access import node_ssh
+from casera.steps.database import neon_client
 from casera.steps.secret_migration import _roll
 from casera.steps.swarm import cluster_or_reason
 from casera.steps.swarm_secrets import (
+    DB_ROLE_LABEL,
     SECRET_KEY_ACCEPT,
     b2_secret_names,
     deployed_secret_key,
@@ -65,10 +91,6 @@ from casera.steps.swarm_secrets import (
 )
 
 CLASSES = ("db_password", "secret_key", "b2_keys", "apns_key")
-BUILT = ("secret_key", "b2_keys", "apns_key")
-NOT_BUILT_WHY = {
-    "db_password": "needs two Neon login roles used alternately (not built yet)",
-}
 ROTATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
 PLANNED = "secret_rotation"  # ctx.planned key: what a dry run's earlier steps would do
 
@@ -93,15 +115,11 @@ def select(ctx: RunContext, secrets: str = "all", rotation: str = "") -> Selecti
         raise CaseraError(f"secrets: {', '.join(unknown)} unknown; use all or a comma list of "
                           f"{', '.join(CLASSES)} (casera run rotate-secrets --env {ctx.env} "
                           "-p secrets=...)")
-    not_built = [s for s in asked if s in NOT_BUILT_WHY]
-    if not_built:
-        raise CaseraError("secrets: " + "; ".join(f"{s} {NOT_BUILT_WHY[s]}" for s in not_built)
-                          + f". Rotate {', '.join(BUILT)} with this runbook")
     rotation_id = rotation or datetime.now(UTC).strftime("%Y-%m-%d")
     if not ROTATION_ID.match(rotation_id):
         raise CaseraError(f"rotation={rotation!r}: 1-40 letters, digits, '.', '_' or '-' "
                           "(default: today's UTC date); a new id starts a new rotation")
-    classes = BUILT if "all" in asked else tuple(c for c in BUILT if c in asked)
+    classes = CLASSES if "all" in asked else tuple(c for c in CLASSES if c in asked)
     return Selection(classes, rotation_id)
 
 
@@ -111,7 +129,7 @@ def _planned(ctx: RunContext) -> dict[str, Any]:
 
 def secret_names(ctx: RunContext, selection: Selection) -> list[str]:
     """The stack's Docker secret names the selected classes rotate."""
-    names = [c for c in ("secret_key", "apns_key") if c in selection.classes]
+    names = [c for c in ("db_password", "secret_key", "apns_key") if c in selection.classes]
     if "b2_keys" in selection.classes:
         names += [n for kp in ctx.params.b2.keys for n in b2_secret_names(kp)]
     return names
@@ -202,6 +220,198 @@ def retire_old_b2_keys(ctx: RunContext, selection: Selection) -> StepResult:
     return result
 
 
+# ------------------------------------------------------------------ DB password (Neon roles)
+
+
+@dataclass(frozen=True)
+class _Roles:
+    api: neon.NeonClient
+    project_id: str
+    branch_id: str
+
+
+def _neon_roles(ctx: RunContext) -> _Roles:
+    n = ctx.params.neon
+    api = neon_client(ctx)
+    branch = api.branch_by_name(n.project_id, n.branch)
+    if branch is None:
+        raise StepFailed(f"neon.branch {n.branch!r}: no such branch in project "
+                         f"{n.project_id}; fix params/{ctx.env}.yaml (neon.branch)")
+    return _Roles(api, n.project_id, branch.id)
+
+
+def _roles_pair(ctx: RunContext) -> tuple[str, str]:
+    """(the role the app uses, the idle one), validated before anything remote."""
+    owner = ctx.params.neon.role
+    active = app_credential(ctx).role
+    pair = (owner, alternate_role(owner))
+    if active not in pair:
+        raise StepFailed(f"{role_store_path(ctx.env)}: DB_ROLE={active} is neither of the "
+                         f"two login roles {pair[0]} and {pair[1]} (neon.role and its "
+                         "alternate); fix the file or neon.role")
+    return active, pair[1] if active == owner else owner
+
+
+def new_db_password(ctx: RunContext, selection: Selection) -> StepResult:
+    """The idle login role (the one the app does not use) gets a fresh password from Neon,
+    kept in ``secrets/<env>.db-role.env`` with the role the app uses now recorded as
+    retiring (nothing is revoked here: the app's role keeps working). Made on first use: the
+    alternate role, a member of ``neon.role`` whose sessions act as it (the same privileges
+    on every table and sequence, present and future)."""
+    n = ctx.params.neon
+    with timed(StepResult("new DB password", f"{n.project_id}/{n.branch}",
+                          dry_run=ctx.dry_run)) as result:
+        if _skip(result, selection, "db_password"):
+            return result
+        store = role_store(ctx.env)
+        current = store.current()
+        if current is not None and store.rotation() == selection.rotation_id:
+            result.reason = (f"made by rotation {selection.rotation_id} already: the app's "
+                             f"credential is role {current.role}")
+            return result
+        active, idle = _roles_pair(ctx)
+        roles = _neon_roles(ctx)
+        exists = idle in roles.api.roles(roles.project_id, roles.branch_id)
+        made: dict[str, Secret] = {}
+        plan = Plan()
+        if not exists:
+            plan.add(f"+ role {idle}: the second login role (Neon API; on Neon a member of "
+                     "neon_superuser, never superuser)",
+                     partial(_create_role, roles, idle, made))
+        if idle != n.role and not (exists and _acts_as(ctx, idle, active)):
+            plan.add(f"~ role {idle}: member of {n.role}, its sessions act as {n.role} (ALTER "
+                     f"ROLE ... SET role): {n.role}'s privileges on every table and sequence, "
+                     f"present and future, and what it creates is {n.role}'s",
+                     partial(_make_act_as, ctx, idle, active))
+        plan.add(f"~ role {idle}: new password (Neon reset_password, shown once, kept in "
+                 f"{store.path.name}); {active}, which the app uses, keeps working until the "
+                 "roll is done and nothing uses it",
+                 partial(_new_password, ctx, roles, store, idle, made, selection.rotation_id))
+        _planned(ctx)["db"] = idle
+        if apply(ctx, result, plan).dry_run:
+            return result
+        new = store.current()
+        for label, cred in (("new", new), ("replaced, valid until retired", store.retiring())):
+            if cred is None:
+                continue
+            failure = _login_failure(ctx, cred, pooled=True)
+            result.check(f"{cred.role} through the pooler ({label})", failure is None,
+                         failure or f"{cred.role} logs in (sslmode={n.sslmode})")
+    return result
+
+
+def _acts_as(ctx: RunContext, member: str, active: str) -> bool:
+    with _direct(ctx, app_credential(ctx)) as conn:
+        return postgres.acts_as(conn, member, ctx.params.neon.role)
+
+
+def _make_act_as(ctx: RunContext, member: str, active: str) -> None:
+    # As the app's role: on Neon it has CREATEROLE (neon_superuser); the direct host, as for
+    # migrations (the pooler's transaction mode is for the app).
+    with _direct(ctx, app_credential(ctx)) as conn:
+        postgres.make_act_as(conn, member, ctx.params.neon.role)
+
+
+def _direct(ctx: RunContext, cred: DbCredential) -> Any:
+    n = ctx.params.neon
+    return postgres.connect(n.direct_host, n.direct_port, n.database, cred.role, cred.password,
+                            n.sslmode, n.sslrootcert, n.hostaddr)
+
+
+def _login_failure(ctx: RunContext, cred: DbCredential, pooled: bool) -> str | None:
+    """None when ``cred`` logs in (through the pooler or direct), else the server's words."""
+    n = ctx.params.neon
+    host, port = (n.pooler_host, n.pooler_port) if pooled else (n.direct_host, n.direct_port)
+    try:
+        postgres.probe(host, port, n.database, cred.role, cred.password, n.sslmode,
+                       n.sslrootcert, n.hostaddr)
+    except ProviderError as exc:
+        return str(exc).splitlines()[-1][:200]
+    return None
+
+
+def _create_role(roles: _Roles, name: str, made: dict[str, Secret]) -> str:
+    made[name] = roles.api.create_role(roles.project_id, roles.branch_id, name)
+    return name
+
+
+def _new_password(ctx: RunContext, roles: _Roles, store: DbRoleStore, idle: str,
+                  made: dict[str, Secret], rotation_id: str) -> str:
+    # A role made a moment ago comes with its password; else Neon resets it (the idle role
+    # is used by nothing, so nothing notices).
+    password = made.get(idle) or roles.api.reset_role_password(roles.project_id,
+                                                               roles.branch_id, idle)
+    # One atomic write: the new credential, this rotation, and the one it replaces.
+    store.put(DbCredential(idle, Secret("db_password", password.reveal())), rotation_id,
+              retiring=app_credential(ctx))
+    return idle
+
+
+def retire_old_db_role(ctx: RunContext, selection: Selection) -> StepResult:
+    """The login role the rotation replaced gets a password nobody keeps (Neon
+    reset_password, the answer dropped), once no service spec, rollback target or live task
+    mounts a db_password version for it: its credential is refused from then on, direct and
+    through the pooler. The role stays, idle, for the next rotation."""
+    n = ctx.params.neon
+    with timed(StepResult("db old role", f"{n.project_id}/{n.branch}",
+                          dry_run=ctx.dry_run)) as result:
+        if _skip(result, selection, "db_password"):
+            return result
+        store = role_store(ctx.env)
+        planned = _planned(ctx).get("db") if ctx.dry_run else None
+        retiring = DbCredential(app_credential(ctx).role, Secret("db_password", "")) \
+            if planned else store.retiring()
+        if retiring is None:
+            result.reason = "no replaced role to retire"
+            return result
+        cluster, result.reason = cluster_or_reason(ctx)
+        if cluster is None:
+            return result
+        if not planned:
+            using = _db_role_users(ctx, cluster.manager, retiring.role)
+            if using:
+                result.check(f"{retiring.role}: nothing uses it", False,
+                             "still used by " + "; ".join(using[:4]) + ": run the roll first")
+                return result
+        plan = Plan(gate_title=f"Neon: refuse the replaced DB credential (role "
+                    f"{retiring.role})")
+        plan.add(f"- role {retiring.role}: password reset to a value nobody keeps (its "
+                 "credential is refused from now on, direct and through the pooler; the "
+                 "role stays for the next rotation)",
+                 partial(_retire, ctx, store, retiring.role), destructive=True)
+        if apply(ctx, result, plan).dry_run:
+            return result
+        if retiring.password.reveal():
+            for pooled in (True, False):
+                failure = _login_failure(ctx, retiring, pooled)
+                result.check(f"old credential refused ({'pooler' if pooled else 'direct'})",
+                             failure is not None and "authentication failed" in failure,
+                             failure or f"{retiring.role} with its old password LOGS IN")
+        new = app_credential(ctx)
+        failure = _login_failure(ctx, new, pooled=True)
+        result.check(f"{new.role} through the pooler", failure is None,
+                     failure or f"{new.role} logs in: the app's credential")
+    return result
+
+
+def _retire(ctx: RunContext, store: DbRoleStore, role: str) -> str:
+    roles = _neon_roles(ctx)
+    # The new password is dropped unseen: nobody keeps it, so the role cannot log in until a
+    # later rotation resets it again.
+    roles.api.reset_role_password(roles.project_id, roles.branch_id, role)
+    store.retired()
+    return role
+
+
+def _db_role_users(ctx: RunContext, client: Any, role: str) -> list[str]:
+    """What still mounts a db_password version for ``role`` (a version without the label
+    was made for ``neon.role``, before versions carried it)."""
+    ids = {s["id"] for s in docker_swarm.secrets(client, "casera.secret")
+           if s["labels"].get("casera.secret") == "db_password"
+           and (s["labels"].get(DB_ROLE_LABEL) or ctx.params.neon.role) == role}
+    return sorted({u for users in secret_users(client, ids).values() for u in users})
+
+
 # ------------------------------------------------------------------ Docker secret versions
 
 
@@ -217,7 +427,10 @@ def new_versions(ctx: RunContext, selection: Selection) -> StepResult:
             if kp.name in _planned(ctx).get("b2", []):
                 for name in b2_secret_names(kp):
                     wanted[name] = Secret(name, f"(new key {kp.name}, made by the run)")
-    result = ensure_swarm_secrets(ctx, wanted)
+        if _planned(ctx).get("db"):
+            wanted["db_password"] = Secret("db_password", "(new password of role "
+                                           f"{_planned(ctx)['db']}, made by the run)")
+    result = ensure_swarm_secrets(ctx, wanted, db_role=_planned(ctx).get("db"))
     _planned(ctx)["versions"] = [line.split()[1] for line in result.diff if line.startswith("+")]
     return result
 

@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from casera.context import RunContext
+from casera.db_roles import app_role
 from casera.errors import CaseraError, WaitTimeout
 from casera.operator_secrets import MASK, Secret
 from casera.params import Params
@@ -36,7 +37,7 @@ from casera.stack import (
 )
 from casera.steps.access import node_ssh
 from casera.steps.swarm import Cluster, DockerClient, cluster_or_reason, connect_cluster
-from casera.steps.swarm_secrets import stack_secret_names, stack_secret_values
+from casera.steps.swarm_secrets import db_role_of, stack_secret_names, stack_secret_values
 
 STACK = "casera"
 REMOTE_FILE = "casera-stack.yml"
@@ -123,9 +124,13 @@ def render_for(ctx: RunContext, cluster: Cluster, conn: ssh.Connection,
             names = {n: f"casera_{n}_v1" for n in SECRETS}
     names = names or {}
     values = stack_secret_values(ctx) if source != "docker_secrets" else None
+    # DB_USER goes with the password: the role of the db_password version mounted (its
+    # label), or, for env values and versions made before the label, the app's credential.
+    db_user = (db_role_of(cluster.manager, names.get("db_password"))
+               if source != "legacy_env" else None) or app_role(ctx)
     text = render_stack(settings_from_params(ctx.params, secrets=names,
                                              docker_socket_gid=gid, secrets_source=source,
-                                             secret_values=values))
+                                             secret_values=values, db_user=db_user))
     masks = sorted({form for value in (values or {}).values()
                     for form in file_forms(value.reveal())}, key=len, reverse=True)
     return text, masks

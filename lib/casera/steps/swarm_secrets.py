@@ -16,6 +16,7 @@ import re
 from typing import Any
 
 from casera.context import RunContext
+from casera.db_roles import app_credential, app_role
 from casera.operator_secrets import Secret
 from casera.params import B2KeyParams
 from casera.plan import Plan, apply
@@ -46,8 +47,17 @@ def versions(client: DockerClient) -> dict[str, list[tuple[int, str, str]]]:
     return {name: sorted(items) for name, items in found.items()}
 
 
-def ensure_swarm_secrets(ctx: RunContext, values: dict[str, Secret]) -> StepResult:
-    """Each of ``values`` exists as its newest version with that value."""
+# On each db_password version: the login role its password is for. The stack file's DB_USER
+# is read from the version it mounts, so a task never gets one role with another's password.
+DB_ROLE_LABEL = f"{PREFIX}.db_role"
+
+
+def ensure_swarm_secrets(ctx: RunContext, values: dict[str, Secret],
+                         db_role: str | None = None) -> StepResult:
+    """Each of ``values`` exists as its newest version with that value. A new db_password
+    version is labelled with the role of the app's credential (``db_roles.app_credential``,
+    where ``stack_secret_values`` takes its value from; ``db_role`` in a dry run: the role
+    an earlier step of the run would make the credential of)."""
     with timed(StepResult("docker secrets", f"{len(values)} secrets",
                           dry_run=ctx.dry_run)) as result:
         cluster, result.reason = cluster_or_reason(ctx)
@@ -62,10 +72,12 @@ def ensure_swarm_secrets(ctx: RunContext, values: dict[str, Secret]) -> StepResu
             version = history[-1][0] + 1 if history else 1
             secret_name = f"{PREFIX}_{name}_v{version}"
             # The value is revealed only inside the call that sends it to the manager.
+            labels = {f"{PREFIX}.secret": name, f"{PREFIX}.version": str(version),
+                      f"{PREFIX}.digest": wanted}
+            if name == "db_password":
+                labels[DB_ROLE_LABEL] = db_role or app_role(ctx)
             plan.add(f"+ {secret_name}" + (" (value changed)" if history else ""),
-                     functools.partial(_create, client, secret_name, value, {
-                         f"{PREFIX}.secret": name, f"{PREFIX}.version": str(version),
-                         f"{PREFIX}.digest": wanted}))
+                     functools.partial(_create, client, secret_name, value, labels))
         if not plan and cluster is not None:
             result.reason = "every secret's newest version holds the current value"
         if apply(ctx, result, plan).dry_run:
@@ -141,6 +153,15 @@ def b2_secret_names(kp: B2KeyParams) -> tuple[str, str]:
     return f"b2_{kp.bucket}_key_id", f"b2_{kp.bucket}_key"
 
 
+def db_role_of(client: DockerClient, version: str | None) -> str | None:
+    """The login role a db_password version's password is for (its label); None for a
+    version made before versions carried it, or one that does not exist."""
+    for secret in docker_swarm.secrets(client, f"{PREFIX}.secret"):
+        if secret["name"] == version:
+            return secret["labels"].get(DB_ROLE_LABEL) or None
+    return None
+
+
 def current_names(client: DockerClient, names: list[str]) -> dict[str, str]:
     """name -> the newest versioned Docker secret name, for the stack file."""
     existing = versions(client)
@@ -183,7 +204,9 @@ def stack_secret_values(ctx: RunContext) -> dict[str, Secret]:
     from the secrets source, the scoped B2 keys from the B2 key store (never the master key).
     In a dry run on a fresh environment the B2 keys do not exist yet: placeholders stand in,
     so the plan can still be shown."""
-    values = {name: ctx.secrets.get(name) for name in ("db_password", "secret_key", "apns_key")}
+    values = {name: ctx.secrets.get(name) for name in ("secret_key", "apns_key")}
+    # After a rotation the rotation's credential, else CASERA_DB_PASSWORD (neon.role's).
+    values["db_password"] = app_credential(ctx).password
     if ctx.dry_run:
         # A key the key step will make (or make anew) gets a new secret version in the real
         # run: the plan must say so, so a stored (old) value must not stand in for it.

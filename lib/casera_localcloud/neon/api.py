@@ -34,7 +34,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http import HTTPStatus
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, unquote, urlparse
 
 from casera.errors import CaseraError
 from casera_localcloud.http_server import (
@@ -43,7 +43,7 @@ from casera_localcloud.http_server import (
     serve_until_stopped,
 )
 from casera_localcloud.local_credentials import read_local_secrets
-from casera_localcloud.neon import cluster, pitr, service, state
+from casera_localcloud.neon import cluster, pitr, roles, service, state
 from casera_localcloud.neon.config import (
     DATABASE,
     MAIN_BRANCH_ID,
@@ -474,6 +474,8 @@ class Api:
         def work() -> None:
             with self.branch_lock:
                 service.restore_main_in_place(self.cfg, target, kept_id, slot)
+                for line in roles.reapply(self.cfg):
+                    print(line, flush=True)
             with state.locked(self.cfg) as st2:
                 now = state.now_iso()
                 for child in st2["branches"].values():
@@ -518,6 +520,113 @@ class Api:
         run_in_background(self.cfg, [op["id"] for op in ops], work)
         return {"branch": branch_view(project_id, snapshot), "operations": ops}
 
+    # ------------------------------------------------------------ roles
+    # Neon API v2: listProjectBranchRoles, createProjectBranchRole, getProjectBranchRole,
+    # resetProjectBranchRolePassword, getProjectBranchRolePassword (reveal_password),
+    # deleteProjectBranchRole (https://api-docs.neon.tech/reference/createprojectbranchrole,
+    # https://neon.com/docs/reference/api/branches/reset-project-branch-role-password.md).
+    # Changes answer {"role": ..., "operations": [...]}; the new password is in the answer
+    # of create and reset_password only. Locally: roles of the default branch only (a
+    # branch's compute is a copy of it at its point in time).
+
+    def role_branch(self, st: state.State, project_id: str, branch_id: str) -> dict[str, Any]:
+        branch = self.branch(st, project_id, branch_id)
+        if branch_id != MAIN_BRANCH_ID:
+            raise ApiError(400, "the local Neon manages the roles of the default branch only")
+        if branch["current_state"] != "ready":
+            raise ApiError(423, "branch has running operations; retry when they finish",
+                           "LOCKED")
+        return branch
+
+    @staticmethod
+    def role_record(st: state.State, name: str) -> dict[str, Any]:
+        record = roles.records(st).get(name)
+        if record is None:
+            raise ApiError(404, f"role {name!r} not found")
+        return record
+
+    # GET /projects/{id}/branches/{branch_id}/roles
+    def list_roles(self, project_id: str, branch_id: str) -> dict[str, Any]:
+        st = state.read(self.cfg)
+        self.role_branch(st, project_id, branch_id)
+        return {"roles": [roles.view(branch_id, r)
+                          for _, r in sorted(roles.records(st).items())]}
+
+    # GET /projects/{id}/branches/{branch_id}/roles/{role_name}
+    def get_role(self, project_id: str, branch_id: str, role_name: str) -> dict[str, Any]:
+        st = state.read(self.cfg)
+        self.role_branch(st, project_id, branch_id)
+        return {"role": roles.view(branch_id, self.role_record(st, role_name))}
+
+    # POST /projects/{id}/branches/{branch_id}/roles
+    def create_role(self, project_id: str, branch_id: str,
+                    body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        spec = field(body, "role", dict, "body", required=True)
+        name = field(spec, "name", str, "role", required=True)
+        field(spec, "no_login", bool, "role")
+        if spec.get("no_login"):
+            raise ApiError(400, "role.no_login: the local Neon makes login roles only")
+        problem = roles.name_problem(name)
+        if problem:
+            raise ApiError(400, problem)
+        with state.locked(self.cfg) as st:
+            self.role_branch(st, project_id, branch_id)
+            if name in roles.records(st):
+                raise ApiError(409, f"role {name!r} already exists")
+            password = roles.new_password()
+            # The compute first: a role the API lists exists in PostgreSQL.
+            roles.create(self.cfg, name, password)
+            stamp = state.now_iso()
+            record = {"name": name, "protected": False, "created_at": stamp,
+                      "updated_at": stamp, "password": password}
+            roles.records(st)[name] = record
+            op = new_operation(st, project_id, branch_id, "apply_config", "finished")
+        # The pooler reads the role list from the state, written when the lock is let go.
+        roles.refresh_pooler(self.cfg)
+        return 201, {"role": roles.view(branch_id, record, password), "operations": [op]}
+
+    # POST /projects/{id}/branches/{branch_id}/roles/{role_name}/reset_password
+    def reset_role_password(self, project_id: str, branch_id: str, role_name: str,
+                            body: dict[str, Any]) -> dict[str, Any]:
+        with state.locked(self.cfg) as st:
+            self.role_branch(st, project_id, branch_id)
+            record = self.role_record(st, role_name)
+            password = roles.new_password()
+            # At once, as on Neon: the next connection with the old password is refused.
+            roles.set_password(self.cfg, role_name, password)
+            record.update(password=password, updated_at=state.now_iso())
+            op = new_operation(st, project_id, branch_id, "apply_config", "finished")
+        roles.refresh_pooler(self.cfg)
+        return {"role": roles.view(branch_id, record, password), "operations": [op]}
+
+    # GET /projects/{id}/branches/{branch_id}/roles/{role_name}/reveal_password
+    def reveal_role_password(self, project_id: str, branch_id: str,
+                             role_name: str) -> dict[str, Any]:
+        st = state.read(self.cfg)
+        self.role_branch(st, project_id, branch_id)
+        record = self.role_record(st, role_name)
+        password = record.get("password") or (
+            read_local_secrets().get("CASERA_DB_PASSWORD") if role_name == ROLE else None)
+        if not password:
+            raise ApiError(404, f"role {role_name!r} has no stored password")
+        return {"password": password}
+
+    # DELETE /projects/{id}/branches/{branch_id}/roles/{role_name}
+    def delete_role(self, project_id: str, branch_id: str, role_name: str) -> dict[str, Any]:
+        with state.locked(self.cfg) as st:
+            self.role_branch(st, project_id, branch_id)
+            record = self.role_record(st, role_name)
+            if role_name == ROLE:
+                # Neon deletes a role's databases with it; the local project has one database
+                # and its owner is this role: refused rather than emptied.
+                raise ApiError(400, f"role {role_name!r} owns database {DATABASE!r}; the "
+                                    "local Neon does not delete the project's database")
+            roles.drop(self.cfg, role_name)
+            roles.records(st).pop(role_name)
+            op = new_operation(st, project_id, branch_id, "apply_config", "finished")
+        roles.refresh_pooler(self.cfg)
+        return {"role": roles.view(branch_id, record), "operations": [op]}
+
     # GET /projects/{id}/connection_uri
     def get_connection_uri(self, project_id: str, query: dict[str, str]) -> dict[str, Any]:
         st = state.read(self.cfg)
@@ -530,11 +639,14 @@ class Api:
         if not branch.get("endpoint_id"):
             raise ApiError(404, f"branch {branch['id']} has no compute endpoint: add one "
                                 "(POST /projects/{project_id}/endpoints)")
-        if query["role_name"] != ROLE:
+        record = roles.records(st).get(query["role_name"])
+        if record is None:
             raise ApiError(404, f"role {query['role_name']} not found")
         if query["database_name"] != DATABASE:
             raise ApiError(404, f"database {query['database_name']} not found")
-        password = read_local_secrets().get("CASERA_DB_PASSWORD")
+        # The password Neon stores for the role: the API's last reset or creation, else (the
+        # owner role, never reset) the one `casera local up` gave it.
+        password = record.get("password") or read_local_secrets().get("CASERA_DB_PASSWORD")
         if not password:
             raise ApiError(500, "CASERA_DB_PASSWORD is missing from secrets/local.env")
         pooled_raw = query.get("pooled", "false").lower()
@@ -575,6 +687,10 @@ class Api:
                 "plan": plan, "projects_limit": 1}
 
 
+# A branch's roles (Neon API v2: /projects/{project_id}/branches/{branch_id}/roles/...).
+ROLES = r"/projects/(?P<project_id>[^/]+)/branches/(?P<branch_id>[^/]+)/roles"
+ROLE_PATH = ROLES + r"/(?P<role_name>[^/]+)"
+
 ROUTES: list[tuple[str, re.Pattern[str], str]] = [
     (m, re.compile("^/api/v2" + p + "$"), h) for m, p, h in [
         ("GET", r"/users/me", "me"),
@@ -593,6 +709,12 @@ ROUTES: list[tuple[str, re.Pattern[str], str]] = [
         ("POST", r"/projects/(?P<project_id>[^/]+)/branches/(?P<branch_id>[^/]+)/restore",
          "restore_branch"),
         ("GET", r"/projects/(?P<project_id>[^/]+)/connection_uri", "get_connection_uri"),
+        ("GET", ROLES, "list_roles"),
+        ("POST", ROLES, "create_role"),
+        ("GET", ROLE_PATH, "get_role"),
+        ("DELETE", ROLE_PATH, "delete_role"),
+        ("POST", ROLE_PATH + "/reset_password", "reset_role_password"),
+        ("GET", ROLE_PATH + "/reveal_password", "reveal_role_password"),
         ("GET", r"/projects/(?P<project_id>[^/]+)/operations/(?P<op_id>[^/]+)",
          "get_operation"),
         ("POST", r"/_emulator/plan", "set_plan"),
@@ -605,7 +727,7 @@ def find_route(method: str, path: str) -> tuple[str, dict[str, Any]]:
     for route_method, pattern, name in ROUTES:
         match = pattern.match(path)
         if match and route_method == method:
-            return name, dict(match.groupdict())
+            return name, {k: unquote(v) for k, v in match.groupdict().items()}
         if match:
             allowed.append(route_method)
     if allowed:

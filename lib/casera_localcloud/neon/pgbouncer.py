@@ -54,7 +54,8 @@ class Pooler:
         return self.conf_dir / "pgbouncer.log"
 
 
-def render_ini(p: Pooler, cfg: NeonConfig, listen: list[str]) -> str:
+def render_ini(p: Pooler, cfg: NeonConfig, listen: list[str],
+               stats_users: list[str] | None = None) -> str:
     crt, key, _ca = server_files(cfg)
     return f"""; written by casera_localcloud.neon; edits are overwritten by `casera local up`
 [databases]
@@ -83,16 +84,22 @@ ignore_startup_parameters = extra_float_digits,options,search_path
 ; read-only SHOW commands (SHOW POOLS) on the admin console, for the load-test runbook's pool
 ; figures; Neon does not document its pooler's console for customers, so there the runbook
 ; falls back to pg_stat_activity
-stats_users = {ROLE}
+stats_users = {", ".join(stats_users or [ROLE])}
 """
 
 
 def _write(path: Path, text: str, mode: int = 0o600) -> bool:
+    """Write ``path`` as a new file (renamed into place). PgBouncer re-reads its auth file on
+    a reload only when the file's inode, size or mtime (whole seconds) changed: a verifier
+    rewritten in place within the same second, at the same length (every SCRAM verifier
+    has it), would be skipped and the old password still let in."""
     if path.exists() and path.read_text() == text:
         return False
-    path.write_text(text)
-    os.chmod(path, mode)
-    os.chown(path, *_owner_ids())
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.chmod(tmp, mode)
+    os.chown(tmp, *_owner_ids())
+    tmp.replace(path)
     return True
 
 
@@ -122,11 +129,13 @@ def is_running(p: Pooler) -> bool:
     return pid(p) is not None
 
 
-def configure(p: Pooler, cfg: NeonConfig, listen: list[str]) -> bool:
+def configure(p: Pooler, cfg: NeonConfig, listen: list[str],
+              stats_users: list[str] | None = None) -> bool:
     """Write the ini. Returns True when it changed, which calls for a restart: listen and
-    server settings are not all taken over by a reload."""
+    server settings are not all taken over by a reload (``stats_users`` alone is: the roles
+    step reloads after adding a role)."""
     owned_dir(p.conf_dir)
-    new = render_ini(p, cfg, listen)
+    new = render_ini(p, cfg, listen, stats_users)
     if p.ini.exists() and p.ini.read_text() == new:
         return False
     _write(p.ini, new)

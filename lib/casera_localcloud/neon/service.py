@@ -25,7 +25,7 @@ from casera.errors import CaseraError
 from casera.progress import wait_for
 from casera_localcloud import process
 from casera_localcloud.local_credentials import read_local_secrets, write_local_secret
-from casera_localcloud.neon import cluster, pgbouncer, pitr, state
+from casera_localcloud.neon import cluster, pgbouncer, pitr, roles, state
 from casera_localcloud.neon.cluster import Instance, owned_dir
 from casera_localcloud.neon.config import (
     DATABASE,
@@ -161,7 +161,8 @@ def apply_allowlist(cfg: NeonConfig, st: state.State) -> list[str]:
         if cluster.write_hba(inst, allowed):
             reload_and_confirm(inst)
             done.append(f"{inst.name}: pg_hba.conf rewritten and reloaded")
-        if pgbouncer.is_running(pooler) and pgbouncer.write_auth(pooler, [ROLE], allowed):
+        if pgbouncer.is_running(pooler) and pgbouncer.write_auth(
+                pooler, roles.login_roles(cfg), allowed):
             pgbouncer.reload(pooler)
             # PgBouncer handles SIGHUP in its event loop; give it that loop turn.
             time.sleep(0.3)
@@ -188,7 +189,9 @@ def scram_matches(verifier: str | None, password: str) -> bool:
         return False
 
 
-def ensure_role_and_database(inst: Instance, password: str) -> list[str]:
+def ensure_role_and_database(inst: Instance, password: str, reset: bool = True) -> list[str]:
+    """The project's owner role (with ``password`` when it is made, or when ``reset``), its
+    database, and ``neon_superuser``."""
     done = []
     with cluster.admin(inst) as conn:
         row = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s",
@@ -197,15 +200,16 @@ def ensure_role_and_database(inst: Instance, password: str) -> list[str]:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
                 sql.Identifier(ROLE), sql.Literal(password)))
             done.append(f"created role {ROLE}")
-        elif not scram_matches(row[0], password):
+        elif reset and not scram_matches(row[0], password):
             conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
                 sql.Identifier(ROLE), sql.Literal(password)))
-            done.append(f"reset the password of role {ROLE} to CASERA_DB_PASSWORD")
+            done.append(f"reset the password of role {ROLE} to the one the project stores")
         if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s",
                         (DATABASE,)).fetchone() is None:
             conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                 sql.Identifier(DATABASE), sql.Identifier(ROLE)))
             done.append(f"created database {DATABASE}")
+        done += roles.ensure_group(conn)
     return done
 
 
@@ -229,8 +233,9 @@ def ensure_postgres(cfg: NeonConfig, inst: Instance, listen: list[str],
 
 def ensure_pooler(cfg: NeonConfig, pooler: Pooler, listen: list[str],
                   allowed: list[str] | None) -> list[str]:
-    need = pgbouncer.configure(pooler, cfg, listen)
-    auth_changed = pgbouncer.write_auth(pooler, [ROLE], allowed)
+    names = roles.login_roles(cfg)
+    need = pgbouncer.configure(pooler, cfg, listen, names)
+    auth_changed = pgbouncer.write_auth(pooler, names, allowed)
     if not pgbouncer.is_running(pooler):
         pgbouncer.start(pooler)
         return [f"started PgBouncer {pooler.name} on port {pooler.port}"]
@@ -358,14 +363,33 @@ def api_answers(cfg: NeonConfig) -> bool:
         return False
 
 
+def api_code_digest() -> str:
+    """A digest of the code the API server runs (this package and the HTTP server under it):
+    a server started from other code is restarted by ``up``, or a checkout's new endpoints
+    would stay unserved while the old process answers."""
+    here = Path(__file__).resolve().parent
+    h = hashlib.sha256()
+    for path in sorted([*here.glob("*.py"), here.parent / "http_server.py"]):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def ensure_api(cfg: NeonConfig) -> list[str]:
+    stamp = cfg.home / "api.code"
+    code = api_code_digest()
+    ran = stamp.read_text().strip() if stamp.exists() else ""
+    lines = []
     if api_pid(cfg) and api_answers(cfg):
-        return []
+        if ran == code:
+            return []
+        lines += stop_api(cfg)
+        lines.append(f"the Neon API's code changed ({ran or 'unknown'} -> {code}): restarted")
     pid = process.start_detached(f"the Neon API on {cfg.api_url}",
                                  [sys.executable, "-m", "casera_localcloud.neon"],
                                  _api_pidfile(cfg), cfg.home / "log" / "api.log",
                                  lambda: api_answers(cfg), 30, show=False, cwd=cfg.home)
-    return [f"started the Neon API on {cfg.api_url} (pid {pid})"]
+    stamp.write_text(code + "\n")
+    return [*lines, f"started the Neon API on {cfg.api_url} (pid {pid})"]
 
 
 def stop_api(cfg: NeonConfig) -> list[str]:
@@ -439,6 +463,10 @@ def up(plan: str | None = None) -> list[str]:
         elif plan:
             lines += change_plan(st, plan)
         st["api_key_sha256"] = api_key_hash(api_key)
+        # Neon never changes a password by itself: once the API reset the owner role's
+        # password (a DB password rotation retires it that way), up leaves it alone rather
+        # than bring CASERA_DB_PASSWORD, a retired credential, back to life.
+        reset_by_api = bool(roles.records(st)[ROLE].get("password"))
         snapshot = {"project": st["project"], "branches": dict(st["branches"])}
 
     main = main_instance(cfg)
@@ -450,7 +478,7 @@ def up(plan: str | None = None) -> list[str]:
     allowed = allowlist_for(snapshot, main_branch)
     lines += ensure_postgres(cfg, main, listen, allowed)
     # The pooler's auth file copies the role's verifier, so the role comes first.
-    lines += ensure_role_and_database(main, password)
+    lines += ensure_role_and_database(main, password, reset=not reset_by_api)
     lines += ensure_pooler(cfg, main_pooler(cfg), listen, allowed)
     lines += maybe_base_backup(cfg, snapshot["project"]["history_retention_seconds"])
     for branch, inst, pooler in computes(cfg, snapshot):

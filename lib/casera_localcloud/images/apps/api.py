@@ -35,6 +35,7 @@ from .common import (
     log,
     pg_connect,
     redis_client,
+    retry_dropped,
     secret_sources,
     serve,
 )
@@ -46,12 +47,15 @@ _schema_ready = threading.Event()
 
 
 def check_postgres() -> dict[str, Any]:
-    try:
+    def check() -> dict[str, Any]:
         with pg_connect() as conn:
             row = conn.execute("SELECT current_setting('server_version'), "
                                "coalesce(inet_server_addr()::text, 'socket')").fetchone()
             # ssl_in_use is psycopg's view of the client side of this very connection.
             return {"ok": True, "server_version": row[0], "tls": bool(conn.pgconn.ssl_in_use)}
+
+    try:
+        return dict(retry_dropped(check, "readiness"))
     except Exception as exc:  # noqa: BLE001 - the readiness answer reports any failure
         return {"ok": False, "error": error_text(exc)}
 
@@ -75,26 +79,42 @@ def _ensure_schema(conn: Any) -> None:
         _schema_ready.set()
 
 
-def create_item(name: str) -> dict[str, Any]:
+def _insert_item(name: str) -> int:
     with pg_connect() as conn:
         _ensure_schema(conn)
         item_id = conn.execute("INSERT INTO items (name) VALUES (%s) RETURNING id",
                                (name,)).fetchone()[0]
         conn.commit()
-        # Enqueued after the commit so a worker never looks for a row that is not there yet.
-        task_id = asynq.enqueue(redis_client(), "item:process", {"item_id": item_id}, QUEUE)
+    return int(item_id)
+
+
+def _note_task(item_id: int, task_id: str) -> None:
+    with pg_connect() as conn:
         conn.execute("UPDATE items SET task_id = %s WHERE id = %s", (task_id, item_id))
         conn.commit()
+
+
+def create_item(name: str) -> dict[str, Any]:
+    # Two transactions, each run again if its connection is dropped before it commits
+    # (retry_dropped); the job is enqueued once, between them.
+    item_id = retry_dropped(lambda: _insert_item(name), "insert item")
+    # Enqueued after the commit so a worker never looks for a row that is not there yet.
+    task_id = asynq.enqueue(redis_client(), "item:process", {"item_id": item_id}, QUEUE)
+    retry_dropped(lambda: _note_task(item_id, task_id), "note the task")
     log("item_created", item_id=item_id, task_id=task_id, queue=QUEUE)
     return {"id": item_id, "task_id": task_id, "queue": QUEUE}
 
 
-def get_item(item_id: int) -> dict[str, Any] | None:
+def _read_item(item_id: int) -> Any:
     with pg_connect() as conn:
         _ensure_schema(conn)
-        row = conn.execute("SELECT id, name, created_at, task_id, processed_at, processed_by, "
-                           "process_count "
-                           "FROM items WHERE id = %s", (item_id,)).fetchone()
+        return conn.execute("SELECT id, name, created_at, task_id, processed_at, processed_by, "
+                            "process_count "
+                            "FROM items WHERE id = %s", (item_id,)).fetchone()
+
+
+def get_item(item_id: int) -> dict[str, Any] | None:
+    row = retry_dropped(lambda: _read_item(item_id), "read item")
     if row is None:
         return None
     names = ("id", "name", "created_at", "task_id", "processed_at", "processed_by",

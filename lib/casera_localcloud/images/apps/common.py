@@ -122,6 +122,29 @@ def pg_connect() -> Any:
     return psycopg.connect(prepare_threshold=None, **kwargs)
 
 
+# Neon drops every connection to the compute when a role is made or a password reset
+# (resetProjectBranchRolePassword: "Connections to the compute endpoint are dropped",
+# https://neon.com/docs/reference/api/branches/reset-project-branch-role-password), which the
+# DB password rotation does. A transaction cut that way never committed, so it is run once
+# more, on a new connection: the contract the rotation runbook states for Casera's real app.
+# 57P01 admin_shutdown (pg_terminate_backend), 57P02/57P03, class 08 (connection lost); no
+# SQLSTATE at all: the socket closed under the client (PgBouncer's "server conn crashed?").
+DROPPED_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "08000", "08003", "08006"})
+
+
+def retry_dropped(work: Any, what: str) -> Any:
+    """``work()``, run once more when its connection was dropped under it."""
+    import psycopg
+
+    try:
+        return work()
+    except psycopg.OperationalError as exc:
+        if exc.sqlstate is not None and exc.sqlstate not in DROPPED_SQLSTATES:
+            raise
+        log("db_retry", what=what, error=error_text(exc))
+        return work()
+
+
 ITEMS_DDL = """
 CREATE TABLE IF NOT EXISTS items (
     id           bigserial PRIMARY KEY,
