@@ -9,16 +9,15 @@ secrets are made during a run, after the runner read ``secrets/<env>.env``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from casera.errors import SecretMissingError
 from casera.operator_secrets import Secret
 from casera.paths import secrets_file
+from casera.secret_file import SecretFile
 
 
-class B2KeyStore:
+class B2KeyStore(SecretFile):
     """``<name>_KEY_ID=...`` / ``<name>_APPLICATION_KEY=...`` lines in a 0600 file.
 
     The same KEY=VALUE form as ``secrets/<env>.env`` so an operator can read and repair it
@@ -33,24 +32,8 @@ class B2KeyStore:
     # that rotation finds it done. Not a secret.
     ROTATION_SUFFIX = "_ROTATION"
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def _lines(self) -> dict[str, str]:
-        values: dict[str, str] = {}
-        if not self.path.exists():
-            return values
-        for number, line in enumerate(self.path.read_text().splitlines(), start=1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            if "=" not in text:
-                # The line may hold a secret: name the line, never its content.
-                raise SecretMissingError(f"{self.path}:{number}: not KEY=VALUE; fix that line "
-                                         "(its content is not shown)")
-            key, _, value = text.partition("=")
-            values[key.strip()] = value.strip()
-        return values
+    HEADER = ("# B2 application keys made by casera; B2 shows a secret only once, so losing "
+              "this file means replacing the keys. Never commit it.\n")
 
     def load(self) -> dict[str, tuple[str, Secret]]:
         """key name -> (key id, secret) for every complete entry."""
@@ -107,18 +90,6 @@ class B2KeyStore:
                        self.ROTATION_SUFFIX):
             lines.pop(name + suffix, None)
         self._write(lines)
-
-    def _write(self, lines: dict[str, str]) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        # Created 0600 from the start: a chmod after writing would leave a readable window.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write("# B2 application keys made by casera; B2 shows a secret only once, "
-                      "so losing this file means replacing the keys. Never commit it.\n")
-            out.writelines(f"{k}={v}\n" for k, v in sorted(lines.items()))
-        os.chmod(tmp, 0o600)
-        tmp.replace(self.path)
 
     def values(self) -> list[str]:
         """Every stored secret, for the runner's scrub and leak scan. Never print this."""

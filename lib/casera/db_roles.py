@@ -12,14 +12,13 @@ The two login roles used alternately are ``neon.role`` and :func:`alternate_role
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from casera.errors import SecretMissingError
 from casera.operator_secrets import Secret, SecretStore
 from casera.paths import secrets_file
+from casera.secret_file import SecretFile
 
 if TYPE_CHECKING:
     from casera.context import RunContext
@@ -37,31 +36,15 @@ def alternate_role(role: str) -> str:
     return f"{role}_alt"
 
 
-class DbRoleStore:
+class DbRoleStore(SecretFile):
     """``DB_ROLE`` / ``DB_PASSWORD`` (the credential the app uses or is about to), the
     rotation that made it, and the credential it replaced until that one is retired."""
 
     ROLE, PASSWORD, ROTATION = "DB_ROLE", "DB_PASSWORD", "DB_ROTATION"
     RETIRING_ROLE, RETIRING_PASSWORD = "DB_RETIRING_ROLE", "DB_RETIRING_PASSWORD"
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def _lines(self) -> dict[str, str]:
-        values: dict[str, str] = {}
-        if not self.path.exists():
-            return values
-        for number, line in enumerate(self.path.read_text().splitlines(), start=1):
-            text = line.strip()
-            if not text or text.startswith("#"):
-                continue
-            if "=" not in text:
-                # The line may hold a password: name the line, never its content.
-                raise SecretMissingError(f"{self.path}:{number}: not KEY=VALUE; fix that line "
-                                         "(its content is not shown)")
-            key, _, value = text.partition("=")
-            values[key.strip()] = value.strip()
-        return values
+    HEADER = ("# The app's database credential made by casera's rotation (Neon shows a "
+              "password once). Never commit it.\n")
+    KEEP_EMPTY = False
 
     def current(self) -> DbCredential | None:
         lines = self._lines()
@@ -92,18 +75,6 @@ class DbRoleStore:
         lines.pop(self.RETIRING_ROLE, None)
         lines.pop(self.RETIRING_PASSWORD, None)
         self._write(lines)
-
-    def _write(self, lines: dict[str, str]) -> None:
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        # Created 0600 from the start: a chmod after writing would leave a readable window.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            out.write("# The app's database credential made by casera's rotation (Neon shows "
-                      "a password once). Never commit it.\n")
-            out.writelines(f"{k}={v}\n" for k, v in sorted(lines.items()) if v)
-        os.chmod(tmp, 0o600)
-        tmp.replace(self.path)
 
     def values(self) -> list[str]:
         """Every stored password, for the runner's scrub and leak scan. Never print this."""
