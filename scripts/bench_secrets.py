@@ -3,16 +3,17 @@ through the load balancer, on the bootstrapped local cloud.
 
     python scripts/bench_secrets.py [--rate 4]
 
-A steady probe (casera.steady_probe.SteadyProbe: alternately ``POST /items``, a row inserted
-and an Asynq job enqueued, and ``GET /items/<id>`` of that row, at most ``--rate`` requests a
-second, to the load balancer's loopback address only) runs while ``casera run secret-migration
--p mode=rollback`` makes the before-state (values in env vars) and ``casera run
-secret-migration`` migrates again; then ``casera run rotate-secrets`` rotates all four classes:
-the DB password (the other login role, its password from Neon), SECRET_KEY, the B2 keys and the
-APNs key (new SECRET_KEY and APNs values are put in secrets/local.env first, as the operator
-would), with the token probe (mint and verify through the LB, and verify a token signed before
-the rotation) beside the steady probe. Printed for each: requests, failures, p99 latency and
-wall time. The cloud is left migrated and rotated (the normal state).
+A steady probe (casera.steady_probe.SteadyProbe with ``b2=True``: in turn ``POST /items``, a
+row inserted and an Asynq job enqueued, ``GET /items/<id>`` of that row, ``PUT
+/uploads/<name>`` through the api's own B2 key and ``GET`` of it byte-compared; at most
+``--rate`` requests a second, to the load balancer's loopback address only) runs while ``casera
+run secret-migration -p mode=rollback`` makes the before-state (values in env vars) and
+``casera run secret-migration`` migrates again; then ``casera run rotate-secrets`` rotates all
+four classes: the DB password (the other login role, its password from Neon), SECRET_KEY, the
+B2 keys and the APNs key (new SECRET_KEY and APNs values are put in secrets/local.env first, as
+the operator would), with the token probe (mint and verify through the LB, and verify a token
+signed before the rotation) beside the steady probe. Printed for each: requests, failures, p99
+latency and wall time. The cloud is left migrated and rotated (the normal state).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def main() -> int:
     lb = hcloud().load_balancers.get_by_name(params.load_balancer.name)
     api = api_endpoint_for(params, lb.public_net.ipv4.ip)
     tokens = TokenProbe(api, rate=rate, max_s=3600)
-    with SteadyProbe(api, rate=rate, max_s=3600) as probe:
+    with SteadyProbe(api, rate=rate, max_s=3600, b2=True) as probe:
         print(phase(probe, "rollback to env vars (one roll)", "-p", "mode=rollback"), flush=True)
         print(phase(probe, "migration (roll 1, roll 2, clean-up)"), flush=True)
         # The operator's new SECRET_KEY and APNs key; the rotation makes new B2 keys itself.

@@ -261,3 +261,22 @@ def test_a_run_on_staging_is_refused_with_exit_2_before_any_remote_call(tmp_path
     assert "ssh.operator_cidrs[0]: 203.0.113.10/32 is a documentation address" in done.stderr
     after = set(outputs.glob("*.ipynb")) if outputs.exists() else set()
     assert after == before
+
+
+def test_the_pg_dump_key_is_required_and_secret_names_are_distinct(tmp_path: Path) -> None:
+    raw = yaml.safe_load((REPO / "params" / "local.yaml").read_text())
+    keys = raw["b2"]["keys"]
+    without = [k for k in keys if k.get("secret_name") != "pgdump"]
+    assert len(without) == len(keys) - 1
+    path = tmp_path / "local.yaml"
+    path.write_text(yaml.safe_dump({**raw, "b2": {**raw["b2"], "keys": without}}))
+    with pytest.raises(ParamsError) as caught:
+        load_params("local", path=path)
+    assert "pg_dump on bucket backups with name_prefix 'postgres/'" in str(caught.value)
+    assert "secret_name pgdump" in str(caught.value)
+    # Two keys that would both be mounted as b2_backups_key_id/_key.
+    pgdump = next(k for k in keys if k.get("secret_name") == "pgdump")
+    doubled = [*keys, {**pgdump, "name": "casera-local-second", "secret_name": None}]
+    path.write_text(yaml.safe_dump({**raw, "b2": {**raw["b2"], "keys": doubled}}))
+    with pytest.raises(ParamsError, match="b2_backups_key_id/_key; give each a distinct"):
+        load_params("local", path=path)

@@ -16,6 +16,26 @@ from casera.steps.api_endpoint import ApiEndpoint
 
 
 class Items(JsonHandler):
+    """Also PUT/GET /uploads/<name> (kept in ``server.files``; GET answers other bytes while
+    ``server.garbled`` is set)."""
+
+    def do_PUT(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.server.files[self.path] = body  # type: ignore[attr-defined]
+        self.send_json(201, {"size": len(body)})
+
+    def _upload(self) -> None:
+        body = self.server.files.get(self.path)  # type: ignore[attr-defined]
+        if body is None:
+            self.send_json(404, {"error": "no such upload"})
+            return
+        if self.server.garbled.is_set():  # type: ignore[attr-defined]
+            body = b"garbled"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
     """POST /items answers 201 with an id; GET /items/<id> answers 200, or 503 while the
     server's ``broken`` flag is set (a request that fails mid-roll)."""
 
@@ -25,7 +45,9 @@ class Items(JsonHandler):
         self.send_json(201, {"id": self.server.made})  # type: ignore[attr-defined]
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
-        if self.server.broken.is_set():  # type: ignore[attr-defined]
+        if self.path.startswith("/uploads/"):
+            self._upload()
+        elif self.server.broken.is_set():  # type: ignore[attr-defined]
             self.send_json(503, {"draining": True})
         else:
             self.send_json(200, {"id": int(self.path.rsplit("/", 1)[1])})
@@ -35,6 +57,7 @@ class Items(JsonHandler):
 def server() -> Iterator[ThreadingHTTPServer]:
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), Items)
     httpd.made, httpd.broken = 0, threading.Event()  # type: ignore[attr-defined]
+    httpd.files, httpd.garbled = {}, threading.Event()  # type: ignore[attr-defined]
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd
@@ -85,3 +108,23 @@ def test_refuses_a_rate_above_the_bound_and_a_non_loopback_address() -> None:
         SteadyProbe(ApiEndpoint("127.0.0.1", 80, None, None), rate=500)
     with pytest.raises(ValueError, match="loopback"):
         SteadyProbe(ApiEndpoint("10.77.0.11", 80, None, None), rate=1)
+
+
+def test_with_b2_it_uploads_through_the_api_and_counts_other_bytes_back_as_failed(
+        server) -> None:
+    with SteadyProbe(endpoint(server), rate=40, b2=True) as probe:
+        until("an upload read back", lambda: any(
+            r.ok and r.what == "GET uploads" for r in probe.rows))
+        server.garbled.set()
+        until("a download that differs", lambda: bool(probe.failed()))
+    whats = [r.what for r in probe.rows[:4]]
+    assert whats == ["POST items", "GET items", "PUT uploads", "GET uploads"], whats
+    failed = probe.failed()
+    assert failed and all(r.what == "GET uploads -> 200" and "differ" in r.detail for r in failed)
+    assert server.files and all(p.startswith("/uploads/steady-probe-") for p in server.files)
+
+
+def test_without_b2_it_never_uploads(server) -> None:
+    with SteadyProbe(endpoint(server), rate=40) as probe:
+        until("four requests", lambda: len(probe.rows) >= 4)
+    assert not server.files and {r.what for r in probe.rows} <= {"POST items", "GET items"}

@@ -190,6 +190,10 @@ class B2KeyParams(_Strict):
     name_prefix: str | None = Field(default=None, description=(
         "restrict the key to file names starting with this (B2 enforces it on every call)"))
     for_services: list[Literal["api", "worker", "admin", "backup"]]
+    secret_name: str | None = Field(default=None, pattern=r"^[a-z0-9]+$", description=(
+        "the stack's Docker secrets for this key are b2_<secret_name>_key_id and "
+        "b2_<secret_name>_key; None: the bucket role (a second key on one bucket, such as "
+        "the pg_dump key on backups, needs its own)"))
 
 
 class B2Params(_Strict):
@@ -210,6 +214,25 @@ class RedisBackupParams(_Strict):
         default=["python3", "-m", "standin.backup", "--once"], min_length=1,
         description="run inside the backup task for an on-demand snapshot; prints one JSON "
                     "line with the uploaded file's name")
+
+
+class DatabaseBackupParams(_Strict):
+    """The nightly logical dump (issue 12): ``pg_dump`` from the direct host (the pooler has
+    no session features), uploaded by the backup service with its own scoped key."""
+
+    interval_min: int = Field(default=1440, ge=1, le=10080, description=(
+        "minutes between the backup service's pg_dump runs (1440: nightly)"))
+    bucket: BucketRole = "backups"
+    prefix: str = Field(default="postgres/", pattern=r"^[A-Za-z0-9._-]+/$",
+                        description="file-name prefix of the dumps (the pg_dump key's)")
+    max_age_min: int = Field(default=2880, ge=1, description=(
+        "the backup drill reports a newest dump older than this red (default: two nights)"))
+    dump_command: list[str] = Field(
+        default=["python3", "-m", "standin.backup", "--pg-dump-once"], min_length=1,
+        description="run inside the backup task for a dump now; prints one JSON line with "
+                    "the uploaded file's name")
+    dump_timeout_s: int = Field(default=3600, ge=10, le=86400, description=(
+        "how long a dump taken now (backup-drill dump_now) may take before the step fails"))
 
 
 class RedisParams(_Strict):
@@ -235,6 +258,7 @@ class NeonParams(_Strict):
     sslmode: Literal["require", "verify-ca", "verify-full"]
     sslrootcert: str | None = None
     history_retention_days: int = Field(ge=1, le=30)
+    backup: DatabaseBackupParams = DatabaseBackupParams()
 
     @field_validator("pooler_host")
     @classmethod
@@ -455,6 +479,22 @@ class Params(_Strict):
             raise ValueError(f"no b2.keys entry for the backup service on bucket "
                              f"{backup.bucket} with name_prefix {backup.prefix!r}; add one "
                              "(capabilities [listFiles, writeFiles], for_services [backup])")
+        dump = self.neon.backup
+        if dump.bucket not in self.b2.buckets:
+            raise ValueError(f"neon.backup.bucket is {dump.bucket!r} but b2.buckets has no "
+                             "such bucket; add it (e.g. backups: {name: casera-backups})")
+        if not any(k.bucket == dump.bucket and k.name_prefix == dump.prefix
+                   and "backup" in k.for_services and k.secret_name == "pgdump"
+                   for k in self.b2.keys):
+            raise ValueError(f"no b2.keys entry for the backup service's pg_dump on bucket "
+                             f"{dump.bucket} with name_prefix {dump.prefix!r}; add one "
+                             "(capabilities [listFiles, writeFiles], for_services [backup], "
+                             "secret_name pgdump)")
+        secret_names = [k.secret_name or k.bucket for k in self.b2.keys]
+        doubled = sorted({n for n in secret_names if secret_names.count(n) > 1})
+        if doubled:
+            raise ValueError(f"b2.keys: more than one key would be the Docker secrets "
+                             f"b2_{doubled[0]}_key_id/_key; give each a distinct secret_name")
         if self.env == "production" and self.runner.approval != "required":
             raise ValueError("runner.approval must be 'required' in production")
         if self.edge is not None and not self.load_balancer.enabled:

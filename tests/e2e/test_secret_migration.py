@@ -94,7 +94,7 @@ def test_migration_under_a_steady_probe(tmp_path: Path,
     api = api_endpoint_for(ctx.params, lb.public_net.ipv4.ip)
     started = time.monotonic()
     marks: dict[str, float] = {}
-    with ExitStack() as stack_, SteadyProbe(api) as probe:
+    with ExitStack() as stack_, SteadyProbe(api, b2=True) as probe:
         clients = docker_clients(ctx, stack_, node_addresses(ctx))
         manager = next(iter(clients.values()))
 

@@ -50,7 +50,7 @@ from casera.steps import stack
 from casera.steps.access import node_addresses
 from casera.steps.api_endpoint import api_endpoint_for
 from casera.steps.swarm import connect_cluster
-from casera.steps.swarm_secrets import digest, versions
+from casera.steps.swarm_secrets import b2_secret_names, digest, versions
 from casera_localcloud.local_credentials import write_local_secret
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
@@ -213,7 +213,7 @@ def test_rotation_under_a_steady_probe(tmp_path: Path, traffic: B2Traffic,  # no
     marks: dict[str, float] = {}
     tokens = TokenProbe(api)
     tokens.before = token_before
-    with SteadyProbe(api) as probe, tokens:
+    with SteadyProbe(api, b2=True) as probe, tokens:
         # 2. The dry run plans every change and makes none.
         _, dry = rotate(rotation, "--dry-run")
         n_keys = len(ctx.params.b2.keys)
@@ -235,7 +235,7 @@ def test_rotation_under_a_steady_probe(tmp_path: Path, traffic: B2Traffic,  # no
             "overrides": {"stack.keep_secret_versions": 1}})
         now = versions(manager)
         mounted = mounted_versions(manager)
-        for name in ["apns_key", "db_password"] + [f"b2_{kp.bucket}_key"
+        for name in ["apns_key", "db_password"] + [b2_secret_names(kp)[1]
                                                    for kp in ctx.params.b2.keys]:
             assert len(now[name]) == len(before[name]) + 1, name
             assert mounted[name] == {now[name][-1][1]}, (name, mounted[name])

@@ -20,6 +20,7 @@ from casera.stack import (
     render_stack,
     settings_from_params,
 )
+from casera.steps.swarm_secrets import b2_secret_names
 from casera_localcloud.images import local_stack_settings
 from casera_localcloud.images.recipes import APP_UID
 
@@ -238,9 +239,11 @@ def test_only_the_api_gets_the_uploads_key():
     services = stack["services"]
     mounted = {name: {s["source"] for s in services[name].get("secrets", [])}
                for name in services}
-    assert mounted["api"] == set(SECRETS) - {"b2_backups_key_id", "b2_backups_key"}
-    # The backup job holds only the backups key: never the app's database or uploads keys.
-    assert mounted["backup"] == {"b2_backups_key_id", "b2_backups_key"}
+    backup_keys = {"b2_backups_key_id", "b2_backups_key", "b2_pgdump_key_id", "b2_pgdump_key"}
+    assert mounted["api"] == set(SECRETS) - backup_keys
+    # The backup job holds only the backups keys (snapshots, dumps) and the database password
+    # pg_dump needs: never the app's uploads or certs keys, nor its SECRET_KEY.
+    assert mounted["backup"] == backup_keys | {"db_password"}
     assert mounted["worker"] == {"db_password", "secret_key", "b2_certs_key_id", "b2_certs_key",
                                  "apns_key"}
     assert not mounted["admin"] and not mounted["redis"] and not mounted["dozzle"]
@@ -259,7 +262,7 @@ def test_b2_key_mounts_agree_with_the_params_key_table(env):
     params = load_params(env, for_run=False)
     stack = parsed(settings_from_params(params, secrets=dict(SECRET_NAMES), docker_socket_gid=998))
     for key in params.b2.keys:
-        for part in (f"b2_{key.bucket}_key_id", f"b2_{key.bucket}_key"):
+        for part in b2_secret_names(key):
             assert part in SECRETS
             mounting = {name for name, svc in stack["services"].items()
                         if part in {s["source"] for s in svc.get("secrets", [])}}

@@ -15,7 +15,7 @@ from hetzner_project import Running, bootstrapped, emulator, make_ctx  # noqa: F
 from casera.errors import StepFailed
 from casera.result import JOURNAL_ENV, ChecksFailed, StepResult, timed
 from casera.steps import firewall, health, servers
-from casera.steps.redis_backup import Snapshot
+from casera.steps.redis_backup import BackupFile
 
 
 def journal(path: Path) -> list[dict]:
@@ -117,7 +117,7 @@ def test_backup_age_against_twice_the_interval(tmp_path: Path, emulator: Running
     now = 1_800_000_000.0
 
     def snapshots_aged(age_s: float):  # noqa: ANN202
-        made = Snapshot("redis/2027-01-15T08-00-00Z.rdb", "f1", 10, int((now - age_s) * 1000),
+        made = BackupFile("redis/2027-01-15T08-00-00Z.rdb", "f1", 10, int((now - age_s) * 1000),
                         {"dbsize": "3"})
         return lambda ctx: [made]  # noqa: ARG005
 

@@ -9,7 +9,7 @@ from steps_harness import make_ctx, private_b2
 from casera.errors import StepFailed
 from casera.providers import b2
 from casera.steps import storage
-from casera.steps.upload_restore import restore_deleted_upload
+from casera.steps.upload_restore import restore_deleted_upload, restore_previous_version
 
 pytestmark = pytest.mark.localcloud
 
@@ -70,3 +70,45 @@ def test_what_cannot_be_restored_is_refused_and_says_why(cloud, file_name, bucke
     with pytest.raises(StepFailed, match=words):
         restore_deleted_upload(ctx_for(cloud), file_name, bucket)
     assert versions(cloud) == before
+
+
+COPY_NAME = "uploads/2026/12/overwritten.png"
+GOOD, BAD = b"the good picture " * 200, b"garbage written over it " * 30
+
+
+def test_a_previous_version_comes_back_as_a_byte_equal_copy_and_a_rerun_changes_nothing(
+        cloud, tmp_path):
+    api, bucket = cloud["api"], cloud["bucket"]
+    good = b2.upload_bytes(api, bucket.bucket_id, bucket.name, COPY_NAME, GOOD)
+    bad = b2.upload_bytes(api, bucket.bucket_id, bucket.name, COPY_NAME, BAD)
+
+    dry = restore_previous_version(ctx_for(cloud, dry_run=True), COPY_NAME, good)
+    assert dry.changed == 1 and f"copy of version {good}" in dry.diff[0], dry
+    assert [v.file_id for v in versions(cloud, COPY_NAME)] == [bad, good]
+
+    done = restore_previous_version(ctx_for(cloud), COPY_NAME, good)
+    assert done.changed == 1 and done.ok, done
+    now = versions(cloud, COPY_NAME)
+    # A new newest version; the bad one and the original stay as history.
+    assert [v.file_id for v in now[1:]] == [bad, good] and now[0].action == "upload"
+    b2.download_file(api, bucket.bucket_id, bucket.name, now[0].file_id, tmp_path / "got")
+    assert (tmp_path / "got").read_bytes() == GOOD
+
+    again = restore_previous_version(ctx_for(cloud), COPY_NAME, good)
+    assert again.changed == 0 and "already holds the bytes" in again.reason, again
+    assert len(versions(cloud, COPY_NAME)) == 3
+
+
+@pytest.mark.parametrize(("file_name", "version_id", "bucket", "words"), [
+    (COPY_NAME, "4_zno_such_version", "uploads", "is not an upload of"),
+    ("", "x", "uploads", "file_name is empty"),
+    (COPY_NAME, "x", "photos", "is not a bucket role"),
+])
+def test_a_copy_that_cannot_be_made_is_refused_before_any_change(cloud, file_name, version_id,
+                                                                  bucket, words):
+    api, b = cloud["api"], cloud["bucket"]
+    b2.upload_bytes(api, b.bucket_id, b.name, COPY_NAME, GOOD)
+    before = versions(cloud, COPY_NAME)
+    with pytest.raises(StepFailed, match=words):
+        restore_previous_version(ctx_for(cloud), file_name, version_id, bucket)
+    assert versions(cloud, COPY_NAME) == before

@@ -336,3 +336,14 @@ def delete_file_version(api: B2Api, file_id: str, file_name: str) -> None:
     file: the newest upload below it is the file again."""
     with _mapped(f"delete version {file_id} of {file_name}"):
         api.delete_file_version(file_id, file_name)
+
+
+def copy_file(api: B2Api, bucket_id: str, bucket_name: str, source_file_id: str,
+              file_name: str) -> FileVersion:
+    """A server-side copy of one version (b2_copy_file, metadataDirective COPY: its content
+    type and file info too) as the newest version of ``file_name`` in the same bucket."""
+    with _mapped(f"copy version {source_file_id} to {bucket_name}/{file_name}"):
+        bucket = api.BUCKET_CLASS(api, bucket_id, name=bucket_name)
+        made = bucket.copy(source_file_id, file_name)
+        return FileVersion(str(made.file_name), str(made.id_), "upload",
+                           int(made.upload_timestamp or 0), int(made.size or 0))

@@ -12,7 +12,14 @@ from __future__ import annotations
 
 import ctypes
 import os
+import pwd
 import re
+import shutil
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
@@ -194,3 +201,154 @@ def make_act_as(conn: psycopg.Connection, member: str, owner: str) -> None:
                                                      sql.Identifier(member)))
         conn.execute(sql.SQL("ALTER ROLE {} SET role = {}").format(sql.Identifier(member),
                                                                   sql.Literal(owner)))
+
+
+# ------------------------------------------------------------------ scratch server (drills)
+
+@dataclass(frozen=True)
+class ScratchServer:
+    """A throwaway PostgreSQL on this machine: reached only through a Unix socket in a
+    private directory (no TCP listener at all), as ``user`` with trust auth there."""
+
+    socket_dir: Path
+    port: int
+    user: str
+    bin_dir: Path
+    version: str
+
+    def connect(self, dbname: str = "postgres") -> psycopg.Connection:
+        return psycopg.connect(host=str(self.socket_dir), port=self.port, user=self.user,
+                               dbname=dbname, autocommit=True, connect_timeout=10)
+
+
+SCRATCH_USER = "casera_scratch"
+
+
+def server_bin_dir() -> Path:
+    """The newest PostgreSQL server binaries on this machine (Debian puts each major version
+    under /usr/lib/postgresql/<N>/bin; PG_BIN overrides): initdb, pg_ctl, pg_restore. A
+    restore needs a pg_restore at least as new as the pg_dump that wrote the dump."""
+    override = os.environ.get("CASERA_PG_BIN")
+    candidates = [Path(override)] if override else sorted(
+        Path("/usr/lib/postgresql").glob("*/bin"),
+        key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0, reverse=True)
+    for candidate in candidates:
+        if all((candidate / tool).exists() for tool in ("initdb", "pg_ctl", "pg_restore")):
+            return candidate
+    raise ProviderError("postgres", "no PostgreSQL server binaries (initdb, pg_ctl, "
+                        "pg_restore) under /usr/lib/postgresql/<N>/bin: install Debian's "
+                        "postgresql-15 (`make install` does), or set CASERA_PG_BIN")
+
+
+def _as_owner(owner: str | None) -> list[str]:
+    # initdb and postgres refuse to run as root: as root (CI, the local cloud's machine) the
+    # scratch server runs as the postgres user Debian's package makes; elsewhere as the
+    # operator, who owns the temp directory already.
+    return ["runuser", "-u", owner, "--"] if owner else []
+
+
+def _run(args: list[str], what: str, timeout: float) -> str:
+    try:
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ProviderError("postgres", f"{what} did not finish within {timeout:.0f} s",
+                            code="timeout") from exc
+    if done.returncode != 0:
+        text = (done.stderr or done.stdout).strip()
+        raise ProviderError("postgres", f"{what} failed (exit {done.returncode}): "
+                            f"{text[-600:]}", code="exit", details={"error": text})
+    return done.stdout
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextmanager
+def scratch_server(timeout: float = 120) -> Iterator[ScratchServer]:
+    """initdb + pg_ctl start in a new temp directory of its own (fsync off: nothing here must
+    survive), yield, then stop it (immediate) and remove the directory whatever happened.
+    The directory is the server user's, 0700, directly under the system's temp dir: a
+    caller's temp dir may not be traversable by the postgres user."""
+    bin_dir = server_bin_dir()
+    owner = None
+    if os.geteuid() == 0:
+        owner = "postgres"
+        try:
+            pwd.getpwnam(owner)
+        except KeyError as exc:
+            raise ProviderError("postgres", "running as root and there is no postgres user "
+                                "to run the scratch server as (Debian's postgresql-15 makes "
+                                "it)") from exc
+    workdir = Path(tempfile.mkdtemp(prefix="casera-scratch-pg-"))
+    data, sockets = workdir / "data", workdir / "sockets"
+    for path in (workdir, data, sockets):
+        path.mkdir(exist_ok=True)
+        os.chmod(path, 0o700)
+        if owner:
+            shutil.chown(path, owner, owner)
+    port = _free_port()
+    try:
+        yield from _started(bin_dir, owner, workdir, data, sockets, port, timeout)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _started(bin_dir: Path, owner: str | None, workdir: Path, data: Path, sockets: Path,
+             port: int, timeout: float) -> Iterator[ScratchServer]:
+    _run([*_as_owner(owner), str(bin_dir / "initdb"), "-D", str(data), "-U", SCRATCH_USER,
+          "--auth=trust", "--encoding=UTF8", "--locale=C.UTF-8", "--no-sync",
+          "--no-instructions"], "initdb of the scratch PostgreSQL", timeout)
+    options = (f"-c listen_addresses='' -p {port} -k {sockets} -c fsync=off "
+               "-c full_page_writes=off -c synchronous_commit=off")
+    log = workdir / "postgres.log"
+    started = False
+    try:
+        _run([*_as_owner(owner), str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(log),
+              "-o", options, "-w", "-t", str(int(timeout)), "start"],
+             "start of the scratch PostgreSQL", timeout + 10)
+        started = True
+        version = _run([str(bin_dir / "postgres"), "--version"], "postgres --version",
+                       30).strip()
+        yield ScratchServer(sockets, port, SCRATCH_USER, bin_dir, version)
+    finally:
+        if started:
+            subprocess.run([*_as_owner(owner), str(bin_dir / "pg_ctl"), "-D", str(data),
+                            "-m", "immediate", "-w", "-t", "60", "stop"],
+                           capture_output=True, timeout=90, check=False)
+
+
+def restore_dump(server: ScratchServer, dump: Path, dbname: str,
+                 timeout: float = 1800) -> None:
+    """Create ``dbname`` in the scratch server and ``pg_restore`` a custom-format dump into
+    it, stopping at the first error (a dump that does not restore whole is a failed drill).
+    Owners and grants are left out: the scratch server has none of live's roles."""
+    with server.connect() as conn:
+        from psycopg import sql
+
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))
+    _run([str(server.bin_dir / "pg_restore"), "--no-owner", "--no-acl", "--exit-on-error",
+          "--host", str(server.socket_dir), "--port", str(server.port),
+          "--username", server.user, "--dbname", dbname, str(dump)],
+         f"pg_restore of {dump.name}", timeout)
+
+
+def read_only_table_facts(host: str, port: int, dbname: str, user: str, password: Secret,
+                          sslmode: str, sslrootcert: str | None = None,
+                          hostaddr: str | None = None) -> dict[str, TableFacts]:
+    """:func:`table_facts` of a live database in a read-only transaction: a drill that must
+    not change anything cannot, even by mistake."""
+    try:
+        with connect(host, port, dbname, user, password, sslmode, sslrootcert, hostaddr,
+                     10) as conn:
+            conn.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+            conn.commit()
+            return table_facts(conn)
+    except psycopg.Error as exc:
+        text = str(exc).strip()
+        raise ProviderError("postgres", f"{host}:{port}/{dbname}: "
+                            f"{text.splitlines()[-1][:200] if text else type(exc).__name__}",
+                            code=exc.sqlstate or type(exc).__name__) from exc

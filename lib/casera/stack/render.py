@@ -31,9 +31,11 @@ SERVICES = ("api", "worker", "admin", "redis", "dozzle", "backup")
 DOZZLE_PORT = 9999
 # The B2 keys are the scoped application keys bootstrap makes (never the master key): the api
 # gets the uploads read/write key and the certs read-only key, the worker only the latter.
-# The backup service gets only the backups key (write and list under its prefix).
+# The backup service gets only the backups keys (write and list under their prefixes: redis/
+# for snapshots, postgres/ for the nightly pg_dump) and the database password for pg_dump.
 SECRETS = ("db_password", "secret_key", "b2_uploads_key_id", "b2_uploads_key",
-           "b2_certs_key_id", "b2_certs_key", "apns_key", "b2_backups_key_id", "b2_backups_key")
+           "b2_certs_key_id", "b2_certs_key", "apns_key", "b2_backups_key_id", "b2_backups_key",
+           "b2_pgdump_key_id", "b2_pgdump_key")
 
 # Which secrets each service gets (the rest get none). The worker never gets the uploads
 # (read/write) key; the backup service only its own.
@@ -41,7 +43,8 @@ SERVICE_SECRETS: dict[str, tuple[str, ...]] = {
     "api": ("db_password", "secret_key", "b2_uploads_key_id", "b2_uploads_key",
             "b2_certs_key_id", "b2_certs_key", "apns_key"),
     "worker": ("db_password", "secret_key", "b2_certs_key_id", "b2_certs_key", "apns_key"),
-    "backup": ("b2_backups_key_id", "b2_backups_key"),
+    "backup": ("db_password", "b2_backups_key_id", "b2_backups_key", "b2_pgdump_key_id",
+               "b2_pgdump_key"),
 }
 # The SECRET_KEY the apps also accept (never sign with), mounted beside secret_key when the
 # settings name a version for it: the previous key after a rotation, or the new one during
@@ -99,6 +102,12 @@ class BackupSettings(TypedDict):
     interval_s: int  # between snapshots
     prefix: str  # file-name prefix in the backups bucket (the backup key is restricted to it)
     realm: str  # 'production' for Backblaze, or the emulator's base URL
+    # The nightly pg_dump: from the direct host (pg_dump needs session features the pooler
+    # lacks), every dump_interval_s, under dump_prefix (the pg_dump key's). Absent: no dumps.
+    dump_interval_s: NotRequired[int]
+    dump_prefix: NotRequired[str]
+    dump_host: NotRequired[str]
+    dump_port: NotRequired[int]
 
 
 class StackSettings(TypedDict):
@@ -277,7 +286,16 @@ def render_stack(settings: StackSettings) -> str:
         "backup_interval_s": json.dumps(str(int(settings["backup"]["interval_s"]))),
         "backup_interval_note": f"{int(settings['backup']['interval_s'])} s",
         "backup_prefix": json.dumps(settings["backup"]["prefix"]),
-        "backup_realm": json.dumps(settings["backup"]["realm"]),
+        "b2_realm": json.dumps(settings["backup"]["realm"]),
+        "dump_interval_s": json.dumps(str(int(settings["backup"].get("dump_interval_s", 0)))),
+        "dump_interval_note": (f"{int(settings['backup']['dump_interval_s'])} s"
+                               if settings["backup"].get("dump_interval_s") else "never (off)"),
+        "dump_prefix": json.dumps(settings["backup"].get("dump_prefix", "postgres/")),
+        "dump_host": json.dumps(settings["backup"].get("dump_host", db["host"])),
+        "dump_port": json.dumps(str(settings["backup"].get("dump_port", db["port"]))),
+        "backup_extra_hosts": json.dumps(
+            [f"{settings['backup'].get('dump_host', db['host'])}:{db['hostaddr']}"]
+            if db.get("hostaddr") else []),
         "api_drain_s": json.dumps(str(int(drain_s))),
         # Docker kills a task this long after SIGTERM: the drain plus time for the requests in
         # flight (the app waits up to 5 s for them) and its exit.
@@ -337,7 +355,10 @@ def settings_from_params(
                     "api_published_port": swarm.api_published_port},
         "backup": {"interval_s": params.redis.backup.interval_min * 60,
                    "prefix": params.redis.backup.prefix,
-                   "realm": params.b2.node_realm or params.b2.realm},
+                   "realm": params.b2.node_realm or params.b2.realm,
+                   "dump_interval_s": params.neon.backup.interval_min * 60,
+                   "dump_prefix": params.neon.backup.prefix,
+                   "dump_host": neon.direct_host, "dump_port": neon.direct_port},
         "api_drain_s": params.lb_unhealthy_after_s(),
         "healthcheck_interval_s": params.stack.healthcheck_interval_s,
         "update_delay_s": params.stack.update_delay_s,

@@ -38,8 +38,8 @@ from casera.result import StepResult, timed
 from casera.steps.database import neon_client, plan_of
 from casera.steps.load_balancer import wait_readyz_through_lb
 
-SCENARIOS = ("database-pitr", "quorum-lost", "total-loss")
-BUILT = ("database-pitr", "quorum-lost", "total-loss")
+SCENARIOS = ("database-pitr", "quorum-lost", "total-loss", "uploads")
+BUILT = ("database-pitr", "quorum-lost", "total-loss", "uploads")
 PRESERVE_PREFIX = "pre-restore-"
 INSPECT_PREFIX = "inspect-"
 # Newest rows shown per table: enough to see where the data stops, short enough to read.
@@ -82,10 +82,12 @@ def _dry_without_target(ctx: RunContext, result: StepResult, restore_to: str) ->
     return True
 
 
-def check_restore_to(ctx: RunContext, scenario: str, restore_to: str) -> StepResult:
+def check_restore_to(ctx: RunContext, scenario: str, restore_to: str,
+                     file_name: str = "") -> StepResult:
     """Refuse, before anything is read or changed, a scenario that is unknown or not built
-    yet, and a ``restore_to`` that is malformed or in the future. Marks the run's start,
-    from which the RTO is counted."""
+    yet, a ``restore_to`` that is malformed or in the future, and a ``file_name`` missing
+    from scenario uploads or given to another. Marks the run's start, from which the RTO is
+    counted."""
     with timed(StepResult("dr scenario", scenario, dry_run=ctx.dry_run)) as result:
         if scenario not in SCENARIOS:
             raise StepFailed(f"parameter scenario={scenario!r} is not one of "
@@ -93,6 +95,12 @@ def check_restore_to(ctx: RunContext, scenario: str, restore_to: str) -> StepRes
         if scenario not in BUILT:
             raise StepFailed(f"scenario {scenario!r} is not built yet (issue 12); built: "
                              f"{', '.join(BUILT)}; nothing was changed")
+        if (scenario == "uploads") != bool(file_name.strip()):
+            raise StepFailed(
+                "scenario uploads needs parameter file_name (the file as listed in the "
+                "bucket, -p file_name=...); nothing was changed" if scenario == "uploads" else
+                f"parameter file_name={file_name!r} is for scenario uploads only; leave it "
+                "empty; nothing was changed")
         ctx.shared["dr_started"] = time.time()
         if scenario != "database-pitr":
             if restore_to.strip():
@@ -102,7 +110,9 @@ def check_restore_to(ctx: RunContext, scenario: str, restore_to: str) -> StepRes
             result.reason = {"quorum-lost": "two of three managers dead: fence them, force a "
                              "new cluster on the survivor, replace them",
                              "total-loss": "every server gone: new servers, a new swarm, the "
-                             "secrets from the operator's store, Redis from B2"
+                             "secrets from the operator's store, Redis from B2",
+                             "uploads": f"{file_name} deleted or overwritten by mistake: "
+                             "un-hide it, or copy a previous version back",
                              }.get(scenario, "")
             return result
         if _dry_without_target(ctx, result, restore_to):

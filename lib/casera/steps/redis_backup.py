@@ -14,6 +14,8 @@ import hashlib
 import json
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -30,7 +32,9 @@ SNAPSHOT_SUFFIX = ".rdb"
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class BackupFile:
+    """A backup object in B2 (a Redis snapshot, a pg_dump) as listed, with its file info."""
+
     name: str
     file_id: str
     size: int
@@ -45,24 +49,32 @@ class Snapshot:
         return int(value) if value is not None and value.lstrip("-").isdigit() else None
 
 
-def _bucket(ctx: RunContext) -> tuple[b2.B2Api, b2.BucketInfo]:
+def backup_bucket(ctx: RunContext, bucket: str) -> tuple[b2.B2Api, b2.BucketInfo]:
+    """The master key's API and the ``b2.buckets`` entry ``bucket``, which must exist."""
     api = master_api(ctx)
-    name = ctx.params.b2.buckets[ctx.params.redis.backup.bucket].name
+    name = ctx.params.b2.buckets[bucket].name
     bucket = b2.get_bucket(api, name)
     if bucket is None:
         raise StepFailed(f"B2 bucket {name} does not exist: run the bootstrap (b2 buckets)")
     return api, bucket
 
 
-def snapshots(ctx: RunContext) -> list[Snapshot]:
-    """Every snapshot under the prefix, oldest first (names sort by time)."""
-    api, bucket = _bucket(ctx)
-    files = b2.list_files(api, bucket.bucket_id, bucket.name, ctx.params.redis.backup.prefix)
-    return sorted((Snapshot(f.name, f.file_id, f.size, f.upload_ms, f.info) for f in files
-                   if f.name.endswith(SNAPSHOT_SUFFIX)), key=lambda s: s.name)
+def backup_files(ctx: RunContext, bucket: str, prefix: str, suffix: str) -> list[BackupFile]:
+    """Every backup under ``prefix`` whose name ends in ``suffix``, oldest first (the names
+    sort by time)."""
+    api, info = backup_bucket(ctx, bucket)
+    files = b2.list_files(api, info.bucket_id, info.name, prefix)
+    return sorted((BackupFile(f.name, f.file_id, f.size, f.upload_ms, f.info) for f in files
+                   if f.name.endswith(suffix)), key=lambda f: f.name)
 
 
-def _age(seconds: float) -> str:
+def snapshots(ctx: RunContext) -> list[BackupFile]:
+    """Every Redis snapshot under the prefix, oldest first."""
+    backup = ctx.params.redis.backup
+    return backup_files(ctx, backup.bucket, backup.prefix, SNAPSHOT_SUFFIX)
+
+
+def age_text(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
@@ -84,7 +96,7 @@ def take_snapshot(ctx: RunContext) -> StepResult:
         plan = Plan()
         plan.add(f"+ snapshot of redis uploaded to {ctx.params.b2.buckets[backup.bucket].name}"
                  f"/{backup.prefix}<UTC time>.rdb (by the backup task on {where})",
-                 partial(_snapshot_in, task, list(backup.snapshot_command)) if task else None)
+                 partial(run_backup_command, task, list(backup.snapshot_command)) if task else None)
         applied = apply(ctx, result, plan)
         if applied.dry_run:
             return result
@@ -103,8 +115,23 @@ def take_snapshot(ctx: RunContext) -> StepResult:
     return result
 
 
-def _snapshot_in(task: ServiceTask, command: list[str]) -> dict[str, str]:
-    code, output = docker_swarm.exec_output(task.client, task.container_id, command)
+def run_backup_command(task: ServiceTask, command: list[str], what: str = "snapshot",
+                       timeout_s: float = 1800) -> dict[str, str]:
+    """Run one of the backup service's jobs inside its task (``--once``, ``--pg-dump-once``)
+    and return the JSON record it printed (the uploaded file's name and metadata). A job
+    that does not finish in ``timeout_s`` fails the step, saying so (an image older than the
+    flag runs its schedule loop instead and never returns); the exec is left to the task."""
+    pool = ThreadPoolExecutor(max_workers=1)
+    running = pool.submit(docker_swarm.exec_output, task.client, task.container_id, command)
+    try:
+        code, output = running.result(timeout=timeout_s)
+    except FutureTimeout:
+        raise StepFailed(f"the {what} in the backup task on {task.node} did not finish within "
+                         f"{timeout_s:.0f} s ({' '.join(command)}): is the task's image "
+                         "current (an older one ignores the flag and keeps running its "
+                         "schedule)? Redeploy with the bootstrap, then run again") from None
+    finally:
+        pool.shutdown(wait=False)
     last = next((line for line in reversed(output.strip().splitlines())
                  if line.startswith("{")), "")
     try:
@@ -112,7 +139,7 @@ def _snapshot_in(task: ServiceTask, command: list[str]) -> dict[str, str]:
     except json.JSONDecodeError:
         record = {}
     if code != 0 or "name" not in record:
-        raise StepFailed(f"the snapshot in the backup task on {task.node} failed (exit {code}): "
+        raise StepFailed(f"the {what} in the backup task on {task.node} failed (exit {code}): "
                          f"{record.get('error') or output.strip()[-300:]}")
     return {k: str(v) for k, v in record.items()}
 
@@ -127,13 +154,13 @@ def list_snapshots(ctx: RunContext) -> StepResult:
         now = time.time()
         for snap in found[-10:]:
             result.note(snap.name.removeprefix(backup.prefix),
-                        f"age {_age(snap.age_s(now))}, {snap.size} bytes, DBSIZE "
+                        f"age {age_text(snap.age_s(now))}, {snap.size} bytes, DBSIZE "
                         f"{snap.info.get('dbsize', '?')}, "
                         f"offset {snap.info.get('repl_offset', '?')}")
         limit = 2 * backup.interval_min * 60
         newest = found[-1] if found else None
         result.check("newest snapshot recent", newest is not None and newest.age_s(now) <= limit,
-                     f"{_age(newest.age_s(now))} old (limit {_age(limit)}: twice the "
+                     f"{age_text(newest.age_s(now))} old (limit {age_text(limit)}: twice the "
                      f"{backup.interval_min} min schedule)" if newest else "no snapshot at all")
         result.reason = f"{len(found)} snapshot(s)" + (
             ", showing the newest 10" if len(found) > 10 else "")
@@ -147,42 +174,50 @@ def verify_newest_snapshot(ctx: RunContext) -> StepResult:
     backup = ctx.params.redis.backup
     with timed(StepResult("redis snapshot restore", f"{backup.bucket}/{backup.prefix}",
                           dry_run=ctx.dry_run)) as result:
-        found = snapshots(ctx)
-        if not result.check("a snapshot exists", bool(found),
-                            f"{len(found)} under {backup.prefix}"):
-            return result
-        newest = found[-1]
-        api, bucket = _bucket(ctx)
-        with tempfile.TemporaryDirectory(prefix="casera-redis-restore-") as tmp:
-            rdb = Path(tmp) / "snapshot.rdb"
-            b2.download_file(api, bucket.bucket_id, bucket.name, newest.file_id, rdb)
-            digest = _sha256(rdb)
-            want = newest.info.get("sha256", "")
-            result.check("sha256", digest == want,
-                         f"{digest[:16]}... matches the upload's metadata" if digest == want
-                         else f"downloaded {digest[:16]}..., metadata says {want[:16] or '?'}")
-            with redis_db.scratch_server(rdb, Path(tmp) / "scratch") as scratch:
-                facts = redis_db.facts(scratch)
-                keys = redis_db.asynq_keys(scratch)
-        low = min(newest.recorded("dbsize") or 0, newest.recorded("dbsize_after") or 0)
-        high = max(newest.recorded("dbsize") or 0, newest.recorded("dbsize_after") or 0)
-        result.check("restored key count", low <= facts.dbsize <= high and
-                     newest.recorded("dbsize") is not None,
-                     f"{facts.dbsize} keys in the scratch redis-server; DBSIZE was {low}"
-                     + (f"-{high}" if high != low else "") + " when the snapshot was taken")
-        for name, ok, detail in asynq_findings(keys):
-            result.check(f"restored {name}", ok, detail)
-        result.reason = (f"{newest.name} ({_age(newest.age_s())} old) restored into a scratch "
-                         f"redis-server {facts.version}")
-        ctx.shared["redis_restored"] = {"name": newest.name, "dbsize": facts.dbsize}
+        verify_newest_into(ctx, result)
     return result
+
+
+def verify_newest_into(ctx: RunContext, result: StepResult) -> BackupFile | None:
+    """:func:`verify_newest_snapshot`'s checks, added to ``result`` (the backup drill adds
+    its own beside them in one step); the snapshot checked, or None when there is none."""
+    backup = ctx.params.redis.backup
+    found = snapshots(ctx)
+    if not result.check("a snapshot exists", bool(found),
+                        f"{len(found)} under {backup.prefix}"):
+        return None
+    newest = found[-1]
+    api, bucket = backup_bucket(ctx, ctx.params.redis.backup.bucket)
+    with tempfile.TemporaryDirectory(prefix="casera-redis-restore-") as tmp:
+        rdb = Path(tmp) / "snapshot.rdb"
+        b2.download_file(api, bucket.bucket_id, bucket.name, newest.file_id, rdb)
+        digest = sha256_file(rdb)
+        want = newest.info.get("sha256", "")
+        result.check("sha256", digest == want,
+                     f"{digest[:16]}... matches the upload's metadata" if digest == want
+                     else f"downloaded {digest[:16]}..., metadata says {want[:16] or '?'}")
+        with redis_db.scratch_server(rdb, Path(tmp) / "scratch") as scratch:
+            facts = redis_db.facts(scratch)
+            keys = redis_db.asynq_keys(scratch)
+    low = min(newest.recorded("dbsize") or 0, newest.recorded("dbsize_after") or 0)
+    high = max(newest.recorded("dbsize") or 0, newest.recorded("dbsize_after") or 0)
+    result.check("restored key count", low <= facts.dbsize <= high and
+                 newest.recorded("dbsize") is not None,
+                 f"{facts.dbsize} keys in the scratch redis-server; DBSIZE was {low}"
+                 + (f"-{high}" if high != low else "") + " when the snapshot was taken")
+    for name, ok, detail in asynq_findings(keys):
+        result.check(f"restored {name}", ok, detail)
+    result.reason = (f"{newest.name} ({age_text(newest.age_s())} old) restored into a scratch "
+                     f"redis-server {facts.version}")
+    ctx.shared["redis_restored"] = {"name": newest.name, "dbsize": facts.dbsize}
+    return newest
 
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as source:
         for chunk in iter(lambda: source.read(1 << 20), b""):

@@ -736,7 +736,7 @@ def write_snapshot(ctx: RunContext, client: Any, snapshot: Any, image: str, user
 
     from casera.steps import redis_backup
 
-    api, bucket = redis_backup._bucket(ctx)
+    api, bucket = redis_backup.backup_bucket(ctx, ctx.params.redis.backup.bucket)
     with tempfile.TemporaryDirectory(prefix="casera-redis-restore-") as tmp:
         rdb = Path(tmp) / "dump.rdb"
         b2.download_file(api, bucket.bucket_id, bucket.name, snapshot.file_id, rdb)

@@ -149,8 +149,10 @@ def secret_users(client: DockerClient, secret_ids: set[str]) -> dict[str, list[s
 
 
 def b2_secret_names(kp: B2KeyParams) -> tuple[str, str]:
-    """The stack's secret names for a scoped key: (its id, its secret)."""
-    return f"b2_{kp.bucket}_key_id", f"b2_{kp.bucket}_key"
+    """The stack's secret names for a scoped key: (its id, its secret), after its
+    ``secret_name`` or else its bucket role."""
+    name = kp.secret_name or kp.bucket
+    return f"b2_{name}_key_id", f"b2_{name}_key"
 
 
 def db_role_of(client: DockerClient, version: str | None) -> str | None:

@@ -94,11 +94,14 @@ REDIS_BASE = BaseRecipe(
     ),
 )
 
-# The Redis backup job: redis-cli for `--rdb`, b2sdk (Debian's 1.17) for the upload. Its own
-# root, so adding these packages does not rebuild the four app images' shared base.
+# The backup jobs: redis-cli for `--rdb`, pg_dump (postgresql-client-15, the local Neon's
+# major version: pg_dump refuses a newer server) for the nightly dump, b2sdk (Debian's 1.17)
+# for the uploads. Its own root, so these packages do not rebuild the four app images'
+# shared base.
 BACKUP_BASE = BaseRecipe(
     name="base-backup",
-    packages=("python3", "python3-redis", "python3-b2sdk", "redis-tools"),
+    packages=("python3", "python3-redis", "python3-b2sdk", "redis-tools",
+              "postgresql-client-15"),
     chroot_commands=PYTHON_BASE.chroot_commands,
 )
 

@@ -177,7 +177,8 @@ def test_stack_deploys_converges_and_serves(cluster: Cluster, postgres_for_nodes
     body = wait_for("the api's /readyz", ready, 60, interval=2)
     assert body["checks"]["postgres"]["tls"] is True and body["checks"]["redis"]["ok"]
     status, sources = _http(ip, port, "/secret-sources")
-    backup_key = {"b2_backups_key_id", "b2_backups_key"}  # the backup service's alone
+    # the backup service's alone
+    backup_key = {"b2_backups_key_id", "b2_backups_key", "b2_pgdump_key_id", "b2_pgdump_key"}
     assert sources["secrets"] == {name: "file" for name in set(SECRETS) - backup_key}
     assert not any(value in json.dumps(sources) for value in values.values())
 

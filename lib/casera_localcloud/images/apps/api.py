@@ -24,7 +24,7 @@ import threading
 from http import HTTPStatus
 from typing import Any
 
-from . import asynq, tokens
+from . import asynq, tokens, uploads
 from .common import (
     ITEMS_COUNTER_DDL,
     ITEMS_DDL,
@@ -152,6 +152,8 @@ class Handler(AppHandler):
                        {"ready": ready, "checks": checks, "host": socket.gethostname()})
         elif path == "/secret-sources":
             self.send_json(HTTPStatus.OK, {"secrets": secret_sources()})
+        elif path.startswith("/uploads/"):
+            self._get_upload(path[len("/uploads/"):])
         elif path.startswith("/items/") and path[len("/items/"):].isdigit():
             try:
                 item = get_item(int(path[len("/items/"):]))
@@ -188,6 +190,40 @@ class Handler(AppHandler):
             log("item_failed", error=error_text(exc))
             self.send_json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": error_text(exc)})
 
+
+    def do_PUT(self) -> None:  # noqa: N802
+        path = self.path.split("?", 1)[0]
+        if not path.startswith("/uploads/"):
+            self.send_json(HTTPStatus.NOT_FOUND, {"error": "not found"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length > uploads.MAX_BYTES:
+                raise ValueError(f"an upload is at most {uploads.MAX_BYTES} bytes")
+            made = uploads.put(path[len("/uploads/"):], self.rfile.read(length))
+        except ValueError as exc:
+            self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        except uploads.UploadError as exc:
+            log("upload_failed", error=str(exc))
+            self.send_json(HTTPStatus.BAD_GATEWAY, {"error": str(exc)})
+            return
+        self.send_json(HTTPStatus.CREATED, made)
+
+    def _get_upload(self, name: str) -> None:
+        try:
+            data = uploads.get(name)
+        except ValueError as exc:
+            self.send_json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
+            return
+        except uploads.UploadError as exc:
+            if exc.status == 404:
+                self.send_json(HTTPStatus.NOT_FOUND, {"error": "no such upload"})
+                return
+            log("download_failed", error=str(exc))
+            self.send_json(HTTPStatus.BAD_GATEWAY, {"error": str(exc)})
+            return
+        self.send_body(HTTPStatus.OK, data, "application/octet-stream")
 
     def _post_tokens(self, path: str) -> None:
         try:
