@@ -91,6 +91,8 @@ PYTEST := $(VPY) -m pytest -q -rfEs -p no:cacheprovider
 # pytest-xdist workers for the tests that need no local cloud (see `test`).
 XDIST := -n 3
 test: install
+	@# Each phase's start time is printed: the suite's budget is read from the CI log.
+	@date +'phase lint and local cloud: started %T'
 	$(VBIN)/ruff check lib tests runbooks scripts
 	@# Start from an empty local cloud: what an earlier session left must not change results
 	@# (--purge: the emulators' accounts too; the image caches stay).
@@ -101,11 +103,14 @@ test: install
 	@# time and leave the CPU mostly idle (their log is printed after, not interleaved).
 	@mkdir -p .make; echo "tests needing no local cloud: running beside the local-cloud tests"
 	@$(PYTEST) $(XDIST) -m "not localcloud" tests --ignore=tests/e2e > .make/no-cloud.log 2>&1 & \
-	  nc=$$!; $(PYTEST) --durations=10 -m localcloud tests --ignore=tests/e2e; lc=$$?; \
+	  nc=$$!; $(PYTEST) --durations=20 -m localcloud tests --ignore=tests/e2e; lc=$$?; \
 	  wait $$nc; ncrc=$$?; echo "--- tests needing no local cloud (exit $$ncrc):"; \
 	  cat .make/no-cloud.log; test $$lc -eq 0 && test $$ncrc -eq 0
-	$(PYTEST) --durations=15 tests/e2e
+	@date +'phase e2e: started %T'
+	$(PYTEST) --durations=0 tests/e2e
+	@date +'phase nbval: started %T'
 	$(PYTEST) --nbval-lax runbooks
+	@date +'phase nbval: ended %T'
 
 # The inner loop: no local cloud, no kernels.
 test-quick: install

@@ -139,7 +139,7 @@ IMAGES: tuple[ImageRecipe, ...] = (
         files=("redis.conf", "redis-entrypoint.sh"),
     ),
     ImageRecipe("api", PYTHON_BASE, _python_dockerfile("api", 8080),
-                (*_PY_COMMON, "asynq.py", "tokens.py", "api.py")),
+                (*_PY_COMMON, "asynq.py", "tokens.py", "uploads.py", "api.py")),
     ImageRecipe("worker", PYTHON_BASE, _python_dockerfile("worker", None),
                 (*_PY_COMMON, "asynq.py", "worker.py")),
     ImageRecipe("admin", PYTHON_BASE, _python_dockerfile("admin", 3000),
