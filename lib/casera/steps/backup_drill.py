@@ -22,13 +22,13 @@ from functools import partial
 from pathlib import Path
 
 from casera.context import RunContext
-from casera.errors import ProviderError, StepFailed
+from casera.errors import ProviderError
 from casera.plan import Plan, apply
 from casera.providers import b2, postgres, redis_db
 from casera.result import StepResult, timed
 from casera.steps import redis_backup
 from casera.steps.redis_backup import BackupFile, age_text, sha256_file
-from casera.steps.redis_checks import redis_client, running_task
+from casera.steps.redis_checks import redis_client
 
 DUMP_SUFFIX = ".dump"
 # Tables listed one by one in the result; the rest are summed up.
@@ -63,10 +63,7 @@ def take_dump(ctx: RunContext, dump_now: bool) -> StepResult:
             result.reason = ("not asked (dump_now=False): the drill proves the newest "
                              "scheduled dump")
             return result
-        task = running_task(ctx, "backup")
-        if task is None and not ctx.dry_run:
-            raise StepFailed("no running backup task: is the stack deployed (bootstrap)?")
-        where = task.node if task else "<the backup task's node>"
+        task, where = redis_backup.backup_task(ctx)
         plan = Plan()
         plan.add(f"+ pg_dump of {ctx.params.neon.database} from {ctx.params.neon.direct_host} "
                  f"uploaded to {ctx.params.b2.buckets[backup.bucket].name}/{backup.prefix}"

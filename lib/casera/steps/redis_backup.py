@@ -82,6 +82,15 @@ def age_text(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+def backup_task(ctx: RunContext) -> tuple[ServiceTask | None, str]:
+    """The backup service's running task and its node, for a backup taken now the way the
+    scheduled ones are. A dry run may plan without one (the stack not deployed yet)."""
+    task = running_task(ctx, "backup")
+    if task is None and not ctx.dry_run:
+        raise StepFailed("no running backup task: is the stack deployed (bootstrap)?")
+    return task, task.node if task else "<the backup task's node>"
+
+
 def take_snapshot(ctx: RunContext) -> StepResult:
     """One snapshot now, by the backup service itself (its command run inside its task), so
     it goes the way the scheduled ones go: ``redis-cli --rdb``, then an upload with the
@@ -89,10 +98,7 @@ def take_snapshot(ctx: RunContext) -> StepResult:
     backup = ctx.params.redis.backup
     with timed(StepResult("redis snapshot", f"{backup.bucket}/{backup.prefix}",
                           dry_run=ctx.dry_run)) as result:
-        task = running_task(ctx, "backup")
-        if task is None and not ctx.dry_run:
-            raise StepFailed("no running backup task: is the stack deployed (bootstrap)?")
-        where = task.node if task else "<the backup task's node>"
+        task, where = backup_task(ctx)
         plan = Plan()
         plan.add(f"+ snapshot of redis uploaded to {ctx.params.b2.buckets[backup.bucket].name}"
                  f"/{backup.prefix}<UTC time>.rdb (by the backup task on {where})",

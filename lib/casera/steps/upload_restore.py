@@ -123,18 +123,7 @@ def restore_deleted_upload(ctx: RunContext, file_name: str,
     (b2sdk checks its SHA-1) with the size of the upload that was hidden."""
     with timed(StepResult("restore deleted upload", f"{bucket}/{file_name}",
                           dry_run=ctx.dry_run)) as result:
-        buckets = ctx.params.b2.buckets
-        if bucket not in buckets:
-            raise StepFailed(f"parameter bucket={bucket!r} is not a bucket role in params "
-                             f"b2.buckets ({', '.join(buckets)}); nothing was changed")
-        if not file_name.strip():
-            raise StepFailed("parameter file_name is empty: name the file to restore (as "
-                             "listed in the bucket); nothing was changed")
-        name = buckets[bucket].name  # type: ignore[index]
-        api = master_api(ctx)
-        info = b2.get_bucket(api, name)
-        if info is None:
-            raise StepFailed(f"bucket {name} (params b2.buckets.{bucket}) does not exist")
+        api, info, name = _resolve(ctx, bucket, file_name)
         result.target = f"{name}/{file_name}"
         versions = [v for v in b2.file_versions(api, info.bucket_id, name, file_name)
                     if v.action in ("upload", "hide")]

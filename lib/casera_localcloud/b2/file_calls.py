@@ -8,6 +8,7 @@ import mimetypes
 import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
+from typing import BinaryIO
 
 from casera_localcloud.b2 import auth, errors
 from casera_localcloud.b2.auth import Principal
@@ -38,6 +39,19 @@ HIDE_MARKER_TYPE = "application/x-bz-hide-marker"
 MAX_COPY_BYTES = 5 * 1000**3
 METADATA_DIRECTIVES = ("COPY", "REPLACE")
 
+
+def _copy_hashed(src: BinaryIO, out: BinaryIO, size: int, digest: hashlib._Hash,
+                 short: str) -> None:
+    """``size`` bytes from ``src`` to ``out`` in 1 MiB chunks, fed to ``digest``; a source
+    that ends first is the client's error (400, ``short``)."""
+    remaining = size
+    while remaining:
+        chunk = src.read(min(remaining, 1 << 20))
+        if not chunk:
+            raise errors.bad_request(short)
+        digest.update(chunk)
+        out.write(chunk)
+        remaining -= len(chunk)
 
 class FileCalls(CallsBase):
     # listing and file info --------------------------------------------------------------
@@ -193,14 +207,7 @@ class FileCalls(CallsBase):
         try:
             with self.store.blob_path(source.file_id).open("rb") as src, path.open("wb") as out:
                 src.seek(first)
-                remaining = size
-                while remaining:
-                    chunk = src.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        raise errors.bad_request("source ended early")
-                    digest.update(chunk)
-                    out.write(chunk)
-                    remaining -= len(chunk)
+                _copy_hashed(src, out, size, digest, "source ended early")
         except BaseException:
             path.unlink(missing_ok=True)
             raise
@@ -255,14 +262,7 @@ class FileCalls(CallsBase):
         path = self.store.temp_path()
         try:
             with path.open("wb") as out:
-                remaining = size
-                while remaining:
-                    chunk = body.read(min(remaining, 1 << 20))
-                    if not chunk:
-                        raise errors.bad_request("body ended before Content-Length")
-                    digest.update(chunk)
-                    out.write(chunk)
-                    remaining -= len(chunk)
+                _copy_hashed(body, out, size, digest, "body ended before Content-Length")
             if at_end:
                 claimed = body.read(40).decode("ascii", "replace").lower()
             actual = digest.hexdigest()

@@ -55,6 +55,19 @@ def b2_bucket(secret: str = "b2_backups") -> Any:
     return api.BUCKET_CLASS(api, allowed["bucketId"], name=allowed.get("bucketName"))
 
 
+def _checked_sha256(target: Path, magic: bytes, what: str) -> str:
+    """The file's SHA-256 (hex), after checking it starts as its format does: a tool that
+    exits 0 with a truncated or foreign file must not become the newest backup."""
+    head = target.read_bytes()[:len(magic)]
+    if head != magic:
+        raise RuntimeError(f"{what} does not start with {magic!r}: {head!r}")
+    digest = hashlib.sha256()
+    with target.open("rb") as source:
+        for chunk in iter(lambda: source.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def snapshot_name(prefix: str, taken: float) -> str:
     # Sortable by name, so the newest snapshot is the last one listed.
     return f"{prefix}{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(taken))}.rdb"
@@ -78,13 +91,7 @@ def take_snapshot(prefix: str) -> dict[str, Any]:
                            f"{(done.stderr or done.stdout).strip()[-200:]}")
     # A busy Redis changes between the fork and here: the snapshot's own count lies between.
     dbsize_after = r.dbsize()
-    data_head = target.read_bytes()[:5]
-    if data_head != RDB_MAGIC:
-        raise RuntimeError(f"the snapshot does not start with {RDB_MAGIC!r}: {data_head!r}")
-    digest = hashlib.sha256()
-    with target.open("rb") as source:
-        for chunk in iter(lambda: source.read(1 << 20), b""):
-            digest.update(chunk)
+    sha256 = _checked_sha256(target, RDB_MAGIC, "the snapshot")
     record = {
         "taken_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(taken)),
         "taken_at_ms": str(int(taken * 1000)),
@@ -92,7 +99,7 @@ def take_snapshot(prefix: str) -> dict[str, Any]:
         "dbsize_after": str(dbsize_after),
         "repl_offset": str(replication.get("master_repl_offset", 0)),
         "repl_id": str(replication.get("master_replid", "")),
-        "sha256": digest.hexdigest(),
+        "sha256": sha256,
         "size": str(target.stat().st_size),
     }
     name = snapshot_name(prefix, taken)
@@ -142,13 +149,7 @@ def take_dump(prefix: str) -> dict[str, Any]:
         if done.returncode != 0 or not target.exists():
             raise RuntimeError(f"pg_dump exited {done.returncode}: "
                                f"{(done.stderr or done.stdout).strip()[-300:]}")
-        head = target.read_bytes()[:5]
-        if head != PGDUMP_MAGIC:
-            raise RuntimeError(f"the dump does not start with {PGDUMP_MAGIC!r}: {head!r}")
-        digest = hashlib.sha256()
-        with target.open("rb") as source:
-            for chunk in iter(lambda: source.read(1 << 20), b""):
-                digest.update(chunk)
+        sha256 = _checked_sha256(target, PGDUMP_MAGIC, "the dump")
         version = subprocess.run(["pg_dump", "--version"], capture_output=True, text=True,
                                  check=False).stdout.strip()
         record = {
@@ -158,7 +159,7 @@ def take_dump(prefix: str) -> dict[str, Any]:
             "host": host,
             "format": "custom",
             "pg_dump": version[:80],
-            "sha256": digest.hexdigest(),
+            "sha256": sha256,
             "size": str(target.stat().st_size),
         }
         name = dump_name(prefix, database, taken)
