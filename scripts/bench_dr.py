@@ -166,6 +166,27 @@ def items_after(session: Any, endpoint: ApiEndpoint, ids: list[int],
         return readable, False
 
 
+def failure_timeline(probe: SteadyProbe, since: float, meta: dict[str, Any]) -> str:
+    """When the probe's failures came, in 10 s windows from ``since`` (the first kill), beside
+    where the run was by then (its steps' durations added up from the kill: the kernel's start
+    is not in them, so a step is placed a few seconds early), and what they said."""
+    failed = [r for r in probe.rows if not r.ok and r.start >= since]
+    if not failed:
+        return "no failure"
+    windows: dict[int, int] = {}
+    for r in failed:
+        window = int((r.start - since) // 10) * 10
+        windows[window] = windows.get(window, 0) + 1
+    counts = ", ".join(f"{w}-{w + 10} s: {n}" for w, n in sorted(windows.items()))
+    ends, at = [], 0.0
+    for step in meta["steps"]:
+        at += step["duration_s"]
+        ends.append(f"{step['step']} ends {at:.0f} s")
+    details = sorted({r.detail[:80] for r in failed})[:4]
+    return (f"failures from the kill: {counts}; what they said: {details}; "
+            f"the run's steps: {'; '.join(ends)}")
+
+
 def quorum_lost() -> dict[str, Any]:
     endpoint = api()
     session = endpoint.requests_session()
@@ -176,6 +197,7 @@ def quorum_lost() -> dict[str, Any]:
             client.set(f"bench:dr:{n}", str(n))
     dead = [n for n in ctx().params.server_names() if n != task.node]
     with SteadyProbe(endpoint, rate=5.0, max_s=900) as probe:
+        killed_at = time.time()
         for name in dead:
             subprocess.run([sys.executable, "-m", "casera.runner.cli", "local", "kill-node",
                             name], check=True, capture_output=True)
@@ -187,7 +209,8 @@ def quorum_lost() -> dict[str, Any]:
     return {"code": code, "wall": took, "rto": rto(meta, "swarm recovered"),
             "rpo": f"{10 - readable} of 10 items, {0 if done else 'some'} jobs, {20 - keys} of "
                    "20 keys lost", "phases": phases("quorum-lost", meta),
-            "extra": summary("probe through the LB during the run", probe.figures())}
+            "extra": summary("probe through the LB during the run", probe.figures())
+            + "; " + failure_timeline(probe, killed_at, meta)}
 
 
 def total_loss() -> dict[str, Any]:
