@@ -56,7 +56,7 @@ from casera.steps import dr, redis_failover, scale
 from casera.steps.access import docker_pool, known_hosts
 from casera.steps.load_balancer import wait_readyz_through_lb
 from casera.steps.redis_checks import reachable_cluster
-from casera.steps.stack import STACK, services_converged, stack_services
+from casera.steps.stack import STACK, stack_services, wait_services_converged
 from casera.steps.swarm import REDIS_LABEL, manager_name
 from casera.steps.swarm_secrets import (
     digest,
@@ -583,13 +583,13 @@ def verify_recovered(ctx: RunContext, timeout: float = 240) -> StepResult:
         result.check("nodes ready and active", not late,
                      f"all {len(entries)}" if not late else ", ".join(late))
         try:
-            counts = wait_for("every service at its replica count",
-                              lambda: services_converged(client, p), timeout)
-        except CaseraError:
-            counts = {}
+            counts = wait_services_converged(client, p, timeout)
+            short = ""
+        except CaseraError as exc:
+            counts, short = {}, str(exc)
         result.check("services at their replicas", bool(counts),
                      ", ".join(f"{k} {v}" for k, v in counts.items()) or
-                     "not every service runs its replicas")
+                     short.split("Not there yet: ")[-1])
         services = stack_services(client)
         mounted = _references(services, "Secrets", "SecretID")
         absent = sorted(n for i, n in mounted.items() if i not in docker_swarm.secret_ids(client))

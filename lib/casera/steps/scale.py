@@ -35,7 +35,12 @@ from casera.result import StepResult, timed
 from casera.steps.access import DEAD_AFTER_S, known_hosts
 from casera.steps.load_balancer import wait_readyz_through_lb
 from casera.steps.redis_checks import reachable_cluster
-from casera.steps.stack import running_tasks, services_converged, stack_services
+from casera.steps.stack import (
+    running_tasks,
+    services_converged,
+    stack_services,
+    wait_services_converged,
+)
 from casera.steps.summary import monthly_price
 
 MIN_MANAGERS = 3
@@ -702,8 +707,7 @@ def verify_scale(ctx: RunContext, timeout: float = 120) -> StepResult:
         late = not_ready(entries)
         result.check("nodes ready and active", not late,
                      f"all {len(entries)}" if not late else ", ".join(late))
-        counts = wait_for("every service at its replica count",
-                          lambda: services_converged(client, p), timeout)
+        counts = wait_services_converged(client, p, timeout)
         result.check("services at their replicas", bool(counts),
                      ", ".join(f"{k} {v}" for k, v in counts.items()))
         spread = distribution(client)
@@ -775,8 +779,9 @@ def drain_nodes(ctx: RunContext, timeout: float = 600) -> StepResult:
                 if e["state"] == "ready":
                     wait_for(f"{e['hostname']}'s tasks to stop (drained)",
                              lambda: _tasks_on(client, e["id"]) == 0, timeout)
-                wait_for("every service at its replica count on the other nodes",
-                         lambda: services_converged(client, rest_ctx.params), timeout)
+                wait_services_converged(client, rest_ctx.params, timeout,
+                                        "every service at its replica count on the other "
+                                        "nodes")
 
             plan.add(f"~ drain {name} ({entry['state']}) and wait for its tasks elsewhere",
                      drain)

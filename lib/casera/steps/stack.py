@@ -72,23 +72,48 @@ def _mounts(container: dict[str, Any]) -> list[tuple[str, str]]:
                   for ref in container.get("Secrets") or [])
 
 
+def services_gap(client: DockerClient, params: Params) -> list[str]:
+    """What keeps the stack from converged, a line per service (empty when converged):
+    running tasks against params' replicas, and tasks still on an older spec."""
+    services = stack_services(client)
+    running = running_tasks(client)
+    gap = []
+    for name in SERVICES:
+        service = services.get(name)
+        if service is None:
+            gap.append(f"{name}: not deployed")
+            continue
+        tasks = running.get(service["id"], [])
+        wanted = getattr(params.services, name).replicas
+        old = sum(not _rolled(t, service["spec"]["TaskTemplate"]) for t in tasks)
+        if len(tasks) != wanted or old:
+            gap.append(f"{name}: {len(tasks)} of {wanted} running"
+                       + (f", {old} on an older spec" if old else ""))
+    return gap
+
+
 def services_converged(client: DockerClient, params: Params) -> dict[str, int] | None:
     """service -> running tasks, once every service runs exactly its replicas, each on the
     service's current image and secrets: right after `docker stack deploy` the old tasks
     still run, and a rolling update (a new secret version) is not done until they are gone."""
-    services = stack_services(client)
-    if any(name not in services for name in SERVICES):
+    if services_gap(client, params):
         return None
-    running = running_tasks(client)
-    counts = {}
-    for name in SERVICES:
-        service = services[name]
-        tasks = running.get(service["id"], [])
-        counts[name] = len(tasks)
-        if len(tasks) != getattr(params.services, name).replicas or not all(
-                _rolled(t, service["spec"]["TaskTemplate"]) for t in tasks):
-            return None
-    return counts
+    running, services = running_tasks(client), stack_services(client)
+    return {name: len(running.get(services[name]["id"], [])) for name in SERVICES}
+
+
+def wait_services_converged(client: DockerClient, params: Params, timeout: float,
+                            what: str = "every service at its replica count") -> dict[str, int]:
+    """:func:`services_converged`, waited for; the timeout names each service still short
+    (a bare "timed out" sent a rehearsal's reader to the node logs)."""
+    try:
+        return wait_for(what, lambda: services_converged(client, params), timeout)
+    except WaitTimeout as exc:
+        try:
+            gap = "; ".join(services_gap(client, params)) or "converged just now"
+        except Exception as read:  # noqa: BLE001 - the timeout is the news; say why no detail
+            gap = f"(could not read the services: {type(read).__name__}: {read})"
+        raise WaitTimeout(f"{exc}. Not there yet: {gap}") from exc
 
 
 def converged(ctx: RunContext, client: DockerClient) -> dict[str, int] | None:
@@ -97,8 +122,9 @@ def converged(ctx: RunContext, client: DockerClient) -> dict[str, int] | None:
 
 
 def wait_converged(ctx: RunContext, client: DockerClient, timeout: float) -> dict[str, int]:
-    return wait_for("every service at its replica count, each task on the current spec",
-                    lambda: services_converged(client, ctx.params), timeout)
+    return wait_services_converged(client, ctx.params, timeout,
+                                   "every service at its replica count, each task on the "
+                                   "current spec")
 
 
 def legacy_env(client: DockerClient) -> dict[str, list[str]]:
@@ -185,8 +211,7 @@ def ensure_stack(ctx: RunContext, timeout: float = 600) -> StepResult:
                 plan.show(line)
         if apply(ctx, result, plan).dry_run:
             return result
-        counts = wait_for("every service at its replica count",
-                          lambda: services_converged(client, p), timeout)
+        counts = wait_services_converged(client, p, timeout)
         for name, count in counts.items():
             wanted = getattr(p.services, name).replicas
             result.check(f"{name} replicas", count == wanted,
