@@ -50,10 +50,10 @@ from casera.context import RunContext
 from casera.errors import CaseraError, StepFailed, WaitTimeout
 from casera.plan import Plan, apply
 from casera.progress import wait_for
-from casera.providers import docker_swarm, hetzner
+from casera.providers import docker_swarm, hetzner, ssh
 from casera.result import StepResult, timed
 from casera.steps import dr, redis_failover, scale
-from casera.steps.access import docker_pool, known_hosts
+from casera.steps.access import docker_pool, known_hosts, node_ssh
 from casera.steps.load_balancer import wait_readyz_through_lb
 from casera.steps.redis_checks import reachable_cluster
 from casera.steps.stack import STACK, stack_services, wait_services_converged
@@ -333,6 +333,31 @@ def _leading_alone(client: Any, name: str) -> list[dict[str, Any]] | None:
     return entries if any(e["hostname"] == name and e["leader"] for e in entries) else None
 
 
+# Swarm's gossip (libnetwork's NetworkDB over memberlist): how overlay peers learn where each
+# other's tasks are. https://docs.docker.com/engine/swarm/swarm-tutorial/#open-protocols-and-ports-between-the-hosts
+GOSSIP_PORT = 7946
+
+
+def _gossip_listening(ctx: RunContext, name: str, ip: str) -> bool:
+    """Whether the engine on ``name`` listens for gossip (read with ``ss`` over SSH: the Cloud
+    Firewall lets only the nodes themselves reach that port)."""
+    return bool(ssh.run(node_ssh(ctx, name, ip), f"ss -Hlnt 'sport = :{GOSSIP_PORT}'"))
+
+
+def _restart_engine(ctx: RunContext, name: str, ip: str, client: Any, timeout: float) -> None:
+    """``systemctl restart docker`` on ``name``, then wait until its engine answers as an
+    active swarm node again and listens for gossip. Seen here after every force: the engine
+    leaves the gossip cluster and never rejoins it until restarted (moby/moby#36860)."""
+    ssh.run(node_ssh(ctx, name, ip), "sudo -n systemctl restart docker", timeout=timeout)
+
+    def back() -> bool:
+        return docker_swarm.swarm_state(client)["state"] == "active" and _gossip_listening(
+            ctx, name, ip)
+
+    wait_for(f"{name}'s engine back in the swarm and listening for gossip on {GOSSIP_PORT}",
+             back, timeout, interval=2)
+
+
 def force_new_cluster(ctx: RunContext, timeout: float = 120) -> StepResult:
     """``docker swarm init --force-new-cluster`` on the survivor, behind the gate: it becomes
     the only manager of the same swarm, with its services, secrets, configs and networks.
@@ -362,10 +387,17 @@ def force_new_cluster(ctx: RunContext, timeout: float = 120) -> StepResult:
         plan.add(f"~ docker swarm init --force-new-cluster on {survivor} ({ip}): the only "
                  "manager of the same swarm, its services, secrets and configs kept",
                  partial(docker_swarm.force_new_cluster, client, ip), destructive=True)
+        plan.add(f"~ restart the Docker engine on {survivor}: after the force its gossip "
+                 f"(TCP/UDP {GOSSIP_PORT}) stops listening, so no overlay traffic would reach "
+                 "it from the managers that join (moby/moby#36860, docker/for-linux#495); "
+                 "its tasks restart, Redis from its volume",
+                 partial(_restart_engine, ctx, survivor, ip, client, timeout), destructive=True)
         if apply(ctx, result, plan).dry_run:
             return result
         entries = wait_for(f"{survivor} to lead the swarm alone",
                            lambda: _leading_alone(client, survivor), timeout)
+        result.check("gossip listening", _gossip_listening(ctx, survivor, ip),
+                     f"{survivor} listens on TCP {GOSSIP_PORT}: the overlay's peers find it")
         address = docker_swarm.advertised(client)
         result.check("advertised address", address == ip,
                      f"{address}: the survivor's address in Hetzner, so the managers that "
