@@ -414,7 +414,7 @@ def force_new_cluster(ctx: RunContext, timeout: float = 120) -> StepResult:
     return result
 
 
-def recover_redis(ctx: RunContext) -> StepResult:
+def recover_redis(ctx: RunContext, timeout: float = 120) -> StepResult:
     """Redis after the new cluster. It ran on the survivor: the same process still serves
     (its run id unchanged), so its data is intact, nothing to do. It ran on a dead server:
     the Redis runbook's node-lost restore (the newest B2 snapshot written into the
@@ -426,10 +426,16 @@ def recover_redis(ctx: RunContext) -> StepResult:
         with timed(StepResult("redis after quorum loss", facts.redis.node,
                               dry_run=ctx.dry_run)) as result:
             client = _engine(ctx, facts.redis.node, facts.addresses[facts.redis.node])
-            now = _redis_on(facts.redis.node, client)
+            # The engine's restart after the force restarts the survivor's tasks: Redis then
+            # reloads its own AOF from its volume on the same node (everysec: up to a second
+            # of writes). Waited for until it answers INFO.
+            try:
+                now = wait_for(f"Redis running and answering on {facts.redis.node}",
+                               lambda: (seen := _redis_on(facts.redis.node, client)) and
+                               seen.run_id and seen, timeout, interval=2)
+            except WaitTimeout:
+                now = None
             same = now is not None and now.run_id == facts.redis.run_id
-            # The new cluster can restart the survivor's tasks: Redis then reloads its own
-            # AOF from its volume on the same node (everysec: up to a second of writes).
             result.check("redis on its node", now is not None,
                          ("the same process as at the loss" if same else
                           f"restarted on {facts.redis.node} from its own volume (run id "
