@@ -247,7 +247,9 @@ def test_rotation_under_a_steady_probe(tmp_path: Path, traffic: B2Traffic,  # no
         # The DB user changed with its password, in the same roll; the old role still works.
         new_db = db_roles.app_credential(ctx)
         assert new_db.role == new_role and db_roles.role_store("local").rotation() == rotation
-        assert db_users(manager) == {"api": {new_role}, "worker": {new_role}}
+        # Every service that logs in to the database: the backup's nightly pg_dump too.
+        assert db_users(manager) == {"api": {new_role}, "worker": {new_role},
+                                     "backup": {new_role}}
         assert logs_in(ctx, new_db, pooled=True) is None
         assert logs_in(ctx, old_db, pooled=True) is None, "the old credential went too early"
         marks["roll 1 (stopped run)"] = time.monotonic() - started
