@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 
 from casera.context import RunContext
+from casera.db_roles import app_credential
 from casera.errors import ProviderError
 from casera.plan import Plan, apply
 from casera.providers import b2, postgres, redis_db
@@ -86,10 +87,12 @@ def take_dump(ctx: RunContext, dump_now: bool) -> StepResult:
 
 
 def _live_tables(ctx: RunContext) -> dict[str, postgres.TableFacts]:
+    """Live's row counts, as the app logs in: after a DB password rotation that is the other
+    login role (``neon.role``'s own password is then retired and refused)."""
     n = ctx.params.neon
-    return postgres.read_only_table_facts(n.direct_host, n.direct_port, n.database, n.role,
-                                          ctx.secrets.get("db_password"), n.sslmode,
-                                          n.sslrootcert, n.hostaddr)
+    app = app_credential(ctx)
+    return postgres.read_only_table_facts(n.direct_host, n.direct_port, n.database, app.role,
+                                          app.password, n.sslmode, n.sslrootcert, n.hostaddr)
 
 
 def verify_newest_dump(ctx: RunContext) -> StepResult:
