@@ -53,7 +53,13 @@ from casera.progress import wait_for
 from casera.providers import docker_swarm, hetzner, ssh
 from casera.result import StepResult, timed
 from casera.steps import dr, redis_failover, scale
-from casera.steps.access import docker_pool, known_hosts, node_ssh
+from casera.steps.access import (
+    LISTENERS_COMMAND,
+    docker_pool,
+    known_hosts,
+    listening_ports,
+    node_ssh,
+)
 from casera.steps.load_balancer import wait_readyz_through_lb
 from casera.steps.redis_checks import reachable_cluster
 from casera.steps.stack import STACK, stack_services, wait_services_converged
@@ -339,9 +345,10 @@ GOSSIP_PORT = 7946
 
 
 def _gossip_listening(ctx: RunContext, name: str, ip: str) -> bool:
-    """Whether the engine on ``name`` listens for gossip (read with ``ss`` over SSH: the Cloud
-    Firewall lets only the nodes themselves reach that port)."""
-    return bool(ssh.run(node_ssh(ctx, name, ip), f"ss -Hlnt 'sport = :{GOSSIP_PORT}'"))
+    """Whether dockerd on ``name`` listens for gossip (its listeners read over SSH, as the
+    SSH hardening check reads sshd's: the Cloud Firewall lets only the nodes reach 7946)."""
+    listeners = ssh.run(node_ssh(ctx, name, ip), LISTENERS_COMMAND)
+    return GOSSIP_PORT in listening_ports(listeners, "dockerd")
 
 
 def _restart_engine(ctx: RunContext, name: str, ip: str, client: Any, timeout: float) -> None:
