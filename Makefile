@@ -90,6 +90,9 @@ demo: install
 PYTEST := $(VPY) -m pytest -q -rfEs -p no:cacheprovider
 # pytest-xdist workers for the tests that need no local cloud (see `test`).
 XDIST := -n 3
+# The local-cloud tests that drive the local engine (nodes, images, a deployed stack); the
+# other local-cloud tests never touch it and run beside them (see `test`).
+ENGINE_TESTS := tests/localcloud/nodes tests/localcloud/images
 test: install
 	@# Each phase's start time is printed: the suite's budget is read from the CI log.
 	@date +'phase lint and local cloud: started %T'
@@ -97,15 +100,22 @@ test: install
 	@# Start from an empty local cloud: what an earlier session left must not change results
 	@# (--purge: the emulators' accounts too; the image caches stay).
 	$(VBIN)/casera local down --purge
-	@# The tests that need no local cloud mostly wait on kernels and subprocesses: three
-	@# xdist workers (each with its own emulators on free ports) halve their wall time on
-	@# 2 cores. They run beside the local-cloud ones, which share one dockerd, run one at a
-	@# time and leave the CPU mostly idle (their log is printed after, not interleaved).
-	@mkdir -p .make; echo "tests needing no local cloud: running beside the local-cloud tests"
+	@# Three runs side by side, each mostly waiting (the CPU stays mostly idle):
+	@# - the tests that need the local engine (nodes, images, a stack): they share one
+	@#   dockerd and its network, so they run one at a time, in this shell;
+	@# - the other local-cloud tests: emulators, PostgreSQL and PgBouncer of their own on free
+	@#   ports (tests/localcloud_harness.py), never the engine;
+	@# - the tests that need no local cloud, on three xdist workers.
+	@# The two background runs' logs are printed after, not interleaved.
+	@mkdir -p .make; echo "engine tests here; emulator and no-cloud tests beside them"
 	@$(PYTEST) $(XDIST) -m "not localcloud" tests --ignore=tests/e2e > .make/no-cloud.log 2>&1 & \
-	  nc=$$!; $(PYTEST) --durations=20 -m localcloud tests --ignore=tests/e2e; lc=$$?; \
+	  nc=$$!; $(PYTEST) --durations=10 -m localcloud tests --ignore=tests/e2e \
+	    $(addprefix --ignore=,$(ENGINE_TESTS)) > .make/emulators.log 2>&1 & \
+	  em=$$!; $(PYTEST) --durations=20 -m localcloud $(ENGINE_TESTS); lc=$$?; \
+	  wait $$em; emrc=$$?; echo "--- local-cloud tests on emulators (exit $$emrc):"; \
+	  cat .make/emulators.log; \
 	  wait $$nc; ncrc=$$?; echo "--- tests needing no local cloud (exit $$ncrc):"; \
-	  cat .make/no-cloud.log; test $$lc -eq 0 && test $$ncrc -eq 0
+	  cat .make/no-cloud.log; test $$lc -eq 0 && test $$emrc -eq 0 && test $$ncrc -eq 0
 	@date +'phase e2e: started %T'
 	$(PYTEST) --durations=0 tests/e2e
 	@date +'phase nbval: started %T'

@@ -347,8 +347,8 @@ class StackParams(_Strict):
     # environment). The bootstrap deploys what this says and refuses to move a running
     # legacy stack itself: runbooks/secret-migration.ipynb does that under its checks.
     secrets_source: Literal["docker_secrets", "legacy_env"] = "docker_secrets"
-    # Rolling-update pace. healthcheck_interval_s: how often Docker checks api, worker, admin
-    # and Redis; a new task counts as running only once its first check passes (swarmkit
+    # Rolling-update pace. healthcheck_interval_s: how often Docker checks every service
+    # (api, worker, admin, Redis, Dozzle, backup); a new task counts as running only once its first check passes (swarmkit
     # waits for "healthy" before it reports a task with a healthcheck running), so every task
     # replaced in a roll-out waits about this long. update_delay_s: the pause between two
     # replaced tasks, which must let the LB count the new api task healthy before the next
