@@ -296,7 +296,7 @@ class HealthCheckParams(_Strict):
     path: str = Field(default="/readyz", pattern=r"^/")
     interval_s: int = Field(default=10, ge=3, le=60)
     timeout_s: int = Field(default=5, ge=1, le=60)
-    retries: int = Field(default=3, ge=0, le=5)
+    retries: int = Field(default=3, ge=1, le=5)  # Hetzner: 1..5 (terraform-provider-hcloud#1162)
 
     @model_validator(mode="after")
     def _timeout_below_interval(self) -> HealthCheckParams:
@@ -348,9 +348,10 @@ class StackParams(_Strict):
     # legacy stack itself: runbooks/secret-migration.ipynb does that under its checks.
     secrets_source: Literal["docker_secrets", "legacy_env"] = "docker_secrets"
     # Rolling-update pace. healthcheck_interval_s: how often Docker checks every service
-    # (api, worker, admin, Redis, Dozzle, backup); a new task counts as running only once its first check passes (swarmkit
-    # waits for "healthy" before it reports a task with a healthcheck running), so every task
-    # replaced in a roll-out waits about this long. update_delay_s: the pause between two
+    # (api, worker, admin, Redis, Dozzle, backup); a new task counts as running only once its
+    # first check passes (swarmkit waits for "healthy" before it reports a task with a
+    # healthcheck running), so every task started in a deploy or a roll-out waits about this
+    # long. update_delay_s: the pause between two
     # replaced tasks, which must let the LB count the new api task healthy before the next
     # old one stops (see Params.lb_healthy_after_s). Production keeps Docker's customary 10 s;
     # the local cloud checks more often to keep its e2e roll-outs short.

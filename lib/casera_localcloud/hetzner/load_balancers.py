@@ -67,9 +67,13 @@ def _health_check(raw: object, service: dict[str, Any], current: dict[str, Any] 
     if check["protocol"] not in ("tcp", "http"):
         raise invalid_field(f"{where}.protocol", "must be 'tcp' or 'http'")
     _port(check["port"], f"{where}.port")
-    for key in ("interval", "timeout", "retries"):
-        if not isinstance(check[key], int) or check[key] < (0 if key == "retries" else 1):
+    for key in ("interval", "timeout"):
+        if not isinstance(check[key], int) or check[key] < 1:
             raise invalid_field(f"{where}.{key}", "must be a positive integer")
+    # Hetzner refuses 0 (and more than 5): "[health_check.healthCheckRetries => [Must be
+    # between 1 and 5.]]" (hetznercloud/terraform-provider-hcloud#1162, 2025).
+    if not isinstance(check["retries"], int) or not 1 <= check["retries"] <= 5:
+        raise invalid_field(f"{where}.retries", "Must be between 1 and 5.")
     if check["protocol"] == "http":
         given = _known(raw.get("http") or {}, tuple(_HEALTH_HTTP_DEFAULTS), f"{where}.http")
         check["http"] = {**_HEALTH_HTTP_DEFAULTS, **(check.get("http") or {}), **given}

@@ -79,7 +79,7 @@ def _https_service(cert_id: int, port: int, redirect: bool = True) -> LoadBalanc
         http=LoadBalancerServiceHttp(certificates=[Certificate(id=cert_id)],
                                      redirect_http=redirect),
         health_check=LoadBalancerHealthCheck(
-            protocol="http", port=port, interval=1, timeout=1, retries=0,
+            protocol="http", port=port, interval=1, timeout=1, retries=1,
             http=LoadBalancerHealthCheckHttp(path="/health", status_codes=["2??"], tls=False)))
 
 

@@ -89,7 +89,7 @@ def test_load_balancer_forwards_to_healthy_targets_only(emulator: Running,
     service = LoadBalancerService(
         protocol="http", listen_port=80, destination_port=port, proxyprotocol=False,
         health_check=LoadBalancerHealthCheck(
-            protocol="http", port=port, interval=1, timeout=1, retries=0,
+            protocol="http", port=port, interval=1, timeout=1, retries=1,
             http=LoadBalancerHealthCheckHttp(path="/health", status_codes=["2??"],
                                              response="ok", tls=False)))
     created = client.load_balancers.create(
@@ -146,7 +146,7 @@ def test_load_balancer_forwards_to_healthy_targets_only(emulator: Running,
     lb.add_service(LoadBalancerService(
         protocol="tcp", listen_port=8080, destination_port=port, proxyprotocol=False,
         health_check=LoadBalancerHealthCheck(protocol="tcp", port=port, interval=1,
-                                             timeout=1, retries=0))).wait_until_finished()
+                                             timeout=1, retries=1))).wait_until_finished()
     assert len(client.load_balancers.get_by_id(lb.id).services) == 2
     lb.delete_service(LoadBalancerService(listen_port=8080)).wait_until_finished()
 
@@ -190,3 +190,22 @@ def test_label_selector_targets_follow_new_and_relabelled_servers(emulator: Runn
     assert members() == [first.server.id]
     client.servers.get_by_id(first.server.id).update(labels={"role": "worker"})
     assert members() == []
+
+
+@pytest.mark.parametrize("retries", [0, 6])
+def test_health_check_retries_outside_one_to_five_are_refused(emulator: Running,
+                                                               retries: int) -> None:
+    # Hetzner: "[health_check.healthCheckRetries => [Must be between 1 and 5.]]"
+    # (hetznercloud/terraform-provider-hcloud#1162); the emulator had taken 0.
+    client = emulator.client()
+    service = LoadBalancerService(
+        protocol="tcp", listen_port=80, destination_port=8080, proxyprotocol=False,
+        health_check=LoadBalancerHealthCheck(protocol="tcp", port=8080, interval=3, timeout=2,
+                                             retries=retries))
+    with pytest.raises(APIException) as err:
+        client.load_balancers.create(name=f"casera-lb-{retries}",
+                                     load_balancer_type=LoadBalancerType(name="lb11"),
+                                     location=Location(name="fsn1"), services=[service])
+    assert err.value.code == "invalid_input"
+    assert "retries" in str(err.value.details), err.value.details
+    assert client.load_balancers.get_all() == []
