@@ -17,6 +17,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Figures the tests measured (`record_property("measured", ...)`), shown in the CI log:
     reported, never asserted."""
+    from e2e_harness import RUN_TIMES
+
+    if RUN_TIMES:
+        by_kind: dict[str, list[float]] = {}
+        for what, seconds in RUN_TIMES:
+            by_kind.setdefault(what, []).append(seconds)
+        terminalreporter.write_line(
+            f"measured: the e2e runs: {len(RUN_TIMES)} took {sum(s for _, s in RUN_TIMES):.0f} s "
+            "of wall time (the rest: the tests' own probes, faults and waits); by command: "
+            + "; ".join(f"{what} x{len(times)} {sum(times):.0f} s" for what, times in
+                        sorted(by_kind.items(), key=lambda kv: -sum(kv[1]))))
     for reports in terminalreporter.stats.values():
         for report in reports:
             for name, value in getattr(report, "user_properties", []):

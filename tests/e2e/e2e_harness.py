@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,16 @@ from casera_localcloud.local_credentials import read_local_secrets
 HETZNER = "http://127.0.0.1:18001/v1"
 
 
+# (what ran, wall seconds) of every casera command and stopped run: the suite's summary
+# says how much of its time the runs themselves took (conftest.pytest_terminal_summary).
+RUN_TIMES: list[tuple[str, float]] = []
+
+
 def casera(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "casera.runner.cli", *args],
                           capture_output=True, text=True, timeout=timeout)
+    RUN_TIMES.append((" ".join(args[:2]), time.monotonic() - started))
     sys.stdout.write(done.stdout[-3000:])
     sys.stderr.write(done.stderr[-3000:])
     return done
@@ -51,6 +59,7 @@ def run_stopped_after(runbook: str, call: str, tmp: Path, parameters: dict[str, 
         f"raise RuntimeError({f'{STOPPED} {call}'!r})")]
     source, output = tmp / "stopped.ipynb", tmp / "stopped-out.ipynb"
     nbformat.write(nb, source)
+    started = time.monotonic()
     try:
         papermill.execute_notebook(
             str(source), str(output), kernel_name="python3", progress_bar=False,
@@ -61,3 +70,5 @@ def run_stopped_after(runbook: str, call: str, tmp: Path, parameters: dict[str, 
             f"the run failed before {call}: {stopped.ename}: {stopped.evalue[:600]}")
     else:
         raise AssertionError(f"the run of {runbook} did not stop after {call}")
+    finally:
+        RUN_TIMES.append((f"{runbook} (stopped)", time.monotonic() - started))

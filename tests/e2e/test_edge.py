@@ -198,7 +198,8 @@ def test_rotating_the_certificate_loses_no_request(
     assert probe.ok > 0 and not probe.failed, probe.failed[:5]
     assert [c.name for c in hcloud().certificates.get_all()] == [certificate_name(PARAMS)]
     assert served_fingerprint(api) == before
-    again = casera("run", "bootstrap", "--env", "local")
-    assert again.returncode == 0, again.stderr
+    # The way back changed the certificate steps and nothing else (the 0-change re-run of a
+    # converged bootstrap is test_bootstrap.py's).
     _, meta = latest_run()
-    assert meta["changes"] == 0, [s for s in changes_per_step(meta) if s[1]]
+    assert [(name, n) for name, n in changes_per_step(meta) if n and name not in (
+        "origin certificate", "load balancer", "old origin certificates")] == []
