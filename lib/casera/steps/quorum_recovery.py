@@ -422,8 +422,9 @@ def force_new_cluster(ctx: RunContext, timeout: float = 120) -> StepResult:
 
 
 def recover_redis(ctx: RunContext, timeout: float = 120) -> StepResult:
-    """Redis after the new cluster. It ran on the survivor: the same process still serves
-    (its run id unchanged), so its data is intact, nothing to do. It ran on a dead server:
+    """Redis after the new cluster. It ran on the survivor: it stays there with its volume
+    (the engine's restart restarts it, and it reloads its own AOF: a new run id, the same
+    data), waited for until it answers. It ran on a dead server:
     the Redis runbook's node-lost restore (the newest B2 snapshot written into the
     survivor's volume, then the label moved there); its RPO is the snapshot's age."""
     facts = assessment(ctx)
