@@ -416,11 +416,7 @@ def test_node_lost_promotes_the_warm_standby(record_property) -> None:
     # standby in sync with a lag of about a second holds nearly all of them.
     assert len(lost) <= max(5, len(acknowledged) // 20), lost
 
-    again = casera("run", "redis-failover", "--env", "local", "-p", "mode=node-lost",
-                   "-p", f"lost={primary}", "-p", "redis.standby=true")
-    assert again.returncode == 0, again.stdout[-2000:]
-    assert [(s["step"], s["changed"]) for s in latest("redis-failover")["steps"]
-            if s["changed"]] == [], "a re-run changed something"
+    # The node-lost re-run reporting 0 changes is the B2 test's (the same mode and steps).
 
     # Leave the cloud as the bootstrap made it (as the B2 test does): the bootstrap powers the
     # fenced node on, told where Redis is now, and removes the standby (params: off); then a
