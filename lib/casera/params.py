@@ -357,6 +357,12 @@ class StackParams(_Strict):
     # the local cloud checks more often to keep its e2e roll-outs short.
     healthcheck_interval_s: int = Field(default=10, ge=2, le=60)
     update_delay_s: int = Field(default=10, ge=0, le=120)
+    # How long Swarm watches each updated task for a failure (then rolls the service back)
+    # before the update counts as done. Until then the previous spec's secrets count as in use
+    # (swarm_secrets.secret_users: a rollback would bring them back), so every clean-up of old
+    # keys and secret versions, and a health run, wait it out after a roll-out. Production
+    # keeps 30 s; the local cloud 10 s (a stand-in that fails does so within its first checks).
+    update_monitor_s: int = Field(default=30, ge=5, le=600)
     # runbooks/rotate-secrets.ipynb's clean-up: the newest versions of each Docker secret
     # kept (older ones no service references are removed), and how long the previous APNs
     # key version stays after a rotation, for a rollback to it.

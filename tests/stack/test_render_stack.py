@@ -282,9 +282,9 @@ def test_the_api_drains_for_the_lbs_health_check_window(env, window):
     assert api["stop_grace_period"] == f"{window + 10}s"
 
 
-@pytest.mark.parametrize("env, interval, delay", [("production", "10s", "10s"),
-                                                  ("local", "4s", "5s")])
-def test_roll_out_pace_comes_from_params(env, interval, delay):
+@pytest.mark.parametrize("env, interval, delay, monitor", [("production", "10s", "10s", "30s"),
+                                                           ("local", "4s", "5s", "10s")])
+def test_roll_out_pace_comes_from_params(env, interval, delay, monitor):
     stack = parsed(settings_from_params(load_params(env, for_run=False),
                                         secrets=dict(SECRET_NAMES), docker_socket_gid=998))
     # Every service: one checked every 30 s held a fresh stack's convergence for 30 s.
@@ -292,6 +292,10 @@ def test_roll_out_pace_comes_from_params(env, interval, delay):
         assert stack["services"][name]["healthcheck"]["interval"] == interval, name
     for name in ("api", "worker", "admin"):
         assert stack["services"][name]["deploy"]["update_config"]["delay"] == delay, name
+    for name, service in stack["services"].items():
+        deploy = service["deploy"]
+        assert deploy["update_config"]["monitor"] == monitor, name
+        assert deploy["rollback_config"]["monitor"] == monitor, name
 
 
 def test_a_host_mode_roll_out_waits_until_the_lb_counts_the_new_task_healthy():

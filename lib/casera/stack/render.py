@@ -128,6 +128,9 @@ class StackSettings(TypedDict):
     # and Redis, and the pause between replaced tasks. Absent: 10 s each.
     healthcheck_interval_s: NotRequired[int]
     update_delay_s: NotRequired[int]
+    # How long Swarm watches each updated task before the update counts as done (Docker's
+    # `monitor`). Absent: 30 s.
+    update_monitor_s: NotRequired[int]
     # Absent: docker_secrets. legacy_env and both need secret_values (every name in SECRETS).
     secrets_source: NotRequired[SecretsSource]
     secret_values: NotRequired[dict[str, Secret]]
@@ -302,6 +305,7 @@ def render_stack(settings: StackSettings) -> str:
         "api_stop_grace": json.dumps(f"{int(drain_s) + 10}s"),
         "healthcheck_interval": json.dumps(f"{int(settings.get('healthcheck_interval_s', 10))}s"),
         "update_delay": json.dumps(f"{int(settings.get('update_delay_s', 10))}s"),
+        "update_monitor": json.dumps(f"{int(settings.get('update_monitor_s', 30))}s"),
         **_notes(network),
     }
     for service in SERVICES:
@@ -362,6 +366,7 @@ def settings_from_params(
         "api_drain_s": params.lb_unhealthy_after_s(),
         "healthcheck_interval_s": params.stack.healthcheck_interval_s,
         "update_delay_s": params.stack.update_delay_s,
+        "update_monitor_s": params.stack.update_monitor_s,
         "secrets_source": secrets_source or params.stack.secrets_source,
     }
     if secret_values is not None:
