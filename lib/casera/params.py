@@ -351,10 +351,10 @@ class StackParams(_Strict):
     # (api, worker, admin, Redis, Dozzle, backup); a new task counts as running only once its
     # first check passes (swarmkit waits for "healthy" before it reports a task with a
     # healthcheck running), so every task started in a deploy or a roll-out waits about this
-    # long. update_delay_s: the pause between two
-    # replaced tasks, which must let the LB count the new api task healthy before the next
-    # old one stops (see Params.lb_healthy_after_s). Production keeps Docker's customary 10 s;
-    # the local cloud checks more often to keep its e2e roll-outs short.
+    # long. update_delay_s: the pause between two replaced tasks, which must let the LB count
+    # the new api task healthy before the next old one stops (see Params.lb_healthy_after_s).
+    # Production keeps Docker's customary 10 s; the local cloud checks more often to keep its
+    # e2e roll-outs short.
     healthcheck_interval_s: int = Field(default=10, ge=2, le=60)
     update_delay_s: int = Field(default=10, ge=0, le=120)
     # How long Swarm watches each updated task for a failure (then rolls the service back)

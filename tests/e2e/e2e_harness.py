@@ -7,6 +7,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -27,11 +29,19 @@ HETZNER = "http://127.0.0.1:18001/v1"
 RUN_TIMES: list[tuple[str, float]] = []
 
 
-def casera(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+@contextmanager
+def timed_run(what: str) -> Iterator[None]:
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "casera.runner.cli", *args],
-                          capture_output=True, text=True, timeout=timeout)
-    RUN_TIMES.append((" ".join(args[:2]), time.monotonic() - started))
+    try:
+        yield
+    finally:
+        RUN_TIMES.append((what, time.monotonic() - started))
+
+
+def casera(*args: str, timeout: float = 1800) -> subprocess.CompletedProcess[str]:
+    with timed_run(" ".join(args[:2])):
+        done = subprocess.run([sys.executable, "-m", "casera.runner.cli", *args],
+                              capture_output=True, text=True, timeout=timeout)
     sys.stdout.write(done.stdout[-3000:])
     sys.stderr.write(done.stderr[-3000:])
     return done
@@ -59,16 +69,14 @@ def run_stopped_after(runbook: str, call: str, tmp: Path, parameters: dict[str, 
         f"raise RuntimeError({f'{STOPPED} {call}'!r})")]
     source, output = tmp / "stopped.ipynb", tmp / "stopped-out.ipynb"
     nbformat.write(nb, source)
-    started = time.monotonic()
     try:
-        papermill.execute_notebook(
-            str(source), str(output), kernel_name="python3", progress_bar=False,
-            cwd=str(runbook_file(runbook).parent), execution_timeout=900,
-            parameters={"env": "local", "interactive": False, **parameters})
+        with timed_run(f"{runbook} (stopped)"):
+            papermill.execute_notebook(
+                str(source), str(output), kernel_name="python3", progress_bar=False,
+                cwd=str(runbook_file(runbook).parent), execution_timeout=900,
+                parameters={"env": "local", "interactive": False, **parameters})
     except PapermillExecutionError as stopped:
         assert stopped.ename == "RuntimeError" and STOPPED in stopped.evalue, (
             f"the run failed before {call}: {stopped.ename}: {stopped.evalue[:600]}")
     else:
         raise AssertionError(f"the run of {runbook} did not stop after {call}")
-    finally:
-        RUN_TIMES.append((f"{runbook} (stopped)", time.monotonic() - started))

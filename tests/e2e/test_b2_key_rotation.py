@@ -84,14 +84,12 @@ def listed_ids() -> set[str]:
     return {k.key_id for k in b2.list_keys(master()) if k.name in names}
 
 
-def run_bootstrap_stopped_after(call: str, tmp: Path, run_id: str) -> dict[str, Any]:
-    """The bootstrap stopped right after the step that ``call`` makes. Returns
-    ``{"steps": [...]}`` from its journal, shaped as a kept run's metadata."""
-    journal = tmp / f"stopped-{run_id}.jsonl"
+def run_bootstrap_stopped_after(call: str, tmp: Path, run_id: str) -> None:
+    """The bootstrap stopped right after the step that ``call`` makes, journalling its steps
+    as ``casera run`` does (the converging run reads what it finds, not the journal)."""
     run_stopped_after("bootstrap", call, tmp, {"dry_run": False, "approve": False,
-                                               "run_id": run_id, "overrides": {}}, journal)
-    return {"steps": [json.loads(line) for line in journal.read_text().splitlines()
-                      if line.strip()]}
+                                               "run_id": run_id, "overrides": {}},
+                      tmp / f"stopped-{run_id}.jsonl")
 
 
 def _docker_time(text: str) -> datetime:

@@ -32,9 +32,10 @@ from casera.db_roles import credential_for
 from casera.operator_secrets import SecretStore
 from casera.params import load_params
 from casera.paths import outputs_dir
+from casera.providers import docker_swarm
 from casera.steps.api_endpoint import ApiEndpoint, api_endpoint_for
 from casera.steps.redis_checks import reachable_cluster, redis_client
-from casera.steps.swarm import connect_cluster
+from casera.steps.swarm import REDIS_LABEL, connect_cluster
 from casera_localcloud import nodes
 
 pytestmark = [pytest.mark.localcloud, pytest.mark.slow]
@@ -296,8 +297,8 @@ def refuse_a_move_to(down: str, redis_on: str, record_property: Any) -> None:
     assert not [s for s in meta["steps"] if s["step"] == "redis move"], "it moved anyway"
     found = checks(step(meta, "redis move check"))
     assert not found[f"target {down} up"][0], found
-    labelled = [n.attrs["Description"]["Hostname"] for n in survivor.nodes.list()
-                if (n.attrs["Spec"].get("Labels") or {}).get("casera.redis") == "true"]
+    labelled = [e["hostname"] for e in docker_swarm.nodes(survivor)
+                if e["labels"].get(REDIS_LABEL) == "true"]
     assert labelled == [redis_on]
     assert not survivor.services.list(filters={"name": "casera-redis-move"})
     assert redis_node_now() == redis_on

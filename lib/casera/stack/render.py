@@ -124,8 +124,8 @@ class StackSettings(TypedDict):
     # balancer takes it out of rotation before it stops accepting (Params.lb_unhealthy_after_s).
     # 0 or absent: it stops at once.
     api_drain_s: NotRequired[int]
-    # Roll-out pace (params.StackParams): Docker's healthcheck interval for api, worker, admin
-    # and Redis, and the pause between replaced tasks. Absent: 10 s each.
+    # Roll-out pace (params.StackParams): Docker's healthcheck interval for every service,
+    # and the pause between replaced tasks. Absent: 10 s each.
     healthcheck_interval_s: NotRequired[int]
     update_delay_s: NotRequired[int]
     # How long Swarm watches each updated task before the update counts as done (Docker's

@@ -131,7 +131,8 @@ def verify_newest_dump(ctx: RunContext) -> StepResult:
                 result.check("restored whole", False, str(exc)[:400])
                 return result
         # pg_restore exiting 0 is not enough: a dump with no table restores "fine" too, and
-        # live always has the app's tables.
+        # holds none of the app's data (on a new environment too, whose first dump came
+        # before the app's first table: `-p dump_now=true` takes a new one).
         if not result.check("restored whole", bool(restored),
                             f"{len(restored)} tables, {sum(t.rows for t in restored.values())} "
                             f"rows into a scratch {version}"):
